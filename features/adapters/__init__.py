@@ -1,0 +1,1 @@
+"""Adapters from public data sets to the canonical tables."""

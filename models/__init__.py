@@ -1,0 +1,4 @@
+"""Affinity (collaborative filtering) and uplift models, and their packaging.
+
+Imports only from ``features``.
+"""

@@ -1,0 +1,1 @@
+"""The ``offers`` command line: the one layer allowed to import every package."""

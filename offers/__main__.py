@@ -1,0 +1,3 @@
+from offers.cli import main
+
+main()

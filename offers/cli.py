@@ -1,0 +1,40 @@
+"""The ``offers`` command line.
+
+Each command group lives in its own ``offers/cmd_*.py`` module exposing ``register(app)``;
+this module only assembles them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import typer
+
+app = typer.Typer(
+    name="offers",
+    help="Personalised loyalty offers: data, features, training, evaluation and serving.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Command modules, in the order their commands appear in --help.
+_COMMAND_MODULES = ("offers.cmd_data",)
+
+
+def _register_all() -> None:
+    for name in _COMMAND_MODULES:
+        module = importlib.import_module(name)
+        module.register(app)
+
+
+def main() -> None:
+    """Entry point of the ``offers`` console script."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _register_all()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,4 @@
+"""Decision engine, API, batch scoring and stores.
+
+Imports from ``features`` and ``models``; never from ``training``.
+"""
