@@ -77,20 +77,27 @@ def to_canonical_frame(df: pd.DataFrame, table: str) -> pd.DataFrame:
     extra = [c for c in df.columns if c not in spec.by_name]
     if extra:
         raise ValueError(f"{table}: columns not in the canonical schema: {extra}")
-    arrow = pa.Table.from_pandas(
-        df.reindex(columns=spec.column_names), schema=arrow_schema(spec), preserve_index=False
-    )
-    return arrow.to_pandas()
+    return _to_arrow(df, spec).to_pandas()
+
+
+def _to_arrow(df: pd.DataFrame, spec: TableSpec) -> pa.Table:
+    """Canonical Arrow table: schema order and types; absent nullable columns become nulls."""
+    n = len(df)
+    arrays = []
+    for col in spec.columns:
+        typ = ARROW_TYPES[col.dtype]
+        if col.name in df.columns:
+            arrays.append(pa.array(df[col.name], type=typ, from_pandas=True))
+        else:
+            arrays.append(pa.nulls(n, type=typ))
+    return pa.Table.from_arrays(arrays, schema=arrow_schema(spec))
 
 
 def write_table(df: pd.DataFrame, out_dir: Path, table: str) -> Path:
     """Write a canonical table as Parquet (deterministic bytes for the same frame)."""
     spec = TABLES[table]
     out_dir.mkdir(parents=True, exist_ok=True)
-    arrow = pa.Table.from_pandas(
-        df.reindex(columns=spec.column_names), schema=arrow_schema(spec), preserve_index=False
-    )
-    arrow = arrow.replace_schema_metadata(None)
+    arrow = _to_arrow(df, spec)
     path = out_dir / f"{table}.parquet"
     pq.write_table(arrow, path, compression="zstd")
     return path

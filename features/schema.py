@@ -225,8 +225,6 @@ OFFER_EVENTS = TableSpec(
     notes="`offer_id` is null only for `held_out` rows (a control member at send time).",
 )
 
-TABLES: dict[str, TableSpec] = {
-    t.name: t for t in (MEMBERS, OFFERS, TRANSACTIONS, OFFER_EVENTS)
-}
+TABLES: dict[str, TableSpec] = {t.name: t for t in (MEMBERS, OFFERS, TRANSACTIONS, OFFER_EVENTS)}
 # Order matters for validation: referenced tables first.
 TABLE_ORDER: tuple[str, ...] = ("members", "offers", "transactions", "offer_events")
