@@ -493,7 +493,8 @@ def _check_references(result: ValidationResult, files: dict[str, str]) -> None:
                         int(bad.sum()),
                         rows,
                         vals,
-                        detail=f"not a {ref_col} in {files.get(ref_table, ref_table)}",
+                        detail=f"no row with this {ref_col} in {files.get(ref_table, ref_table)} "
+                    "(absent there, or rejected there)",
                     )
                 )
                 drop |= bad

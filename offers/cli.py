@@ -19,6 +19,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Personalised loyalty offers: data, features, training, evaluation and serving."""
+
+
 # Command modules, in the order their commands appear in --help.
 _COMMAND_MODULES = ("offers.cmd_data",)
 
