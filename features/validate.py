@@ -494,7 +494,7 @@ def _check_references(result: ValidationResult, files: dict[str, str]) -> None:
                         rows,
                         vals,
                         detail=f"no row with this {ref_col} in {files.get(ref_table, ref_table)} "
-                    "(absent there, or rejected there)",
+                        "(absent there, or rejected there)",
                     )
                 )
                 drop |= bad

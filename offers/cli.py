@@ -20,7 +20,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Personalised loyalty offers: data, features, training, evaluation and serving."""

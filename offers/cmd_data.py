@@ -34,8 +34,12 @@ def render_validation(result: ValidationResult, out: Console = console) -> None:
 
 
 def validate(
-    data_dir: Annotated[Path, typer.Argument(help="directory with members/offers/transactions/"
-                                             "offer_events as .parquet or .csv")],
+    data_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="directory with members/offers/transactions/offer_events as .parquet or .csv"
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     now: Annotated[
         datetime | None,

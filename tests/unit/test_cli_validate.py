@@ -29,5 +29,9 @@ def test_validate_broken_file_exits_non_zero_and_names_everything(tmp_path):
     report = json.loads(res.output)
     (p,) = report["problems"]
     assert (p["file"], p["column"], p["values"], p["rows"]) == (
-        "transactions.csv", "amount", ["-12"], [3])
+        "transactions.csv",
+        "amount",
+        ["-12"],
+        [3],
+    )
     assert report["counts"]["transactions"] == {"read": 4, "fixed": 0, "rejected": 1, "kept": 3}
