@@ -1,0 +1,334 @@
+"""Past campaigns with randomised assignment, their offer events and the purchases they induce.
+
+Each campaign (one send time, one channel) targets a random share of the opted-in members who
+joined before the send. A member is kept only if at least one of the campaign's offers is
+eligible for them (catalog eligibility, moment, per-member cap, as observable at the send). The
+kept members are randomised: ``control_share`` of them are held out (a ``held_out`` event with
+``propensity = control_share``); each of the others gets one of their K eligible offers drawn
+uniformly (``propensity = (1 - control_share) / K``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+import numpy as np
+
+from features.catalog import Catalog, CatalogOffer
+from features.schema import CHANNELS, EVENTS, LIFECYCLE_STAGES, OFFER_KINDS
+from features.sim import config as C
+from features.sim.config import SimConfig
+from features.sim.members import DAY, Members
+from features.sim.purchases import Lines, Purchases, basket_places, line_amounts
+from features.sim.response import (
+    INDUCED_SIGMA,
+    OfferParams,
+    baseline_probability,
+    redeem_probability,
+    respond,
+)
+
+__all__ = ["CampaignLog", "run_campaigns"]
+
+EV = {e: np.int8(i) for i, e in enumerate(EVENTS)}
+YEAR = 365.2425
+
+
+@dataclass
+class CampaignLog:
+    """Everything the campaigns produced, as arrays (concatenated over campaigns)."""
+
+    ids: list[str] = field(default_factory=list)
+    events: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    truth: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    induced: list[Lines] = field(default_factory=list)
+    bonus_points: np.ndarray | None = None
+
+    def add(self, store: dict[str, list[np.ndarray]], **cols: np.ndarray) -> None:
+        for k, v in cols.items():
+            store.setdefault(k, []).append(v)
+
+    def cat(self, store: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+        return {k: np.concatenate(v) for k, v in store.items()}
+
+
+def _days(s: np.ndarray | int) -> np.ndarray:
+    return np.asarray(s) // DAY
+
+
+@dataclass
+class _State:
+    """What is observable about the targeted members at the send time."""
+
+    stage: np.ndarray  # int index into LIFECYCLE_STAGES
+    tier: np.ndarray  # int index into cfg.tiers
+    points: np.ndarray
+    annual_spend: np.ndarray
+    baskets: np.ndarray
+    days_to_birthday: np.ndarray
+    days_to_anniversary: np.ndarray
+    tenure_days: np.ndarray
+
+
+def _state(
+    m: Members,
+    p: Purchases,
+    induced: list[Lines],
+    bonus: np.ndarray,
+    idx: np.ndarray,
+    t: int,
+    cfg: SimConfig,
+) -> _State:
+    tt = np.full(len(idx), t, dtype=np.int64)
+    last = p.last_before(idx, tt)
+    year_ago = np.maximum(t - 365 * DAY, p.origin)
+    _, spend = p.window(idx, np.full(len(idx), year_ago), tt)
+    baskets, _ = p.window(idx, np.full(len(idx), p.origin), tt)
+    spend = spend.astype(float)
+    # Purchases induced by earlier campaigns count too (one line = one basket).
+    pos = np.full(m.n, -1, dtype=np.int64)
+    for ln in induced:
+        before = ln.ts < t
+        np.maximum.at(pos, ln.member[before], ln.ts[before])
+        sel = before & (ln.ts >= year_ago)
+        extra = np.bincount(ln.member[sel], weights=ln.amount[sel], minlength=m.n)
+        spend += extra[idx]
+        baskets = baskets + np.bincount(ln.member[before], minlength=m.n)[idx]
+    last = np.maximum(last, pos[idx])
+    tenure = (t - m.joined_at[idx]) / DAY
+    since = np.where(last >= 0, (t - last) / DAY, np.inf)
+    stage = np.select(
+        [
+            tenure < cfg.onboarding_days,
+            since <= cfg.lapsing_after_days,
+            since <= cfg.lapsed_after_days,
+        ],
+        [0, 1, 2],
+        default=3,
+    )
+    covered = (t - year_ago) / DAY
+    annual = spend * 365 / max(covered, 1.0)
+    tier = np.searchsorted(np.asarray(cfg.tier_thresholds), annual, side="right") - 1
+    points = np.floor(annual * m.keep_share[idx]) + bonus[idx]
+    t_day = t // DAY
+    return _State(
+        stage=stage,
+        tier=tier,
+        points=points,
+        annual_spend=annual,
+        baskets=baskets,
+        days_to_birthday=np.mod(_days(m.birth_date[idx]) - t_day, YEAR),
+        days_to_anniversary=np.mod(_days(m.joined_at[idx]) - t_day, YEAR),
+        tenure_days=tenure,
+    )
+
+
+def _eligible(o: CatalogOffer, s: _State, m: Members, idx: np.ndarray, cfg: SimConfig):
+    ok = np.ones(len(idx), dtype=bool)
+    e = o.eligibility
+    if e is not None:
+        if e.tiers is not None:
+            ok &= np.isin(s.tier, [cfg.tiers.index(x) for x in e.tiers])
+        if e.lifecycle_stages is not None:
+            ok &= np.isin(s.stage, [LIFECYCLE_STAGES.index(x) for x in e.lifecycle_stages])
+        if e.segments is not None:
+            known = [C.SEGMENTS.index(x) for x in e.segments if x in C.SEGMENTS]
+            ok &= np.isin(m.segment[idx], known)
+        if e.min_points is not None:
+            ok &= s.points >= e.min_points
+    if o.moment == "birthday":
+        ok &= (s.days_to_birthday < 14) | (s.days_to_birthday > YEAR - 3)
+    elif o.moment == "anniversary":
+        ok &= (s.days_to_anniversary < 14) & (s.tenure_days > 300)
+    elif o.moment == "tier_nudge":
+        th = np.asarray((*cfg.tier_thresholds, np.inf))
+        nxt = th[np.minimum(s.tier + 1, len(th) - 1)]
+        ok &= (nxt - s.annual_spend) <= 0.2 * nxt
+    elif o.moment == "milestone":
+        ok &= (s.baskets >= 40) & (s.baskets < 50)
+    elif o.moment == "onboarding":
+        ok &= s.stage == 0
+    return ok
+
+
+def _valid_on(o: CatalogOffer, d: date, channel: str) -> bool:
+    if o.valid_from is not None and d < o.valid_from:
+        return False
+    if o.valid_to is not None and d > o.valid_to:
+        return False
+    return o.channels is None or channel in o.channels
+
+
+def run_campaigns(
+    rng: np.random.Generator,
+    m: Members,
+    p: Purchases,
+    mean_line: np.ndarray,
+    catalog: Catalog,
+    op: OfferParams,
+    cfg: SimConfig,
+    end_s: int,
+    first_basket: int,
+) -> CampaignLog:
+    """Run the past campaigns in time order; see the module docstring for the design."""
+    log = CampaignLog(bonus_points=np.zeros(m.n))
+    bonus = log.bonus_points
+    offers = catalog.offers
+    n_off = len(offers)
+    received = np.zeros((m.n, n_off), dtype=np.uint8)
+    used = np.zeros(n_off)
+    w = cfg.effect_window_days
+    last_day = cfg.history_days - w - 2
+    days = np.round(np.linspace(cfg.first_campaign_day, last_day, cfg.n_campaigns)).astype(int)
+    next_basket = first_basket
+    bonus_kind = OFFER_KINDS.index("bonus_points")
+    for k, day in enumerate(days):
+        t = int(p.origin + day * DAY + 10 * 3600)
+        channel = cfg.campaign_channels[k % len(cfg.campaign_channels)]
+        send_date = (datetime(1970, 1, 1) + timedelta(seconds=t)).date()
+        cid = f"cmp-{k + 1:02d}-{send_date.isoformat()}-{channel}"
+        log.ids.append(cid)
+
+        opted = m.email_opt_in if channel == "email" else m.app_opt_in
+        cand = opted & (m.joined_at < t) & (rng.random(m.n) < cfg.campaign_share)
+        idx = np.flatnonzero(cand)
+        s = _state(m, p, log.induced, bonus, idx, t, cfg)
+
+        # Offer pool: the least used regular offers (random tie-break) plus the moment offers.
+        valid = np.array([_valid_on(o, send_date, channel) for o in offers])
+        surprise = np.array([o.surprise for o in offers])
+        order = np.lexsort((rng.random(n_off), used))
+        regular = [i for i in order if valid[i] and not surprise[i]][: cfg.offers_per_campaign]
+        pool = np.array(sorted(regular + [i for i in range(n_off) if valid[i] and surprise[i]]))
+        used[regular] += 1
+        caps = np.array([offers[i].per_member_cap or 255 for i in pool])
+        elig = np.column_stack([_eligible(offers[i], s, m, idx, cfg) for i in pool])
+        elig &= received[idx][:, pool] < caps[None, :]
+        n_elig = elig.sum(axis=1)
+        keep = n_elig > 0
+        idx, elig, n_elig = idx[keep], elig[keep], n_elig[keep]
+        n_t = len(idx)
+        send = t + rng.integers(0, 3600, n_t)
+        control = rng.random(n_t) < cfg.control_share
+        pick = np.floor(rng.random(n_t) * n_elig).astype(np.int64)
+        col = np.argmax(np.cumsum(elig, axis=1) == (pick + 1)[:, None], axis=1)
+        offer = pool[col]
+        prop = np.where(control, cfg.control_share, (1 - cfg.control_share) / n_elig)
+        ch = np.int8(CHANNELS.index(channel))
+        ci = np.int16(k)
+
+        def emit(member, ts, ev, off, pr, ch=ch, ci=ci):
+            nn = len(member)
+            log.add(
+                log.events,
+                member=member,
+                ts=ts,
+                event=np.full(nn, EV[ev]),
+                offer=off,
+                propensity=pr,
+                campaign=np.full(nn, ci),
+                channel=np.full(nn, ch),
+            )
+
+        # Control: held_out events; truth rows without an offer.
+        c_idx, c_send = idx[control], send[control]
+        emit(c_idx, c_send, "held_out", np.full(len(c_idx), -1), prop[control])
+        nan = np.full(len(c_idx), np.nan, dtype=np.float32)
+        log.add(
+            log.truth,
+            campaign=np.full(len(c_idx), ci),
+            member=c_idx,
+            offer=np.full(len(c_idx), -1),
+            ts=c_send,
+            propensity=prop[control],
+            p_baseline=baseline_probability(m, c_idx, c_send, w),
+            affinity=nan,
+            tau_conversion=nan,
+            tau_spend=nan,
+            treated=np.zeros(len(c_idx), bool),
+        )
+
+        # Treated: outcomes.
+        tr = ~control
+        mi, oi, st = idx[tr], offer[tr], send[tr]
+        received[mi, oi] += 1
+        r = respond(m, mean_line, op, mi, oi)
+        dur = np.minimum(op.duration[oi], w)
+        p0_w = baseline_probability(m, mi, st, w)
+        p0_d = baseline_probability(m, mi, st, dur)
+        base_ts = p.first_at_or_after(mi, st)
+        has_base = base_ts < st + (dur * DAY).astype(np.int64)
+        induced = rng.random(len(mi)) < r.q
+        delay = np.maximum((dur * DAY * rng.beta(1.2, 2.5, len(mi))).astype(np.int64), 300)
+        ind_ts = st + np.minimum(delay, (dur * DAY).astype(np.int64) - 1)
+        sure = ~induced & has_base & (rng.random(len(mi)) < r.alpha)
+        redeemed = r.redeemable & (induced | sure)
+        red_ts = np.where(induced, ind_ts, np.where(has_base, base_ts, st))
+        vp = np.clip(m.view_prob[mi] * (1.1 if channel == "app" else 0.95), 0, 0.98)
+        viewed = redeemed | (rng.random(len(mi)) < vp)
+        win_end = st + w * DAY - 1
+        free_view = st + np.minimum(
+            rng.exponential(1.5 * DAY, len(mi)).astype(np.int64), w * DAY - 7200
+        )
+        view_ts = np.where(
+            redeemed,
+            st + ((red_ts - st) * rng.uniform(0.05, 0.95, len(mi))).astype(np.int64),
+            free_view,
+        )
+        dismissed = viewed & ~redeemed & (rng.random(len(mi)) < cfg.dismiss_share)
+        dis_ts = np.minimum(view_ts + rng.exponential(2 * 3600, len(mi)).astype(np.int64), win_end)
+        prop_t = prop[tr]
+        for ev, mask, ts, pr in (
+            ("sent", np.ones(len(mi), bool), st, prop_t),
+            ("viewed", viewed, view_ts, None),
+            ("redeemed", redeemed, red_ts, None),
+            ("dismissed", dismissed, dis_ts, None),
+        ):
+            pr = pr[mask] if pr is not None else np.full(int(mask.sum()), np.nan)
+            emit(mi[mask], ts[mask], ev, oi[mask], pr)
+        log.add(
+            log.truth,
+            campaign=np.full(len(mi), ci),
+            member=mi,
+            offer=oi,
+            ts=st,
+            propensity=prop_t,
+            p_baseline=p0_w,
+            affinity=redeem_probability(r, p0_d),
+            tau_conversion=r.q * (1 - p0_w),
+            tau_spend=r.q * r.mu,
+            treated=np.ones(len(mi), bool),
+        )
+        got_bonus = redeemed & (op.kind[oi] == bonus_kind)
+        np.add.at(bonus, mi[got_bonus], op.reward_value[oi[got_bonus]] * cfg.points_per_value)
+
+        # Induced baskets: one line in the offer's category (or a preferred one), >= min_spend.
+        im, io, its = mi[induced], oi[induced], ind_ts[induced]
+        ni = len(im)
+        cat = op.category[io]
+        fallback = np.argmax(m.pref[im] * rng.random((ni, m.pref.shape[1])), axis=1)
+        cat = np.where(cat >= 0, cat, fallback).astype(np.int8)
+        sku, qty, _ = line_amounts(rng, cat, m.spend_scale[im])
+        above = r.mu[induced] - op.min_spend[io]
+        amount = np.round(
+            op.min_spend[io]
+            + above * np.exp(rng.normal(-(INDUCED_SIGMA**2) / 2, INDUCED_SIGMA, ni)),
+            2,
+        )
+        chan, store = basket_places(rng, m, im)
+        log.induced.append(
+            Lines(
+                member=im.astype(np.int32),
+                basket=np.arange(next_basket, next_basket + ni),
+                ts=its,
+                category=cat,
+                sku=sku,
+                quantity=qty,
+                amount=np.maximum(amount, 0.2),
+                channel=chan,
+                store=store,
+            )
+        )
+        next_basket += ni
+    return log

@@ -1,0 +1,119 @@
+"""How members respond to offers: affinity, incrementality and the true treatment effects.
+
+For a member m sent offer o at time t (window W = ``effect_window_days``):
+
+* ``alpha(m, o)`` = sigmoid(A0 + kind base + 0.9 log(C * pref[m, category(o)])
+  + log responsiveness[m, kind(o)] + 1.2 (price_sensitivity - 0.5) [monetary kind]
+  + 0.3 log(1 + reward_value) - 0.5 log(1 + min_spend / basket_mean[m])): how much m likes o.
+* ``iota(m, o)`` = sigmoid(kind incrementality + 1.5 (price_sensitivity - 0.5) + z[m] - 0.2).
+* ``q = alpha * iota`` (x ``INFORMATIONAL_EFFECT`` for informational offers): the probability
+  that the send *induces* an extra basket in the window (one that would not happen otherwise).
+* A redeemable offer is redeemed on the induced basket, or else, with probability alpha, on
+  the member's first baseline basket in the offer's validity (``min(duration, W)`` days).
+  Informational offers are never redeemed.
+
+So, with p0 = P(baseline basket in the window) = 1 - exp(-rate * exposure):
+
+* ``P(redeem | sent) = q + (1 - q) * p0_duration * alpha`` (0 for informational) — the affinity;
+* ``tau_conversion = q * (1 - p0_W)`` — the true lift of P(any purchase in W);
+* ``tau_spend = q * (min_spend + mu)`` — the true lift of spend in W, where mu is the mean
+  amount above ``min_spend`` of an induced basket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from features.catalog import Catalog
+from features.schema import OFFER_KINDS
+from features.sim import config as C
+from features.sim.members import DAY, Members
+
+__all__ = ["OfferParams", "Response", "baseline_probability", "offer_params", "respond"]
+
+A0 = -1.6
+INDUCED_SIGMA = 0.5  # log-normal spread of the induced basket amount above min_spend
+
+
+@dataclass(frozen=True)
+class OfferParams:
+    """Numeric view of the catalog's offers (arrays in catalog order)."""
+
+    ids: tuple[str, ...]
+    kind: np.ndarray  # int index into OFFER_KINDS
+    category: np.ndarray  # int index into C.CATEGORIES, -1 when none / unknown
+    reward_value: np.ndarray
+    min_spend: np.ndarray  # 0 when none
+    duration: np.ndarray  # days, the effect window when none
+
+
+def offer_params(catalog: Catalog, window_days: int) -> OfferParams:
+    """Arrays of the offers' kind, category, value, minimum spend and duration."""
+    cat_index = {c: i for i, c in enumerate(C.CATEGORIES)}
+    offers = catalog.offers
+    return OfferParams(
+        ids=tuple(o.offer_id for o in offers),
+        kind=np.array([C.KIND_INDEX[o.kind] for o in offers]),
+        category=np.array([cat_index.get(o.category or "", -1) for o in offers]),
+        reward_value=np.array([o.reward_value for o in offers]),
+        min_spend=np.array([o.min_spend or 0.0 for o in offers]),
+        duration=np.array([o.duration_days or window_days for o in offers], dtype=float),
+    )
+
+
+@dataclass
+class Response:
+    """Response parameters of (member, offer) pairs (float32 arrays, one value per pair)."""
+
+    alpha: np.ndarray
+    q: np.ndarray  # probability of an induced basket
+    mu: np.ndarray  # mean amount of an induced basket (min_spend included)
+    redeemable: np.ndarray  # bool
+
+
+def respond(
+    m: Members, mean_line: np.ndarray, op: OfferParams, member: np.ndarray, offer: np.ndarray
+) -> Response:
+    """Affinity, induced-basket probability and amount of the pairs (member[i], offer[i])."""
+    f32 = np.float32
+    kind = op.kind[offer]
+    cat = op.category[offer]
+    has_cat = cat >= 0
+    catc = np.where(has_cat, cat, 0)
+    n_cat = f32(len(C.CATEGORIES))
+    pref_term = np.where(has_cat, np.clip(np.log(m.pref[member, catc] * n_cat), -3, 2), 0)
+    ps = m.price_sensitivity[member]
+    basket_mean = mean_line[member] * f32(float(np.dot(np.arange(1, 4), C.LINES_P)))
+    logit = (
+        A0
+        + C.KIND_BASE[kind]
+        + 0.9 * pref_term
+        + m.log_resp[member, kind]
+        + 1.2 * (ps - 0.5) * C.KIND_MONETARY[kind]
+        + 0.3 * np.log1p(op.reward_value[offer])
+        - 0.5 * np.log1p(op.min_spend[offer] / basket_mean)
+    )
+    alpha = (1 / (1 + np.exp(-logit))).astype(f32)
+    iota = 1 / (1 + np.exp(-(C.KIND_INCR[kind] + 1.5 * (ps - 0.5) + m.incr_z[member] - 0.2)))
+    informational = kind == OFFER_KINDS.index("informational")
+    q = (alpha * iota * np.where(informational, C.INFORMATIONAL_EFFECT, 1.0)).astype(f32)
+    unit = np.where(has_cat, C.UNIT_PRICE[catc] * m.spend_scale[member], mean_line[member])
+    mu = (op.min_spend[offer] + 1.3 * unit).astype(f32)
+    return Response(alpha=alpha, q=q, mu=mu, redeemable=~informational)
+
+
+def baseline_probability(
+    m: Members, member: np.ndarray, t: np.ndarray | int, days: np.ndarray | float
+) -> np.ndarray:
+    """P(at least one baseline basket in [t, t + days)): Poisson with the member's rate."""
+    stop = np.minimum(np.asarray(t) + (np.asarray(days) * DAY).astype(np.int64), m.lapse_at[member])
+    exposure = np.maximum(stop - np.maximum(t, m.joined_at[member]), 0) / DAY
+    return (1 - np.exp(-m.rate[member] / 365 * exposure)).astype(np.float32)
+
+
+def redeem_probability(r: Response, p0_duration: np.ndarray) -> np.ndarray:
+    """P(redeem | sent) given the probability of a baseline basket in the offer's duration."""
+    p = r.q + (1 - r.q) * p0_duration * r.alpha
+    return np.where(r.redeemable, p, 0).astype(np.float32)
