@@ -1,0 +1,293 @@
+"""Benchmark our uplift learners against CausalML and scikit-uplift in one run.
+
+Protocol (the same for every library, so the numbers compare):
+
+* each treatment is compared with control on the rows of those two groups only;
+* ``n_splits`` seeded stratified train/test splits (``StratifiedShuffleSplit``, strata =
+  treatment x every outcome of the data set), shared by all outcomes, learners and libraries;
+* the same features and the same base estimator (``make_base_estimator(base_learner, ...)``
+  with the same parameters and ``random_state``) for every library;
+* every library's test-set predictions are scored with :mod:`models.uplift_metrics`; the
+  result per (treatment, outcome, library, learner) is the mean and standard deviation over
+  the splits.
+
+Peer libraries are optional (the ``bench`` extra) and imported only when used; a missing one
+raises :class:`PeerLibraryMissing` naming the pip pin to install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from models.uplift import LEARNERS, make_base_estimator
+from models.uplift.base import DEFAULT_BASE_PARAMS
+from models.uplift_metrics import UpliftMetricError, auuc, qini_coefficient, uplift_at_k
+from training.uplift_datasets import UpliftDataset
+
+__all__ = [
+    "LIBRARIES",
+    "PEER_LEARNERS",
+    "PEER_PINS",
+    "BenchmarkConfig",
+    "PeerLibraryMissing",
+    "best_by_library",
+    "missing_libraries",
+    "run_benchmark",
+]
+
+log = logging.getLogger(__name__)
+
+LIBRARIES: tuple[str, ...] = ("ours", "causalml", "sklift")
+PEER_PINS = {"causalml": "causalml==0.18.0", "sklift": "scikit-uplift==0.5.1"}
+_PEER_MODULES = {"causalml": "causalml", "sklift": "sklift"}
+# learner name -> the peer class it maps to
+PEER_LEARNERS = {
+    "causalml": {"S": "BaseSClassifier", "T": "BaseTClassifier", "X": "BaseXClassifier"},
+    "sklift": {"S": "SoloModel", "T": "TwoModels", "CT": "ClassTransformation"},
+}
+OUR_CLASSES = {name: cls.__name__ for name, cls in LEARNERS.items()}
+TOP_K = (10, 20, 30)
+
+FitPredict = Callable[[NDArray, NDArray, NDArray, NDArray], NDArray]
+
+
+class PeerLibraryMissing(RuntimeError):
+    """A peer library asked for is not installed (names the pip pin)."""
+
+
+def missing_libraries(libraries: Iterable[str]) -> list[str]:
+    """The peer libraries among ``libraries`` that cannot be imported."""
+    return [
+        lib
+        for lib in libraries
+        if lib in _PEER_MODULES and importlib.util.find_spec(_PEER_MODULES[lib]) is None
+    ]
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """What to run: splits, base learner settings, libraries, learners, subsets."""
+
+    n_splits: int = 5
+    test_size: float = 0.3
+    seed: int = 0
+    base_learner: str = "lightgbm"
+    base_params: dict[str, Any] | None = None
+    libraries: tuple[str, ...] = LIBRARIES
+    learners: tuple[str, ...] = ("S", "T", "X", "CT")
+    treatments: tuple[str, ...] | None = None  # None: all of the data set's
+    outcomes: tuple[str, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.libraries) - set(LIBRARIES)
+        if unknown:
+            raise ValueError(f"unknown libraries {sorted(unknown)}; choose from {LIBRARIES}")
+        unknown = set(self.learners) - set(LEARNERS)
+        if unknown:
+            raise ValueError(f"unknown learners {sorted(unknown)}; choose from {sorted(LEARNERS)}")
+        if self.n_splits < 1:
+            raise ValueError(f"n_splits must be >= 1; got {self.n_splits}")
+        if not 0.0 < self.test_size < 1.0:
+            raise ValueError(f"test_size must be in (0, 1); got {self.test_size}")
+
+
+def _ours(name: str, config: BenchmarkConfig) -> FitPredict:
+    def fit_predict(X_tr, y_tr, t_tr, X_te):
+        model = LEARNERS[name](
+            base_learner=config.base_learner,
+            base_params=config.base_params,
+            random_state=config.seed,
+        )
+        return model.fit(X_tr, y_tr, t_tr).predict(X_te)[:, 0]
+
+    return fit_predict
+
+
+def _causalml(name: str, config: BenchmarkConfig) -> FitPredict:
+    from causalml.inference import meta
+
+    def est(task: str):
+        return make_base_estimator(config.base_learner, task, config.base_params, config.seed)
+
+    def fit_predict(X_tr, y_tr, t_tr, X_te):
+        if name == "X":
+            model = meta.BaseXClassifier(
+                outcome_learner=est("classifier"), effect_learner=est("regressor")
+            )
+            share = float(t_tr.mean())  # randomised: the propensity is the treated share
+            model.fit(X_tr, t_tr, y_tr, p=np.full(len(X_tr), share))
+            return np.asarray(model.predict(X_te, p=np.full(len(X_te), share)))[:, 0]
+        cls = meta.BaseSClassifier if name == "S" else meta.BaseTClassifier
+        model = cls(learner=est("classifier"))
+        model.fit(X_tr, t_tr, y_tr)
+        return np.asarray(model.predict(X_te))[:, 0]
+
+    return fit_predict
+
+
+def _sklift(name: str, config: BenchmarkConfig) -> FitPredict:
+    from sklift import models
+
+    def clf():
+        return make_base_estimator(
+            config.base_learner, "classifier", config.base_params, config.seed
+        )
+
+    def fit_predict(X_tr, y_tr, t_tr, X_te):
+        if name == "S":
+            model = models.SoloModel(estimator=clf(), method="dummy")
+        elif name == "T":
+            model = models.TwoModels(estimator_trmnt=clf(), estimator_ctrl=clf(), method="vanilla")
+        else:
+            model = models.ClassTransformation(estimator=clf())
+        model.fit(X_tr, y_tr, t_tr)
+        return np.asarray(model.predict(X_te), dtype=np.float64).ravel()
+
+    return fit_predict
+
+
+def _candidates(config: BenchmarkConfig) -> list[tuple[str, str, str, FitPredict]]:
+    """``(library, learner, model class, fit_predict)`` for everything to run."""
+    missing = missing_libraries(config.libraries)
+    if missing:
+        pins = " ".join(PEER_PINS[m] for m in missing)
+        raise PeerLibraryMissing(
+            f"peer librar{'y' if len(missing) == 1 else 'ies'} {', '.join(missing)} not "
+            f"installed: pip install {pins} (the 'bench' extra), or run with libraries=ours only"
+        )
+    out = []
+    for library in config.libraries:
+        if library == "ours":
+            out += [("ours", n, OUR_CLASSES[n], _ours(n, config)) for n in config.learners]
+        else:
+            factory = _causalml if library == "causalml" else _sklift
+            out += [(library, n, c, factory(n, config)) for n, c in PEER_LEARNERS[library].items()]
+    return out
+
+
+def _splits(dataset: UpliftDataset, rows: NDArray, config: BenchmarkConfig):
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    strata = dataset.treatment[rows].astype(str)
+    for values in dataset.outcomes.values():
+        strata = np.char.add(np.char.add(strata, "|"), values[rows].astype(str))
+    splitter = StratifiedShuffleSplit(
+        n_splits=config.n_splits, test_size=config.test_size, random_state=config.seed
+    )
+    return list(splitter.split(np.zeros(rows.size), strata))
+
+
+def _score(y: NDArray, uplift: NDArray, t: NDArray) -> dict[str, float]:
+    scores = {"qini": qini_coefficient(y, uplift, t), "auuc": auuc(y, uplift, t)}
+    for k in TOP_K:
+        try:
+            scores[f"uplift@{k}"] = uplift_at_k(y, uplift, t, k / 100)
+        except UpliftMetricError:
+            scores[f"uplift@{k}"] = float("nan")
+    return scores
+
+
+def run_benchmark(
+    dataset: UpliftDataset,
+    config: BenchmarkConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run every library and learner on every (treatment, outcome); return the JSON report.
+
+    ``progress`` is called once per fitted model with a short description (for progress bars);
+    the number of calls is ``n_splits x treatments x outcomes x models``.
+    """
+    config = config or BenchmarkConfig()
+    candidates = _candidates(config)
+    treatments = config.treatments or dataset.treatments
+    outcomes = config.outcomes or tuple(dataset.outcomes)
+    X_all = dataset.X.to_numpy(dtype=np.float64)
+    results = []
+    for treatment in treatments:
+        rows = np.flatnonzero(np.isin(dataset.treatment, [treatment, dataset.control]))
+        if rows.size == 0 or not (dataset.treatment[rows] == treatment).any():
+            raise ValueError(f"{dataset.name}: no rows with treatment {treatment!r}")
+        X = X_all[rows]
+        t = (dataset.treatment[rows] == treatment).astype(np.int64)
+        splits = _splits(dataset, rows, config)
+        for outcome in outcomes:
+            y = dataset.outcomes[outcome][rows]
+            per_model: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+            for train, test in splits:
+                for library, learner, model, fit_predict in candidates:
+                    start = time.perf_counter()
+                    uplift = fit_predict(X[train], y[train], t[train], X[test])
+                    seconds = time.perf_counter() - start
+                    scores = _score(y[test], uplift, t[test]) | {"fit_seconds": seconds}
+                    per_model.setdefault((library, learner, model), []).append(scores)
+                    if progress:
+                        progress(f"{treatment} / {outcome} / {library} {learner}")
+            results += [
+                _summarise(treatment, outcome, key, runs) for key, runs in per_model.items()
+            ]
+            log.info("%s: %s / %s done", dataset.name, treatment, outcome)
+    return {
+        "dataset": dataset.name,
+        "n_splits": config.n_splits,
+        "test_size": config.test_size,
+        "seed": config.seed,
+        "base_learner": config.base_learner,
+        "base_params": {**DEFAULT_BASE_PARAMS[config.base_learner], **(config.base_params or {})},
+        "results": results,
+    }
+
+
+def _summarise(
+    treatment: str, outcome: str, key: tuple[str, str, str], runs: list[dict[str, float]]
+) -> dict[str, Any]:
+    library, learner, model = key
+    row: dict[str, Any] = {
+        "treatment": treatment,
+        "outcome": outcome,
+        "learner": learner,
+        "library": library,
+        "model": model,
+        "n_splits": len(runs),
+    }
+    for metric in ("qini", "auuc", *(f"uplift@{k}" for k in TOP_K), "fit_seconds"):
+        values = np.array([r[metric] for r in runs], dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        row[metric] = float(finite.mean()) if finite.size else None
+        row[f"{metric}_std"] = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+    return row
+
+
+def best_by_library(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per (treatment, outcome): our best learner, the best peer and whether ours >= peer."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in report["results"]:
+        groups.setdefault((r["treatment"], r["outcome"]), []).append(r)
+    out = []
+    for (treatment, outcome), rows in groups.items():
+        ours = [r for r in rows if r["library"] == "ours"]
+        peers = [r for r in rows if r["library"] != "ours"]
+        best_ours = max(ours, key=lambda r: r["qini"]) if ours else None
+        best_peer = max(peers, key=lambda r: r["qini"]) if peers else None
+        out.append(
+            {
+                "treatment": treatment,
+                "outcome": outcome,
+                "ours": best_ours,
+                "peer": best_peer,
+                "ours_wins": (
+                    None
+                    if best_ours is None or best_peer is None
+                    else best_ours["qini"] >= best_peer["qini"]
+                ),
+            }
+        )
+    return out
