@@ -6,9 +6,9 @@ and one or more binary outcomes.
 
 * **Hillstrom** (MineThatData e-mail test, 64,000 rows): features ``recency``, ``history``,
   ``mens``, ``womens``, ``newbie`` and one-hot ``zip_code`` (``Surburban`` kept as spelt in the
-  data), ``channel`` and ``history_segment`` (named by its ordinal, 1..7); treatments ``Womens E-Mail`` and ``Mens E-Mail``
-  against ``No E-Mail``; outcomes ``visit`` and ``conversion`` (two weeks). Duplicated rows are
-  kept, as in the original data.
+  data), ``channel`` and ``history_segment`` (named by its ordinal, 1..7); treatments
+  ``Womens E-Mail`` and ``Mens E-Mail`` against ``No E-Mail``; outcomes ``visit`` and
+  ``conversion`` (two weeks). Duplicated rows are kept, as in the original data.
 * **Starbucks** (rewards-app simulation, 17,000 members): see :func:`load_starbucks`.
 """
 
