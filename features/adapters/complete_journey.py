@@ -123,7 +123,7 @@ def _read(src: Path, name: str, columns: list[str]) -> pd.DataFrame:
 
 def _ids(s: pd.Series) -> pd.Series:
     """Integer ids as strings (through Arrow: fast on millions of rows)."""
-    return pc.cast(pa.array(s), pa.string()).to_pandas().set_axis(s.index)
+    return pc.cast(pa.array(s, type=pa.int64()), pa.string()).to_pandas().set_axis(s.index)
 
 
 def _naive(ts: pd.Series) -> pd.Series:
