@@ -51,7 +51,7 @@ SEGMENT_INCOME = np.array([1.0, 1.1, 0.75, 1.8, 0.95])  # income multiplier
 # ---- offer kinds ------------------------------------------------------------------------------
 KIND_INDEX: dict[str, int] = {k: i for i, k in enumerate(OFFER_KINDS)}
 # Base logit of the affinity per kind (in OFFER_KINDS order).
-KIND_BASE = np.array([0.0, 0.1, -0.1, -0.2, 0.2, 0.4, -0.3, -0.6, -0.9, -0.4])
+KIND_BASE = np.array([0.0, 0.1, -0.1, -0.2, 0.2, 0.3, -0.3, -1.1, -0.9, -0.4])
 # Base logit of incrementality per kind: how often a redemption is a purchase that would not
 # have happened without the offer.
 KIND_INCR = np.array([0.0, 0.2, -0.4, 0.0, 0.1, 0.3, 0.4, 0.5, -0.6, 0.0])
@@ -89,10 +89,10 @@ class SimConfig:
     max_tenure_days: int = 8 * 365  # oldest member joined this long before `end`
     new_member_share: float = 0.07  # share who joined in the last `onboarding_days`
     mean_tenure_days: float = 800.0  # mean tenure of the others (exponential, after 60 d)
-    baskets_per_year: float = 22.0  # mean purchase rate of a member who has not lapsed
+    baskets_per_year: float = 32.0  # mean purchase rate of a member who has not lapsed
     churn_share: float = 0.30  # share of members whose activity stops before `end`
     # Tier thresholds in points (1 point per currency unit spent over the trailing 12 months).
-    tier_thresholds: tuple[float, ...] = (0.0, 500.0, 1400.0, 3200.0)
+    tier_thresholds: tuple[float, ...] = (0.0, 600.0, 1500.0, 2600.0)
     points_per_value: float = 100.0  # points per currency unit of a bonus_points reward
     # Lifecycle stages (as the simulator's targeting sees them at a send time).
     onboarding_days: int = 60
