@@ -234,7 +234,10 @@ def _transactions(df: pd.DataFrame, report: ImportReport) -> pd.DataFrame:
     months = hist["recency"].astype("int64")
     ts = months.map({m: SEND - pd.DateOffset(months=m) for m in range(1, 13)})
     mens, womens = hist["mens"] == 1, hist["womens"] == 1
-    category = np.select([mens & womens, mens, womens], ["mens+womens", "mens", "womens"], None)
+    category = pd.Series(None, index=hist.index, dtype=object)
+    category[mens] = "mens"
+    category[womens] = "womens"
+    category[mens & womens] = "mens+womens"
     report.note(
         "transactions",
         len(hist),
