@@ -7,6 +7,7 @@ features from the same ``FeatureConfig`` (store it next to a trained model).
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -30,12 +31,18 @@ class FeatureConfig(BaseModel):
         default=(30, 90, 365), description="Trailing windows of frequency and monetary features."
     )
     # Tiers: the lowest tier (TIERS[0]) needs no points; the others need these many points
-    # earned over the trailing `tier_window_days`.
+    # earned from purchases over the trailing `tier_window_days` (the synthetic program's rule).
     tier_thresholds: dict[str, float] = Field(
-        default={"silver": 500.0, "gold": 1500.0, "platinum": 4000.0}
+        default={"silver": 500.0, "gold": 1400.0, "platinum": 3200.0}
     )
     tier_window_days: int = 365
     points_per_currency_unit: float = 1.0
+    # Points credited per unit of reward_value when a bonus_points offer is redeemed.
+    points_per_bonus_unit: float = 100.0
+    # First day the transaction data covers. When set and as_of is less than
+    # `tier_window_days` after it, tier points are annualised (spend x window / days covered),
+    # as a program whose data starts mid-year would. None: no annualisation.
+    history_start: datetime | None = None
     onboarding_days: float = 60.0
     lapsing_days: float = 45.0
     lapsed_days: float = 120.0

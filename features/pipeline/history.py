@@ -105,21 +105,23 @@ def offer_history(
     horizon: ir.Value | None = None,
 ) -> ir.Table:
     """Per key: offers sent, viewed, redeemed and dismissed (overall and per offer kind) and the
-    age of the last sent offer."""
+    age of the last sent offer, and the reward value of redeemed bonus_points offers."""
     e = offer_events.filter(offer_events[S.EVENT].isin([SENT, VIEWED, REDEEMED, DISMISSED]))
     if horizon is not None:
         e = e.filter(e[S.TS] < horizon)
-    kinds = offers.select(S.OFFER_ID, S.KIND)
+    kinds = offers.select(S.OFFER_ID, S.KIND, S.REWARD_VALUE)
     e = e.left_join(kinds, e[S.OFFER_ID] == kinds[S.OFFER_ID]).select(
-        e[S.MEMBER_ID], e[S.TS], e[S.EVENT], kinds[S.KIND]
+        e[S.MEMBER_ID], e[S.TS], e[S.EVENT], kinds[S.KIND], kinds[S.REWARD_VALUE]
     )
-    v = _visible(keys, e, [S.TS, S.EVENT, S.KIND])
+    v = _visible(keys, e, [S.TS, S.EVENT, S.KIND, S.REWARD_VALUE])
+    bonus = (v[S.EVENT] == REDEEMED) & (v[S.KIND] == "bonus_points")
     aggs: dict[str, ir.Value] = {
         "offers_received": v.age_s.count(where=v[S.EVENT] == SENT),
         "offers_viewed": v.age_s.count(where=v[S.EVENT] == VIEWED),
         "offers_redeemed": v.age_s.count(where=v[S.EVENT] == REDEEMED),
         "offers_dismissed": v.age_s.count(where=v[S.EVENT] == DISMISSED),
         "_last_offer_age_s": v.age_s.min(where=v[S.EVENT] == SENT),
+        "_bonus_value": v[S.REWARD_VALUE].sum(where=bonus),
     }
     for kind in config.offer_kinds:
         is_kind = v[S.KIND] == kind

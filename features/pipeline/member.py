@@ -60,11 +60,37 @@ def member_feature_table(
             *[offers[c] for c in offers.columns if c not in KEYS],
         )
     )
-    return joined.select(*KEYS, **_derive(joined, config))
+    return _derive(_intermediates(joined, config), config)
 
 
-def _derive(j: ir.Table, config: FeatureConfig) -> dict[str, ir.Value]:
-    """Feature columns (in output order) from the joined raw aggregates."""
+def _intermediates(j: ir.Table, config: FeatureConfig) -> ir.Table:
+    """Values several features share, computed once (keeps the generated SQL small)."""
+    points = _money(j._tier_spend) * config.points_per_currency_unit
+    if config.history_start is not None:
+        start = ibis.literal(config.history_start, type="timestamp")
+        covered = ibis.least(
+            ibis.greatest(days_between(j[AS_OF], start), 1.0), float(config.tier_window_days)
+        )
+        points = points * float(config.tier_window_days) / covered
+    today = j[AS_OF].date()
+    birth, joined = j[S.BIRTH_DATE], j[S.JOINED_AT]
+    cat_total = _money(j._cat_other)
+    for i in range(len(config.categories or ())):
+        cat_total = cat_total + _money(j[f"_cat{i}"])
+    return j.mutate(
+        _cat_total=cat_total,
+        _tenure=days_between(j[AS_OF], joined),
+        _recency=j._last_age_s.cast("float64") / float(DAY_S),
+        _n_total=_count(j.n_purchases_total),
+        _points=points,
+        _today=today,
+        _next_bday=next_annual_date(today, birth.month(), birth.day()),
+        _next_anniv=next_annual_date(today, joined.month(), joined.day(), after_year=joined.year()),
+    )
+
+
+def _derive(j: ir.Table, config: FeatureConfig) -> ir.Table:
+    """The feature columns (in output order) from the joined raw aggregates."""
     out: dict[str, ir.Value] = {}
     out.update(_profile(j))
     out.update(_tenure_and_rfm(j, config))
@@ -73,8 +99,8 @@ def _derive(j: ir.Table, config: FeatureConfig) -> dict[str, ir.Value]:
     out.update(_offer_response(j, config))
     out.update(_calendar(j))
     out["purchase_streak_weeks"] = j.purchase_streak_weeks.fill_null(0).cast("int64")
-    out.update(_milestones(out["n_purchases_total"], config))
-    return out
+    out.update(_milestones(j._n_total, config))
+    return j.select(*KEYS, **out)
 
 
 def _count(x: ir.Value) -> ir.Value:
@@ -95,8 +121,7 @@ def _profile(j: ir.Table) -> dict[str, ir.Value]:
 
 
 def _tenure_and_rfm(j: ir.Table, config: FeatureConfig) -> dict[str, ir.Value]:
-    tenure = days_between(j[AS_OF], j[S.JOINED_AT])
-    recency = j._last_age_s.cast("float64") / float(DAY_S)
+    tenure, recency = j._tenure, j._recency
     inactive = recency.fill_null(tenure)  # never bought: inactive since joining
     stage = ibis.cases(
         (tenure < config.onboarding_days, "onboarding"),
@@ -109,7 +134,7 @@ def _tenure_and_rfm(j: ir.Table, config: FeatureConfig) -> dict[str, ir.Value]:
         "lifecycle_stage": stage,
         "days_since_last_purchase": recency,
         "days_since_first_purchase": j._first_age_s.cast("float64") / float(DAY_S),
-        "n_purchases_total": _count(j.n_purchases_total),
+        "n_purchases_total": j._n_total,
         "spend_total": _money(j.spend_total),
     }
     for w in config.windows_days:
@@ -120,7 +145,7 @@ def _tenure_and_rfm(j: ir.Table, config: FeatureConfig) -> dict[str, ir.Value]:
 
 
 def _tier(j: ir.Table, config: FeatureConfig) -> dict[str, ir.Value]:
-    points = _money(j._tier_spend) * config.points_per_currency_unit
+    points = j._points
     ladder = config.tier_ladder
     top_down = list(reversed(list(enumerate(ladder))))
     tier = ibis.cases(
@@ -139,18 +164,16 @@ def _tier(j: ir.Table, config: FeatureConfig) -> dict[str, ir.Value]:
         "tier_rank": rank.cast("int64"),
         "next_tier": nxt,
         "points_to_next_tier": to_next.cast("float64"),
-        "points_balance": _money(j.spend_total) * config.points_per_currency_unit,
+        "points_balance": _money(j.spend_total) * config.points_per_currency_unit
+        + _money(j._bonus_value) * config.points_per_bonus_unit,
     }
 
 
 def _category_shares(j: ir.Table, config: FeatureConfig) -> dict[str, ir.Value]:
     n = len(config.categories or ())
     parts = [_money(j[f"_cat{i}"]) for i in range(n)] + [_money(j._cat_other)]
-    total = parts[0]
-    for p in parts[1:]:
-        total = total + p
     cols = [*config.category_columns.values(), "share_other"]
-    return {col: safe_div(p, total) for col, p in zip(cols, parts, strict=True)}
+    return {col: safe_div(p, j._cat_total) for col, p in zip(cols, parts, strict=True)}
 
 
 def _offer_response(j: ir.Table, config: FeatureConfig) -> dict[str, ir.Value]:
@@ -177,10 +200,8 @@ def _offer_response(j: ir.Table, config: FeatureConfig) -> dict[str, ir.Value]:
 
 
 def _calendar(j: ir.Table) -> dict[str, ir.Value]:
-    today = j[AS_OF].date()
-    birth, joined = j[S.BIRTH_DATE], j[S.JOINED_AT]
-    next_bday = next_annual_date(today, birth.month(), birth.day())
-    next_anniv = next_annual_date(today, joined.month(), joined.day(), after_year=joined.year())
+    today, birth, joined = j._today, j[S.BIRTH_DATE], j[S.JOINED_AT]
+    next_bday, next_anniv = j._next_bday, j._next_anniv
     to_bday = next_bday.delta(today, unit="day")
     to_anniv = next_anniv.delta(today, unit="day")
     # Completed years: the year of the next occurrence, minus one unless it is today.
