@@ -26,7 +26,13 @@ def _root() -> None:
 
 
 # Command modules, in the order their commands appear in --help.
-_COMMAND_MODULES = ("offers.cmd_data",)
+_COMMAND_MODULES = (
+    "offers.cmd_demo",
+    "offers.cmd_simulate",
+    "offers.cmd_import",
+    "offers.cmd_data",
+    "offers.cmd_catalog",
+)
 
 
 def _register_all() -> None:
