@@ -138,6 +138,9 @@ def _with_columns(df: pd.DataFrame, name: str) -> pd.DataFrame:
     """Add absent nullable columns with canonical dtypes (an all-null object column has no type
     a backend could infer, so build it typed)."""
     spec = TABLES[name]
+    missing = [c for c in spec.required if c not in df.columns]
+    if missing:
+        raise FeatureInputError(f"frames: required column(s) {missing} missing from '{name}'")
     out = df.copy()
     pd_types = {
         "string": "str",
@@ -148,7 +151,7 @@ def _with_columns(df: pd.DataFrame, name: str) -> pd.DataFrame:
     }
     for col in spec.columns:
         if col.name not in out.columns:
-            out[col.name] = pd.Series(pd.NA, index=out.index, dtype=pd_types[col.dtype])
+            out[col.name] = pd.Series([None] * len(out), index=out.index, dtype=pd_types[col.dtype])
         elif out[col.name].isna().all():
             out[col.name] = out[col.name].astype(pd_types[col.dtype])
     return out[[c.name for c in spec.columns if c.name in out.columns]]
