@@ -15,7 +15,16 @@ from features import schema as S
 from features.config import FeatureConfig
 from features.pipeline.exprs import DAY_S, WEEK_S, epoch_s
 
-__all__ = ["AS_OF", "KEYS", "baskets", "offer_history", "purchase_history", "purchase_streak"]
+__all__ = [
+    "AS_OF",
+    "KEYS",
+    "baskets",
+    "category_spend",
+    "offer_history",
+    "purchase_history",
+    "purchase_streak",
+    "visible_lines",
+]
 
 AS_OF = "as_of"
 KEYS = [S.MEMBER_ID, AS_OF]
@@ -30,18 +39,21 @@ def _visible(keys: ir.Table, t: ir.Table, cols: list[str]) -> ir.Table:
     return j.mutate(age_s=epoch_s(j[AS_OF]) - epoch_s(j[S.TS]))
 
 
-def baskets(
+def visible_lines(
     keys: ir.Table,
     transactions: ir.Table,
-    config: FeatureConfig,
     horizon: ir.Value | None = None,
 ) -> ir.Table:
-    """One row per (key, transaction_id) from the visible basket lines: the basket's first
-    timestamp, its age in seconds, its total and its spend per configured category."""
+    """Basket lines of each key's member strictly before the key's as_of."""
     t = transactions
     if horizon is not None:  # a constant as_of: let the backend prune early
         t = t.filter(t[S.TS] < horizon)
-    lines = _visible(keys, t, [S.TRANSACTION_ID, S.TS, S.AMOUNT, S.CATEGORY])
+    return _visible(keys, t, [S.TRANSACTION_ID, S.TS, S.AMOUNT, S.CATEGORY])
+
+
+def category_spend(lines: ir.Table, config: FeatureConfig) -> ir.Table:
+    """Per key: spend per configured category (``_cat<i>``) and on any other or no category
+    (``_cat_other``), over lines in the category window."""
     in_window = ibis.literal(True)
     if config.category_window_days is not None:
         in_window = lines.age_s <= config.category_window_days * DAY_S
@@ -53,19 +65,23 @@ def baskets(
     is_other = lines[S.CATEGORY].isnull()
     if cats:
         is_other = is_other | ~lines[S.CATEGORY].isin(cats)
-    return lines.group_by([*KEYS, S.TRANSACTION_ID]).aggregate(
-        ts=lines[S.TS].min(),
-        age_s=lines.age_s.max(),
-        amount=lines[S.AMOUNT].sum(),
-        **per_cat,
-        _cat_other=lines[S.AMOUNT].sum(where=in_window & is_other),
+    return lines.group_by(KEYS).aggregate(
+        **per_cat, _cat_other=lines[S.AMOUNT].sum(where=in_window & is_other)
     )
 
 
+def baskets(lines: ir.Table) -> ir.Table:
+    """One row per (key, transaction_id): the first timestamp of the basket's visible lines,
+    its age in whole seconds and its total."""
+    b = lines.group_by([*KEYS, S.TRANSACTION_ID]).aggregate(
+        ts=lines[S.TS].min(), amount=lines[S.AMOUNT].sum()
+    )
+    return b.mutate(age_s=epoch_s(b[AS_OF]) - epoch_s(b.ts))
+
+
 def purchase_history(b: ir.Table, config: FeatureConfig) -> ir.Table:
-    """Per key: purchase counts and spend (all time and per window), first/last purchase age,
-    spend in the tier window, and spend per category in the category window."""
-    n_cats = len(config.categories or ())
+    """Per key: purchase counts and spend (all time and per window), first/last purchase age
+    and spend in the tier window."""
     aggs: dict[str, ir.Value] = {
         "n_purchases_total": b.age_s.count(),
         "spend_total": b.amount.sum(),
@@ -76,9 +92,6 @@ def purchase_history(b: ir.Table, config: FeatureConfig) -> ir.Table:
     for w in config.windows_days:
         aggs[f"n_purchases_{w}d"] = b.age_s.count(where=b.age_s <= w * DAY_S)
         aggs[f"spend_{w}d"] = b.amount.sum(where=b.age_s <= w * DAY_S)
-    for i in range(n_cats):
-        aggs[f"_cat{i}"] = b[f"_cat{i}"].sum()
-    aggs["_cat_other"] = b._cat_other.sum()
     return b.group_by(KEYS).aggregate(**aggs)
 
 
@@ -88,13 +101,13 @@ def purchase_streak(b: ir.Table, config: FeatureConfig) -> ir.Table:
     weeks_ago = ((epoch_s(b[AS_OF].truncate("W")) - epoch_s(b.ts.truncate("W"))) / WEEK_S).round()
     w = b.select(*KEYS, weeks_ago=weeks_ago.cast("int64"))
     w = w.filter((w.weeks_ago >= 1) & (w.weeks_ago <= config.streak_max_weeks)).distinct()
-    # weeks_ago values are distinct and >= 1, so weeks_ago == rank + 1 exactly on the run
-    # 1, 2, 3, ... of consecutive active weeks right before the current week.
-    rank = ibis.row_number().over(group_by=KEYS, order_by=w.weeks_ago)
-    w = w.mutate(rank=rank)
-    return w.group_by(KEYS).aggregate(
-        purchase_streak_weeks=w.weeks_ago.count(where=w.weeks_ago == w["rank"] + 1)
-    )
+    # Bit k-1 set <=> a purchase k weeks before the current week. The streak is the number of
+    # trailing one bits: (mask + 1) & ~mask isolates the lowest zero bit, 2 ** streak.
+    # (A sum over distinct weeks, as bit_or is not available on every backend.)
+    bit = (ibis.literal(2, type="int64") ** (w.weeks_ago - 1)).cast("int64")
+    m = w.group_by(KEYS).aggregate(_mask=bit.sum())
+    lowest_zero = (m._mask + 1) & ~m._mask
+    return m.select(*KEYS, purchase_streak_weeks=lowest_zero.log2().round().cast("int64"))
 
 
 def offer_history(

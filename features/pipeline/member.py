@@ -17,9 +17,11 @@ from features.pipeline.history import (
     AS_OF,
     KEYS,
     baskets,
+    category_spend,
     offer_history,
     purchase_history,
     purchase_streak,
+    visible_lines,
 )
 from features.pipeline.tables import FeatureTables
 
@@ -41,8 +43,10 @@ def member_feature_table(
     if config.categories is None:
         raise ValueError("config.categories is not resolved; call resolve_categories first")
     keys = base.select(*KEYS)
-    b = baskets(keys, tables.transactions, config, horizon)
+    lines = visible_lines(keys, tables.transactions, horizon)
+    b = baskets(lines)
     purchases = purchase_history(b, config)
+    categories = category_spend(lines, config)
     streak = purchase_streak(b, config)
     offers = offer_history(keys, tables.offer_events, tables.offers, config, horizon)
 
@@ -51,11 +55,13 @@ def member_feature_table(
 
     joined = (
         base.left_join(purchases, on(purchases))
+        .left_join(categories, on(categories))
         .left_join(streak, on(streak))
         .left_join(offers, on(offers))
         .select(
             base,
             *[purchases[c] for c in purchases.columns if c not in KEYS],
+            *[categories[c] for c in categories.columns if c not in KEYS],
             streak.purchase_streak_weeks,
             *[offers[c] for c in offers.columns if c not in KEYS],
         )
