@@ -40,6 +40,7 @@ __all__ = [
     "PeerLibraryMissing",
     "best_by_library",
     "missing_libraries",
+    "planned_models",
     "run_benchmark",
 ]
 
@@ -172,6 +173,14 @@ def _candidates(config: BenchmarkConfig) -> list[tuple[str, str, str, FitPredict
             factory = _causalml if library == "causalml" else _sklift
             out += [(library, n, c, factory(n, config)) for n, c in PEER_LEARNERS[library].items()]
     return out
+
+
+def planned_models(config: BenchmarkConfig) -> list[tuple[str, str, str]]:
+    """``(library, learner, model class)`` that :func:`run_benchmark` will fit per split.
+
+    Raises :class:`PeerLibraryMissing` when a requested peer library is not installed.
+    """
+    return [(lib, learner, model) for lib, learner, model, _ in _candidates(config)]
 
 
 def _splits(dataset: UpliftDataset, rows: NDArray, config: BenchmarkConfig):
