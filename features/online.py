@@ -21,6 +21,7 @@ import ibis
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from ibis.formats.pandas import PandasData
 
 from features import schema as S
 from features.config import FeatureConfig
@@ -53,7 +54,7 @@ class OnlineFeatures:
         pairs = ibis.table({S.MEMBER_ID: "string", AS_OF: "timestamp"}, name=PAIRS)
         expr = features_at(unbound_tables(), pairs, config)
         self.sql_: str = ibis.to_sql(expr, dialect="duckdb")
-        self.columns_: list[str] = list(expr.columns)
+        self.schema_: ibis.Schema = expr.schema()
         self._con = duckdb.connect()
         self._con.register("offers_frame", _arrow(offers, "offers"))
         self._con.execute("CREATE TABLE offers AS SELECT * FROM offers_frame")
@@ -99,7 +100,8 @@ class OnlineFeatures:
         finally:
             for name in ("members", "transactions", "offer_events", PAIRS):
                 cur.unregister(name)
-        frame = out.to_pandas()[self.columns_]
+        # The same pandas conversion as Ibis' execute(), so batch and online frames compare equal.
+        frame = PandasData.convert_table(out.to_pandas(), self.schema_)
         if basket is not None:
             ctx = basket_context(basket, self.config, frame)
             frame = pd.concat([frame, ctx.iloc[: len(frame)].set_index(frame.index)], axis=1)

@@ -12,15 +12,31 @@ import ibis.expr.types as ir
 
 __all__ = [
     "DAY_S",
+    "MONEY_SCALE",
     "WEEK_S",
     "days_between",
     "epoch_s",
+    "from_units",
     "next_annual_date",
     "safe_div",
+    "to_units",
 ]
 
 DAY_S = 86_400
 WEEK_S = 7 * DAY_S
+# Money is summed as whole 1/10,000 currency units (int64): integer sums do not depend on the
+# order of summation, so DuckDB, Spark, batch and online give bit-identical totals and shares.
+MONEY_SCALE = 10_000
+
+
+def to_units(amount: ir.NumericValue) -> ir.IntegerValue:
+    """An amount in whole 1/10,000 currency units (rounded half away from zero)."""
+    return (amount.cast("float64") * MONEY_SCALE).round().cast("int64")
+
+
+def from_units(units: ir.NumericValue) -> ir.FloatingValue:
+    """Currency amount of a sum of units."""
+    return units.cast("float64") / float(MONEY_SCALE)
 
 
 def epoch_s(ts: ir.TimestampValue) -> ir.IntegerValue:

@@ -13,7 +13,7 @@ import ibis.expr.types as ir
 
 from features import schema as S
 from features.config import FeatureConfig
-from features.pipeline.exprs import DAY_S, WEEK_S, epoch_s
+from features.pipeline.exprs import DAY_S, WEEK_S, epoch_s, to_units
 
 __all__ = [
     "AS_OF",
@@ -48,50 +48,51 @@ def visible_lines(
     t = transactions
     if horizon is not None:  # a constant as_of: let the backend prune early
         t = t.filter(t[S.TS] < horizon)
-    return _visible(keys, t, [S.TRANSACTION_ID, S.TS, S.AMOUNT, S.CATEGORY])
+    lines = _visible(keys, t, [S.TRANSACTION_ID, S.TS, S.AMOUNT, S.CATEGORY])
+    return lines.mutate(units=to_units(lines[S.AMOUNT]))
 
 
 def category_spend(lines: ir.Table, config: FeatureConfig) -> ir.Table:
-    """Per key: spend per configured category (``_cat<i>``) and on any other or no category
-    (``_cat_other``), over lines in the category window."""
+    """Per key: spend (in money units) per configured category (``_cat<i>``) and on any other
+    or no category (``_cat_other``), over lines in the category window."""
     in_window = ibis.literal(True)
     if config.category_window_days is not None:
         in_window = lines.age_s <= config.category_window_days * DAY_S
     cats = list(config.categories or ())
     per_cat = {
-        f"_cat{i}": lines[S.AMOUNT].sum(where=in_window & (lines[S.CATEGORY] == c))
+        f"_cat{i}": lines.units.sum(where=in_window & (lines[S.CATEGORY] == c))
         for i, c in enumerate(cats)
     }
     is_other = lines[S.CATEGORY].isnull()
     if cats:
         is_other = is_other | ~lines[S.CATEGORY].isin(cats)
     return lines.group_by(KEYS).aggregate(
-        **per_cat, _cat_other=lines[S.AMOUNT].sum(where=in_window & is_other)
+        **per_cat, _cat_other=lines.units.sum(where=in_window & is_other)
     )
 
 
 def baskets(lines: ir.Table) -> ir.Table:
     """One row per (key, transaction_id): the first timestamp of the basket's visible lines,
-    its age in whole seconds and its total."""
+    its age in whole seconds and its total in money units."""
     b = lines.group_by([*KEYS, S.TRANSACTION_ID]).aggregate(
-        ts=lines[S.TS].min(), amount=lines[S.AMOUNT].sum()
+        ts=lines[S.TS].min(), units=lines.units.sum()
     )
     return b.mutate(age_s=epoch_s(b[AS_OF]) - epoch_s(b.ts))
 
 
 def purchase_history(b: ir.Table, config: FeatureConfig) -> ir.Table:
-    """Per key: purchase counts and spend (all time and per window), first/last purchase age
-    and spend in the tier window."""
+    """Per key: purchase counts and spend in money units (all time and per window), first/last
+    purchase age and spend in the tier window."""
     aggs: dict[str, ir.Value] = {
         "n_purchases_total": b.age_s.count(),
-        "spend_total": b.amount.sum(),
+        "spend_total": b.units.sum(),
         "_last_age_s": b.age_s.min(),
         "_first_age_s": b.age_s.max(),
-        "_tier_spend": b.amount.sum(where=b.age_s <= config.tier_window_days * DAY_S),
+        "_tier_spend": b.units.sum(where=b.age_s <= config.tier_window_days * DAY_S),
     }
     for w in config.windows_days:
         aggs[f"n_purchases_{w}d"] = b.age_s.count(where=b.age_s <= w * DAY_S)
-        aggs[f"spend_{w}d"] = b.amount.sum(where=b.age_s <= w * DAY_S)
+        aggs[f"spend_{w}d"] = b.units.sum(where=b.age_s <= w * DAY_S)
     return b.group_by(KEYS).aggregate(**aggs)
 
 
@@ -134,7 +135,7 @@ def offer_history(
         "offers_redeemed": v.age_s.count(where=v[S.EVENT] == REDEEMED),
         "offers_dismissed": v.age_s.count(where=v[S.EVENT] == DISMISSED),
         "_last_offer_age_s": v.age_s.min(where=v[S.EVENT] == SENT),
-        "_bonus_value": v[S.REWARD_VALUE].sum(where=bonus),
+        "_bonus_value": to_units(v[S.REWARD_VALUE]).sum(where=bonus),
     }
     for kind in config.offer_kinds:
         is_kind = v[S.KIND] == kind

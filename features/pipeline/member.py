@@ -12,7 +12,13 @@ import ibis.expr.types as ir
 
 from features import schema as S
 from features.config import FeatureConfig
-from features.pipeline.exprs import DAY_S, days_between, next_annual_date, safe_div
+from features.pipeline.exprs import (
+    DAY_S,
+    days_between,
+    from_units,
+    next_annual_date,
+    safe_div,
+)
 from features.pipeline.history import (
     AS_OF,
     KEYS,
@@ -80,9 +86,9 @@ def _intermediates(j: ir.Table, config: FeatureConfig) -> ir.Table:
         points = points * float(config.tier_window_days) / covered
     today = j[AS_OF].date()
     birth, joined = j[S.BIRTH_DATE], j[S.JOINED_AT]
-    cat_total = _money(j._cat_other)
+    cat_total = j._cat_other.fill_null(0)
     for i in range(len(config.categories or ())):
-        cat_total = cat_total + _money(j[f"_cat{i}"])
+        cat_total = cat_total + j[f"_cat{i}"].fill_null(0)
     return j.mutate(
         _cat_total=cat_total,
         _tenure=days_between(j[AS_OF], joined),
@@ -113,8 +119,9 @@ def _count(x: ir.Value) -> ir.Value:
     return x.fill_null(0).cast("int64")
 
 
-def _money(x: ir.Value) -> ir.Value:
-    return x.cast("float64").fill_null(0.0)
+def _money(units: ir.Value) -> ir.Value:
+    """Currency amount of a sum of money units; 0 where there was nothing to sum."""
+    return from_units(units).fill_null(0.0)
 
 
 def _profile(j: ir.Table) -> dict[str, ir.Value]:
@@ -146,7 +153,7 @@ def _tenure_and_rfm(j: ir.Table, config: FeatureConfig) -> dict[str, ir.Value]:
     for w in config.windows_days:
         out[f"n_purchases_{w}d"] = _count(j[f"n_purchases_{w}d"])
         out[f"spend_{w}d"] = _money(j[f"spend_{w}d"])
-    out["avg_basket"] = safe_div(j.spend_total, j.n_purchases_total)
+    out["avg_basket"] = safe_div(from_units(j.spend_total), j.n_purchases_total)
     return out
 
 
@@ -177,7 +184,7 @@ def _tier(j: ir.Table, config: FeatureConfig) -> dict[str, ir.Value]:
 
 def _category_shares(j: ir.Table, config: FeatureConfig) -> dict[str, ir.Value]:
     n = len(config.categories or ())
-    parts = [_money(j[f"_cat{i}"]) for i in range(n)] + [_money(j._cat_other)]
+    parts = [j[f"_cat{i}"].fill_null(0) for i in range(n)] + [j._cat_other.fill_null(0)]
     cols = [*config.category_columns.values(), "share_other"]
     return {col: safe_div(p, j._cat_total) for col, p in zip(cols, parts, strict=True)}
 
