@@ -20,6 +20,7 @@ from features.pipeline.pit import (
     member_features,
     offer_features,
     resolve_categories,
+    to_naive_utc,
     to_timestamp,
 )
 from features.pipeline.tables import (
@@ -43,6 +44,7 @@ __all__ = [
     "offer_features",
     "resolve_categories",
     "tables_from_frames",
+    "to_naive_utc",
     "to_timestamp",
     "unbound_tables",
 ]

@@ -32,6 +32,7 @@ __all__ = [
     "member_features",
     "offer_features",
     "resolve_categories",
+    "to_naive_utc",
     "to_timestamp",
 ]
 
@@ -71,6 +72,18 @@ def to_timestamp(value: Any) -> dt.datetime:
     if ts.tzinfo is not None:
         ts = ts.tz_convert("UTC").tz_localize(None)
     return ts.to_pydatetime()
+
+
+def to_naive_utc(values: pd.Series) -> pd.Series:
+    """Timestamps as naive UTC ``datetime64[us]`` (ISO-8601 strings of mixed precision, dates,
+    tz-aware values converted to UTC); unreadable values become NaT."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        ts = values
+    else:
+        ts = pd.to_datetime(values, format="ISO8601", errors="coerce", utc=True)
+    if getattr(ts.dt, "tz", None) is not None:
+        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+    return ts.astype("datetime64[us]")
 
 
 def resolve_categories(
@@ -148,7 +161,7 @@ def _pairs_table(pairs: ir.Table | pd.DataFrame, time_col: str) -> ir.Table:
         frame = pd.DataFrame(
             {
                 S.MEMBER_ID: pairs[S.MEMBER_ID].astype("str"),
-                AS_OF: pd.to_datetime(pairs[time_col]).astype("datetime64[us]"),
+                AS_OF: to_naive_utc(pairs[time_col]),
             }
         )
         if frame[AS_OF].isna().any():

@@ -1,0 +1,54 @@
+"""Backends the feature pipeline runs on: embedded DuckDB (default) or a Spark session."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ibis
+from ibis.backends import BaseBackend
+
+from features.pipeline.tables import FeatureInputError
+
+__all__ = ["ENGINES", "connect", "spark_session"]
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("duckdb", "spark")
+
+
+def spark_session(master: str | None = None, shuffle_partitions: int = 8) -> Any:
+    """A Spark session configured for the pipeline: session time zone UTC (timestamps are
+    naive UTC), small shuffle partition count, no UI. ``master`` defaults to
+    ``$SPARK_MASTER`` or ``local[*]``; an existing session is reused."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:  # the `spark` extra is not installed
+        raise FeatureInputError("engine 'spark' needs pyspark (pip install '.[spark]')") from exc
+    master = master or os.environ.get("SPARK_MASTER", "local[*]")
+    spark = (
+        SparkSession.builder.master(master)
+        .appName("loyalty-offers-features")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .getOrCreate()
+    )
+    tz = spark.conf.get("spark.sql.session.timeZone")
+    if tz != "UTC":
+        raise FeatureInputError(f"spark.sql.session.timeZone is {tz!r}; the pipeline needs UTC")
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def connect(engine: str = "duckdb", **kwargs: Any) -> BaseBackend:
+    """An Ibis backend for ``engine`` (``duckdb``: in-memory; ``spark``: local session, or
+    the session passed as ``session=``)."""
+    if engine == "duckdb":
+        return ibis.duckdb.connect(**kwargs)
+    if engine == "spark":
+        session = kwargs.pop("session", None) or spark_session(**kwargs)
+        return ibis.pyspark.connect(session)
+    raise FeatureInputError(f"engine: {engine!r} is not one of {ENGINES}")
