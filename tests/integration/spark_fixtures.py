@@ -24,23 +24,11 @@ def java_available() -> bool:
 
 
 def make_spark_session():  # -> pyspark.sql.SparkSession
-    """A small local session: 2 cores, 4 shuffle partitions, UTC, no UI."""
-    from pyspark.sql import SparkSession
+    """The pipeline's own session settings (UTC, no UI) on 2 cores with 4 shuffle partitions."""
+    from features.pipeline.engines import spark_session
 
     warnings.filterwarnings("ignore", category=FutureWarning, module="pyspark")
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .appName("loyalty-offers-tests")
-        .config("spark.sql.shuffle.partitions", "4")
-        .config("spark.default.parallelism", "4")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.memory", "2g")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
-    return spark
+    return spark_session(master="local[2]", shuffle_partitions=4)
 
 
 @pytest.fixture(scope="session")
