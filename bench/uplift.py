@@ -3,10 +3,11 @@
     OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/uplift.py                 # everything
     OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/uplift.py --skip-benchmark  # latency only
 
-Writes one JSON report per data set to ``--out`` (default ``.offers/bench``) and prints the
-tables (the same as ``offers benchmark uplift``), then the latency figures (median of several
-runs): one row at a time and batches of 1,000 and 10,000 rows, and the ratio native / ONNX.
-Peer libraries (the ``bench`` extra) are used when installed; without them only ours runs.
+Writes one JSON report and its Markdown tables per data set to ``--out`` (default
+``.offers/bench``) and prints the tables (as ``offers benchmark uplift`` does). Then it prints
+latency, median of several runs: one row at a time and batches of 1,000 and 10,000 rows,
+native vs onnxruntime, as a ratio. Peer libraries (the ``bench`` extra) are used when
+installed; without them only ours runs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from rich.table import Table
 from models.uplift import LEARNERS
 from models.uplift.onnx_export import OnnxUpliftPredictor, export_onnx
 from offers.cmd_benchmark import render_report
-from training.uplift_benchmark import LIBRARIES, BenchmarkConfig, missing_libraries, run_benchmark
+from training.uplift_benchmark import (
+    LIBRARIES,
+    BenchmarkConfig,
+    missing_libraries,
+    report_markdown,
+    run_benchmark,
+)
 from training.uplift_datasets import DATASETS, load_dataset
 
 console = Console()
@@ -106,6 +113,7 @@ def main() -> None:
             report = run_benchmark(load_dataset(name), config)
             path = args.out / f"uplift_{name}.json"
             path.write_text(json.dumps(report, indent=2) + "\n")
+            path.with_suffix(".md").write_text(report_markdown(report))
             render_report(report, console)
             console.print(f"{name}: {time.perf_counter() - start:.0f} s, report in {path}\n")
     latency(args.learner, args.base_learner, params)

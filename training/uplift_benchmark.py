@@ -41,6 +41,7 @@ __all__ = [
     "best_by_library",
     "missing_libraries",
     "planned_models",
+    "report_markdown",
     "run_benchmark",
 ]
 
@@ -300,3 +301,49 @@ def best_by_library(report: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """Markdown tables of a report: Qini per learner and library, then ours vs best peer."""
+
+    def cell(row: dict[str, Any] | None, metric: str = "qini") -> str:
+        if row is None:
+            return "-"
+        return f"{row[metric]:.4f} ± {row[metric + '_std']:.4f}"
+
+    libraries = [lib for lib in LIBRARIES if any(r["library"] == lib for r in report["results"])]
+    index = {
+        (r["treatment"], r["outcome"], r["learner"], r["library"]): r for r in report["results"]
+    }
+    keys = dict.fromkeys((r["treatment"], r["outcome"], r["learner"]) for r in report["results"])
+    lines = [
+        "| treatment | outcome | learner | "
+        + " | ".join(f"Qini {lib}" for lib in libraries)
+        + " | AUUC ours | uplift@30 ours |",
+        "|---" * (5 + len(libraries)) + "|",
+    ]
+    for treatment, outcome, learner in keys:
+        ours = index.get((treatment, outcome, learner, "ours"))
+        cells = [cell(index.get((treatment, outcome, learner, lib))) for lib in libraries]
+        u30 = "-" if ours is None else f"{ours['uplift@30']:.4f}"
+        lines.append(
+            f"| {treatment} | {outcome} | {learner} | "
+            + " | ".join(cells)
+            + f" | {cell(ours, 'auuc')} | {u30} |"
+        )
+    lines += [
+        "",
+        "| treatment | outcome | best ours | best peer | ours >= peer |",
+        "|---|---|---|---|---|",
+    ]
+    for b in best_by_library(report):
+        ours, peer = b["ours"], b["peer"]
+        ours_text = "-" if ours is None else f"{ours['learner']} {ours['qini']:.4f}"
+        peer_text = (
+            "-" if peer is None else f"{peer['library']} {peer['learner']} {peer['qini']:.4f}"
+        )
+        verdict = "-" if b["ours_wins"] is None else ("yes" if b["ours_wins"] else "**no**")
+        lines.append(
+            f"| {b['treatment']} | {b['outcome']} | {ours_text} | {peer_text} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"

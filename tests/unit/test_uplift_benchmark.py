@@ -17,6 +17,7 @@ from training.uplift_benchmark import (
     PeerLibraryMissing,
     best_by_library,
     planned_models,
+    report_markdown,
     run_benchmark,
 )
 from training.uplift_datasets import UpliftDataset
@@ -106,3 +107,23 @@ def test_config_rejects_unknown_names() -> None:
         BenchmarkConfig(learners=("R",))
     with pytest.raises(ValueError, match=r"n_splits must be >= 1; got 0"):
         BenchmarkConfig(n_splits=0)
+
+
+def test_markdown_tables_name_every_model_and_the_verdict() -> None:
+    rows = [
+        {
+            "treatment": "m",
+            "outcome": "v",
+            "library": lib,
+            "learner": "T",
+            "qini": q,
+            "qini_std": 0.01,
+            "auuc": q,
+            "auuc_std": 0.01,
+            "uplift@30": 0.02,
+        }
+        for lib, q in (("ours", 0.05), ("sklift", 0.04))
+    ]
+    text = report_markdown({"results": rows})
+    assert "| m | v | T | 0.0500 ± 0.0100 | 0.0400 ± 0.0100 | 0.0500 ± 0.0100 | 0.0200 |" in text
+    assert "| m | v | T 0.0500 | sklift T 0.0400 | yes |" in text
