@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features import schema as S
@@ -63,46 +62,87 @@ class Program:
 
 
 def _write_plain(df: pd.DataFrame, path: Path) -> None:
-    """Parquet without pandas metadata; categorical columns stored as plain strings."""
+    """Parquet of a truth frame, read back as plain strings and floats (no pandas metadata).
+
+    Categorical id columns are written as dictionary-encoded strings (no per-row strings are
+    materialised); other columns are not dictionary-encoded (floats gain nothing from it).
+    """
     cols = {}
     for c in df.columns:
-        s = df[c]
-        if isinstance(s.dtype, pd.CategoricalDtype):
-            cols[c] = pa.array(s.to_numpy(dtype=object) if len(s) < 1000 else s).cast(pa.string())
-        else:
-            cols[c] = pa.array(s)
-    pq.write_table(pa.table(cols), path, compression="zstd")
+        arr = pa.array(df[c])
+        if pa.types.is_large_string(arr.type):
+            arr = arr.cast(pa.string())
+        cols[c] = arr
+    ids = [
+        c for c, a in cols.items() if pa.types.is_dictionary(a.type) or pa.types.is_string(a.type)
+    ]
+    pq.write_table(pa.table(cols), path, compression="zstd", use_dictionary=ids, store_schema=False)
 
 
-def _ids(prefix: str, n: int, width: int) -> pa.Array:
-    """``prefix`` + zero-padded 0..n-1 as an Arrow string array (vectorised)."""
-    digits = pc.utf8_lpad(pc.cast(pa.array(np.arange(n, dtype=np.int64)), pa.string()), width, "0")
-    return pc.binary_join_element_wise(prefix, digits, "")
+def _ids(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
+    """``prefix`` + zero-padded decimal numbers as an Arrow string array.
+
+    Every id has the same length, so the string buffer is built directly as an (n, length)
+    byte matrix: no per-row Python work and no intermediate copies.
+    """
+    numbers = np.asarray(numbers, dtype=np.int64)
+    n, head = len(numbers), prefix.encode()
+    length = len(head) + width
+    if n and int(numbers.max()) >= 10**width:
+        raise ValueError(f"ids: {int(numbers.max())} needs more than {width} digits")
+    buf = np.empty((n, length), dtype=np.uint8)
+    buf[:, : len(head)] = np.frombuffer(head, dtype=np.uint8)
+    rest = numbers.copy()
+    for d in range(length - 1, len(head) - 1, -1):
+        buf[:, d] = rest % 10 + ord("0")
+        rest //= 10
+    if (n + 1) * length < 2**31:
+        offsets = np.arange(0, (n + 1) * length, length, dtype=np.int32)
+        return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(buf.ravel()))
+    offsets = np.arange(0, (n + 1) * length, length, dtype=np.int64)
+    big = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(buf.ravel()))
+    return big.cast(pa.string())
 
 
-def _codes(codes: np.ndarray, categories: pa.Array | list[str]) -> pd.Categorical:
-    cats = pd.Index(categories.to_pandas() if isinstance(categories, pa.Array) else categories)
-    return pd.Categorical.from_codes(codes.astype(np.int64), categories=cats, validate=False)
+def _str(values: pa.Array) -> pd.Series:
+    """An Arrow string array as a pandas ``str`` Series (no Python objects)."""
+    return pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([values])), copy=False)
+
+
+def _take(dictionary: pa.Array | list[str], codes: np.ndarray) -> pd.Series:
+    """Strings ``dictionary[codes]`` (null where a code is negative) as a ``str`` Series."""
+    if not isinstance(dictionary, pa.Array):
+        dictionary = pa.array(dictionary, type=pa.string())
+    codes = np.asarray(codes)
+    neg = codes < 0
+    idx = pa.array(np.where(neg, 0, codes).astype(np.int32), mask=neg if neg.any() else None)
+    return _str(dictionary.take(idx))
+
+
+def _codes(codes: np.ndarray, categories: list[str]) -> pd.Categorical:
+    return pd.Categorical.from_codes(codes, categories=pd.Index(categories), validate=False)
 
 
 def _to_ts(seconds: np.ndarray) -> np.ndarray:
     return (seconds.astype(np.int64) * 1_000_000).astype("datetime64[us]")
 
 
-def _members_frame(m: Members, member_ids: pa.Array, tier: np.ndarray, points: np.ndarray):
+def _members_frame(
+    m: Members, member_ids: pa.Array, tiers: tuple[str, ...], tier: np.ndarray, points: np.ndarray
+) -> pd.DataFrame:
     return to_canonical_frame(
         pd.DataFrame(
             {
-                S.MEMBER_ID: member_ids.to_pandas(),
+                S.MEMBER_ID: _str(member_ids),
                 S.JOINED_AT: _to_ts(m.joined_at),
                 S.BIRTH_DATE: _to_ts(m.birth_date),
-                S.TIER: _codes(tier, list(C.SimConfig().tiers)),
+                S.TIER: _take(list(tiers), tier),
                 S.POINTS_BALANCE: points,
                 S.AGE: m.age.astype(float),
-                S.GENDER: _codes(m.gender, list(C.GENDERS)),
+                S.GENDER: _take(list(C.GENDERS), m.gender),
                 S.INCOME: m.income,
-                S.REGION: _codes(m.region, list(C.REGIONS)),
-                S.SEGMENT: _codes(m.segment, list(C.SEGMENTS)),
+                S.REGION: _take(list(C.REGIONS), m.region),
+                S.SEGMENT: _take(list(C.SEGMENTS), m.segment),
                 S.EMAIL_OPT_IN: m.email_opt_in,
                 S.APP_OPT_IN: m.app_opt_in,
             }
@@ -111,52 +151,81 @@ def _members_frame(m: Members, member_ids: pa.Array, tier: np.ndarray, points: n
     )
 
 
-def _transactions_frame(lines: list[Lines], member_cats: pd.Index) -> pd.DataFrame:
-    cat = {f: np.concatenate([getattr(ln, f) for ln in lines]) for f in Lines.__dataclass_fields__}
-    order = np.lexsort((cat["basket"], cat["member"], cat["ts"]))
-    cat = {k: v[order] for k, v in cat.items()}
-    basket = cat.pop("basket")
+def _transactions_frame(lines: list[Lines], member_ids: pa.Array, chunk: int) -> pd.DataFrame:
+    """Basket lines of every source, in time order, one transaction_id per basket.
+
+    Consumes ``lines`` (their arrays are released as they are merged) and builds the canonical
+    frame in row chunks so the peak memory stays near the size of the result.
+    """
+
+    def merged(name: str) -> np.ndarray:
+        out = np.concatenate([getattr(ln, name) for ln in lines])
+        for ln in lines:
+            setattr(ln, name, None)
+        return out
+
+    ts = merged("ts")
+    basket = merged("basket")
+    # Time order; the lines of one basket share its ts and stay together.
+    bits = max(int(basket.max()).bit_length(), 1) if len(basket) else 1
+    key = ((ts - ts.min()) << bits) | basket if len(ts) else ts
+    order = np.argsort(key, kind="stable")
+    del key
+    ts, basket = ts[order], basket[order]
+    member = merged("member")[order]
     new = np.empty(len(basket), dtype=bool)
     new[:1] = True
     new[1:] = basket[1:] != basket[:-1]
+    del basket
     txn_no = np.cumsum(new) - 1
-    n_txn = int(txn_no[-1]) + 1 if len(txn_no) else 0
-    txn_ids = _ids("t", n_txn, max(9, len(str(n_txn))))
-    sku_names = [f"{c[:3]}-{k:04d}" for c in C.CATEGORIES for k in range(C.SKUS_PER_CATEGORY)]
-    stores = [f"st-{r}-{k:02d}" for r in C.REGIONS for k in range(C.STORES_PER_REGION)]
-    frame = pd.DataFrame(
-        {
-            S.TRANSACTION_ID: _codes(txn_no, txn_ids),
-            S.MEMBER_ID: pd.Categorical.from_codes(cat["member"], categories=member_cats),
-            S.TS: _to_ts(cat["ts"]),
-            S.AMOUNT: cat["amount"],
-            S.SKU: _codes(
-                cat["category"].astype(np.int64) * C.SKUS_PER_CATEGORY + cat["sku"], sku_names
-            ),
-            S.CATEGORY: _codes(cat["category"], list(C.CATEGORIES)),
-            S.QUANTITY: cat["quantity"].astype(float),
-            S.STORE_ID: _codes(cat["store"], stores),
-            S.CHANNEL: _codes(cat["channel"], list(C.TXN_CHANNELS)),
-        }
+    del new
+    cols = {f: merged(f)[order] for f in ("category", "sku", "quantity", "amount", "channel")}
+    cols["store"] = merged("store")[order]
+    del order
+    width = max(9, len(str(int(txn_no[-1]) if len(txn_no) else 0)))
+    sku_names = pa.array(
+        [f"{c[:3]}-{k:04d}" for c in C.CATEGORIES for k in range(C.SKUS_PER_CATEGORY)]
     )
-    del cat
-    return to_canonical_frame(frame, "transactions")
+    stores = [f"st-{r[0]}{k:02d}" for r in C.REGIONS for k in range(C.STORES_PER_REGION)]
+    parts = []
+    for a in range(0, max(len(ts), 1), chunk):
+        sl = slice(a, a + chunk)
+        cat = cols["category"][sl]
+        frame = pd.DataFrame(
+            {
+                S.TRANSACTION_ID: _str(_ids("t", txn_no[sl], width)),
+                S.MEMBER_ID: _str(member_ids.take(pa.array(member[sl]))),
+                S.TS: _to_ts(ts[sl]),
+                S.AMOUNT: cols["amount"][sl],
+                S.SKU: _take(
+                    sku_names, cat.astype(np.int32) * C.SKUS_PER_CATEGORY + cols["sku"][sl]
+                ),
+                S.CATEGORY: _take(list(C.CATEGORIES), cat),
+                S.QUANTITY: cols["quantity"][sl].astype(float),
+                S.STORE_ID: _take(stores, cols["store"][sl]),
+                S.CHANNEL: _take(list(C.TXN_CHANNELS), cols["channel"][sl]),
+            }
+        )
+        parts.append(to_canonical_frame(frame, "transactions"))
+        del frame
+    del cols, ts, member, txn_no
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
-def _events_frame(log: CampaignLog, member_cats: pd.Index, offer_ids: list[str]) -> pd.DataFrame:
+def _events_frame(log: CampaignLog, member_ids: pa.Array, offer_ids: list[str]) -> pd.DataFrame:
     ev = log.cat(log.events)
     order = np.lexsort((ev["event"], ev["offer"], ev["member"], ev["ts"]))
     ev = {k: v[order] for k, v in ev.items()}
     n = len(order)
     frame = pd.DataFrame(
         {
-            S.EVENT_ID: _ids("ev", n, max(9, len(str(n)))).to_pandas(),
-            S.MEMBER_ID: pd.Categorical.from_codes(ev["member"], categories=member_cats),
+            S.EVENT_ID: _str(_ids("ev", np.arange(n), max(9, len(str(n))))),
+            S.MEMBER_ID: _str(member_ids.take(pa.array(ev["member"]))),
             S.TS: _to_ts(ev["ts"]),
-            S.EVENT: _codes(ev["event"], list(S.EVENTS)),
-            S.OFFER_ID: _codes(ev["offer"], offer_ids),
-            S.CAMPAIGN_ID: _codes(ev["campaign"], log.ids),
-            S.CHANNEL: _codes(ev["channel"], list(S.CHANNELS)),
+            S.EVENT: _take(list(S.EVENTS), ev["event"]),
+            S.OFFER_ID: _take(offer_ids, ev["offer"]),
+            S.CAMPAIGN_ID: _take(log.ids, ev["campaign"]),
+            S.CHANNEL: _take(list(S.CHANNELS), ev["channel"]),
             S.PROPENSITY: ev["propensity"],
         }
     )
@@ -170,7 +239,7 @@ def _truth(
     op,
     cfg: SimConfig,
     end_s: int,
-    member_cats: pd.Index,
+    member_ids: pa.Array,
     log: CampaignLog,
 ) -> dict[str, pd.DataFrame]:
     """True affinity and effects of a send at ``end`` for every (member, offer)."""
@@ -186,9 +255,9 @@ def _truth(
         aff[:, j] = redeem_probability(r, baseline_probability(m, members, end_s, dur))
         tc[:, j] = r.q * (1 - p0_w)
         ts_[:, j] = r.q * r.mu
-    mcodes = np.repeat(np.arange(n, dtype=np.int64), n_off)
-    ocodes = np.tile(np.arange(n_off, dtype=np.int64), n)
-    mid = pd.Categorical.from_codes(mcodes, categories=member_cats)
+    mcodes = np.repeat(np.arange(n, dtype=np.int32), n_off)
+    ocodes = np.tile(np.arange(n_off, dtype=np.int8 if n_off < 128 else np.int32), n)
+    mid = pd.Categorical.from_codes(mcodes, categories=pd.Index(_str(member_ids)), validate=False)
     oid = _codes(ocodes, list(op.ids))
     affinity = pd.DataFrame({S.MEMBER_ID: mid, S.OFFER_ID: oid, "affinity": aff.ravel()})
     effects = pd.DataFrame(
@@ -196,7 +265,7 @@ def _truth(
     )
     del aff, tc, ts_
     latent = {
-        S.MEMBER_ID: pd.Categorical.from_codes(np.arange(n), categories=member_cats),
+        S.MEMBER_ID: _str(member_ids),
         "price_sensitivity": m.price_sensitivity,
         "purchase_rate": m.rate.astype(np.float32),
         "lapse_at": np.where(
@@ -217,9 +286,9 @@ def _truth(
     ct = log.cat(log.truth)
     campaign = pd.DataFrame(
         {
-            S.CAMPAIGN_ID: _codes(ct.pop("campaign"), log.ids),
-            S.MEMBER_ID: pd.Categorical.from_codes(ct.pop("member"), categories=member_cats),
-            S.OFFER_ID: _codes(ct.pop("offer"), list(op.ids)),
+            S.CAMPAIGN_ID: _take(log.ids, ct.pop("campaign")),
+            S.MEMBER_ID: _str(member_ids.take(pa.array(ct.pop("member")))),
+            S.OFFER_ID: _take(list(op.ids), ct.pop("offer")),
             "sent_at": _to_ts(ct.pop("ts")),
             **ct,
         }
@@ -267,16 +336,16 @@ def simulate(
     tier = np.searchsorted(np.asarray(cfg.tier_thresholds), earned, side="right") - 1
     points = np.floor(earned * m.keep_share) + log_.bonus_points
 
-    member_ids = _ids("m", m.n, max(7, len(str(m.n))))
-    member_cats = pd.Index(member_ids.to_pandas())
+    member_ids = _ids("m", np.arange(m.n), max(7, len(str(m.n))))
     step("tables")
-    members = _members_frame(m, member_ids, tier, points)
+    members = _members_frame(m, member_ids, cfg.tiers, tier, points)
     offers = catalog.to_offers_frame()
-    transactions = _transactions_frame(lines, member_cats)
-    del purchases, lines
-    events = _events_frame(log_, member_cats, list(op.ids))
+    del purchases
+    transactions = _transactions_frame(lines, member_ids, cfg.chunk_rows)
+    del lines
+    events = _events_frame(log_, member_ids, list(op.ids))
     step("ground truth")
-    truth = _truth(m, mean_line, catalog, op, cfg, end_s, member_cats, log_)
+    truth = _truth(m, mean_line, catalog, op, cfg, end_s, member_ids, log_)
     return Program(
         members=members,
         offers=offers,
