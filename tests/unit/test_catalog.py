@@ -131,3 +131,23 @@ def test_numeric_offer_id_becomes_a_string() -> None:
         "offers:\n  - {offer_id: 17, name: n, kind: bogo, reward_value: 1, cost: 1}"
     )
     assert parse_catalog(raw).offers[0].offer_id == "17"
+
+
+def test_cli_catalog_check(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from offers import cmd_catalog
+
+    app = typer.Typer()
+    cmd_catalog.register(app)
+    ok = CliRunner().invoke(app, ["catalog", "check", str(default_catalog_path())])
+    assert ok.exit_code == 0, ok.output
+    assert "experience" in ok.output and "coffee-tasting-event" in ok.output
+    bad = tmp_path / "bad.yaml"
+    text = default_catalog_path().read_text().replace("kind: bogo", "kind: bogus", 1)
+    bad.write_text(text)
+    res = CliRunner().invoke(app, ["catalog", "check", str(bad)])
+    assert res.exit_code == 1
+    flat = " ".join(res.output.split())
+    assert "offer 'bogo-bakery' (offers[14]) field 'kind': 'bogus' is not one of" in flat

@@ -215,3 +215,21 @@ def test_config_end_is_respected() -> None:
     for df, col in ((p.transactions, S.TS), (p.offer_events, S.TS), (p.members, S.JOINED_AT)):
         assert df[col].max() < pd.Timestamp(end)
     assert p.transactions[S.TS].min() >= pd.Timestamp(end) - pd.Timedelta(days=365)
+
+
+def test_cli_simulate_writes_a_program(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from offers import cmd_simulate
+
+    app = typer.Typer()
+    app.callback()(lambda: None)  # keep `simulate` a subcommand, as in the real CLI
+    cmd_simulate.register(app)
+    out = tmp_path / "prog"
+    res = CliRunner().invoke(
+        app, ["simulate", "--members", "300", "--seed", "3", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "300 members" in res.output and "transaction lines" in res.output
+    assert (out / "truth" / "effects.parquet").exists() and (out / "catalog.yaml").exists()
