@@ -56,6 +56,7 @@ def simulate_cmd(
         f"{n['transactions']:,} transaction lines, {n['offer_events']:,} offer events "
         f"(seed {seed}, {time.perf_counter() - t0:.1f} s)",
         highlight=False,
+        soft_wrap=True,
     )
 
 
