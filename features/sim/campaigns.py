@@ -20,7 +20,13 @@ from features.schema import CHANNELS, EVENTS, LIFECYCLE_STAGES, OFFER_KINDS
 from features.sim import config as C
 from features.sim.config import SimConfig
 from features.sim.members import DAY, Members
-from features.sim.purchases import Lines, Purchases, basket_places, line_amounts
+from features.sim.purchases import (
+    Lines,
+    Purchases,
+    basket_places,
+    line_amounts,
+    sample_categories,
+)
 from features.sim.response import (
     INDUCED_SIGMA,
     OfferParams,
@@ -307,7 +313,7 @@ def run_campaigns(
         im, io, its = mi[induced], oi[induced], ind_ts[induced]
         ni = len(im)
         cat = op.category[io]
-        fallback = np.argmax(m.pref[im] * rng.random((ni, m.pref.shape[1])), axis=1)
+        fallback = sample_categories(rng, m.pref, im, cfg.chunk_rows)
         cat = np.where(cat >= 0, cat, fallback).astype(np.int8)
         sku, qty, _ = line_amounts(rng, cat, m.spend_scale[im])
         above = r.mu[induced] - op.min_spend[io]

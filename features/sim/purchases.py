@@ -80,12 +80,13 @@ def sample_categories(
 ) -> np.ndarray:
     """One category per row, drawn from the row's member preferences (inverse CDF, chunked)."""
     out = np.empty(len(member), dtype=np.int8)
+    cum = np.cumsum(pref, axis=1, dtype=np.float32)
+    cum /= cum[:, -1:]
     last = pref.shape[1] - 1
     for a in range(0, len(member), chunk):
         mm = member[a : a + chunk]
-        cum = np.cumsum(pref[mm], axis=1)
-        u = rng.random(len(mm), dtype=np.float32) * cum[:, -1]
-        out[a : a + chunk] = np.minimum((u[:, None] > cum).sum(axis=1), last)
+        u = rng.random(len(mm), dtype=np.float32)
+        out[a : a + chunk] = np.minimum((u[:, None] > cum[mm]).sum(axis=1), last)
     return out
 
 
