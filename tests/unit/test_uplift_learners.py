@@ -111,7 +111,7 @@ def test_make_base_estimator_merges_params() -> None:
     est = make_base_estimator("lightgbm", "classifier", {"num_leaves": 7}, random_state=3)
     assert est.get_params()["num_leaves"] == 7
     assert est.get_params()["random_state"] == 3
-    assert est.get_params()["min_child_samples"] == 200  # from the defaults
+    assert est.get_params()["min_child_samples"] == 50  # from the defaults
     hgb = make_base_estimator("hgb", "regressor", {"max_iter": 5})
     assert type(hgb).__name__ == "HistGradientBoostingRegressor"
     with pytest.raises(UpliftInputError, match=r"base_learner must be one of .* got 'xgb'"):
