@@ -32,6 +32,8 @@ _COMMAND_MODULES = (
     "offers.cmd_import",
     "offers.cmd_data",
     "offers.cmd_catalog",
+    "offers.cmd_features",
+    "offers.cmd_benchmark",
 )
 
 
