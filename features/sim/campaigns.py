@@ -30,6 +30,7 @@ from features.sim.purchases import (
 from features.sim.response import (
     INDUCED_SIGMA,
     OfferParams,
+    Response,
     baseline_probability,
     redeem_probability,
     respond,
@@ -166,6 +167,134 @@ def _valid_on(o: CatalogOffer, d: date, channel: str) -> bool:
     return o.channels is None or channel in o.channels
 
 
+def _pool(
+    rng: np.random.Generator,
+    offers: list[CatalogOffer],
+    used: np.ndarray,
+    day: date,
+    channel: str,
+    cfg: SimConfig,
+) -> np.ndarray:
+    """Offers of one campaign: the least used regular offers plus every surprise offer."""
+    n_off = len(offers)
+    valid = np.array([_valid_on(o, day, channel) for o in offers])
+    surprise = np.array([o.surprise for o in offers])
+    order = np.lexsort((rng.random(n_off), used))  # least used first, random tie-break
+    regular = [i for i in order if valid[i] and not surprise[i]][: cfg.offers_per_campaign]
+    used[regular] += 1
+    return np.array(sorted(regular + [i for i in range(n_off) if valid[i] and surprise[i]]))
+
+
+def _randomise(
+    rng: np.random.Generator, elig: np.ndarray, cfg: SimConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Control flag, chosen pool column and propensity of members with >= 1 eligible offer."""
+    n_t, n_elig = len(elig), elig.sum(axis=1)
+    control = rng.random(n_t) < cfg.control_share
+    pick = np.floor(rng.random(n_t) * n_elig).astype(np.int64)  # uniform among eligible
+    col = np.argmax(np.cumsum(elig, axis=1) == (pick + 1)[:, None], axis=1)
+    prop = np.where(control, cfg.control_share, (1 - cfg.control_share) / n_elig)
+    return control, col, prop
+
+
+@dataclass
+class _Outcome:
+    """What happened after one send to each treated member (see features.sim.response)."""
+
+    r: Response
+    p0_window: np.ndarray
+    p0_duration: np.ndarray
+    induced: np.ndarray
+    induced_ts: np.ndarray
+    redeemed: np.ndarray
+    redeemed_ts: np.ndarray
+    viewed: np.ndarray
+    viewed_ts: np.ndarray
+    dismissed: np.ndarray
+    dismissed_ts: np.ndarray
+
+
+def _outcomes(
+    rng: np.random.Generator,
+    m: Members,
+    p: Purchases,
+    mean_line: np.ndarray,
+    op: OfferParams,
+    cfg: SimConfig,
+    channel: str,
+    mi: np.ndarray,
+    oi: np.ndarray,
+    st: np.ndarray,
+) -> _Outcome:
+    n, w = len(mi), cfg.effect_window_days
+    r = respond(m, mean_line, op, mi, oi)
+    dur = np.minimum(op.duration[oi], w)
+    dur_s = (dur * DAY).astype(np.int64)
+    base_ts = p.first_at_or_after(mi, st)
+    has_base = base_ts < st + dur_s
+    induced = rng.random(n) < r.q
+    delay = np.maximum((dur_s * rng.beta(1.2, 2.5, n)).astype(np.int64), 300)
+    ind_ts = st + np.minimum(delay, dur_s - 1)
+    sure = ~induced & has_base & (rng.random(n) < r.alpha)  # redeemed on a baseline basket
+    redeemed = r.redeemable & (induced | sure)
+    red_ts = np.where(induced, ind_ts, np.where(has_base, base_ts, st))
+    vp = np.clip(m.view_prob[mi] * (1.1 if channel == "app" else 0.95), 0, 0.98)
+    viewed = redeemed | (rng.random(n) < vp)
+    free_view = st + np.minimum(rng.exponential(1.5 * DAY, n).astype(np.int64), w * DAY - 7200)
+    view_ts = np.where(
+        redeemed, st + ((red_ts - st) * rng.uniform(0.05, 0.95, n)).astype(np.int64), free_view
+    )
+    dismissed = viewed & ~redeemed & (rng.random(n) < cfg.dismiss_share)
+    dis_ts = np.minimum(view_ts + rng.exponential(2 * 3600, n).astype(np.int64), st + w * DAY - 1)
+    return _Outcome(
+        r=r,
+        p0_window=baseline_probability(m, mi, st, w),
+        p0_duration=baseline_probability(m, mi, st, dur),
+        induced=induced,
+        induced_ts=ind_ts,
+        redeemed=redeemed,
+        redeemed_ts=red_ts,
+        viewed=viewed,
+        viewed_ts=view_ts,
+        dismissed=dismissed,
+        dismissed_ts=dis_ts,
+    )
+
+
+def _induced_lines(
+    rng: np.random.Generator,
+    m: Members,
+    op: OfferParams,
+    cfg: SimConfig,
+    mi: np.ndarray,
+    oi: np.ndarray,
+    out: _Outcome,
+    first_basket: int,
+) -> Lines:
+    """Induced baskets: one line in the offer's category (or a liked one), >= min_spend."""
+    sel = out.induced
+    im, io, n = mi[sel], oi[sel], int(sel.sum())
+    cat = op.category[io]
+    cat = np.where(cat >= 0, cat, sample_categories(rng, m.pref, im, cfg.chunk_rows))
+    cat = cat.astype(np.int8)
+    sku, qty, _ = line_amounts(rng, cat, m.spend_scale[im])
+    above = out.r.mu[sel] - op.min_spend[io]
+    noise = np.exp(rng.normal(-(INDUCED_SIGMA**2) / 2, INDUCED_SIGMA, n))  # mean 1
+    amount = np.maximum(np.round(op.min_spend[io] + above * noise, 2), 0.2)
+    chan, store = basket_places(rng, m, im)
+    return Lines(
+        member=im.astype(np.int32),
+        basket=np.arange(first_basket, first_basket + n),
+        ts=out.induced_ts[sel],
+        category=cat,
+        sku=sku,
+        quantity=qty,
+        amount=amount,
+        channel=chan,
+        store=store,
+    )
+
+
 def run_campaigns(
     rng: np.random.Generator,
     m: Members,
@@ -174,16 +303,13 @@ def run_campaigns(
     catalog: Catalog,
     op: OfferParams,
     cfg: SimConfig,
-    end_s: int,
     first_basket: int,
 ) -> CampaignLog:
     """Run the past campaigns in time order; see the module docstring for the design."""
     log = CampaignLog(bonus_points=np.zeros(m.n))
-    bonus = log.bonus_points
     offers = catalog.offers
-    n_off = len(offers)
-    received = np.zeros((m.n, n_off), dtype=np.uint8)
-    used = np.zeros(n_off)
+    received = np.zeros((m.n, len(offers)), dtype=np.uint8)  # sends per member and offer
+    used = np.zeros(len(offers))
     w = cfg.effect_window_days
     last_day = cfg.history_days - w - 2
     days = np.round(np.linspace(cfg.first_campaign_day, last_day, cfg.n_campaigns)).astype(int)
@@ -193,36 +319,8 @@ def run_campaigns(
         t = int(p.origin + day * DAY + 10 * 3600)
         channel = cfg.campaign_channels[k % len(cfg.campaign_channels)]
         send_date = (datetime(1970, 1, 1) + timedelta(seconds=t)).date()
-        cid = f"cmp-{k + 1:02d}-{send_date.isoformat()}-{channel}"
-        log.ids.append(cid)
-
-        opted = m.email_opt_in if channel == "email" else m.app_opt_in
-        cand = opted & (m.joined_at < t) & (rng.random(m.n) < cfg.campaign_share)
-        idx = np.flatnonzero(cand)
-        s = _state(m, p, log.induced, bonus, idx, t, cfg)
-
-        # Offer pool: the least used regular offers (random tie-break) plus the moment offers.
-        valid = np.array([_valid_on(o, send_date, channel) for o in offers])
-        surprise = np.array([o.surprise for o in offers])
-        order = np.lexsort((rng.random(n_off), used))
-        regular = [i for i in order if valid[i] and not surprise[i]][: cfg.offers_per_campaign]
-        pool = np.array(sorted(regular + [i for i in range(n_off) if valid[i] and surprise[i]]))
-        used[regular] += 1
-        caps = np.array([offers[i].per_member_cap or 255 for i in pool])
-        elig = np.column_stack([_eligible(offers[i], s, m, idx, cfg) for i in pool])
-        elig &= received[idx][:, pool] < caps[None, :]
-        n_elig = elig.sum(axis=1)
-        keep = n_elig > 0
-        idx, elig, n_elig = idx[keep], elig[keep], n_elig[keep]
-        n_t = len(idx)
-        send = t + rng.integers(0, 3600, n_t)
-        control = rng.random(n_t) < cfg.control_share
-        pick = np.floor(rng.random(n_t) * n_elig).astype(np.int64)
-        col = np.argmax(np.cumsum(elig, axis=1) == (pick + 1)[:, None], axis=1)
-        offer = pool[col]
-        prop = np.where(control, cfg.control_share, (1 - cfg.control_share) / n_elig)
-        ch = np.int8(CHANNELS.index(channel))
-        ci = np.int16(k)
+        log.ids.append(f"cmp-{k + 1:02d}-{send_date.isoformat()}-{channel}")
+        ch, ci = np.int8(CHANNELS.index(channel)), np.int16(k)
 
         def emit(member, ts, ev, off, pr, ch=ch, ci=ci):
             nn = len(member)
@@ -237,104 +335,66 @@ def run_campaigns(
                 channel=np.full(nn, ch),
             )
 
+        # Target, check eligibility at the send, randomise.
+        opted = m.email_opt_in if channel == "email" else m.app_opt_in
+        cand = opted & (m.joined_at < t) & (rng.random(m.n) < cfg.campaign_share)
+        idx = np.flatnonzero(cand)
+        s = _state(m, p, log.induced, log.bonus_points, idx, t, cfg)
+        pool = _pool(rng, offers, used, send_date, channel, cfg)
+        caps = np.array([offers[i].per_member_cap or 255 for i in pool])
+        elig = np.column_stack([_eligible(offers[i], s, m, idx, cfg) for i in pool])
+        elig &= received[idx][:, pool] < caps[None, :]
+        keep = elig.any(axis=1)
+        idx, elig = idx[keep], elig[keep]
+        send = t + rng.integers(0, 3600, len(idx))
+        control, col, prop = _randomise(rng, elig, cfg)
+
         # Control: held_out events; truth rows without an offer.
-        c_idx, c_send = idx[control], send[control]
-        emit(c_idx, c_send, "held_out", np.full(len(c_idx), -1), prop[control])
-        nan = np.full(len(c_idx), np.nan, dtype=np.float32)
+        c_idx, c_send, n_c = idx[control], send[control], int(control.sum())
+        emit(c_idx, c_send, "held_out", np.full(n_c, -1), prop[control])
+        nan = np.full(n_c, np.nan, dtype=np.float32)
         log.add(
             log.truth,
-            campaign=np.full(len(c_idx), ci),
+            campaign=np.full(n_c, ci),
             member=c_idx,
-            offer=np.full(len(c_idx), -1),
+            offer=np.full(n_c, -1),
             ts=c_send,
             propensity=prop[control],
             p_baseline=baseline_probability(m, c_idx, c_send, w),
             affinity=nan,
             tau_conversion=nan,
             tau_spend=nan,
-            treated=np.zeros(len(c_idx), bool),
+            treated=np.zeros(n_c, bool),
         )
 
-        # Treated: outcomes.
+        # Treated: one offer each; what they do; the purchases it induces.
         tr = ~control
-        mi, oi, st = idx[tr], offer[tr], send[tr]
+        mi, oi, st, n_t = idx[tr], pool[col[tr]], send[tr], int(tr.sum())
         received[mi, oi] += 1
-        r = respond(m, mean_line, op, mi, oi)
-        dur = np.minimum(op.duration[oi], w)
-        p0_w = baseline_probability(m, mi, st, w)
-        p0_d = baseline_probability(m, mi, st, dur)
-        base_ts = p.first_at_or_after(mi, st)
-        has_base = base_ts < st + (dur * DAY).astype(np.int64)
-        induced = rng.random(len(mi)) < r.q
-        delay = np.maximum((dur * DAY * rng.beta(1.2, 2.5, len(mi))).astype(np.int64), 300)
-        ind_ts = st + np.minimum(delay, (dur * DAY).astype(np.int64) - 1)
-        sure = ~induced & has_base & (rng.random(len(mi)) < r.alpha)
-        redeemed = r.redeemable & (induced | sure)
-        red_ts = np.where(induced, ind_ts, np.where(has_base, base_ts, st))
-        vp = np.clip(m.view_prob[mi] * (1.1 if channel == "app" else 0.95), 0, 0.98)
-        viewed = redeemed | (rng.random(len(mi)) < vp)
-        win_end = st + w * DAY - 1
-        free_view = st + np.minimum(
-            rng.exponential(1.5 * DAY, len(mi)).astype(np.int64), w * DAY - 7200
-        )
-        view_ts = np.where(
-            redeemed,
-            st + ((red_ts - st) * rng.uniform(0.05, 0.95, len(mi))).astype(np.int64),
-            free_view,
-        )
-        dismissed = viewed & ~redeemed & (rng.random(len(mi)) < cfg.dismiss_share)
-        dis_ts = np.minimum(view_ts + rng.exponential(2 * 3600, len(mi)).astype(np.int64), win_end)
-        prop_t = prop[tr]
-        for ev, mask, ts, pr in (
-            ("sent", np.ones(len(mi), bool), st, prop_t),
-            ("viewed", viewed, view_ts, None),
-            ("redeemed", redeemed, red_ts, None),
-            ("dismissed", dismissed, dis_ts, None),
+        out = _outcomes(rng, m, p, mean_line, op, cfg, channel, mi, oi, st)
+        emit(mi, st, "sent", oi, prop[tr])
+        for ev, mask, ts in (
+            ("viewed", out.viewed, out.viewed_ts),
+            ("redeemed", out.redeemed, out.redeemed_ts),
+            ("dismissed", out.dismissed, out.dismissed_ts),
         ):
-            pr = pr[mask] if pr is not None else np.full(int(mask.sum()), np.nan)
-            emit(mi[mask], ts[mask], ev, oi[mask], pr)
+            emit(mi[mask], ts[mask], ev, oi[mask], np.full(int(mask.sum()), np.nan))
         log.add(
             log.truth,
-            campaign=np.full(len(mi), ci),
+            campaign=np.full(n_t, ci),
             member=mi,
             offer=oi,
             ts=st,
-            propensity=prop_t,
-            p_baseline=p0_w,
-            affinity=redeem_probability(r, p0_d),
-            tau_conversion=r.q * (1 - p0_w),
-            tau_spend=r.q * r.mu,
-            treated=np.ones(len(mi), bool),
+            propensity=prop[tr],
+            p_baseline=out.p0_window,
+            affinity=redeem_probability(out.r, out.p0_duration),
+            tau_conversion=out.r.q * (1 - out.p0_window),
+            tau_spend=out.r.q * out.r.mu,
+            treated=np.ones(n_t, bool),
         )
-        got_bonus = redeemed & (op.kind[oi] == bonus_kind)
-        np.add.at(bonus, mi[got_bonus], op.reward_value[oi[got_bonus]] * cfg.points_per_value)
-
-        # Induced baskets: one line in the offer's category (or a preferred one), >= min_spend.
-        im, io, its = mi[induced], oi[induced], ind_ts[induced]
-        ni = len(im)
-        cat = op.category[io]
-        fallback = sample_categories(rng, m.pref, im, cfg.chunk_rows)
-        cat = np.where(cat >= 0, cat, fallback).astype(np.int8)
-        sku, qty, _ = line_amounts(rng, cat, m.spend_scale[im])
-        above = r.mu[induced] - op.min_spend[io]
-        amount = np.round(
-            op.min_spend[io]
-            + above * np.exp(rng.normal(-(INDUCED_SIGMA**2) / 2, INDUCED_SIGMA, ni)),
-            2,
-        )
-        chan, store = basket_places(rng, m, im)
-        log.induced.append(
-            Lines(
-                member=im.astype(np.int32),
-                basket=np.arange(next_basket, next_basket + ni),
-                ts=its,
-                category=cat,
-                sku=sku,
-                quantity=qty,
-                amount=np.maximum(amount, 0.2),
-                channel=chan,
-                store=store,
-            )
-        )
-        next_basket += ni
+        got = out.redeemed & (op.kind[oi] == bonus_kind)
+        np.add.at(log.bonus_points, mi[got], op.reward_value[oi[got]] * cfg.points_per_value)
+        lines = _induced_lines(rng, m, op, cfg, mi, oi, out, next_basket)
+        log.induced.append(lines)
+        next_basket += len(lines.member)
     return log

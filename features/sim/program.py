@@ -323,7 +323,7 @@ def simulate(
     op = offer_params(catalog, cfg.effect_window_days)
     step("campaigns")
     n_baskets = len(purchases.key)
-    log_ = run_campaigns(rng, m, purchases, mean_line, catalog, op, cfg, end_s, n_baskets)
+    log_ = run_campaigns(rng, m, purchases, mean_line, catalog, op, cfg, n_baskets)
 
     step("tiers and points")
     year_ago = end_s - 365 * DAY
