@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from typing import Any
 
 import ibis
@@ -18,10 +19,13 @@ log = logging.getLogger(__name__)
 ENGINES = ("duckdb", "spark")
 
 
-def spark_session(master: str | None = None, shuffle_partitions: int = 8) -> Any:
+def spark_session(
+    master: str | None = None, shuffle_partitions: int = 8, driver_memory: str = "2g"
+) -> Any:
     """A Spark session configured for the pipeline: session time zone UTC (timestamps are
-    naive UTC), small shuffle partition count, no UI. ``master`` defaults to
-    ``$SPARK_MASTER`` or ``local[*]``; an existing session is reused."""
+    naive UTC), small shuffle partition count, no UI, a throw-away warehouse directory (nothing
+    is written next to the caller). ``master`` defaults to ``$SPARK_MASTER`` or ``local[*]``;
+    an existing session is reused (then ``driver_memory`` cannot change)."""
     try:
         from pyspark.sql import SparkSession
     except ImportError as exc:  # the `spark` extra is not installed
@@ -33,6 +37,8 @@ def spark_session(master: str | None = None, shuffle_partitions: int = 8) -> Any
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
         .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", driver_memory)
+        .config("spark.sql.warehouse.dir", tempfile.mkdtemp(prefix="offers-spark-warehouse-"))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .getOrCreate()
     )

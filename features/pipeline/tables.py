@@ -8,6 +8,7 @@ cast to the canonical types of ``features.schema`` so CSV and Parquet give the s
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,10 @@ from typing import Any
 import ibis
 import ibis.expr.datatypes as dt
 import pandas as pd
+import pyarrow as pa
 from ibis.backends import BaseBackend
 
-from features.io import find_table_file
+from features.io import arrow_schema, find_table_file
 from features.schema import TABLE_ORDER, TABLES
 
 __all__ = [
@@ -100,19 +102,32 @@ def load_tables(data_dir: Path | str, con: BaseBackend | None = None) -> Feature
             log.info("%s: no %s table; using an empty one", data_dir, name)
             tables[name] = _empty(con, name)
             continue
+        view = _unique(name)
         if path.name.endswith(".parquet"):
-            raw = con.read_parquet(path, table_name=f"raw_{name}")
+            raw = con.read_parquet(path, table_name=view)
         elif is_duckdb:
-            raw = con.read_csv(path, table_name=f"raw_{name}", all_varchar=True)
+            raw = con.read_csv(path, table_name=view, all_varchar=True)
         else:
-            raw = con.read_csv(path, table_name=f"raw_{name}", header=True, inferSchema=False)
+            raw = con.read_csv(path, table_name=view, header=True, inferSchema=False)
         tables[name] = _canonical(raw, name, str(path))
     return FeatureTables(**tables)
 
 
+def _unique(name: str) -> str:
+    """A table/view name no other FeatureTables of the same session uses."""
+    return f"offers_{name}_{uuid.uuid4().hex[:12]}"
+
+
+def _upload(con: BaseBackend, name: str, data: pa.Table) -> ibis.Table:
+    """``data`` as a session-scoped table of ``con`` (a temporary view on Spark: nothing is
+    written to a warehouse directory)."""
+    if con.name == "pyspark":
+        return con.create_view(_unique(name), ibis.memtable(data), overwrite=True)
+    return con.create_table(_unique(name), data, temp=True, overwrite=True)
+
+
 def _empty(con: BaseBackend, name: str) -> ibis.Table:
-    schema = canonical_schema(name)
-    return con.create_table(f"empty_{name}", schema=schema, overwrite=True)
+    return _upload(con, name, arrow_schema(TABLES[name]).empty_table())
 
 
 def tables_from_frames(
@@ -129,32 +144,20 @@ def tables_from_frames(
                 raise FeatureInputError(f"frames: no '{name}' table")
             tables[name] = _empty(con, name)
             continue
-        uploaded = con.create_table(f"raw_{name}", _with_columns(df, name), overwrite=True)
+        uploaded = _upload(con, name, _to_arrow(df, name))
         tables[name] = _canonical(uploaded, name, "frames")
     return FeatureTables(**tables)
 
 
-def _with_columns(df: pd.DataFrame, name: str) -> pd.DataFrame:
-    """Add absent nullable columns with canonical dtypes (an all-null object column has no type
-    a backend could infer, so build it typed)."""
+def _to_arrow(df: pd.DataFrame, name: str) -> pa.Table:
+    """A canonical Arrow table (absent nullable columns as typed nulls)."""
     spec = TABLES[name]
     missing = [c for c in spec.required if c not in df.columns]
     if missing:
         raise FeatureInputError(f"frames: required column(s) {missing} missing from '{name}'")
-    out = df.copy()
-    pd_types = {
-        "string": "str",
-        "timestamp": "datetime64[us]",
-        "float": "float64",
-        "int": "Int64",
-        "bool": "boolean",
-    }
-    for col in spec.columns:
-        if col.name not in out.columns:
-            out[col.name] = pd.Series([None] * len(out), index=out.index, dtype=pd_types[col.dtype])
-        elif out[col.name].isna().all():
-            out[col.name] = out[col.name].astype(pd_types[col.dtype])
-    return out[[c.name for c in spec.columns if c.name in out.columns]]
+    return pa.Table.from_pandas(
+        df.reindex(columns=spec.column_names), schema=arrow_schema(spec), preserve_index=False
+    )
 
 
 def unbound_tables() -> FeatureTables:
