@@ -108,7 +108,7 @@ class SimConfig:
     effect_window_days: int = 14
     dismiss_share: float = 0.3  # viewed and not redeemed -> dismissed
     catalog_path: Path | None = None  # None: the example catalog shipped with the package
-    chunk_rows: int = 4_000_000  # rows per chunk of vectorised work (bounds peak memory)
+    chunk_rows: int = 2_000_000  # rows per chunk of vectorised work (bounds peak memory)
     tiers: tuple[str, ...] = field(default=TIERS)
 
     def __post_init__(self) -> None:

@@ -259,9 +259,13 @@ def _truth(
     ocodes = np.tile(np.arange(n_off, dtype=np.int8 if n_off < 128 else np.int32), n)
     mid = pd.Categorical.from_codes(mcodes, categories=pd.Index(_str(member_ids)), validate=False)
     oid = _codes(ocodes, list(op.ids))
-    affinity = pd.DataFrame({S.MEMBER_ID: mid, S.OFFER_ID: oid, "affinity": aff.ravel()})
+    # copy=False: both frames share the id codes and the value arrays (30M rows at 1M members).
+    affinity = pd.DataFrame(
+        {S.MEMBER_ID: mid, S.OFFER_ID: oid, "affinity": aff.ravel()}, copy=False
+    )
     effects = pd.DataFrame(
-        {S.MEMBER_ID: mid, S.OFFER_ID: oid, "tau_conversion": tc.ravel(), "tau_spend": ts_.ravel()}
+        {S.MEMBER_ID: mid, S.OFFER_ID: oid, "tau_conversion": tc.ravel(), "tau_spend": ts_.ravel()},
+        copy=False,
     )
     del aff, tc, ts_
     latent = {
