@@ -1,0 +1,354 @@
+"""Chronological offline evaluation of affinity models: windows, tasks, metrics per model.
+
+Split: models are trained on everything before ``T`` and evaluated on the window
+``[T, test_end)``; only members active in both count (at least one training interaction and at
+least one positive in the window). Hyper-parameters and the shipped combination are chosen on a
+separate validation window ``[V, T)`` with models trained before ``V``, so the test window is
+looked at once.
+
+Targets (what counts as a positive in the window):
+
+* ``offers``: ``redeemed`` offer events. Candidates (``candidates="held"``, the default) are the
+  offers the member *held* during the window (sent before its end and still valid at its
+  start: ``duration_days`` after the send, else the offer's ``valid_to``, else sent inside the
+  window); members need at least ``min_candidates`` of them, otherwise the ranking is trivial.
+  With ``candidates="all"`` every offer is a candidate for everyone.
+* ``products`` / ``categories``: purchases (positive amount and quantity) in the window; every
+  product (category) seen in training is a candidate and every product bought counts as
+  relevant, including ones that never appeared in training (they cannot be recommended).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict, Field
+
+from features import schema as S
+from models.affinity import (
+    FALLBACKS,
+    AffinityModel,
+    Interactions,
+    InteractionSettings,
+    build_interactions,
+    item_key,
+)
+from models.affinity.segments import member_segments
+from training.affinity_metrics import KS, catalog_coverage, ranking_metrics
+
+__all__ = [
+    "EvalInputError",
+    "EvalSettings",
+    "Task",
+    "Windows",
+    "build_task",
+    "choose_windows",
+    "evaluate_model",
+    "pair_scores",
+]
+
+log = logging.getLogger(__name__)
+
+TARGET_KIND = {"offers": "offer", "products": "product", "categories": "category"}
+Target = Literal["offers", "products", "categories"]
+
+
+class EvalInputError(ValueError):
+    """The data cannot support the requested evaluation (empty window, no members...)."""
+
+
+class EvalSettings(BaseModel):
+    """What is evaluated and on which windows."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    target: Target = "offers"
+    candidates: Literal["held", "all"] = "held"
+    split: datetime | None = Field(None, description="T: start of the test window")
+    test_days: float | None = Field(None, gt=0, description="default: test_share of the span")
+    valid_days: float | None = Field(None, gt=0, description="default: = test_days")
+    test_share: float = Field(0.2, gt=0, lt=1)
+    min_candidates: int = Field(2, ge=1)
+    ks: tuple[int, ...] = KS
+    interactions: InteractionSettings = InteractionSettings()
+    segment_min_members: int = 20
+
+    def interaction_settings(self) -> InteractionSettings:
+        """Interaction settings with purchases at the level the target needs."""
+        if self.target == "products":
+            return self.interactions.model_copy(update={"purchase_items": "product"})
+        if self.target == "categories":
+            return self.interactions.model_copy(update={"purchase_items": "category"})
+        return self.interactions
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Validation window [valid_start, test_start), test window [test_start, test_end)."""
+
+    valid_start: pd.Timestamp
+    test_start: pd.Timestamp
+    test_end: pd.Timestamp
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "valid_start": self.valid_start.isoformat(),
+            "train_end": self.test_start.isoformat(),
+            "test_start": self.test_start.isoformat(),
+            "test_end": self.test_end.isoformat(),
+        }
+
+
+def _target_times(tables: dict[str, pd.DataFrame], target: str) -> pd.Series:
+    if target == "offers":
+        return tables["offer_events"][S.TS]
+    return tables["transactions"][S.TS]
+
+
+def choose_windows(tables: dict[str, pd.DataFrame], settings: EvalSettings) -> Windows:
+    """Test window = the last ``test_days`` (default: ``test_share`` of the target's time span,
+    rounded to whole days) or from ``split`` to the end; validation = the window before it."""
+    ts = _target_times(tables, settings.target).dropna()
+    if ts.empty:
+        raise EvalInputError(f"target {settings.target!r}: no events to split in time")
+    first, last = ts.min(), ts.max()
+    end = last + pd.Timedelta(seconds=1)
+    if settings.split is not None:
+        t = pd.Timestamp(settings.split)
+        if not first < t < end:
+            raise EvalInputError(f"split: {t} is outside the data ({first} .. {last})")
+    else:
+        days = settings.test_days or max(1.0, round((last - first).days * settings.test_share))
+        t = (end - pd.Timedelta(days=days)).normalize()
+    valid_days = settings.valid_days or settings.test_days or (end - t) / pd.Timedelta(days=1)
+    v = t - pd.Timedelta(days=valid_days)
+    if v <= first:
+        raise EvalInputError(f"validation window starts at {v}, before the first event {first}")
+    return Windows(v, t, end)
+
+
+@dataclass
+class Task:
+    """One evaluation: training matrix before ``start``, positives in ``[start, end)``."""
+
+    name: str
+    start: pd.Timestamp
+    end: pd.Timestamp
+    train: Interactions
+    rows: np.ndarray  # evaluated members (rows of train)
+    candidates: np.ndarray  # candidate item indices
+    eligible: np.ndarray | None  # (len(rows) x len(candidates)) bool, or everyone everything
+    relevant: sp.csr_matrix  # (len(rows) x n_items)
+    n_relevant: np.ndarray
+    n_cold: int  # members with positives in the window who have no training interaction
+    pair_rows: np.ndarray | None = None  # calibration pairs: train rows
+    pair_items: np.ndarray | None = None  # ... item indices
+    pair_labels: np.ndarray | None = None  # ... redeemed in the window (0/1)
+
+    def batch(self, rows: np.ndarray | None = None) -> Interactions:
+        """Training rows of the evaluated members (or of ``rows``)."""
+        return self.train.take(self.rows if rows is None else rows)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "window": [self.start.isoformat(), self.end.isoformat()],
+            "members": len(self.rows),
+            "cold_members": int(self.n_cold),
+            "candidate_items": len(self.candidates),
+            "train_members": int(self.train.n_members),
+            "items": int(self.train.n_items),
+            "interactions": int(self.train.confidence.nnz),
+            "mean_relevant": float(np.mean(self.n_relevant)) if len(self.n_relevant) else 0.0,
+            "mean_eligible": float(self.eligible.sum(axis=1).mean())
+            if self.eligible is not None and len(self.rows)
+            else float(len(self.candidates)),
+        }
+
+
+def _positives(tables: dict[str, pd.DataFrame], target: str, start, end) -> pd.DataFrame:
+    """(member, item key) of every positive in the window, distinct."""
+    if target == "offers":
+        ev = tables["offer_events"]
+        w = ev.loc[
+            (ev[S.TS] >= start)
+            & (ev[S.TS] < end)
+            & (ev[S.EVENT] == "redeemed")
+            & ev[S.OFFER_ID].notna()
+        ]
+        keys = item_key("offer", w[S.OFFER_ID].to_numpy())
+    else:
+        col = S.SKU if target == "products" else S.CATEGORY
+        tx = tables["transactions"]
+        keep = (tx[S.TS] >= start) & (tx[S.TS] < end) & (tx[S.AMOUNT] > 0) & tx[col].notna()
+        if S.QUANTITY in tx.columns:
+            keep &= ~(tx[S.QUANTITY] <= 0)
+        w = tx.loc[keep]
+        keys = item_key(TARGET_KIND[target], w[col].to_numpy())
+    out = pd.DataFrame({"member": w[S.MEMBER_ID].astype(str).to_numpy(), "item": keys})
+    return out.drop_duplicates(ignore_index=True)
+
+
+def _held(tables: dict[str, pd.DataFrame], start, end) -> pd.DataFrame:
+    """(member, offer key) of offers held during the window (see module docstring)."""
+    ev = tables["offer_events"]
+    sent = ev.loc[(ev[S.EVENT] == "sent") & (ev[S.TS] < end) & ev[S.OFFER_ID].notna()]
+    offers = tables["offers"].set_index(S.OFFER_ID)
+    dur = sent[S.OFFER_ID].map(offers[S.DURATION_DAYS]) if S.DURATION_DAYS in offers else None
+    valid_to = sent[S.OFFER_ID].map(offers[S.VALID_TO]) if S.VALID_TO in offers else None
+    hold_end = pd.Series(pd.NaT, index=sent.index, dtype="datetime64[us]")
+    if valid_to is not None:
+        hold_end = hold_end.fillna(pd.to_datetime(valid_to))
+    if dur is not None:
+        by_duration = sent[S.TS] + pd.to_timedelta(dur.astype(float), unit="D")
+        hold_end = by_duration.where(dur.notna(), hold_end)
+    held = (hold_end >= start) | (hold_end.isna() & (sent[S.TS] >= start))
+    h = sent.loc[held]
+    out = pd.DataFrame(
+        {
+            "member": h[S.MEMBER_ID].astype(str).to_numpy(),
+            "item": item_key("offer", h[S.OFFER_ID].to_numpy()),
+        }
+    )
+    return out.drop_duplicates(ignore_index=True)
+
+
+def _pairs_matrix(pairs: pd.DataFrame, member_ids: np.ndarray, item_ids: np.ndarray):
+    r = pd.Index(member_ids).get_indexer(pairs["member"])
+    c = pd.Index(item_ids).get_indexer(pairs["item"])
+    ok = (r >= 0) & (c >= 0)
+    m = sp.csr_matrix(
+        (np.ones(int(ok.sum()), dtype=np.float32), (r[ok], c[ok])),
+        shape=(len(member_ids), len(item_ids)),
+    )
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m
+
+
+def build_task(
+    tables: dict[str, pd.DataFrame],
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    settings: EvalSettings,
+    segments_source: object,
+    name: str = "test",
+) -> Task:
+    """Training matrix before ``start`` (with segments as of ``start``), positives and
+    candidates in ``[start, end)``, the evaluated members and the calibration pairs."""
+    train = build_interactions(tables, start, settings.interaction_settings())
+    seg = member_segments(segments_source, start)  # type: ignore[arg-type]
+    labels = seg.reindex(train.member_ids).fillna("none|none").to_numpy(dtype=str)
+    train = train.with_segments(labels)
+    kind = TARGET_KIND[settings.target]
+    candidates = train.items_of_kind(kind)
+    if len(candidates) == 0:
+        raise EvalInputError(f"target {settings.target!r}: no {kind} items in the training data")
+    pos = _positives(tables, settings.target, start, end)
+    held = settings.target == "offers" and settings.candidates == "held"
+    if held:
+        hold = _held(tables, start, end)
+        pos = pos.merge(hold, on=["member", "item"], how="inner")
+    n_cold = int((~pos["member"].isin(train.member_ids)).groupby(pos["member"]).any().sum())
+    relevant_all = _pairs_matrix(pos, train.member_ids, train.item_ids)
+    # relevant counts: every distinct positive (unknown items included) of known members
+    n_rel_all = pos.groupby("member").size().reindex(train.member_ids, fill_value=0).to_numpy()
+    ok = n_rel_all > 0
+    eligible_all = None
+    if held:
+        held_m = _pairs_matrix(hold, train.member_ids, train.item_ids)[:, candidates]
+        n_held = np.diff(held_m.indptr)
+        ok &= n_held >= settings.min_candidates
+        eligible_all = held_m
+    rows = np.flatnonzero(ok)
+    if len(rows) == 0:
+        raise EvalInputError(
+            f"{name} window {start} .. {end}: no member has a training interaction and a "
+            f"positive ({settings.target}) in the window"
+        )
+    eligible = None if eligible_all is None else eligible_all[rows].toarray() > 0
+    task = Task(
+        name=name,
+        start=start,
+        end=end,
+        train=train,
+        rows=rows,
+        candidates=candidates,
+        eligible=eligible,
+        relevant=relevant_all[rows],
+        n_relevant=n_rel_all[rows],
+        n_cold=n_cold,
+    )
+    if settings.target == "offers":
+        _add_pairs(task, tables, start, end, held_m if held else None, relevant_all)
+    log.info("%s task: %s", name, task.summary())
+    return task
+
+
+def _add_pairs(task, tables, start, end, held_m, relevant_all) -> None:
+    """Calibration pairs: every (known member, held offer), or every offer for the known
+    members with an offer event in the window."""
+    if held_m is not None:
+        coo = held_m.tocoo()
+        rows, items = coo.row, task.candidates[coo.col]
+    else:
+        ev = tables["offer_events"]
+        active = ev.loc[(ev[S.TS] >= start) & (ev[S.TS] < end), S.MEMBER_ID].astype(str).unique()
+        members = pd.Index(task.train.member_ids).get_indexer(active)
+        members = np.sort(members[members >= 0])
+        rows = np.repeat(members, len(task.candidates))
+        items = np.tile(task.candidates, len(members))
+    labels = np.asarray(relevant_all[rows, items]).ravel() > 0
+    order = np.lexsort((items, rows))
+    task.pair_rows, task.pair_items = rows[order], items[order]
+    task.pair_labels = labels[order].astype(np.int8)
+
+
+def _batches(n: int, size: int):
+    for lo in range(0, n, size):
+        yield np.arange(lo, min(n, lo + size))
+
+
+def rank_task(model: AffinityModel, task: Task, k: int, batch_size: int = 256) -> np.ndarray:
+    """Top-k item indices of every evaluated member (eligible offers only)."""
+    out = []
+    for b in _batches(len(task.rows), batch_size):
+        elig = None if task.eligible is None else task.eligible[b]
+        out.append(model.rank(task.batch(task.rows[b]), task.candidates, k, elig).items)
+    return np.vstack(out) if out else np.empty((0, k), dtype=np.int64)
+
+
+def evaluate_model(
+    model: AffinityModel, task: Task, ks: tuple[int, ...] = KS, batch_size: int = 256
+) -> dict[str, float]:
+    """Ranking metrics at each k, catalog coverage at the largest k and fallback shares."""
+    kmax = max(ks)
+    ranked = rank_task(model, task, kmax, batch_size)
+    out = ranking_metrics(ranked, task.relevant, ks, task.n_relevant)
+    out[f"catalog_coverage@{kmax}"] = catalog_coverage(ranked, kmax, len(task.candidates))
+    used = model.fallback(task.batch(), task.candidates)
+    for fb in FALLBACKS:
+        out[f"share_{fb}"] = float(np.mean(used == fb))
+    return out
+
+
+def pair_scores(model: AffinityModel, task: Task, batch_size: int = 256) -> np.ndarray:
+    """The model's score of every calibration pair of ``task``."""
+    if task.pair_rows is None:
+        raise EvalInputError(f"{task.name} task has no calibration pairs (target is not offers)")
+    members, first = np.unique(task.pair_rows, return_index=True)
+    out = np.empty(len(task.pair_rows), dtype=np.float32)
+    col = pd.Index(task.candidates)
+    for b in _batches(len(members), batch_size):
+        scores = model.score(task.batch(members[b]), task.candidates)
+        lo = first[b[0]]
+        hi = first[b[-1] + 1] if b[-1] + 1 < len(first) else len(task.pair_rows)
+        r = np.searchsorted(members[b], task.pair_rows[lo:hi])
+        c = col.get_indexer(task.pair_items[lo:hi])
+        out[lo:hi] = scores[r, c]
+    return out

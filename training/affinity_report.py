@@ -1,0 +1,196 @@
+"""The full offline evaluation: search on validation, fit before T, score the test window.
+
+``run_evaluation`` returns the report (the JSON of ``offers evaluate affinity``), the models
+fitted on everything before T (the shipped one is what ``offers train affinity`` registers), the
+redemption calibrator and the test task (kept so a champion can be re-scored on the same
+window).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models.affinity import (
+    ALS,
+    BPR,
+    AffinityInputError,
+    AffinityModel,
+    Blend,
+    PersonalPopularity,
+    Popularity,
+    RedeemCalibrator,
+    SegmentPopularity,
+    brier_score,
+    reliability_curve,
+)
+from models.affinity.segments import feature_tables
+from training.affinity_eval import (
+    EvalSettings,
+    Task,
+    build_task,
+    choose_windows,
+    evaluate_model,
+    pair_scores,
+)
+from training.affinity_search import Progress, SearchResult, SearchSettings, search
+
+__all__ = ["BASELINES", "SHIPPED", "EvalRun", "fit_models", "run_evaluation"]
+
+log = logging.getLogger(__name__)
+
+SHIPPED = "blend"
+BASELINES: tuple[str, ...] = ("popularity", "segment_popularity", "personal_popularity")
+MODEL_ORDER: tuple[str, ...] = ("als", "bpr", *BASELINES, SHIPPED)
+
+
+@dataclass
+class EvalRun:
+    """Everything one evaluation produced."""
+
+    report: dict[str, Any]
+    models: dict[str, AffinityModel]
+    calibrator: RedeemCalibrator | None
+    test_task: Task
+    search: SearchResult
+    reliability: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    @property
+    def shipped(self) -> AffinityModel:
+        return self.models[self.report["shipped"]]
+
+
+def fit_models(
+    task: Task,
+    found: SearchResult,
+    settings: EvalSettings,
+    search_settings: SearchSettings,
+    prefit: dict[str, AffinityModel] | None = None,
+) -> dict[str, AffinityModel]:
+    """Every reported model fitted on ``task``'s training matrix with the chosen parameters
+    (``prefit``: models already fitted on that matrix, e.g. the search's best)."""
+    prefit = prefit or {}
+    common = {"random_state": search_settings.seed, "num_threads": search_settings.num_threads}
+    als = prefit.get("als") or ALS(**found.als, **common).fit(task.train)
+    assert isinstance(als, ALS)
+    models: dict[str, AffinityModel] = {
+        "als": als,
+        "bpr": prefit.get("bpr") or BPR(**found.bpr, **common).fit(task.train),
+        "popularity": Popularity().fit(task.train),
+        "segment_popularity": SegmentPopularity(settings.segment_min_members).fit(task.train),
+        "personal_popularity": PersonalPopularity().fit(task.train),
+    }
+    models[SHIPPED] = Blend.from_als(
+        als, task.train, segment_min_members=settings.segment_min_members, **found.blend
+    )
+    return models
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b > 0 else None
+
+
+def _ratios(metrics: dict[str, dict[str, float]], key: str) -> dict[str, float | None]:
+    best_base = max(BASELINES, key=lambda m: metrics[m][key])
+    return {
+        f"als/popularity {key}": _ratio(metrics["als"][key], metrics["popularity"][key]),
+        f"{SHIPPED}/popularity {key}": _ratio(metrics[SHIPPED][key], metrics["popularity"][key]),
+        f"{SHIPPED}/personal_popularity {key}": _ratio(
+            metrics[SHIPPED][key], metrics["personal_popularity"][key]
+        ),
+        f"{SHIPPED}/best_baseline {key}": _ratio(metrics[SHIPPED][key], metrics[best_base][key]),
+        "best_baseline": best_base,  # type: ignore[dict-item]
+    }
+
+
+def _calibrate(
+    valid_model: AffinityModel, test_model: AffinityModel, valid: Task, test: Task
+) -> tuple[RedeemCalibrator | None, dict[str, Any] | None, tuple | None]:
+    if valid.pair_labels is None or test.pair_labels is None:
+        return None, None, None
+    y_valid = valid.pair_labels
+    if len(np.unique(y_valid)) < 2:
+        log.warning("calibration skipped: validation pairs have a single class")
+        return None, {"skipped": "validation pairs have a single class"}, None
+    cal = RedeemCalibrator("isotonic").fit(pair_scores(valid_model, valid), y_valid)
+    p = cal.predict(pair_scores(test_model, test))
+    y = test.pair_labels
+    base = float(y_valid.mean())
+    curve = reliability_curve(p, y, bins=10)
+    info = {
+        "method": "isotonic",
+        "fitted_on": "validation window",
+        "pairs_valid": len(y_valid),
+        "pairs_test": len(y),
+        "positive_rate_test": float(y.mean()),
+        "brier": brier_score(p, y),
+        "brier_base_rate": brier_score(np.full(len(y), base), y),
+        "reliability": [
+            [round(float(a), 4), round(float(b), 4), int(c)] for a, b, c in zip(*curve, strict=True)
+        ],
+    }
+    return cal, info, curve
+
+
+def run_evaluation(
+    tables: dict[str, pd.DataFrame],
+    settings: EvalSettings,
+    search_settings: SearchSettings,
+    dataset: str,
+    progress: Progress | None = None,
+) -> EvalRun:
+    """Validation search, final fit before T, test metrics, calibration (see module doc)."""
+    t0 = time.perf_counter()
+    windows = choose_windows(tables, settings)
+    step = (lambda s, i, n: progress(s, i, n)) if progress else (lambda s, i, n: None)
+    step("prepare", 0, 2)
+    ft = feature_tables(tables)
+    valid = build_task(tables, windows.valid_start, windows.test_start, settings, ft, name="valid")
+    step("prepare", 1, 2)
+    test = build_task(tables, windows.test_start, windows.test_end, settings, ft, name="test")
+    step("prepare", 2, 2)
+    found = search(valid, search_settings, settings.ks, progress)
+    valid_models = fit_models(valid, found, settings, search_settings, found.fitted)
+    models = fit_models(test, found, settings, search_settings)
+    metrics: dict[str, dict[str, float]] = {}
+    valid_metrics: dict[str, dict[str, float]] = {}
+    for i, name in enumerate(MODEL_ORDER):
+        step("evaluate", i, len(MODEL_ORDER))
+        valid_metrics[name] = evaluate_model(valid_models[name], valid, settings.ks)
+        metrics[name] = evaluate_model(models[name], test, settings.ks)
+    step("evaluate", len(MODEL_ORDER), len(MODEL_ORDER))
+    try:
+        cal, cal_info, curve = _calibrate(valid_models[SHIPPED], models[SHIPPED], valid, test)
+    except AffinityInputError as exc:  # e.g. a single class in the window
+        cal, cal_info, curve = None, {"skipped": str(exc)}, None
+    kmax = max(settings.ks)
+    report: dict[str, Any] = {
+        "dataset": dataset,
+        "target": settings.target,
+        "candidates": settings.candidates if settings.target == "offers" else "all",
+        "split": {**windows.to_dict(), "test": test.summary(), "valid": valid.summary()},
+        "shipped": SHIPPED,
+        "selection_metric": search_settings.metric,
+        "models": {name: _rounded(metrics[name]) for name in MODEL_ORDER},
+        "ratios": _ratios(metrics, f"recall@{kmax}"),
+        "validation": {name: _rounded(valid_metrics[name]) for name in MODEL_ORDER},
+        "params": {
+            "als": found.als,
+            "bpr": found.bpr,
+            SHIPPED: found.blend,
+            "interactions": settings.interaction_settings().model_dump(),
+            "seed": search_settings.seed,
+        },
+        "calibration": cal_info,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    return EvalRun(report, models, cal, test, found, curve)
+
+
+def _rounded(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in metrics.items()}
