@@ -85,3 +85,12 @@ def test_csv_on_spark_equals_frames_on_duckdb(tmp_path, spark_con):  # noqa: F81
     expected = member_features(tables_from_frames(F.frames()), F.AS_OF).execute()
     got = member_features(load_tables(tmp_path, spark_con), F.AS_OF).execute()
     _same(expected, got, ["member_id"])
+
+
+def test_frames_uploaded_to_spark_equal_duckdb(spark_con):  # noqa: F811
+    frames = F.frames()
+    del frames["offer_events"]  # an absent table becomes an empty one
+    expected = member_features(tables_from_frames(frames), F.AS_OF).execute()
+    got = member_features(tables_from_frames(frames, spark_con), F.AS_OF).execute()
+    assert (got["offers_received"] == 0).all()
+    _same(expected, got, ["member_id"])
