@@ -233,3 +233,27 @@ def test_cli_simulate_writes_a_program(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "300 members" in res.output and "transaction lines" in res.output
     assert (out / "truth" / "effects.parquet").exists() and (out / "catalog.yaml").exists()
+
+
+def test_campaigns_cover_every_sendable_offer(program: Program) -> None:
+    e = program.offer_events
+    assert 6 <= e[S.CAMPAIGN_ID].nunique() <= 8
+    assert set(e[S.CHANNEL]) == {"email", "app"}
+    sendable = {
+        o.offer_id
+        for o in program.catalog.offers
+        if o.channels is None or {"email", "app"} & set(o.channels)
+    }
+    sent = set(e.loc[e[S.EVENT] == "sent", S.OFFER_ID])
+    assert sent == sendable
+    # Eligibility is respected: onboarding offers go only to members in their first 60 days.
+    onboarding = [
+        o.offer_id
+        for o in program.catalog.offers
+        if o.eligibility and o.eligibility.lifecycle_stages == ["onboarding"]
+    ]
+    rows = e[(e[S.EVENT] == "sent") & e[S.OFFER_ID].isin(onboarding)]
+    joined = rows[S.MEMBER_ID].map(program.members.set_index(S.MEMBER_ID)[S.JOINED_AT])
+    tenure = rows[S.TS] - joined
+    assert len(rows) > 20
+    assert (tenure < pd.Timedelta(days=program.config.onboarding_days, hours=1)).all()
