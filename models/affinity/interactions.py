@@ -127,6 +127,39 @@ class Interactions:
                 f"Interactions.segments: {len(self.segments)} labels for {shape[0]} members"
             )
 
+    @classmethod
+    def from_matrix(
+        cls,
+        confidence: np.ndarray | sp.spmatrix,
+        member_ids: list[str] | np.ndarray | None = None,
+        item_ids: list[str] | np.ndarray | None = None,
+        as_of: pd.Timestamp | str = "2024-01-01",
+        segments: list[str] | np.ndarray | None = None,
+    ) -> Interactions:
+        """From a confidence matrix alone: count 1 and last_days 1 wherever confidence > 0.
+
+        Default ids: ``m0, m1, ...`` and ``product:i0, product:i1, ...``.
+        """
+        conf = sp.csr_matrix(confidence, dtype=np.float32)
+        conf.eliminate_zeros()
+        n, m = conf.shape
+        ones = conf.copy()
+        ones.data[:] = 1.0
+        return cls(
+            member_ids=np.asarray(
+                member_ids if member_ids is not None else [f"m{i}" for i in range(n)], dtype=str
+            ),
+            item_ids=np.asarray(
+                item_ids if item_ids is not None else [f"product:i{j}" for j in range(m)],
+                dtype=str,
+            ),
+            confidence=conf,
+            count=ones,
+            last_days=ones.copy(),
+            as_of=pd.Timestamp(as_of),
+            segments=None if segments is None else np.asarray(segments, dtype=str),
+        )
+
     @property
     def n_members(self) -> int:
         return len(self.member_ids)
