@@ -126,11 +126,11 @@ def _causalml(name: str, config: BenchmarkConfig) -> FitPredict:
                 outcome_learner=est("classifier"), effect_learner=est("regressor")
             )
             share = float(t_tr.mean())  # randomised: the propensity is the treated share
-            model.fit(X_tr, t_tr, y_tr, p=np.full(len(X_tr), share))
+            model.fit(X_tr, treatment=t_tr, y=y_tr, p=np.full(len(X_tr), share))
             return np.asarray(model.predict(X_te, p=np.full(len(X_te), share)))[:, 0]
         cls = meta.BaseSClassifier if name == "S" else meta.BaseTClassifier
         model = cls(learner=est("classifier"))
-        model.fit(X_tr, t_tr, y_tr)
+        model.fit(X_tr, treatment=t_tr, y=y_tr)
         return np.asarray(model.predict(X_te))[:, 0]
 
     return fit_predict
