@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=5)
     parser.add_argument("--base-learner", default="lightgbm", choices=("lightgbm", "hgb"))
     parser.add_argument("--base-params", default=None, help="JSON object of overrides")
-    parser.add_argument("--learner", default="X", choices=sorted(LEARNERS), help="for latency")
+    parser.add_argument("--learner", default="S", choices=sorted(LEARNERS), help="for latency")
     parser.add_argument("--out", type=Path, default=Path(".offers/bench"))
     parser.add_argument("--skip-benchmark", action="store_true")
     args = parser.parse_args()
