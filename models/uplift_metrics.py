@@ -24,7 +24,9 @@ the result does not depend on how ties happen to be ordered. Every curve starts 
 * **Normalised Qini coefficient** = ``(A_model - A_random) / (A_oracle - A_random)`` where ``A``
   is the trapezoid area under the Qini curve: 1 for the oracle ordering, about 0 for a random
   ranking, negative for a ranking worse than random (the same normalisation as scikit-uplift's
-  ``qini_auc_score``).
+  ``qini_auc_score``). The oracle is a reference, not always the maximum: because of the
+  ``N_T / N_C`` scaling, an ordering that puts control rows first while no treated row has been
+  seen can beat it on small or odd samples (e.g. no treated responder), giving values above 1.
 * **AUUC** (normalised) = the same ratio of areas computed on the uplift curve. The oracle
   ordering maximises the Qini curve, not always the uplift curve, so AUUC can in principle
   exceed 1; ``normalize=False`` returns the raw area divided by ``n``.

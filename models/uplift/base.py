@@ -88,8 +88,9 @@ def make_base_estimator(
 ) -> Any:
     """A fresh base estimator: LightGBM or scikit-learn's HistGradientBoosting.
 
-    ``params`` override :data:`DEFAULT_BASE_PARAMS`; the benchmark passes the same call to the
-    peer libraries so that every library trains the same trees.
+    ``params`` override :data:`DEFAULT_BASE_PARAMS` and ``random_state`` overrides both; the
+    benchmark passes the same call to the peer libraries so that every library trains the same
+    trees.
     """
     if base_learner not in BASE_LEARNERS:
         raise UpliftInputError(f"base_learner must be one of {BASE_LEARNERS}; got {base_learner!r}")
@@ -298,21 +299,21 @@ class BaseUpliftLearner(abc.ABC):
             raise UpliftInputError(
                 f"y has {int(bad.sum())} NaN or infinite value(s); first at index {first}"
             )
-        is_binary = bool(np.isin(y_f, (0.0, 1.0)).all())
         if self.outcome not in ("auto", "binary", "continuous"):
             raise UpliftInputError(
                 f"outcome must be 'auto', 'binary' or 'continuous'; got {self.outcome!r}"
             )
-        if self.outcome == "binary" and not is_binary:
-            values = np.unique(y_f[~np.isin(y_f, (0.0, 1.0))])[:5].tolist()
-            raise UpliftInputError(f"outcome='binary' needs y in {{0, 1}}; got values {values}")
-        self.outcome_ = "binary" if self.outcome == "auto" and is_binary else self.outcome
-        if self.outcome_ == "auto":
-            self.outcome_ = "continuous"
+        not_binary = np.unique(y_f[~np.isin(y_f, (0.0, 1.0))])[:5].tolist()
+        if self.outcome == "binary" and not_binary:
+            raise UpliftInputError(f"outcome='binary' needs y in {{0, 1}}; got values {not_binary}")
+        if self.outcome == "auto":
+            self.outcome_ = "continuous" if not_binary else "binary"
+        else:
+            self.outcome_ = self.outcome
         if self.outcome_ == "continuous" and not self.supports_continuous:
             raise UpliftInputError(
-                f"{type(self).__name__} supports binary outcomes only; y has values outside "
-                f"{{0, 1}} (e.g. {np.unique(y_f[~np.isin(y_f, (0.0, 1.0))])[:3].tolist()})"
+                f"{type(self).__name__} supports binary outcomes only; got "
+                f"outcome={self.outcome!r} and y values outside {{0, 1}}: {not_binary[:3]}"
             )
         return y_f
 

@@ -10,18 +10,22 @@ Converters: scikit-learn's HistGradientBoosting through ``skl2onnx``; LightGBM t
 ``onnxmltools`` (imported only for LightGBM models). Tree thresholds become float32 in ONNX, so
 a row whose feature lies between a float64 threshold and its float32 rounding could fall on the
 other side; the parity test bounds the difference at 1e-4 on real and synthetic data.
+
+Exporting needs ``onnx`` and a converter (the ``train`` extra); :class:`OnnxUpliftPredictor`
+needs ``onnxruntime`` alone (the ``serve`` extra).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 from numpy.typing import ArrayLike, NDArray
-from onnx import TensorProto, helper, numpy_helper
 
 from models.uplift.base import BaseUpliftLearner, NotFittedError, Term, UpliftInputError
+
+if TYPE_CHECKING:  # onnx is needed to export only; serving needs onnxruntime alone
+    import onnx
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "OnnxUpliftPredictor", "export_onnx"]
 
@@ -57,6 +61,9 @@ class _GraphBuilder:
     """Accumulates nodes and initialisers with unique names."""
 
     def __init__(self) -> None:
+        from onnx import helper, numpy_helper
+
+        self.helper, self.numpy_helper = helper, numpy_helper
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.opsets: dict[str, int] = {"": _OPSET, "ai.onnx.ml": _ML_OPSET}
@@ -68,19 +75,21 @@ class _GraphBuilder:
 
     def const(self, hint: str, value: NDArray) -> str:
         name = self.name(hint)
-        self.initializers.append(numpy_helper.from_array(value, name))
+        self.initializers.append(self.numpy_helper.from_array(value, name))
         return name
 
     def node(self, op: str, inputs: list[str], hint: str, **attrs: Any) -> str:
         out = self.name(hint)
-        self.nodes.append(helper.make_node(op, inputs, [out], name=self.name(op), **attrs))
+        self.nodes.append(self.helper.make_node(op, inputs, [out], name=self.name(op), **attrs))
         return out
 
     def inline(self, model: onnx.ModelProto, prefix: str, x: str) -> list[str]:
         """Add ``model``'s graph fed by tensor ``x``; return its output names."""
-        model = onnx.compose.add_prefix(model, prefix)
+        from onnx import compose
+
+        model = compose.add_prefix(model, prefix)
         graph = model.graph
-        self.nodes.append(helper.make_node("Identity", [x], [graph.input[0].name]))
+        self.nodes.append(self.helper.make_node("Identity", [x], [graph.input[0].name]))
         self.nodes.extend(graph.node)
         self.initializers.extend(graph.initializer)
         for opset in model.opset_import:
@@ -120,6 +129,9 @@ def _term_column(g: _GraphBuilder, term: Term, outputs: list[str]) -> str:
 
 def export_onnx(learner: BaseUpliftLearner) -> bytes:
     """Serialise a fitted learner's prediction as one ONNX model (see the module docstring)."""
+    import onnx
+    from onnx import TensorProto, helper
+
     if not hasattr(learner, "readout_"):
         raise NotFittedError(f"{type(learner).__name__} is not fitted; nothing to export")
     readout = learner.readout_
