@@ -63,13 +63,18 @@ def latency(learner: str, base_learner: str, base_params: dict | None) -> None:
     table = Table(title=f"{learner}-learner ({base_learner}) on Hillstrom: predict latency")
     for col in ("rows", "native", "onnxruntime", "native / onnx"):
         table.add_column(col, justify="right")
-    rows_1 = [X[i : i + 1] for i in range(200)]
+    single_rows = [X[i : i + 1] for i in range(200)]
+    Predict = Callable[[np.ndarray], np.ndarray]
 
-    def per_row(predict):
-        return lambda: [predict(r) for r in rows_1]
+    def per_row(predict: Predict) -> Callable[[], object]:
+        return lambda: [predict(r) for r in single_rows]
 
-    cases = [("1 (per row)", per_row, 5, 200)]
-    cases += [(f"{n:,}", lambda p, n=n: lambda: p(X[:n]), 7, 1) for n in (1_000, 10_000)]
+    def batch(n: int) -> Callable[[Predict], Callable[[], object]]:
+        return lambda predict: lambda: predict(X[:n])
+
+    Case = tuple[str, Callable[[Predict], Callable[[], object]], int, int]
+    cases: list[Case] = [("1 (per row)", per_row, 5, len(single_rows))]
+    cases += [(f"{n:,}", batch(n), 7, 1) for n in (1_000, 10_000)]
     for label, make, repeats, divisor in cases:
         native = _median_seconds(make(model.predict), repeats) / divisor
         served = _median_seconds(make(onnx_model.predict), repeats) / divisor

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -117,7 +117,7 @@ def _ours(name: str, config: BenchmarkConfig) -> FitPredict:
 def _causalml(name: str, config: BenchmarkConfig) -> FitPredict:
     from causalml.inference import meta
 
-    def est(task: str):
+    def est(task: Literal["classifier", "regressor"]) -> Any:
         return make_base_estimator(config.base_learner, task, config.base_params, config.seed)
 
     def fit_predict(X_tr, y_tr, t_tr, X_te):
