@@ -4,7 +4,8 @@
     OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/uplift.py --skip-benchmark  # latency only
 
 Writes one JSON report and its Markdown tables per data set to ``--out`` (default
-``.offers/bench``) and prints the tables (as ``offers benchmark uplift`` does). Then it prints
+``.offers/bench``) and prints the tables (as ``offers benchmark uplift`` does), and PNG Qini and
+uplift curves of our learners on Hillstrom Womens E-Mail / visit. Then it prints
 latency, median of several runs: one row at a time and batches of 1,000 and 10,000 rows,
 native vs onnxruntime, as a ratio. Peer libraries (the ``bench`` extra) are used when
 installed; without them only ours runs.
@@ -25,6 +26,7 @@ from rich.table import Table
 
 from models.uplift import LEARNERS
 from models.uplift.onnx_export import OnnxUpliftPredictor, export_onnx
+from models.uplift_metrics import plot_qini_curve, plot_uplift_curve
 from offers.cmd_benchmark import render_report
 from training.uplift_benchmark import (
     LIBRARIES,
@@ -86,6 +88,34 @@ def latency(learner: str, base_learner: str, base_params: dict | None) -> None:
     )
 
 
+def plot_curves(out: Path, base_learner: str, base_params: dict | None) -> None:
+    """Qini and uplift curves of our learners, Hillstrom Womens E-Mail / visit, one 70/30 split."""
+    from sklearn.model_selection import train_test_split
+
+    data = load_dataset("hillstrom")
+    rows = np.isin(data.treatment, ["Womens E-Mail", data.control])
+    X = data.X.to_numpy(np.float64)[rows]
+    t = (data.treatment[rows] == "Womens E-Mail").astype(int)
+    y = data.outcomes["visit"][rows]
+    X_tr, X_te, y_tr, y_te, t_tr, t_te = train_test_split(
+        X, y, t, test_size=0.3, random_state=0, stratify=t * 2 + y
+    )
+    scores = {
+        f"{name}-learner": cls(base_learner=base_learner, base_params=base_params)
+        .fit(X_tr, y_tr, t_tr)
+        .predict(X_te)[:, 0]
+        for name, cls in LEARNERS.items()
+    }
+    title = "Hillstrom, Womens E-Mail vs none, visit (test 30%)"
+    for path in (
+        plot_qini_curve(y_te, scores, t_te, out / "qini_hillstrom_womens_visit.png", title=title),
+        plot_uplift_curve(
+            y_te, scores, t_te, out / "uplift_hillstrom_womens_visit.png", title=title
+        ),
+    ):
+        console.print(f"wrote {path}")
+
+
 def _fmt(seconds: float) -> str:
     return f"{seconds * 1e6:.0f} us" if seconds < 1e-3 else f"{seconds * 1e3:.2f} ms"
 
@@ -121,6 +151,7 @@ def main() -> None:
             path.with_suffix(".md").write_text(report_markdown(report))
             render_report(report, console)
             console.print(f"{name}: {time.perf_counter() - start:.0f} s, report in {path}\n")
+        plot_curves(args.out, args.base_learner, params)
     latency(args.learner, args.base_learner, params)
 
 
