@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares
+from implicit.cpu.bpr import BayesianPersonalizedRanking
 from threadpoolctl import threadpool_limits
 
 from models.affinity.base import AffinityModel, Ranking, top_k
@@ -47,8 +49,8 @@ class _Factorization(AffinityModel):
 
     def _fit(self, data: Interactions) -> None:
         x = self._weights(data)
-        model = self._new_implicit()
         with threadpool_limits(limits=1, user_api="blas"):
+            model = self._new_implicit()
             model.fit(x, show_progress=False)
         self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
@@ -60,7 +62,8 @@ class _Factorization(AffinityModel):
     def _implicit(self) -> Any:
         """The implicit model holding our factors (rebuilt after loading)."""
         if getattr(self, "_model", None) is None:
-            model = self._new_implicit()
+            with threadpool_limits(limits=1, user_api="blas"):
+                model = self._new_implicit()
             model.user_factors = self.user_factors_
             model.item_factors = self.item_factors_
             self._model = model
@@ -178,8 +181,6 @@ class ALS(_Factorization):
         self.num_threads = num_threads
 
     def _new_implicit(self) -> Any:
-        from implicit.cpu.als import AlternatingLeastSquares
-
         return AlternatingLeastSquares(
             factors=self.factors,
             regularization=self.regularization,
@@ -240,8 +241,6 @@ class BPR(_Factorization):
         self.num_threads = num_threads
 
     def _new_implicit(self) -> Any:
-        from implicit.cpu.bpr import BayesianPersonalizedRanking
-
         return BayesianPersonalizedRanking(
             factors=self.factors,
             learning_rate=self.learning_rate,

@@ -1,0 +1,321 @@
+"""``offers evaluate affinity``, ``offers train affinity`` and ``offers promote``.
+
+``evaluate affinity --data DIR --json`` prints one JSON object (dataset, split, shipped model,
+metrics per model, ratios, calibration); progress goes to stderr so stdout stays clean.
+``train affinity`` evaluates, logs and registers the shipped model in MLflow and runs the
+champion gate; ``promote NAME --version V`` forces a version to champion (rolling back is
+promoting an earlier version, or ``--rollback``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console(stderr=True)
+out = Console()
+
+TARGET_HELP = "positives: offers (redemptions), products or categories (purchases)"
+
+DataOpt = Annotated[Path, typer.Option("--data", help="canonical data directory")]
+TargetOpt = Annotated[str, typer.Option(help=TARGET_HELP)]
+CandidatesOpt = Annotated[
+    str, typer.Option(help="offers target: held (offers the member held) or all offers")
+]
+SplitOpt = Annotated[
+    datetime | None, typer.Option(help="T, start of the test window (default: last 20% of time)")
+]
+DaysOpt = Annotated[float | None, typer.Option(help="length of the window in days")]
+TrialsOpt = Annotated[int, typer.Option(min=1, help="configurations tried on validation")]
+SeedOpt = Annotated[int, typer.Option(help="seed of the search and the models")]
+ThreadsOpt = Annotated[int, typer.Option(min=0, help="implicit threads (0 = all cores)")]
+NameOpt = Annotated[str | None, typer.Option("--name", help="data set name in the report")]
+MinCandOpt = Annotated[int, typer.Option(min=1, help="held offers a member needs to count")]
+
+
+def _group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
+    """The command group ``name`` of ``app`` (shared with other modules), created if absent."""
+    for info in app.registered_groups:
+        if info.name == name and info.typer_instance is not None:
+            return info.typer_instance
+    sub = typer.Typer(help=help_text, no_args_is_help=True)
+    app.add_typer(sub, name=name)
+    return sub
+
+
+def _settings(
+    target: str,
+    candidates: str,
+    split: datetime | None,
+    test_days: float | None,
+    valid_days: float | None,
+    min_candidates: int,
+    als_trials: int,
+    bpr_trials: int,
+    seed: int,
+    threads: int,
+) -> tuple[Any, Any]:
+    from training.affinity_eval import EvalSettings
+    from training.affinity_search import SearchSettings
+
+    try:
+        ev = EvalSettings(
+            target=target,  # type: ignore[arg-type]
+            candidates=candidates,  # type: ignore[arg-type]
+            split=split,
+            test_days=test_days,
+            valid_days=valid_days,
+            min_candidates=min_candidates,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    search = SearchSettings(
+        als_trials=als_trials, bpr_trials=bpr_trials, seed=seed, num_threads=threads
+    )
+    return ev, search
+
+
+class _Bars:
+    """Rich progress bars fed by the library's ``progress(stage, done, total)`` callback."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description:<10}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _Bars:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total)
+        self.progress.update(self.tasks[stage], completed=done, total=total)
+
+
+_ROWS = (
+    "recall@1",
+    "recall@3",
+    "recall@5",
+    "recall@10",
+    "ndcg@10",
+    "map@10",
+    "precision@10",
+    "catalog_coverage@10",
+    "share_personalised",
+    "share_segment_popular",
+    "share_global_popular",
+)
+_SHORT = {
+    "segment_popularity": "segment",
+    "personal_popularity": "buy-again",
+    "popularity": "popular",
+}
+
+
+def _metrics_table(report: dict[str, Any]) -> Table:
+    """Metrics as rows, models as columns (the shipped one in bold)."""
+    t = Table(
+        title=f"{report['dataset']}: {report['target']} ({report['candidates']}), test window"
+    )
+    t.add_column("metric")
+    names = list(report["models"])
+    for name in names:
+        label = _SHORT.get(name, name)
+        t.add_column(f"[bold]{label}*[/]" if name == report["shipped"] else label, justify="right")
+    for row in _ROWS:
+        t.add_row(row, *(f"{report['models'][n].get(row, float('nan')):.3f}" for n in names))
+    t.caption = f"* shipped; test members {report['split']['test']['members']:,}"
+    return t
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/] {message}", markup=True, highlight=False)
+    raise typer.Exit(code=1)
+
+
+def _load(data: Path) -> dict[str, Any]:
+    from features.validate import DataValidationError, load_dir
+
+    try:
+        return load_dir(data)
+    except DataValidationError as exc:
+        _fail(f"{data}: invalid data ({exc.result.summary()}); run `offers validate {data}`")
+    raise AssertionError  # unreachable
+
+
+def evaluate_affinity(
+    data: DataOpt,
+    target: TargetOpt = "offers",
+    candidates: CandidatesOpt = "held",
+    split: SplitOpt = None,
+    test_days: DaysOpt = None,
+    valid_days: DaysOpt = None,
+    min_candidates: MinCandOpt = 2,
+    als_trials: TrialsOpt = 6,
+    bpr_trials: TrialsOpt = 3,
+    seed: SeedOpt = 0,
+    threads: ThreadsOpt = 1,
+    name: NameOpt = None,
+    plots: Annotated[Path | None, typer.Option(help="write metric@k and reliability PNGs")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Chronological offline evaluation of ALS, BPR, the baselines and the shipped blend."""
+    from training.affinity_eval import EvalInputError
+    from training.affinity_plots import plot_metrics_at_k, plot_reliability
+    from training.affinity_report import run_evaluation
+
+    ev, search = _settings(
+        target, candidates, split, test_days, valid_days, min_candidates,
+        als_trials, bpr_trials, seed, threads,
+    )  # fmt: skip
+    tables = _load(data)
+    try:
+        with _Bars() as bars:
+            run = run_evaluation(tables, ev, search, name or data.resolve().name, bars)
+    except EvalInputError as exc:
+        _fail(str(exc))
+    report = run.report
+    if plots is not None:
+        plot_metrics_at_k(report, plots / "metrics_at_k.png", ev.ks)
+        if run.reliability is not None:
+            plot_reliability(run.reliability, plots / "reliability.png")
+    if as_json:
+        typer.echo(json.dumps(report, default=str))
+        return
+    out.print(_metrics_table(report))
+    out.print({k: v for k, v in report["ratios"].items()})
+    cal = report.get("calibration") or {}
+    if "brier" in cal:
+        out.print(
+            f"P(redeem) calibration ({cal['method']}, fitted on validation): Brier "
+            f"{cal['brier']:.4f} vs {cal['brier_base_rate']:.4f} for the base rate"
+        )
+
+
+def train_affinity(
+    data: DataOpt,
+    target: TargetOpt = "offers",
+    candidates: CandidatesOpt = "held",
+    split: SplitOpt = None,
+    test_days: DaysOpt = None,
+    valid_days: DaysOpt = None,
+    min_candidates: MinCandOpt = 2,
+    als_trials: TrialsOpt = 6,
+    bpr_trials: TrialsOpt = 3,
+    seed: SeedOpt = 0,
+    threads: ThreadsOpt = 1,
+    name: NameOpt = None,
+    model_name: Annotated[str, typer.Option(help="registered model name")] = "offers-affinity",
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under OFFERS_HOME)"
+        ),
+    ] = None,
+) -> None:
+    """Train the shipped affinity model, register it as challenger and gate it vs champion."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from training.affinity_eval import EvalInputError
+    from training.affinity_train import DEFAULT_GATE
+    from training.affinity_train import train_affinity as train
+    from training.registry import ModelRegistry
+
+    ev, search = _settings(
+        target, candidates, split, test_days, valid_days, min_candidates,
+        als_trials, bpr_trials, seed, threads,
+    )  # fmt: skip
+    tables = _load(data)
+    registry = ModelRegistry(tracking_uri)
+    try:
+        with _Bars() as bars:
+            result = train(
+                data, ev, search, registry, name=model_name, dataset=name, progress=bars,
+                tables=tables,
+            )  # fmt: skip
+    except EvalInputError as exc:
+        _fail(str(exc))
+    champ = result.champion_version
+    t = Table(title=f"{model_name}: new version {result.version} vs champion")
+    t.add_column("metric")
+    t.add_column(f"new v{result.version}", justify="right")
+    t.add_column(f"champion v{champ}" if champ else "champion (none)", justify="right")
+    keys = [
+        k
+        for k in result.metrics
+        if k.startswith(("recall@", "ndcg@"))
+        or k in ("map@10", "precision@10")
+        or k.startswith("catalog_coverage")
+    ]
+    for k in keys:
+        theirs = (result.champion_metrics or {}).get(k)
+        mine = result.metrics[k]
+        better = theirs is not None and mine > theirs
+        t.add_row(
+            f"[bold]{k}[/]" if k == DEFAULT_GATE.metric else k,
+            f"[green]{mine:.4f}[/]" if better else f"{mine:.4f}",
+            "-" if theirs is None else f"{theirs:.4f}",
+        )
+    if champ:
+        t.caption = f"champion figures: {result.champion_basis}"
+    out.print(t)
+    verdict = (
+        "[green]promoted to champion[/]"
+        if result.decision.promoted
+        else "[yellow]kept as challenger[/]"
+    )
+    out.print(f"v{result.version}: {verdict}: {result.decision.reason}")
+    out.print(f"tracking: {registry.tracking_uri}")
+
+
+def promote(
+    name: Annotated[str, typer.Argument(help="registered model name, e.g. offers-affinity")],
+    version: Annotated[str | None, typer.Option(help="version to make champion")] = None,
+    rollback: Annotated[bool, typer.Option(help="promote the previous champion")] = False,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
+) -> None:
+    """Force a version to champion (no gate); promoting an earlier version is a rollback."""
+    from training.registry import ModelRegistry, RegistryError
+
+    if (version is None) == (not rollback):
+        _fail("give exactly one of --version V or --rollback")
+    registry = ModelRegistry(tracking_uri)
+    try:
+        if rollback:
+            version = registry.rollback(name)
+        else:
+            assert version is not None
+            registry.promote(name, version, reason="forced: offers promote")
+    except RegistryError as exc:
+        _fail(str(exc))
+    out.print(f"{name} version {version} is now [bold]champion[/] ({registry.tracking_uri})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``evaluate affinity``, ``train affinity`` and ``promote`` to ``app``."""
+    _group(app, "evaluate", "Offline evaluation on a chronological split.").command("affinity")(
+        evaluate_affinity
+    )
+    _group(app, "train", "Train, log to MLflow, register and gate models.").command("affinity")(
+        train_affinity
+    )
+    app.command("promote")(promote)
