@@ -1,0 +1,152 @@
+"""Eligibility: which offers each member may receive now, as (members x offers) boolean masks.
+
+Rules (every one must hold; the ``rules`` dict of :class:`Eligibility` keeps each mask when
+asked, so a test or an explanation can say which rule excluded an offer):
+
+==================  ================================================================================
+rule                an offer passes for a member when
+==================  ================================================================================
+``tier``            the offer has no tier list, or the member's tier is in it (unknown tier: no)
+``lifecycle_stage`` no stage list, or the member's stage is in it
+``segment``         no segment list, or the member's segment is in it (unknown segment: no)
+``min_points``      no minimum, or ``points_balance >= min_points`` (unknown balance: no)
+``channel``         the offer has no channel list, or the decision's channel is in it
+``validity``        the decision date is within ``[valid_from, valid_to]``
+``min_spend``       at checkout: the current basket is at least the offer's ``min_spend``
+``per_member_cap``  the member received it fewer than ``per_member_cap`` times
+``active``          the member does not already hold it (sent, not redeemed, not expired)
+``budget``          what is left of the offer's budget is above zero
+``moment``          surprise offers only: the member is in the offer's moment (any moment when
+                    the offer names none)
+``surprise_cap``    surprise offers only: fewer than ``surprise.yearly_cap`` surprises this year
+``no_repeat``       surprise offers only: not the member's previous surprise
+==================  ================================================================================
+
+Channel frequency caps limit how *many* offers a member may get (``slots``), not which.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from features.schema import CHANNELS
+from serving.engine.context import DecisionContext
+from serving.engine.members import MemberTable
+from serving.engine.moments import DETECTED_MOMENTS, Moments
+from serving.engine.offers import OfferTable
+from serving.engine.settings import EngineSettings
+from serving.engine.state import MemberOfferState
+
+__all__ = ["RULES", "Eligibility", "eligibility"]
+
+RULES: tuple[str, ...] = (
+    "tier",
+    "lifecycle_stage",
+    "segment",
+    "min_points",
+    "channel",
+    "validity",
+    "min_spend",
+    "per_member_cap",
+    "active",
+    "budget",
+    "moment",
+    "surprise_cap",
+    "no_repeat",
+)
+
+
+@dataclass
+class Eligibility:
+    """``mask[i, j]``: offer j may go to member i; ``slots[i]``: how many offers at most."""
+
+    mask: np.ndarray
+    slots: np.ndarray
+    rules: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def failed(self, member: int, offer: int) -> list[str]:
+        """Names of the rules that exclude ``offer`` for ``member`` (needs ``keep_rules``)."""
+        return [r for r, m in self.rules.items() if not m[member, offer]]
+
+
+def eligibility(
+    members: MemberTable,
+    offers: OfferTable,
+    state: MemberOfferState,
+    context: DecisionContext,
+    moments: Moments,
+    budget_left: np.ndarray,
+    settings: EngineSettings,
+    keep_rules: bool = False,
+) -> Eligibility:
+    """Evaluate every rule of the module docstring; ``keep_rules`` keeps each rule's mask."""
+    n, m = members.n, offers.n
+    state.check(n, m)
+    mask = np.ones((n, m), dtype=bool)
+    rules: dict[str, np.ndarray] = {}
+
+    def apply(name: str, ok: np.ndarray) -> None:
+        ok = np.broadcast_to(ok, (n, m))
+        mask[...] &= ok
+        if keep_rules:
+            rules[name] = np.array(ok, dtype=bool)
+
+    known_tier = members.tier >= 0
+    tier_ok = offers.tier_ok.T[np.where(known_tier, members.tier, 0)]  # (n, m)
+    apply("tier", tier_ok & (known_tier[:, None] | ~offers.tier_restricted[None, :]))
+    apply("lifecycle_stage", offers.stage_ok.T[members.stage])
+    apply("segment", _segment_ok(members.segment, offers))
+    with np.errstate(invalid="ignore"):
+        points = members.get("points_balance")
+        apply(
+            "min_points",
+            (offers.min_points[None, :] <= 0) | (points[:, None] >= offers.min_points[None, :]),
+        )
+    ch = CHANNELS.index(context.channel)
+    apply("channel", offers.channel_ok[:, ch][None, :])
+    day = np.datetime64(context.as_of, "D")
+    apply("validity", ((offers.valid_from <= day) & (day <= offers.valid_to))[None, :])
+    if context.channel == "checkout":
+        basket = np.nan_to_num(members.get("basket_total"), nan=0.0)
+        apply("min_spend", basket[:, None] >= offers.min_spend[None, :])
+    else:
+        apply("min_spend", np.ones((1, m), dtype=bool))
+    apply("per_member_cap", state.received < offers.per_member_cap[None, :])
+    apply("active", ~state.active)
+    left = np.asarray(budget_left, dtype=np.float64)
+    apply("budget", (np.isnan(left) | (left > 0))[None, :])
+
+    surprise = offers.surprise[None, :]
+    midx = np.array([DETECTED_MOMENTS.index(x) if x else -1 for x in offers.moment], dtype=np.int64)
+    in_moment = np.where(midx >= 0, moments.flags[:, np.maximum(midx, 0)], moments.any[:, None])
+    apply("moment", ~surprise | in_moment)
+    under_cap = state.surprises_year < settings.surprise.yearly_cap
+    apply("surprise_cap", ~surprise | under_cap[:, None])
+    apply("no_repeat", ~surprise | (state.last_surprise[:, None] != np.arange(m)[None, :]))
+
+    cap = settings.caps.per_channel.get(context.channel)
+    k = context.k if context.k is not None else settings.k
+    slots = np.full(n, k, dtype=np.int64)
+    if cap is not None:
+        slots = np.clip(cap - state.channel_recent[:, ch], 0, k)
+    return Eligibility(mask=mask, slots=slots, rules=rules)
+
+
+def _segment_ok(segment: np.ndarray, offers: OfferTable) -> np.ndarray:
+    """(n, m) bool: the offer has no segment list or lists the member's segment."""
+    codes, uniques = _factorize(segment)
+    table = np.ones((len(uniques) + 1, offers.n), dtype=bool)  # last row: unknown segment
+    for j, allowed in enumerate(offers.segments):
+        if allowed is None:
+            continue
+        table[:-1, j] = [u in allowed for u in uniques]
+        table[-1, j] = False
+    return table[np.where(codes >= 0, codes, len(uniques))]
+
+
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    codes, uniques = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=True)
+    return np.asarray(codes), [str(u) for u in uniques]

@@ -1,0 +1,100 @@
+"""Exploration: per slot, with probability epsilon, a uniform pick among the eligible offers.
+
+Slots are filled in order. At slot r the *candidates* are the member's eligible regular offers
+not already shown in an earlier slot and still allowed by the diversity rule and the budgets;
+the *greedy* offer is the allocation's best remaining pick that is a candidate (possibly none).
+A deterministic draw (hash of request id, member id and slot; see ``serving.engine.hashing``)
+decides: with probability ``epsilon`` the slot shows a uniformly drawn candidate, otherwise the
+greedy offer. The recorded propensity of the shown offer ``o`` is the full mixture
+
+    P(o) = (1 - epsilon) x 1[o is greedy] + epsilon / n_candidates
+
+which sums to 1 over the candidates whenever there is a greedy offer (with none, the slot stays
+empty with probability 1 - epsilon). It is the probability of ``o`` at that slot given the
+earlier slots; a slate's probability is the product over its slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.engine.hashing import unit_interval
+
+__all__ = ["Slate", "explore"]
+
+
+@dataclass
+class Slate:
+    """Shown offers per member and slot (-1: empty) with how each was chosen."""
+
+    offers: np.ndarray  # (n, K) int
+    propensity: np.ndarray  # (n, K) float, nan for empty slots
+    explored: np.ndarray  # (n, K) bool
+    n_candidates: np.ndarray  # (n, K) int
+
+
+def _draws(keys: np.ndarray, salt: str, slot: int) -> tuple[np.ndarray, np.ndarray]:
+    coin = unit_interval(keys, f"{salt}/coin/{slot}")
+    pick = unit_interval(keys, f"{salt}/pick/{slot}")
+    return coin, pick
+
+
+def explore(
+    greedy: np.ndarray,
+    candidates: np.ndarray,
+    kind: np.ndarray,
+    max_per_kind: int,
+    slots: np.ndarray,
+    epsilon: float,
+    keys: np.ndarray,
+    salt: str,
+    kind_count: np.ndarray | None = None,
+    first_slot: int = 0,
+) -> Slate:
+    """Fill ``slots_i`` slots per member from the allocation's ``greedy`` picks (n, K, best
+    first) and the eligible ``candidates`` (n, m), exploring with probability ``epsilon``.
+
+    ``kind_count`` (n, n_kinds): kinds already shown (e.g. by a surprise); ``first_slot``
+    numbers the slots for the draws (so a surprise in slot 0 does not shift them).
+    """
+    n, K = greedy.shape
+    m = candidates.shape[1]
+    rows = np.arange(n)
+    n_kinds = max(int(kind.max()) + 1 if len(kind) else 1, 1)
+    counts = np.zeros((n, n_kinds), np.int32) if kind_count is None else kind_count.copy()
+    shown = np.full((n, K), -1, dtype=np.int64)
+    prop = np.full((n, K), np.nan)
+    explored = np.zeros((n, K), dtype=bool)
+    n_cand = np.zeros((n, K), dtype=np.int64)
+    used = np.zeros((n, m), dtype=bool)
+    for r in range(K):
+        active = slots > r
+        cand = candidates & ~used & (counts[:, kind] < max_per_kind) & active[:, None]
+        # greedy: the first allocated pick that is still a candidate
+        g = np.full(n, -1, dtype=np.int64)
+        for q in range(K):
+            gq = greedy[:, q]
+            ok = (g < 0) & (gq >= 0) & cand[rows, np.maximum(gq, 0)]
+            g[ok] = gq[ok]
+        nc = cand.sum(axis=1)
+        if epsilon > 0:
+            coin, u = _draws(keys, salt, first_slot + r)
+            go = (coin < epsilon) & (nc > 0)
+            target = np.floor(u * nc).astype(np.int64)  # the target-th candidate (0-based)
+            pos = np.argmax(np.cumsum(cand, axis=1) > target[:, None], axis=1)
+        else:
+            go = np.zeros(n, dtype=bool)
+            pos = np.zeros(n, dtype=np.int64)
+        o = np.where(go, pos, g)
+        has = o >= 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = (1 - epsilon) * (o == g) + np.where(nc > 0, epsilon / nc, 0.0)
+        shown[has, r] = o[has]
+        prop[has, r] = p[has]
+        explored[:, r] = go
+        n_cand[:, r] = nc
+        used[rows[has], o[has]] = True
+        counts[rows[has], kind[o[has]]] += 1
+    return Slate(shown, prop, explored, n_cand)

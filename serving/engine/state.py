@@ -1,0 +1,159 @@
+"""What the engine must know about past decisions: per-member caps, active offers, budgets.
+
+:class:`MemberOfferState` is plain arrays aligned with a :class:`MemberTable` and an
+:class:`OfferTable`. Build it from the canonical ``offer_events`` table with
+:func:`state_from_events` (batch) or fill it from the serving store's counters; the engine only
+reads the arrays. :func:`remaining_budgets` turns the redemptions so far into what is left of
+each offer's budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features import schema as S
+from serving.engine.errors import EngineInputError
+from serving.engine.offers import OfferTable
+
+__all__ = ["MemberOfferState", "remaining_budgets", "state_from_events"]
+
+DAY = np.timedelta64(86_400_000_000, "us")
+
+
+@dataclass(frozen=True)
+class MemberOfferState:
+    """Counters of past sends per member (rows) and offer (columns)."""
+
+    received: np.ndarray  # (n, m) int: sends of the offer to the member, ever
+    active: np.ndarray  # (n, m) bool: sent, not redeemed, still within its duration
+    channel_recent: np.ndarray  # (n, len(CHANNELS)) int: sends per channel in the cap period
+    last_surprise: np.ndarray  # (n,) int: offer index of the latest surprise sent, -1 none
+    surprises_year: np.ndarray  # (n,) int: surprises sent in the 365 days before as_of
+
+    @classmethod
+    def empty(cls, n_members: int, n_offers: int) -> MemberOfferState:
+        """No history: nothing received, nothing active."""
+        return cls(
+            received=np.zeros((n_members, n_offers), dtype=np.int32),
+            active=np.zeros((n_members, n_offers), dtype=bool),
+            channel_recent=np.zeros((n_members, len(S.CHANNELS)), dtype=np.int32),
+            last_surprise=np.full(n_members, -1, dtype=np.int64),
+            surprises_year=np.zeros(n_members, dtype=np.int32),
+        )
+
+    def check(self, n_members: int, n_offers: int) -> None:
+        """Raise if the arrays do not match the members and offers."""
+        shapes = {
+            "received": (self.received.shape, (n_members, n_offers)),
+            "active": (self.active.shape, (n_members, n_offers)),
+            "channel_recent": (self.channel_recent.shape, (n_members, len(S.CHANNELS))),
+            "last_surprise": (self.last_surprise.shape, (n_members,)),
+            "surprises_year": (self.surprises_year.shape, (n_members,)),
+        }
+        for name, (got, want) in shapes.items():
+            if got != want:
+                raise EngineInputError(f"state.{name}: shape {got}, expected {want}")
+
+    def take(self, rows: np.ndarray) -> MemberOfferState:
+        return MemberOfferState(
+            received=self.received[rows],
+            active=self.active[rows],
+            channel_recent=self.channel_recent[rows],
+            last_surprise=self.last_surprise[rows],
+            surprises_year=self.surprises_year[rows],
+        )
+
+
+def state_from_events(
+    events: pd.DataFrame,
+    member_ids: np.ndarray,
+    offers: OfferTable,
+    as_of: pd.Timestamp | str,
+    period_days: float = 7.0,
+    open_ended_days: float = 14.0,
+) -> MemberOfferState:
+    """Counters from the canonical ``offer_events`` rows strictly before ``as_of``.
+
+    A send is *active* until ``duration_days`` after it (``open_ended_days`` for offers
+    without a duration) unless the member redeemed that offer after the send. Events of
+    members or offers not in the inputs are ignored.
+    """
+    for col in (S.MEMBER_ID, S.TS, S.EVENT, S.OFFER_ID):
+        if col not in events.columns:
+            raise EngineInputError(f"offer_events: missing column {col!r}")
+    t = pd.Timestamp(as_of)
+    n, m = len(member_ids), offers.n
+    state = MemberOfferState.empty(n, m)
+    ev = events.loc[(events[S.TS] < t) & events[S.OFFER_ID].notna()]
+    rows = pd.Index(np.asarray(member_ids, dtype=object)).get_indexer(ev[S.MEMBER_ID].astype(str))
+    cols = pd.Index(list(offers.ids)).get_indexer(ev[S.OFFER_ID].astype(str))
+    keep = (rows >= 0) & (cols >= 0)
+    ev, rows, cols = ev.loc[keep], rows[keep], cols[keep]
+    ts = ev[S.TS].to_numpy(dtype="datetime64[us]")
+    kind = ev[S.EVENT].to_numpy(dtype=object)
+    sent = kind == "sent"
+    s_rows, s_cols, s_ts = rows[sent], cols[sent], ts[sent]
+    np.add.at(state.received, (s_rows, s_cols), 1)
+
+    # Active: the latest send of each (member, offer) that has not expired or been redeemed.
+    age_days = (np.datetime64(t, "us") - s_ts) / DAY
+    dur = np.where(np.isnan(offers.duration_days), open_ended_days, offers.duration_days)[s_cols]
+    last_send = np.full((n, m), np.datetime64("NaT", "us"))
+    live = age_days < dur
+    _max_at(last_send, s_rows[live], s_cols[live], s_ts[live])
+    red = kind == "redeemed"
+    last_red = np.full((n, m), np.datetime64("NaT", "us"))
+    _max_at(last_red, rows[red], cols[red], ts[red])
+    has_send = ~np.isnat(last_send)
+    redeemed_after = ~np.isnat(last_red) & (last_red >= np.where(has_send, last_send, last_red))
+    state.active[:] = has_send & ~redeemed_after
+
+    if S.CHANNEL in ev.columns:
+        ch = pd.Categorical(ev[S.CHANNEL].astype(object), categories=list(S.CHANNELS)).codes
+        recent = sent & (ch >= 0) & (((np.datetime64(t, "us") - ts) / DAY) < period_days)
+        np.add.at(state.channel_recent, (rows[recent], ch[recent]), 1)
+
+    surprise = offers.surprise[s_cols]
+    year = surprise & (age_days < 365)
+    np.add.at(state.surprises_year, s_rows[year], 1)
+    if surprise.any():
+        order = np.lexsort((s_ts[surprise], s_rows[surprise]))
+        r, c = s_rows[surprise][order], s_cols[surprise][order]
+        last = np.r_[r[1:] != r[:-1], True]  # the latest surprise of each member
+        state.last_surprise[r[last]] = c[last]
+    return state
+
+
+def _max_at(out: np.ndarray, rows: np.ndarray, cols: np.ndarray, ts: np.ndarray) -> None:
+    """out[rows, cols] = max(out, ts), NaT counting as the smallest value."""
+    if len(ts) == 0:
+        return
+    flat = out.reshape(-1).view(np.int64)  # NaT is the smallest int64
+    np.maximum.at(flat, rows * out.shape[1] + cols, ts.astype("datetime64[us]").view(np.int64))
+
+
+def remaining_budgets(
+    offers: OfferTable,
+    events: pd.DataFrame | None = None,
+    since: pd.Timestamp | str | None = None,
+) -> np.ndarray:
+    """What is left of each offer's budget (nan: no budget), in the budget's unit.
+
+    ``count`` budgets are spent by redemptions, ``money`` budgets by redemptions x cost.
+    ``events``: the canonical ``offer_events`` (redemptions at or after ``since`` count).
+    """
+    left = offers.budget.astype(np.float64).copy()
+    if events is None or events.empty:
+        return left
+    ev = events.loc[(events[S.EVENT] == "redeemed") & events[S.OFFER_ID].notna()]
+    if since is not None:
+        ev = ev.loc[ev[S.TS] >= pd.Timestamp(since)]
+    cols = pd.Index(list(offers.ids)).get_indexer(ev[S.OFFER_ID].astype(str))
+    cols = cols[cols >= 0]
+    used = np.bincount(cols, minlength=offers.n).astype(np.float64)
+    money = np.array([u == "money" for u in offers.budget_unit])
+    used = np.where(money, used * offers.cost, used)
+    return np.maximum(left - used, 0.0)
