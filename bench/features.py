@@ -90,9 +90,14 @@ def _child_batch(engine: str, n: int, seed: int) -> dict:
     src = data_dir(n, seed)
     out = CACHE / f"features-{engine}-{n}.parquet"
     result: dict = {"engine": engine, "members": n}
+    if engine == "duckdb":
+        result["memory_limit"] = os.environ.get("OFFERS_BENCH_DUCKDB_MEMORY", "default")
     with PeakRSS() as rss:
         t0 = time.perf_counter()
-        con = connect(engine, master="local[2]") if engine == "spark" else connect(engine)
+        if engine == "spark":
+            con = connect(engine, master="local[2]")
+        else:
+            con = connect(engine, memory_limit=os.environ.get("OFFERS_BENCH_DUCKDB_MEMORY"))
         t1 = time.perf_counter()
         tables = load_tables(src, con)
         config = resolve_categories(tables, FeatureConfig(), before=AS_OF)

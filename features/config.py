@@ -101,8 +101,10 @@ class FeatureConfig(BaseModel):
             raise ValueError(
                 f"need 0 < lapsing_days < lapsed_days, got {self.lapsing_days}, {self.lapsed_days}"
             )
-        if self.onboarding_days < 0 or self.tier_window_days <= 0 or self.streak_max_weeks <= 0:
-            raise ValueError("onboarding_days, tier_window_days and streak_max_weeks must be > 0")
+        if self.onboarding_days < 0 or self.tier_window_days <= 0:
+            raise ValueError("onboarding_days and tier_window_days must be > 0")
+        if not 1 <= self.streak_max_weeks <= 62:  # one bit per week in an int64 mask
+            raise ValueError(f"streak_max_weeks must be in [1, 62], got {self.streak_max_weeks}")
         if self.points_per_currency_unit < 0:
             raise ValueError("points_per_currency_unit must be >= 0")
         return self

@@ -75,6 +75,10 @@ def features(
     config_file: Annotated[
         Path | None, typer.Option("--config", help="FeatureConfig as YAML or JSON")
     ] = None,
+    memory_limit: Annotated[
+        str | None,
+        typer.Option(help="DuckDB memory limit, e.g. 4GB (spills to a temp directory past it)"),
+    ] = None,
     history_start: Annotated[
         str | None,
         typer.Option(
@@ -98,7 +102,11 @@ def features(
             transient=True,
         ) as progress:
             task = progress.add_task(f"opening {data} on {engine}")
-            con = connect(engine)
+            con = (
+                connect(engine, memory_limit=memory_limit)
+                if engine == "duckdb"
+                else connect(engine)
+            )
             tables = load_tables(data, con)
             if history_start is not None:
                 start = (

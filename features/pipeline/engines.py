@@ -49,11 +49,18 @@ def spark_session(
     return spark
 
 
-def connect(engine: str = "duckdb", **kwargs: Any) -> BaseBackend:
-    """An Ibis backend for ``engine`` (``duckdb``: in-memory; ``spark``: local session, or
-    the session passed as ``session=``)."""
+def connect(engine: str = "duckdb", memory_limit: str | None = None, **kwargs: Any) -> BaseBackend:
+    """An Ibis backend for ``engine`` (``duckdb``: in-memory, optionally with a memory limit
+    such as ``"4GB"`` past which it spills to a temporary directory; ``spark``: a local
+    session, or the session passed as ``session=``)."""
     if engine == "duckdb":
-        return ibis.duckdb.connect(**kwargs)
+        con = ibis.duckdb.connect(**kwargs)
+        if memory_limit is not None:
+            con.raw_sql(f"SET memory_limit = '{memory_limit.replace(chr(39), '')}'")
+            # Spill to the system temp directory, not to ./.tmp next to the caller.
+            spill = tempfile.mkdtemp(prefix="offers-duckdb-spill-")
+            con.raw_sql(f"SET temp_directory = '{spill}'")
+        return con
     if engine == "spark":
         session = kwargs.pop("session", None) or spark_session(**kwargs)
         return ibis.pyspark.connect(session)

@@ -20,6 +20,7 @@ __all__ = [
     "next_annual_date",
     "safe_div",
     "to_units",
+    "week_index",
 ]
 
 DAY_S = 86_400
@@ -42,6 +43,12 @@ def from_units(units: ir.NumericValue) -> ir.FloatingValue:
 def epoch_s(ts: ir.TimestampValue) -> ir.IntegerValue:
     """Whole seconds since 1970-01-01 (sub-second parts dropped)."""
     return ts.truncate("s").epoch_seconds().cast("int64")
+
+
+def week_index(epoch: ir.IntegerValue) -> ir.IntegerValue:
+    """Index of the ISO week (Monday 00:00 to Sunday 24:00) of an epoch second; consecutive
+    weeks have consecutive indexes (1970-01-01 was a Thursday, hence the 3-day shift)."""
+    return (epoch + 3 * DAY_S) // WEEK_S
 
 
 def days_between(later: ir.TimestampValue, earlier: ir.TimestampValue) -> ir.FloatingValue:

@@ -26,7 +26,6 @@ from features.pipeline.history import (
     category_spend,
     offer_history,
     purchase_history,
-    purchase_streak,
     visible_lines,
 )
 from features.pipeline.tables import FeatureTables
@@ -53,7 +52,6 @@ def member_feature_table(
     b = baskets(lines)
     purchases = purchase_history(b, config)
     categories = category_spend(lines, config)
-    streak = purchase_streak(b, config)
     offers = offer_history(keys, tables.offer_events, tables.offers, config, horizon)
 
     def on(right: ir.Table) -> list[ir.BooleanValue]:
@@ -62,13 +60,11 @@ def member_feature_table(
     joined = (
         base.left_join(purchases, on(purchases))
         .left_join(categories, on(categories))
-        .left_join(streak, on(streak))
         .left_join(offers, on(offers))
         .select(
             base,
             *[purchases[c] for c in purchases.columns if c not in KEYS],
             *[categories[c] for c in categories.columns if c not in KEYS],
-            streak.purchase_streak_weeks,
             *[offers[c] for c in offers.columns if c not in KEYS],
         )
     )
@@ -110,7 +106,7 @@ def _derive(j: ir.Table, config: FeatureConfig) -> ir.Table:
     out.update(_category_shares(j, config))
     out.update(_offer_response(j, config))
     out.update(_calendar(j))
-    out["purchase_streak_weeks"] = j.purchase_streak_weeks.fill_null(0).cast("int64")
+    out["purchase_streak_weeks"] = _streak(j._week_mask)
     out.update(_milestones(j._n_total, config))
     return j.select(*KEYS, **out)
 
@@ -226,6 +222,13 @@ def _calendar(j: ir.Table) -> dict[str, ir.Value]:
         "days_to_anniversary": to_anniv.cast("int64"),
         "membership_years": member_years.cast("int64"),
     }
+
+
+def _streak(mask: ir.IntegerValue) -> ir.IntegerValue:
+    """Consecutive active weeks right before the current one: the number of trailing one bits
+    of the week mask. ``(mask + 1) & ~mask`` isolates the lowest zero bit, 2 ** streak."""
+    m = mask.fill_null(0)
+    return ((m + 1) & ~m).log2().round().cast("int64")
 
 
 def _milestones(n: ir.IntegerValue, config: FeatureConfig) -> dict[str, ir.Value]:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import ibis.expr.types as ir
 import pyarrow as pa
@@ -49,6 +50,50 @@ def write_features(
         raise FeatureInputError(f"--out {path}: suffix must be one of {sorted(_FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    backend = expr._find_backend()
+    if backend.name == "duckdb":
+        summary = _write_duckdb(backend, expr, path, fmt)
+        if on_rows is not None:
+            on_rows(summary.rows)
+    else:
+        summary = _write_batches(expr, path, fmt, on_rows, batch_rows)
+    summary.seconds = time.perf_counter() - t0
+    log.info("wrote %d rows to %s in %.1f s", summary.rows, path, summary.seconds)
+    return summary
+
+
+def _write_duckdb(con: Any, expr: ir.Table, path: Path, fmt: str) -> FeatureFileSummary:
+    """DuckDB writes the file itself (parallel, no Arrow round trip); nulls are counted from the
+    written file in one scan."""
+    if fmt == "parquet":
+        con.to_parquet(expr, path, compression="zstd")
+        scan = f"read_parquet('{_quote(path)}')"
+    else:
+        con.to_csv(expr, path)
+        scan = f"read_csv('{_quote(path)}', all_varchar = true, header = true)"
+    schema = expr.schema().to_pyarrow()
+    counts = ", ".join(f'count("{_quote(n, chr(34))}")' for n in schema.names)
+    row = con.raw_sql(f"SELECT count(*), {counts} FROM {scan}").fetchone()
+    return FeatureFileSummary(
+        path=path,
+        rows=int(row[0]),
+        types={f.name: str(f.type) for f in schema},
+        nulls={n: int(row[0]) - int(c) for n, c in zip(schema.names, row[1:], strict=True)},
+    )
+
+
+def _quote(text: object, quote: str = "'") -> str:
+    return str(text).replace(quote, quote * 2)
+
+
+def _write_batches(
+    expr: ir.Table,
+    path: Path,
+    fmt: str,
+    on_rows: Callable[[int], None] | None,
+    batch_rows: int,
+) -> FeatureFileSummary:
+    """Stream Arrow batches from the backend into a Parquet or CSV writer."""
     reader = expr.to_pyarrow_batches(chunk_size=batch_rows)
     schema: pa.Schema = reader.schema
     summary = FeatureFileSummary(
@@ -73,6 +118,4 @@ def write_features(
                 on_rows(summary.rows)
     finally:
         writer.close()
-    summary.seconds = time.perf_counter() - t0
-    log.info("wrote %d rows to %s in %.1f s", summary.rows, path, summary.seconds)
     return summary

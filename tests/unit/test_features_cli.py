@@ -74,6 +74,8 @@ def test_writes_csv_by_suffix_and_reads_a_config(app, data_dir, tmp_path):
         str(out),
         "--config",
         str(cfg),
+        "--memory-limit",
+        "1GB",
     )
     assert res.exit_code == 0, res.output
     df = pd.read_csv(out).set_index("member_id")
