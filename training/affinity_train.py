@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_GATE",
     "TrainResult",
     "data_fingerprint",
+    "requirements",
     "test_window_id",
     "train_affinity",
 ]
@@ -81,7 +82,8 @@ def test_window_id(fingerprint: str, report: dict[str, Any]) -> str:
     )
 
 
-def _requirements() -> list[str]:
+def requirements() -> list[str]:
+    """Pinned pip requirements of the pyfunc (the installed versions; no inference)."""
     out = []
     for dist in _REQUIREMENTS:
         try:
@@ -198,7 +200,7 @@ def train_affinity(
             test_window=window,
             tags={"dataset": report["dataset"], "target": report["target"]},
             files=files,
-            pip_requirements=_requirements(),
+            pip_requirements=requirements(),
             run_name=f"affinity-{report['dataset']}-{report['target']}",
         )
     rescorer = _Rescorer(run, settings, registry, name, gate.metric)
