@@ -33,6 +33,7 @@ _COMMAND_MODULES = (
     "offers.cmd_data",
     "offers.cmd_catalog",
     "offers.cmd_features",
+    "offers.cmd_affinity",
     "offers.cmd_benchmark",
 )
 
