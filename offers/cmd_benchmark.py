@@ -1,4 +1,10 @@
-"""``offers benchmark uplift``: our uplift learners beside CausalML and scikit-uplift."""
+"""``offers benchmark uplift``: our uplift learners beside CausalML and scikit-uplift.
+
+``--dataset simulated`` runs on the simulated program (simulated in memory with ``--members``
+and ``--sim-seed``, or read from ``--sim-data DIR`` written by ``offers simulate``), whose true
+effects are known: each result row then also has ``truth_corr``, ``ate_error`` and ``ate_true``
+(see ``training.uplift_simulated``).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ err_console = Console(stderr=True)
 class Dataset(StrEnum):
     hillstrom = "hillstrom"
     starbucks = "starbucks"
+    simulated = "simulated"
 
 
 class BaseLearner(StrEnum):
@@ -33,19 +40,30 @@ def render_report(report: dict, out: Console = console) -> None:
     table = Table(
         title=f"{report['dataset']}: {report['n_splits']} splits, base {report['base_learner']}"
     )
-    for col in ("treatment", "outcome", "library", "learner", "qini", "auuc", "uplift@30", "fit s"):
+    truth = any("truth_corr" in r for r in report["results"])
+    columns = ["treatment", "outcome", "library", "learner", "qini", "auuc", "uplift@30", "fit s"]
+    if truth:
+        columns += ["truth corr", "ATE error", "true ATE"]
+    for col in columns:
         table.add_column(col, justify="left" if col in ("treatment", "outcome") else "right")
     for r in report["results"]:
-        table.add_row(
+        cells = [
             r["treatment"],
             r["outcome"],
             r["library"],
             r["learner"],
             f"{r['qini']:.4f} ({r['qini_std']:.4f})",
             f"{r['auuc']:.4f} ({r['auuc_std']:.4f})",
-            f"{r['uplift@30']:.4f}",
+            _num(r["uplift@30"]),
             f"{r['fit_seconds']:.2f}",
-        )
+        ]
+        if truth:
+            cells += [
+                f"{_num(r.get('truth_corr'))} ({_num(r.get('truth_corr_std'))})",
+                f"{_num(r.get('ate_error'))} ({_num(r.get('ate_error_std'))})",
+                _num(r.get("ate_true")),
+            ]
+        table.add_row(*cells)
     out.print(table)
     for b in best_by_library(report):
         if b["peer"] is None:
@@ -56,6 +74,10 @@ def render_report(report: dict, out: Console = console) -> None:
             f"{b['ours']['qini']:.4f} vs {b['peer']['library']} {b['peer']['learner']} "
             f"{b['peer']['qini']:.4f}: {verdict}"
         )
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def uplift(
@@ -81,11 +103,20 @@ def uplift(
         typer.Option(help="folder with hillstrom/ and starbucks/ (default ../shared/data)"),
     ] = None,
     output: Annotated[Path | None, typer.Option(help="also write the JSON report here")] = None,
+    members: Annotated[
+        int, typer.Option(min=100, help="simulated: members of the program simulated in memory")
+    ] = 50_000,
+    sim_seed: Annotated[int, typer.Option(help="simulated: seed of the simulation")] = 7,
+    sim_data: Annotated[
+        Path | None,
+        typer.Option(help="simulated: a program written by `offers simulate` (with truth/)"),
+    ] = None,
 ) -> None:
     """Fit every library's uplift learners on the same splits and score them with our metrics."""
     from training.uplift_benchmark import (
         BenchmarkConfig,
         PeerLibraryMissing,
+        planned_fits,
         planned_models,
         run_benchmark,
     )
@@ -101,8 +132,15 @@ def uplift(
             base_params=params,
             libraries=tuple(s.strip() for s in libraries.split(",") if s.strip()),
         )
-        n_models = len(planned_models(config))
-        data = load_dataset(dataset.value, data_dir)
+        planned_models(config)  # fails early when a peer library is missing
+        truth = None
+        if dataset is Dataset.simulated:
+            from training.uplift_simulated import simulated_benchmark_data
+
+            with err_console.status("simulated program: training set and true effects"):
+                data, truth = simulated_benchmark_data(sim_data, members=members, seed=sim_seed)
+        else:
+            data = load_dataset(dataset.value, data_dir)
     except PeerLibraryMissing as exc:
         err_console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(code=2) from exc
@@ -110,7 +148,7 @@ def uplift(
         err_console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(code=2) from exc
 
-    total = splits * len(data.treatments) * len(data.outcomes) * n_models
+    total = planned_fits(data, config)
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -121,7 +159,10 @@ def uplift(
     ) as bar:
         task = bar.add_task(f"{dataset.value}: fitting", total=total)
         report = run_benchmark(
-            data, config, progress=lambda what: bar.update(task, advance=1, description=what)
+            data,
+            config,
+            progress=lambda what: bar.update(task, advance=1, description=what),
+            truth=truth,
         )
     text = json.dumps(report, indent=2)
     if output:

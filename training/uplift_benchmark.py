@@ -13,6 +13,15 @@ Protocol (the same for every library, so the numbers compare):
 
 Peer libraries are optional (the ``bench`` extra) and imported only when used; a missing one
 raises :class:`PeerLibraryMissing` naming the pip pin to install.
+
+Continuous outcomes (e.g. spend on the simulated program) are fitted by our S-, T- and
+X-learners only (class transformation and the peers' classifiers need a binary outcome), and
+only binary outcomes define the strata of the splits.
+
+Known truth (the simulated program): ``run_benchmark(..., truth={outcome: effect per row})``
+also scores each model's test predictions against the true effects of the treated test rows
+(NaN elsewhere): ``truth_corr`` (Pearson correlation of predicted and true effects) and
+``ate_error`` (mean predicted minus mean true effect; ``ate_true`` is the mean true effect).
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ __all__ = [
     "PeerLibraryMissing",
     "best_by_library",
     "missing_libraries",
+    "planned_fits",
     "planned_models",
     "report_markdown",
     "run_benchmark",
@@ -57,6 +67,7 @@ PEER_LEARNERS = {
 }
 OUR_CLASSES = {name: cls.__name__ for name, cls in LEARNERS.items()}
 TOP_K = (10, 20, 30)
+TRUTH_METRICS = ("truth_corr", "ate_error", "ate_true")
 
 FitPredict = Callable[[NDArray, NDArray, NDArray, NDArray], NDArray]
 
@@ -184,11 +195,34 @@ def planned_models(config: BenchmarkConfig) -> list[tuple[str, str, str]]:
     return [(lib, learner, model) for lib, learner, model, _ in _candidates(config)]
 
 
+def _is_binary(values: NDArray) -> bool:
+    return bool(np.isin(values, (0, 1)).all())
+
+
+def _fits_outcome(library: str, learner: str, binary: bool) -> bool:
+    """Whether a model can be fitted on the outcome (see the module docstring)."""
+    return binary or (library == "ours" and LEARNERS[learner].supports_continuous)
+
+
+def planned_fits(dataset: UpliftDataset, config: BenchmarkConfig) -> int:
+    """How many models :func:`run_benchmark` fits (the number of ``progress`` calls)."""
+    treatments = config.treatments or dataset.treatments
+    outcomes = config.outcomes or tuple(dataset.outcomes)
+    per_split = sum(
+        _fits_outcome(library, learner, _is_binary(dataset.outcomes[outcome]))
+        for outcome in outcomes
+        for library, learner, _ in planned_models(config)
+    )
+    return config.n_splits * len(treatments) * per_split
+
+
 def _splits(dataset: UpliftDataset, rows: NDArray, config: BenchmarkConfig):
     from sklearn.model_selection import StratifiedShuffleSplit
 
     strata = dataset.treatment[rows].astype(str)
     for values in dataset.outcomes.values():
+        if not _is_binary(values):  # a continuous outcome cannot define strata
+            continue
         strata = np.char.add(np.char.add(strata, "|"), values[rows].astype(str))
     splitter = StratifiedShuffleSplit(
         n_splits=config.n_splits, test_size=config.test_size, random_state=config.seed
@@ -196,13 +230,22 @@ def _splits(dataset: UpliftDataset, rows: NDArray, config: BenchmarkConfig):
     return list(splitter.split(np.zeros(rows.size), strata))
 
 
-def _score(y: NDArray, uplift: NDArray, t: NDArray) -> dict[str, float]:
+def _score(
+    y: NDArray, uplift: NDArray, t: NDArray, truth: NDArray | None = None
+) -> dict[str, float]:
     scores = {"qini": qini_coefficient(y, uplift, t), "auuc": auuc(y, uplift, t)}
     for k in TOP_K:
         try:
             scores[f"uplift@{k}"] = uplift_at_k(y, uplift, t, k / 100)
         except UpliftMetricError:
             scores[f"uplift@{k}"] = float("nan")
+    if truth is not None:
+        known = (t == 1) & np.isfinite(truth)
+        pred, true = uplift[known], truth[known]
+        corr = np.corrcoef(pred, true)[0, 1] if known.sum() > 2 and pred.std() > 0 else np.nan
+        scores["truth_corr"] = float(corr)
+        scores["ate_true"] = float(true.mean()) if known.any() else float("nan")
+        scores["ate_error"] = float(pred.mean() - true.mean()) if known.any() else float("nan")
     return scores
 
 
@@ -210,11 +253,14 @@ def run_benchmark(
     dataset: UpliftDataset,
     config: BenchmarkConfig | None = None,
     progress: Callable[[str], None] | None = None,
+    truth: dict[str, NDArray] | None = None,
 ) -> dict[str, Any]:
     """Run every library and learner on every (treatment, outcome); return the JSON report.
 
     ``progress`` is called once per fitted model with a short description (for progress bars);
-    the number of calls is ``n_splits x treatments x outcomes x models``.
+    the number of calls is :func:`planned_fits` (``n_splits x treatments x outcomes x models``
+    when every outcome is binary). ``truth`` maps outcomes to each row's true effect (see the
+    module docstring).
     """
     config = config or BenchmarkConfig()
     candidates = _candidates(config)
@@ -231,13 +277,21 @@ def run_benchmark(
         splits = _splits(dataset, rows, config)
         for outcome in outcomes:
             y = dataset.outcomes[outcome][rows]
+            binary = _is_binary(y)
+            true = None
+            if truth is not None and outcome in truth:
+                true = np.asarray(truth[outcome], dtype=np.float64)[rows]
             per_model: dict[tuple[str, str, str], list[dict[str, float]]] = {}
             for train, test in splits:
                 for library, learner, model, fit_predict in candidates:
+                    if not _fits_outcome(library, learner, binary):
+                        continue
                     start = time.perf_counter()
                     uplift = fit_predict(X[train], y[train], t[train], X[test])
                     seconds = time.perf_counter() - start
-                    scores = _score(y[test], uplift, t[test]) | {"fit_seconds": seconds}
+                    scores = _score(
+                        y[test], uplift, t[test], None if true is None else true[test]
+                    ) | {"fit_seconds": seconds}
                     per_model.setdefault((library, learner, model), []).append(scores)
                     if progress:
                         progress(f"{treatment} / {outcome} / {library} {learner}")
@@ -268,7 +322,8 @@ def _summarise(
         "model": model,
         "n_splits": len(runs),
     }
-    for metric in ("qini", "auuc", *(f"uplift@{k}" for k in TOP_K), "fit_seconds"):
+    extra = [m for m in TRUTH_METRICS if m in runs[0]]
+    for metric in ("qini", "auuc", *(f"uplift@{k}" for k in TOP_K), "fit_seconds", *extra):
         values = np.array([r[metric] for r in runs], dtype=np.float64)
         finite = values[np.isfinite(values)]
         row[metric] = float(finite.mean()) if finite.size else None
@@ -346,4 +401,25 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {b['treatment']} | {b['outcome']} | {ours_text} | {peer_text} | {verdict} |"
         )
+    truth_rows = [r for r in report["results"] if "truth_corr" in r]
+    if truth_rows:
+        lines += [
+            "",
+            "| treatment | outcome | library | learner | truth corr | ATE error | true ATE |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['treatment']} | {r['outcome']} | {r['library']} | {r['learner']} | "
+            f"{_fmt(r, 'truth_corr')} | {_fmt(r, 'ate_error')} | {_fmt(r, 'ate_true', False)} |"
+            for r in truth_rows
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _fmt(row: dict[str, Any], metric: str, with_std: bool = True) -> str:
+    value = row.get(metric)
+    if value is None:
+        return "-"
+    if not with_std:
+        return f"{value:.4f}"
+    return f"{value:.4f} ± {row.get(metric + '_std', 0.0):.4f}"

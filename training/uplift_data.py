@@ -1,0 +1,310 @@
+"""Uplift training sets from past campaigns: one row per send or control member, at its time.
+
+For every ``sent`` event (a treated row) and every ``held_out`` event (a control row: a member
+of a campaign's control group, logged at the send time) in ``offer_events``:
+
+* **features**: the member's features as of the row's time ``ts``, from the feature pipeline's
+  point-in-time function (``features.pipeline.features_at``), one query for all rows: only
+  transactions and offer events strictly before ``ts`` are visible. Rows whose member had not
+  joined before ``ts`` are dropped (counted in ``dropped``);
+* **outcomes** in the window ``(ts, ts + window_days]``: ``conversion`` = 1 if the member has
+  any transaction line in it, else 0; ``spend`` = the sum of the amounts of those lines;
+* **treatment**: the offer (``offer_id``) or its kind (``kind`` from the offers table) of a
+  ``sent`` row, ``control_label`` for a ``held_out`` row (``TrainingSetConfig.treatment``);
+* **propensity**: the logged propensity of the event (the probability of the arm the row got:
+  its offer, or control), NaN where none was logged. At the kind grain it is the probability of
+  the offer sent, a lower bound of the probability of the kind (exact when the member was
+  eligible for one offer of that kind).
+
+Rows whose outcome window is not over by the end of the data (``data_end``, default the latest
+timestamp in transactions and offer events) are dropped, since their outcome is unknown.
+
+:func:`time_split` gives the time-based holdout: whole campaigns, latest first, make up the
+test split; training rows are those whose outcome window ended by the test start.
+
+Errors: :class:`UpliftDataError` (a ``ValueError``) naming the column, value and rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import ibis
+import numpy as np
+import pandas as pd
+
+from features import schema as S
+from features.config import FeatureConfig
+from features.pipeline import as_tables, features_at, resolve_categories, to_timestamp
+from features.pipeline.pit import TablesLike
+
+__all__ = [
+    "ARM_COLUMNS",
+    "CONVERSION",
+    "OUTCOMES",
+    "SPEND",
+    "TREATMENT",
+    "TrainingSetConfig",
+    "UpliftDataError",
+    "UpliftTrainingSet",
+    "build_training_set",
+    "time_split",
+]
+
+log = logging.getLogger(__name__)
+
+CONVERSION = "conversion"
+SPEND = "spend"
+OUTCOMES: tuple[str, ...] = (CONVERSION, SPEND)
+TREATMENT = "treatment"
+ARM_COLUMNS: tuple[str, ...] = (
+    S.EVENT_ID,
+    S.MEMBER_ID,
+    S.TS,
+    S.EVENT,
+    S.OFFER_ID,
+    S.KIND,
+    S.CAMPAIGN_ID,
+    S.PROPENSITY,
+)
+_MONEY_SCALE = 10_000  # amounts summed as integer 1/10,000 units (order-independent)
+
+
+class UpliftDataError(ValueError):
+    """The campaign data cannot give a training set (names the column, value and rows)."""
+
+
+@dataclass(frozen=True)
+class TrainingSetConfig:
+    """How to build a training set: outcome window, treatment grain, control label."""
+
+    window_days: float = 14.0
+    treatment: Literal["kind", "offer"] = "kind"
+    control_label: str = "control"
+    data_end: Any | None = None  # None: latest timestamp in transactions and offer events
+
+    def __post_init__(self) -> None:
+        if not self.window_days > 0:
+            raise UpliftDataError(f"window_days must be > 0; got {self.window_days}")
+        if self.treatment not in ("kind", "offer"):
+            raise UpliftDataError(f"treatment must be 'kind' or 'offer'; got {self.treatment!r}")
+        if not self.control_label:
+            raise UpliftDataError("control_label must be a non-empty string")
+
+
+@dataclass(frozen=True)
+class UpliftTrainingSet:
+    """Rows (arm columns, ``treatment``, outcomes, features), the feature columns and configs.
+
+    ``feature_config`` is the resolved feature configuration (explicit category list): pass it
+    to the feature pipeline at serving time so that the columns are the same.
+    """
+
+    frame: pd.DataFrame
+    feature_columns: tuple[str, ...]
+    config: TrainingSetConfig
+    feature_config: FeatureConfig
+    data_end: pd.Timestamp
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def control(self) -> str:
+        return self.config.control_label
+
+    @property
+    def treatments(self) -> tuple[str, ...]:
+        """Treatment labels present, sorted (control excluded)."""
+        labels = set(self.frame[TREATMENT].unique()) - {self.control}
+        return tuple(sorted(labels))
+
+    @property
+    def features(self) -> pd.DataFrame:
+        """The feature columns of every row."""
+        return self.frame[list(self.feature_columns)]
+
+    def subset(self, rows: np.ndarray | pd.Series) -> UpliftTrainingSet:
+        """The same training set restricted to ``rows`` (a boolean mask or positions)."""
+        mask = np.asarray(rows)
+        frame = self.frame[mask] if mask.dtype == bool else self.frame.iloc[mask]
+        return UpliftTrainingSet(
+            frame.reset_index(drop=True),
+            self.feature_columns,
+            self.config,
+            self.feature_config,
+            self.data_end,
+            dict(self.dropped),
+        )
+
+    def window(self) -> dict[str, str]:
+        """The time span of the rows and their outcomes (for run metadata)."""
+        ts = self.frame[S.TS]
+        end = ts.max() + pd.Timedelta(days=self.config.window_days)
+        return {
+            "first_send": str(ts.min()),
+            "last_send": str(ts.max()),
+            "outcomes_until": str(end),
+        }
+
+
+def build_training_set(
+    source: TablesLike,
+    config: TrainingSetConfig | None = None,
+    feature_config: FeatureConfig | None = None,
+) -> UpliftTrainingSet:
+    """One row per ``sent`` / ``held_out`` event with features, treatment and outcomes.
+
+    ``source`` is anything the feature pipeline reads (``FeatureTables``, a backend or a data
+    directory). See the module docstring for the definitions.
+    """
+    config = config or TrainingSetConfig()
+    tables = as_tables(source)
+    arms = _arms(tables, config)
+    data_end = _data_end(tables, config)
+    window = pd.Timedelta(days=config.window_days)
+    dropped = {"window_after_data_end": int((arms[S.TS] + window > data_end).sum())}
+    arms = arms[arms[S.TS] + window <= data_end].reset_index(drop=True)
+    if arms.empty:
+        raise UpliftDataError(
+            f"offer_events: no sent/held_out event whose {config.window_days}-day outcome "
+            f"window ends by the data end {data_end}"
+        )
+    outcomes = _outcomes(tables, arms, config.window_days)
+    arms = arms.merge(outcomes, on=S.EVENT_ID, how="left", validate="one_to_one")
+    arms[SPEND] = arms[SPEND].fillna(0.0)
+    arms[CONVERSION] = arms[CONVERSION].fillna(0).astype(np.int64)
+
+    fcfg = resolve_categories(tables, feature_config or FeatureConfig(), before=arms[S.TS].max())
+    pairs = arms[[S.MEMBER_ID, S.TS]].drop_duplicates()
+    feats = features_at(tables, pairs, fcfg, time_col=S.TS).to_pandas()
+    feats[S.TS] = feats[S.TS].astype("datetime64[us]")
+    feature_columns = tuple(c for c in feats.columns if c not in (S.MEMBER_ID, S.TS))
+    clash = sorted(set(feature_columns) & set(arms.columns))
+    if clash:
+        raise UpliftDataError(f"feature columns clash with training-set columns: {clash}")
+    frame = arms.merge(feats, on=[S.MEMBER_ID, S.TS], how="inner", validate="many_to_one")
+    dropped["member_not_joined"] = len(arms) - len(frame)
+    frame = frame.sort_values([S.TS, S.EVENT_ID], kind="mergesort").reset_index(drop=True)
+    log.info(
+        "uplift training set: %d rows (%d treated, %d control); dropped %s",
+        len(frame),
+        int((frame[TREATMENT] != config.control_label).sum()),
+        int((frame[TREATMENT] == config.control_label).sum()),
+        dropped,
+    )
+    return UpliftTrainingSet(frame, feature_columns, config, fcfg, data_end, dropped)
+
+
+def _arms(tables: Any, config: TrainingSetConfig) -> pd.DataFrame:
+    """The sent and held_out events with the offer's kind and the treatment label."""
+    ev, offers = tables.offer_events, tables.offers
+    ev = ev.filter(ev[S.EVENT].isin(["sent", "held_out"]))
+    kinds = offers.select(offers[S.OFFER_ID].name("_oid"), offers[S.KIND])
+    joined = ev.left_join(kinds, ev[S.OFFER_ID] == kinds["_oid"])
+    arms = joined.select(*[joined[c] for c in ARM_COLUMNS]).to_pandas()
+    if arms.empty:
+        raise UpliftDataError("offer_events: no 'sent' or 'held_out' events to learn from")
+    arms[S.TS] = arms[S.TS].astype("datetime64[us]")
+    sent = arms[S.EVENT] == "sent"
+    no_offer = sent & arms[S.OFFER_ID].isna()
+    if no_offer.any():
+        ids = arms.loc[no_offer, S.EVENT_ID].head(5).tolist()
+        raise UpliftDataError(
+            f"offer_events: {int(no_offer.sum())} 'sent' event(s) without offer_id, e.g. {ids}"
+        )
+    column = S.KIND if config.treatment == "kind" else S.OFFER_ID
+    unknown = sent & arms[column].isna()
+    if unknown.any():
+        rows = arms.loc[unknown, [S.EVENT_ID, S.OFFER_ID]].head(5).to_dict("records")
+        raise UpliftDataError(
+            f"offer_events: {int(unknown.sum())} 'sent' event(s) whose offer_id is not in the "
+            f"offers table (no kind), e.g. {rows}"
+        )
+    if (arms.loc[sent, column] == config.control_label).any():
+        raise UpliftDataError(
+            f"control_label {config.control_label!r} is also a {column} of sent offers; "
+            "choose another control_label"
+        )
+    arms[TREATMENT] = np.where(sent, arms[column].astype(object), config.control_label)
+    prop = arms[S.PROPENSITY]
+    bad = prop.notna() & ~((prop > 0) & (prop <= 1))
+    if bad.any():
+        rows = arms.loc[bad, [S.EVENT_ID, S.PROPENSITY]].head(5).to_dict("records")
+        raise UpliftDataError(f"offer_events: propensity outside (0, 1] in {rows}")
+    dup = arms[S.EVENT_ID].duplicated()
+    if dup.any():
+        raise UpliftDataError(
+            f"offer_events: duplicated event_id {arms.loc[dup, S.EVENT_ID].head(5).tolist()}"
+        )
+    return arms
+
+
+def _data_end(tables: Any, config: TrainingSetConfig) -> pd.Timestamp:
+    if config.data_end is not None:
+        return pd.Timestamp(to_timestamp(config.data_end))
+    ends = [tables.transactions[S.TS].max().execute(), tables.offer_events[S.TS].max().execute()]
+    ends = [pd.Timestamp(e) for e in ends if e is not None and not pd.isna(e)]
+    if not ends:
+        raise UpliftDataError("transactions and offer_events hold no timestamp: no data end")
+    return max(ends)
+
+
+def _outcomes(tables: Any, arms: pd.DataFrame, window_days: float) -> pd.DataFrame:
+    """``conversion`` and ``spend`` per event_id over ``(ts, ts + window]``, in one query."""
+    keys = ibis.memtable(arms[[S.EVENT_ID, S.MEMBER_ID, S.TS]].rename(columns={S.TS: "_t0"}))
+    t = tables.transactions
+    seconds = round(window_days * 86_400)
+    end = keys["_t0"] + ibis.interval(seconds=seconds)
+    j = keys.join(
+        t,
+        [keys[S.MEMBER_ID] == t[S.MEMBER_ID], t[S.TS] > keys["_t0"], t[S.TS] <= end],
+    )
+    units = (j[S.AMOUNT] * _MONEY_SCALE).round().cast("int64")
+    agg = j.group_by(j[S.EVENT_ID]).aggregate(_lines=j[S.TS].count(), _units=units.sum())
+    out = agg.to_pandas()
+    return pd.DataFrame(
+        {
+            S.EVENT_ID: out[S.EVENT_ID],
+            CONVERSION: (out["_lines"] > 0).astype(np.int64),
+            SPEND: out["_units"].fillna(0).astype(np.float64) / _MONEY_SCALE,
+        }
+    )
+
+
+def time_split(
+    data: UpliftTrainingSet, test_share: float = 0.2, split_at: Any | None = None
+) -> tuple[np.ndarray, np.ndarray, pd.Timestamp]:
+    """Time-based holdout: ``(train_mask, test_mask, test_start)``.
+
+    Rows are grouped by campaign (rows without a campaign are their own group) and a group's
+    time is its earliest row. Without ``split_at``, the latest groups whose rows make up at
+    least ``test_share`` of all rows form the test split and ``test_start`` is the earliest
+    time among them; with ``split_at``, test = groups starting at or after it. Training rows
+    are the rows before ``test_start`` whose outcome window ended by ``test_start`` (nothing
+    observed in the test period is used to train).
+    """
+    if not 0.0 < test_share < 1.0:
+        raise UpliftDataError(f"test_share must be in (0, 1); got {test_share}")
+    frame = data.frame
+    group = (
+        frame[S.CAMPAIGN_ID].astype(object).where(frame[S.CAMPAIGN_ID].notna(), frame[S.EVENT_ID])
+    )
+    start = frame.groupby(group, sort=False)[S.TS].transform("min")
+    if split_at is not None:
+        test_start = pd.Timestamp(to_timestamp(split_at))
+    else:
+        sizes = frame.groupby(group, sort=False)[S.TS].agg(["min", "size"])
+        sizes = sizes.sort_values("min", ascending=False, kind="mergesort")
+        cum = sizes["size"].cumsum() / len(frame)
+        k = int(np.searchsorted(cum.to_numpy(), test_share)) + 1
+        test_start = sizes["min"].iloc[:k].min()
+    test = (start >= test_start).to_numpy()
+    outcome_end = frame[S.TS] + pd.Timedelta(days=data.config.window_days)
+    train = (~test) & (outcome_end <= test_start).to_numpy()
+    if not test.any() or not train.any():
+        raise UpliftDataError(
+            f"time split at {test_start}: {int(train.sum())} train and {int(test.sum())} test "
+            "rows; need both (fewer campaigns than splits, or split_at outside the data)"
+        )
+    return train, test, pd.Timestamp(test_start)
