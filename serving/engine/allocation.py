@@ -178,22 +178,42 @@ def allocate(
     lam = np.zeros(C) if prices is None else np.asarray(prices, dtype=np.float64).copy()
     picks, use = solve(lam)
     it = 1
+    candidates = [(lam, picks)]
     if prices is None and C and (use > B).any():
-        lam, picks, use, it = _bisect(
+        lam, lo, picks, use, it = _bisect(
             solve, lam, picks, use, B, value, base, W, max_iter, tolerance
         )
-    unit = offer_prices(lam, budgets)
-    picks, dropped, added = repair(
-        picks, value, base, allowed, slots, kind, budgets, unit,
-        max_per_kind, min_value, repair_rounds, kind_count,
-    )  # fmt: skip
+        candidates = [(lam, picks)]
+        # A budget left under-used at a positive price (discrete jumps, e.g. many members with
+        # the same value) is also tried on the over-spending side of its bracket, where the
+        # repair pass keeps what fits in order of value; the better of the two is kept.
+        under = (lam > 0) & (use < B * (1 - tolerance)) & (lo < lam)
+        if under.any():
+            low = np.where(under, lo, lam)
+            candidates.append((low, solve(low)[0]))
+            it += 1
+    best = None
+    for cand_lam, cand_picks in candidates:
+        unit = offer_prices(cand_lam, budgets)
+        fixed, dropped, added = repair(
+            cand_picks.copy(), value, base, allowed, slots, kind, budgets, unit,
+            max_per_kind, min_value, repair_rounds, kind_count,
+        )  # fmt: skip
+        total = _total(fixed, value)
+        if best is None or total > best[0] + 1e-9:
+            best = (total, cand_lam, fixed, dropped, added)
+    _, lam, picks, dropped, added = best  # type: ignore[misc]
     use = _usage(picks, base, W) if C else np.zeros(0)
     log.debug("allocation: %d iterations, prices %s, usage %s of %s", it, lam, use, B)
     return Allocation(picks, lam, use, it, dropped, added)
 
 
-def _bisect(solve, lam, picks, use, B, value, base, W, max_iter, tolerance):
-    """Simultaneous bisection of every budget's price (see the module docstring)."""
+def _bisect(solve, lam, picks, use, B, value, base, W, max_iter, tolerance, bracket_tol=1e-4):
+    """Simultaneous bisection of every budget's price (see the module docstring).
+
+    Stops when every budget is done (within ``tolerance`` of full, or unused at price 0), when
+    the brackets of the others are narrower than ``bracket_tol`` (relative), or at ``max_iter``.
+    """
     C = len(B)
     lo, hi = np.zeros(C), np.full(C, np.inf)
     ceiling = _price_ceiling(value, base, W)
@@ -211,16 +231,17 @@ def _bisect(solve, lam, picks, use, B, value, base, W, max_iter, tolerance):
         hi = np.where(~over, lam, hi)
         lo = np.where(~over & (lo >= lam), lam / 2, lo)
         new = np.where(over | (lam > 0), (lo + hi) / 2, 0.0)
-        if np.all(np.abs(new - lam) <= 1e-12 * np.maximum(np.abs(lam), 1e-12)):
+        if np.all(done | (hi - lo <= bracket_tol * np.maximum(hi, 1e-12))):
             break
         lam = new
         picks, use = solve(lam)
         it += 1
-    if (use > B).any():  # end on the feasible side of each over-spent budget's bracket
-        lam = np.where((use > B) & np.isfinite(hi) & (hi > lam), hi, lam)
-        picks, use = solve(lam)
-        it += 1
-    return lam, picks, use, it
+    return lam, lo, picks, use, it
+
+
+def _total(picks: np.ndarray, value: np.ndarray) -> float:
+    i, r = np.nonzero(picks >= 0)
+    return float(value[i, picks[i, r]].astype(np.float64).sum())
 
 
 def _price_ceiling(value: np.ndarray, base: np.ndarray, W: np.ndarray) -> np.ndarray:

@@ -312,7 +312,9 @@ class DecisionEngine:
                 "policy": st.fingerprint(),
             }
         )
-        frame["status"] = frame["status"].astype(object)
+        for c in ("decision_id", S.MEMBER_ID, "status", S.OFFER_ID, S.KIND, "moment",
+                  "in_moments", "fallback", "explanation"):  # fmt: skip
+            frame[c] = frame[c].astype("str")
         order = np.lexsort((frame["slot"].fillna(-1).to_numpy(), _member_order(frame, mt)))
         return frame.iloc[order].reset_index(drop=True)
 

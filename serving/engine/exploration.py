@@ -22,7 +22,7 @@ import numpy as np
 
 from serving.engine.hashing import unit_interval
 
-__all__ = ["Slate", "explore"]
+__all__ = ["Slate", "explore", "slot_probabilities"]
 
 
 @dataclass
@@ -33,6 +33,17 @@ class Slate:
     propensity: np.ndarray  # (n, K) float, nan for empty slots
     explored: np.ndarray  # (n, K) bool
     n_candidates: np.ndarray  # (n, K) int
+
+
+def slot_probabilities(greedy: np.ndarray, candidates: np.ndarray, epsilon: float) -> np.ndarray:
+    """(n, m) probability of each offer at one slot: ``epsilon`` spread uniformly over the
+    candidates plus ``1 - epsilon`` on the greedy offer (-1: none). Rows with a greedy offer
+    sum to 1; rows without one sum to ``epsilon`` (the rest is "nothing shown")."""
+    nc = candidates.sum(axis=1)
+    prob = np.where(candidates, epsilon / np.maximum(nc, 1)[:, None], 0.0)
+    has = greedy >= 0
+    prob[np.flatnonzero(has), greedy[has]] += 1 - epsilon
+    return prob
 
 
 def _draws(keys: np.ndarray, salt: str, slot: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,8 +100,7 @@ def explore(
             pos = np.zeros(n, dtype=np.int64)
         o = np.where(go, pos, g)
         has = o >= 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            p = (1 - epsilon) * (o == g) + np.where(nc > 0, epsilon / nc, 0.0)
+        p = slot_probabilities(g, cand, epsilon)[rows, np.maximum(o, 0)]
         shown[has, r] = o[has]
         prop[has, r] = p[has]
         explored[:, r] = go

@@ -134,8 +134,7 @@ class MemberTable:
 
 def _codes(col: pd.Series, allowed: tuple[str, ...]) -> np.ndarray:
     """Index of each value in ``allowed``; -1 for null or unknown values."""
-    codes = pd.Categorical(col.astype("object"), categories=list(allowed)).codes
-    return np.asarray(codes, dtype=np.int64)
+    return pd.Index(list(allowed), dtype=object).get_indexer(col.astype(object)).astype(np.int64)
 
 
 def _objects(frame: pd.DataFrame, col: str, n: int) -> np.ndarray:

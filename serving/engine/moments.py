@@ -57,9 +57,10 @@ def detect_moments(members: MemberTable, settings: MomentSettings) -> Moments:
     g = members.get
     with np.errstate(invalid="ignore"):
         dtb = g("days_to_birthday")
-        birthday = (dtb <= s.birthday_days_before) | (dtb >= _YEAR_DAYS - s.birthday_days_after) & (
-            dtb <= _YEAR_DAYS
-        )
+        # days_to_birthday counts to the *next* birthday, so a birthday d days ago shows as
+        # 365 - d (366 - d after 29 February in a leap year: one day of slack).
+        after = (dtb >= _YEAR_DAYS - s.birthday_days_after) & (s.birthday_days_after > 0)
+        birthday = (dtb <= s.birthday_days_before) | after
         anniversary = (g("days_to_anniversary") <= s.anniversary_days_before) & (
             g("tenure_days") >= s.anniversary_min_tenure_days
         )

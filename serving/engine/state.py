@@ -112,7 +112,7 @@ def state_from_events(
     state.active[:] = has_send & ~redeemed_after
 
     if S.CHANNEL in ev.columns:
-        ch = pd.Categorical(ev[S.CHANNEL].astype(object), categories=list(S.CHANNELS)).codes
+        ch = pd.Index(list(S.CHANNELS), dtype=object).get_indexer(ev[S.CHANNEL].astype(object))
         recent = sent & (ch >= 0) & (((np.datetime64(t, "us") - ts) / DAY) < period_days)
         np.add.at(state.channel_recent, (rows[recent], ch[recent]), 1)
 
