@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import ibis
 import ibis.expr.types as ir
@@ -38,7 +38,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TablesLike = FeatureTables | BaseBackend | Path | str
+TablesLike: TypeAlias = FeatureTables | BaseBackend | Path | str
 
 
 def as_tables(source: TablesLike) -> FeatureTables:
