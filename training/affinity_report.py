@@ -108,25 +108,45 @@ def _ratios(metrics: dict[str, dict[str, float]], key: str) -> dict[str, float |
     }
 
 
+def _choose_method(scores: np.ndarray, labels: np.ndarray, members: np.ndarray) -> str:
+    """Isotonic or Platt: fitted on half of the validation members, Brier on the other half."""
+    half = (pd.util.hash_array(members.astype(str)) % 2).astype(bool)
+    best, best_brier = "isotonic", np.inf
+    for method in ("isotonic", "platt"):
+        if len(np.unique(labels[~half])) < 2 or not half.any():
+            break
+        p = RedeemCalibrator(method).fit(scores[~half], labels[~half]).predict(scores[half])
+        b = brier_score(p, labels[half])
+        if b < best_brier:
+            best, best_brier = method, b
+    return best
+
+
 def _calibrate(
     valid_model: AffinityModel, test_model: AffinityModel, valid: Task, test: Task
 ) -> tuple[RedeemCalibrator | None, dict[str, Any] | None, tuple | None]:
+    """P(redeem) from the shipped model's score, fitted on the validation window's pairs
+    (method chosen on a member split of them), scored on the test window's pairs."""
     if valid.pair_labels is None or test.pair_labels is None:
         return None, None, None
     y_valid = valid.pair_labels
     if len(np.unique(y_valid)) < 2:
         log.warning("calibration skipped: validation pairs have a single class")
         return None, {"skipped": "validation pairs have a single class"}, None
-    cal = RedeemCalibrator("isotonic").fit(pair_scores(valid_model, valid), y_valid)
+    s_valid = pair_scores(valid_model, valid)
+    assert valid.pair_rows is not None
+    method = _choose_method(s_valid, y_valid, valid.train.member_ids[valid.pair_rows])
+    cal = RedeemCalibrator(method).fit(s_valid, y_valid)  # type: ignore[arg-type]
     p = cal.predict(pair_scores(test_model, test))
     y = test.pair_labels
     base = float(y_valid.mean())
     curve = reliability_curve(p, y, bins=10)
     info = {
-        "method": "isotonic",
+        "method": method,
         "fitted_on": "validation window",
         "pairs_valid": len(y_valid),
         "pairs_test": len(y),
+        "positive_rate_valid": base,
         "positive_rate_test": float(y.mean()),
         "brier": brier_score(p, y),
         "brier_base_rate": brier_score(np.full(len(y), base), y),
