@@ -1,0 +1,254 @@
+"""``offers train uplift`` and ``offers evaluate uplift``.
+
+``train uplift --data DIR`` builds the training set from the campaigns in DIR, fits the chosen
+learner per outcome on the time-based training split, logs the run to MLflow, registers
+``offers-uplift`` as challenger and runs the champion gate (Qini on the stored test split).
+``evaluate uplift --data DIR`` does the same fit and scoring without MLflow (``--json`` for a
+machine-readable report). Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+out = Console()
+
+
+class Learner(StrEnum):
+    S = "S"
+    T = "T"
+    X = "X"
+    CT = "CT"
+
+
+class Grain(StrEnum):
+    kind = "kind"
+    offer = "offer"
+
+
+class Outcome(StrEnum):
+    conversion = "conversion"
+    spend = "spend"
+
+
+DataOpt = Annotated[Path, typer.Option("--data", help="canonical data directory (campaigns)")]
+LearnerOpt = Annotated[Learner, typer.Option(help="meta-learner (CT: conversion only)")]
+BaseOpt = Annotated[str, typer.Option(help="gradient boosting: lightgbm or hgb")]
+ParamsOpt = Annotated[
+    str | None,
+    typer.Option(help='JSON object overriding base learner settings, e.g. {"n_estimators": 50}'),
+]
+GrainOpt = Annotated[Grain, typer.Option("--treatment", help="one effect per offer kind or offer")]
+OutcomesOpt = Annotated[
+    str, typer.Option(help="comma-separated outcomes to model: conversion, spend")
+]
+GateOpt = Annotated[Outcome, typer.Option(help="outcome whose test Qini gates promotion")]
+WindowOpt = Annotated[float, typer.Option(min=0.001, help="outcome window after a send (days)")]
+ShareOpt = Annotated[float, typer.Option(help="share of rows (latest campaigns) held out")]
+SplitOpt = Annotated[str | None, typer.Option(help="test split start (default: by --test-share)")]
+PropOpt = Annotated[bool, typer.Option(help="weight rows by 1 / logged propensity")]
+SeedOpt = Annotated[int, typer.Option(help="seed of the base learners")]
+
+
+def _settings(
+    learner: Learner,
+    base_learner: str,
+    base_params: str | None,
+    treatment: Grain,
+    outcomes: str,
+    gate_outcome: Outcome,
+    window_days: float,
+    test_share: float,
+    split_at: str | None,
+    propensity: bool,
+    seed: int,
+) -> Any:
+    from training.uplift_train import UpliftTrainSettings
+
+    try:
+        params = json.loads(base_params) if base_params else None
+        if params is not None and not isinstance(params, dict):
+            raise ValueError(f"--base-params must be a JSON object; got {base_params!r}")
+        return UpliftTrainSettings(
+            learner=learner.value,
+            base_learner=base_learner,
+            base_params=params,
+            outcomes=tuple(o.strip() for o in outcomes.split(",") if o.strip()),
+            gate_outcome=gate_outcome.value,
+            treatment=treatment.value,  # type: ignore[arg-type]
+            window_days=window_days,
+            test_share=test_share,
+            split_at=split_at,
+            use_propensity=propensity,
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/] {message}", markup=True, highlight=False)
+    raise typer.Exit(code=1)
+
+
+def _metrics_table(title: str, metrics: dict[str, float], treatments: list[str]) -> Table:
+    """Rows: treatments (and ``all``); columns: test metrics and, if known, truth metrics."""
+    outcomes = sorted({k.split(".")[1] for k in metrics if k.startswith("qini.") and "." in k[5:]})
+    cols = [
+        (f"{m} {o}", f"{m}.{o}")
+        for o in outcomes
+        for m in ("qini", "uplift@30", "mean_effect", "truth_corr", "ate_error")
+        if any(k.startswith(f"{m}.{o}.") for k in metrics)
+    ]
+    t = Table(title=title)
+    t.add_column("treatment")
+    for label, _ in cols:
+        t.add_column(label, justify="right")
+    for name in [*treatments, "all"]:
+        cells = []
+        for _, key in cols:
+            value = metrics.get(f"{key}.{name}")
+            if value is None and name == "all" and key.startswith("qini."):
+                value = metrics.get(key)
+            cells.append("-" if value is None or math.isnan(value) else f"{value:.4f}")
+        t.add_row(name, *cells)
+    return t
+
+
+def _run(step: str) -> None:
+    console.log(step)
+
+
+def train_uplift(
+    data: DataOpt,
+    learner: LearnerOpt = Learner.S,
+    base_learner: BaseOpt = "lightgbm",
+    base_params: ParamsOpt = None,
+    treatment: GrainOpt = Grain.kind,
+    outcomes: OutcomesOpt = "conversion,spend",
+    gate_outcome: GateOpt = Outcome.conversion,
+    window_days: WindowOpt = 14.0,
+    test_share: ShareOpt = 0.2,
+    split_at: SplitOpt = None,
+    propensity: PropOpt = False,
+    seed: SeedOpt = 0,
+    model_name: Annotated[str, typer.Option(help="registered model name")] = "offers-uplift",
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under OFFERS_HOME)"
+        ),
+    ] = None,
+) -> None:
+    """Train the uplift model on DIR's campaigns, register it as challenger, gate vs champion."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from training.registry import ModelRegistry
+    from training.uplift_data import UpliftDataError
+    from training.uplift_train import UpliftTrainError
+    from training.uplift_train import train_uplift as train
+
+    settings = _settings(
+        learner, base_learner, base_params, treatment, outcomes, gate_outcome,
+        window_days, test_share, split_at, propensity, seed,
+    )  # fmt: skip
+    if not data.is_dir():
+        _fail(f"--data {data}: not a directory")
+    registry = ModelRegistry(tracking_uri)
+    try:
+        with console.status("training uplift model"):
+            result = train(data, settings, registry, name=model_name, progress=_run)
+    except (UpliftDataError, UpliftTrainError, ValueError) as exc:
+        _fail(str(exc))
+    treatments = result.fitted.treatments
+    out.print(
+        _metrics_table(f"{model_name} v{result.version}: test split", result.metrics, treatments)
+    )
+    decision = result.decision
+    if decision.champion_value is not None:
+        out.print(
+            f"gate qini ({settings.gate_outcome}): new {decision.challenger_value:.4f} vs "
+            f"champion v{decision.champion_version} {decision.champion_value:.4f}"
+        )
+    verdict = (
+        "[green]promoted to champion[/]" if decision.promoted else "[yellow]kept as challenger[/]"
+    )
+    out.print(f"v{result.version}: {verdict}: {decision.reason}")
+    out.print(f"tracking: {registry.tracking_uri}")
+
+
+def evaluate_uplift(
+    data: DataOpt,
+    learner: LearnerOpt = Learner.S,
+    base_learner: BaseOpt = "lightgbm",
+    base_params: ParamsOpt = None,
+    treatment: GrainOpt = Grain.kind,
+    outcomes: OutcomesOpt = "conversion,spend",
+    gate_outcome: GateOpt = Outcome.conversion,
+    window_days: WindowOpt = 14.0,
+    test_share: ShareOpt = 0.2,
+    split_at: SplitOpt = None,
+    propensity: PropOpt = False,
+    seed: SeedOpt = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
+) -> None:
+    """Fit on the time-based training split and score the test split (no MLflow)."""
+    from training.uplift_data import UpliftDataError, build_training_set
+    from training.uplift_train import UpliftTrainError, fit_uplift, truth_metrics_for
+
+    settings = _settings(
+        learner, base_learner, base_params, treatment, outcomes, gate_outcome,
+        window_days, test_share, split_at, propensity, seed,
+    )  # fmt: skip
+    if not data.is_dir():
+        _fail(f"--data {data}: not a directory")
+    try:
+        with console.status("evaluating uplift model"):
+            _run("training set: features at each send, outcomes after it")
+            training_set = build_training_set(data, settings.training_set_config())
+            fitted = fit_uplift(training_set, settings, _run)
+            metrics = fitted.metrics | truth_metrics_for(fitted, data)
+    except (UpliftDataError, UpliftTrainError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        report = {
+            "data": str(data),
+            "settings": {k: v for k, v in vars(settings).items()},
+            "treatments": fitted.treatments,
+            "test_start": str(fitted.test_start),
+            "metrics": metrics,
+        }
+        typer.echo(json.dumps(report, default=str))
+        return
+    out.print(_metrics_table(f"{data.name}: test split", metrics, fitted.treatments))
+
+
+def _group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
+    """The command group ``name`` of ``app`` (shared with other modules), created if absent."""
+    for info in app.registered_groups:
+        if info.name == name and info.typer_instance is not None:
+            return info.typer_instance
+    sub = typer.Typer(help=help_text, no_args_is_help=True)
+    app.add_typer(sub, name=name)
+    return sub
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train uplift`` and ``evaluate uplift`` to the shared ``train``/``evaluate`` groups."""
+    _group(app, "train", "Train, log to MLflow, register and gate models.").command("uplift")(
+        train_uplift
+    )
+    _group(app, "evaluate", "Offline evaluation on a chronological split.").command("uplift")(
+        evaluate_uplift
+    )
