@@ -58,6 +58,9 @@ WindowOpt = Annotated[float, typer.Option(min=0.001, help="outcome window after 
 ShareOpt = Annotated[float, typer.Option(help="share of rows (latest campaigns) held out")]
 SplitOpt = Annotated[str | None, typer.Option(help="test split start (default: by --test-share)")]
 PropOpt = Annotated[bool, typer.Option(help="weight rows by 1 / logged propensity")]
+CalibOpt = Annotated[
+    bool, typer.Option(help="shift each treatment's effects to the regression-adjusted ATT")
+]
 SeedOpt = Annotated[int, typer.Option(help="seed of the base learners")]
 
 
@@ -72,6 +75,7 @@ def _settings(
     test_share: float,
     split_at: str | None,
     propensity: bool,
+    calibrate: bool,
     seed: int,
 ) -> Any:
     from training.uplift_train import UpliftTrainSettings
@@ -91,6 +95,7 @@ def _settings(
             test_share=test_share,
             split_at=split_at,
             use_propensity=propensity,
+            calibrate_level=calibrate,
             seed=seed,
         )
     except ValueError as exc:
@@ -142,6 +147,7 @@ def train_uplift(
     test_share: ShareOpt = 0.2,
     split_at: SplitOpt = None,
     propensity: PropOpt = False,
+    calibrate: CalibOpt = True,
     seed: SeedOpt = 0,
     model_name: Annotated[str, typer.Option(help="registered model name")] = "offers-uplift",
     tracking_uri: Annotated[
@@ -161,7 +167,7 @@ def train_uplift(
 
     settings = _settings(
         learner, base_learner, base_params, treatment, outcomes, gate_outcome,
-        window_days, test_share, split_at, propensity, seed,
+        window_days, test_share, split_at, propensity, calibrate, seed,
     )  # fmt: skip
     if not data.is_dir():
         _fail(f"--data {data}: not a directory")
@@ -200,6 +206,7 @@ def evaluate_uplift(
     test_share: ShareOpt = 0.2,
     split_at: SplitOpt = None,
     propensity: PropOpt = False,
+    calibrate: CalibOpt = True,
     seed: SeedOpt = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
 ) -> None:
@@ -209,7 +216,7 @@ def evaluate_uplift(
 
     settings = _settings(
         learner, base_learner, base_params, treatment, outcomes, gate_outcome,
-        window_days, test_share, split_at, propensity, seed,
+        window_days, test_share, split_at, propensity, calibrate, seed,
     )  # fmt: skip
     if not data.is_dir():
         _fail(f"--data {data}: not a directory")

@@ -6,7 +6,8 @@ Steps (``train_uplift``):
 2. the time-based holdout (:func:`training.uplift_data.time_split`): the latest campaigns are
    the test split, training rows are those whose outcome window ended before it;
 3. the feature encoder and one learner per outcome (conversion, spend), fitted on the training
-   rows, exported to ONNX; the largest ONNX-vs-native difference on the test rows is logged
+   rows, level-calibrated (:mod:`training.uplift_calibration`, on by default), exported to
+   ONNX; the largest ONNX-vs-native difference on the test rows is logged
    (``onnx_max_abs_diff.<outcome>``), a warning is logged above 1e-4 and training fails above
    1e-2 (a wrong tree or readout, not float32 rounding: spend effects are sums of currency
    amounts in float32 inside the ONNX tree ensemble, a few 1e-5 on the simulated program);
@@ -45,6 +46,7 @@ from models.uplift.encoding import FeatureEncoder
 from models.uplift.onnx_export import OnnxUpliftPredictor, export_onnx
 from models.uplift.pyfunc import ENTRY_POINT, save_artifacts, signature
 from training.registry import Gate, GateDecision, ModelRegistry
+from training.uplift_calibration import apply_shifts, level_shifts
 from training.uplift_data import (
     CONVERSION,
     OUTCOMES,
@@ -97,6 +99,7 @@ class UpliftTrainSettings:
     test_share: float = 0.2
     split_at: str | None = None
     use_propensity: bool = False
+    calibrate_level: bool = True
     min_treatment_rows: int = 50
     seed: int = 0
 
@@ -208,7 +211,7 @@ def fit_uplift(
     X_tr = encoder.transform(tr[list(data.feature_columns)])
     X_te = encoder.transform(te[list(data.feature_columns)])
     prop = _propensity(tr) if settings.use_propensity else None
-    learners, onnx_models, effects, parity = {}, {}, {}, {}
+    learners, onnx_models, effects, parity, level = {}, {}, {}, {}, {}
     for outcome in settings.outcomes:
         step(f"fit {settings.learner}-learner on {outcome} ({len(tr):,} rows)")
         learner = LEARNERS[settings.learner](
@@ -223,7 +226,13 @@ def fit_uplift(
             # Effects are differences, unchanged by a constant shift of y; centring keeps the
             # base models' outputs small, so ONNX's float32 sums stay within the parity bound.
             y = y - y.mean()
-        learner.fit(X_tr, y, tr[TREATMENT].to_numpy(dtype=object), prop)
+        labels_tr = tr[TREATMENT].to_numpy(dtype=object)
+        learner.fit(X_tr, y, labels_tr, prop)
+        if settings.calibrate_level:
+            shifts = level_shifts(learner, X_tr, y, labels_tr, None if prop is None else 1 / prop)
+            apply_shifts(learner, shifts)
+            named = zip(learner.treatments_, shifts, strict=True)
+            level |= {f"level_shift.{outcome}.{t}": float(v) for t, v in named}
         if list(learner.treatments_) != keep:
             raise UpliftTrainError(f"{outcome}: fitted treatments {learner.treatments_} != {keep}")
         step(f"export {outcome} to ONNX")
@@ -251,7 +260,7 @@ def fit_uplift(
             f"treatment of {keep} has a defined Qini for {settings.gate_outcome!r}"
         )
     metrics |= {f"onnx_max_abs_diff.{o}": v for o, v in parity.items()}
-    metrics |= {"rows.train": float(len(tr)), "rows.test": float(len(te))}
+    metrics |= {"rows.train": float(len(tr)), "rows.test": float(len(te))} | level
     return FittedUplift(
         data=data,
         train=train,
