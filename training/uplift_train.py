@@ -356,10 +356,12 @@ class _Rescorer:
     ) -> None:
         self.fitted, self.settings, self.registry, self.name = fitted, settings, registry, name
 
-    def __call__(self, model_uri: str, window: str) -> float | None:
+    def __call__(self, champion: str, window: str) -> float | None:
         import mlflow
 
-        version = model_uri.rsplit("/", 1)[-1]  # the registry passes models:/<name>/<version>
+        # the registry passes the champion's version (older revisions: models:/<name>/<version>)
+        version = str(champion).rsplit("/", 1)[-1]
+        model_uri = self.registry.model_uri(self.name, version)
         mv = self.registry.client.get_model_version(self.name, version)
         until = self.registry.client.get_run(mv.run_id).data.params.get("train.outcomes_until")
         if until is None or pd.Timestamp(until) > self.fitted.test_start:
@@ -371,11 +373,11 @@ class _Rescorer:
             previous = mlflow.get_tracking_uri()
             mlflow.set_tracking_uri(self.registry.tracking_uri)
             try:
-                champion = mlflow.pyfunc.load_model(model_uri)
+                model = mlflow.pyfunc.load_model(model_uri)
             finally:
                 mlflow.set_tracking_uri(previous)
             te = self.fitted.data.frame[self.fitted.test].reset_index(drop=True)
-            out = champion.predict(te[list(self.fitted.data.feature_columns)])
+            out = model.predict(te[list(self.fitted.data.feature_columns)])
             outcome = self.settings.gate_outcome
             cols = [f"{outcome}:{t}" for t in self.fitted.treatments]
             pred = out[cols].to_numpy(dtype=np.float64)
