@@ -38,16 +38,7 @@ def program_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def training_set(program_dir) -> UpliftTrainingSet:
-    return build_training_set(tables_from_frames(_frames(program_dir)))
-
-
-def _frames(folder):
-    import pandas as pd
-
-    return {
-        t: pd.read_parquet(folder / f"{t}.parquet")
-        for t in ("members", "offers", "transactions", "offer_events")
-    }
+    return build_training_set(program_dir)
 
 
 @pytest.fixture(scope="module")
