@@ -1,0 +1,112 @@
+"""Settings of the serving process, from the environment (prefix ``OFFERS_``).
+
+One object for the API, the store and the CLI. ``get_settings()`` is cached and is used as a
+FastAPI dependency, so tests either pass their own ``ServingSettings`` to ``create_app`` or
+override the dependency.
+
+Environment:
+    OFFERS_HOME            data home (default ``./.offers``); the SQLite file lives under it
+    OFFERS_DATABASE_URL    SQLAlchemy URL; default ``sqlite:///$OFFERS_HOME/offers.db``;
+                           PostgreSQL as ``postgresql+psycopg://user:pw@host/db``
+    OFFERS_API_KEYS        JSON object: key -> list of scopes
+    OFFERS_API_KEYS_FILE   JSON file of the same shape; a key may be given as ``sha256:<hex>``
+                           so the file never holds the key itself
+    MLFLOW_TRACKING_URI    MLflow tracking server (also read by mlflow itself)
+    OFFERS_MODELS          JSON object: model name -> model URI loaded at startup and on reload
+    OFFERS_HOST / OFFERS_PORT
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from features.settings import OffersSettings
+
+__all__ = ["SCOPES", "ServingSettings", "SettingsError", "get_settings"]
+
+SCOPES: tuple[str, ...] = ("offers:read", "checkout:write", "events:write", "admin")
+
+
+class SettingsError(ValueError):
+    """A setting is present but unusable (names the setting and the reason)."""
+
+
+class ServingSettings(OffersSettings):
+    """Everything the API process needs; ``home`` comes from :class:`OffersSettings`."""
+
+    model_config = SettingsConfigDict(env_prefix="OFFERS_", extra="ignore")
+
+    database_url: str | None = None
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
+    migrate_on_start: bool = True
+    api_keys: dict[str, list[str]] = Field(default_factory=dict)
+    api_keys_file: Path | None = None
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "OFFERS_MLFLOW_TRACKING_URI"),
+    )
+    models: dict[str, str] = Field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    decision_log_flush_seconds: float = Field(default=0.2, gt=0, le=60)
+    decision_log_max_batch: int = Field(default=500, ge=1, le=100_000)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _known_scopes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for scopes in value.values():
+            _check_scopes(scopes, "OFFERS_API_KEYS")
+        return value
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.home / "offers.db"
+
+    def resolved_database_url(self) -> str:
+        """``OFFERS_DATABASE_URL`` or the embedded SQLite file under ``OFFERS_HOME``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.sqlite_path.resolve()}"
+
+    def all_api_keys(self) -> dict[str, list[str]]:
+        """Keys from ``OFFERS_API_KEYS`` merged with ``OFFERS_API_KEYS_FILE`` (file wins)."""
+        keys = dict(self.api_keys)
+        if self.api_keys_file is not None:
+            keys.update(_read_keys_file(self.api_keys_file))
+        return keys
+
+
+def _check_scopes(scopes: list[str], where: str) -> None:
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise SettingsError(f"{where}: unknown scope(s) {unknown}; allowed: {list(SCOPES)}")
+
+
+def _read_keys_file(path: Path) -> dict[str, list[str]]:
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as exc:
+        raise SettingsError(f"OFFERS_API_KEYS_FILE: cannot read {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"OFFERS_API_KEYS_FILE: {path} is not JSON ({exc.msg})") from exc
+    if not isinstance(raw, dict) or not all(
+        isinstance(v, list) and all(isinstance(s, str) for s in v) for v in raw.values()
+    ):
+        raise SettingsError(
+            f"OFFERS_API_KEYS_FILE: {path} must hold a JSON object key -> list of scopes"
+        )
+    for scopes in raw.values():
+        _check_scopes(scopes, f"OFFERS_API_KEYS_FILE {path}")
+    return {str(k): list(v) for k, v in raw.items()}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> ServingSettings:
+    """The process-wide serving settings (cached; tests build their own)."""
+    return ServingSettings()

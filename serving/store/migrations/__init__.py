@@ -1,0 +1,1 @@
+"""Alembic migration scripts of the serving store (``alembic upgrade head`` via serving.store)."""
