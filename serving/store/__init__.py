@@ -5,7 +5,7 @@ Schema changes go through Alembic scripts in ``serving/store/migrations``.
 """
 
 from serving.store.connect import StoreConfigError, make_engine
-from serving.store.migrate import current_revision, head_revision, migrate
+from serving.store.migrate import current_revision, downgrade, head_revision, migrate
 from serving.store.store import EventResult, OffersStore, UnknownBudgetError, open_store, utcnow
 from serving.store.writer import DecisionLogWriter
 
@@ -16,6 +16,7 @@ __all__ = [
     "StoreConfigError",
     "UnknownBudgetError",
     "current_revision",
+    "downgrade",
     "head_revision",
     "make_engine",
     "migrate",

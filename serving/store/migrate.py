@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-__all__ = ["current_revision", "head_revision", "migrate"]
+__all__ = ["current_revision", "downgrade", "head_revision", "migrate"]
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -40,3 +40,11 @@ def current_revision(engine: Engine) -> str | None:
     """The revision the database is at (``None`` for an empty database)."""
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def downgrade(engine: Engine, revision: str = "base") -> None:
+    """Downgrade the database behind ``engine`` to ``revision`` (``base``: drop everything)."""
+    config = _config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)

@@ -1,0 +1,210 @@
+"""Serving store contract, run against SQLite (WAL) and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from serving.store import (
+    DecisionLogWriter,
+    OffersStore,
+    StoreConfigError,
+    UnknownBudgetError,
+    current_revision,
+    downgrade,
+    head_revision,
+    make_engine,
+    migrate,
+    open_store,
+)
+from tests.integration.pg_fixtures import postgres_url  # noqa: F401
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a new SQLite file, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'offers.db'}"
+        return
+    server = request.getfixturevalue("postgres_url")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    yield server.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[OffersStore]:
+    opened = open_store(database_url, pool_size=20)
+    yield opened
+    opened.close()
+
+
+def _event(event_id: str, member: str = "m1", event: str = "viewed") -> dict:
+    return {"event_id": event_id, "member_id": member, "offer_id": "o1", "event": event}
+
+
+def _run_concurrently(n: int, target) -> list:
+    """Run ``target(i)`` in ``n`` threads released together; return results in order."""
+    barrier = threading.Barrier(n, timeout=60)
+    results: list = [None] * n
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = target(i)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:3]
+    return results
+
+
+def test_migrations_apply_to_an_empty_database(database_url: str):
+    engine = make_engine(database_url)
+    try:
+        assert current_revision(engine) is None
+        migrate(engine)
+        assert current_revision(engine) == head_revision()
+        tables = set(inspect(engine).get_table_names())
+        assert {"decisions", "feedback_events", "budgets", "member_caps"} <= tables
+        migrate(engine)  # a second run is a no-op
+        assert current_revision(engine) == head_revision()
+        downgrade(engine)
+        assert "feedback_events" not in set(inspect(engine).get_table_names())
+        migrate(engine)
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_store_runs_in_wal_mode(tmp_path: Path):
+    opened = open_store(f"sqlite:///{tmp_path / 'wal.db'}")
+    with opened.engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+    opened.close()
+
+
+def test_unsupported_database_url_is_named():
+    with pytest.raises(StoreConfigError, match="mysql"):
+        make_engine("mysql://localhost/offers")
+    with pytest.raises(StoreConfigError, match="in-memory"):
+        make_engine("sqlite://")
+
+
+def test_same_event_id_twice_is_stored_once(store: OffersStore):
+    first = store.record_events([_event("e1"), _event("e2")])
+    assert first.stored == ["e1", "e2"] and first.duplicates == []
+    again = store.record_events([_event("e1", event="redeemed"), _event("e3")])
+    assert again.stored == ["e3"] and again.duplicates == ["e1"]
+    within = store.record_events([_event("e4"), _event("e4")])
+    assert within.stored == ["e4"] and within.duplicates == ["e4"]
+    assert store.count_events() == 4
+    with store.engine.connect() as connection:
+        kept = connection.execute(
+            text("SELECT event FROM feedback_events WHERE event_id = 'e1'")
+        ).scalar()
+    assert kept == "viewed"  # the first write wins
+
+
+def test_concurrent_duplicates_store_one_event(store: OffersStore):
+    results = _run_concurrently(20, lambda i: store.record_events([_event("same")]))
+    assert sum(len(r.stored) for r in results) == 1
+    assert sum(len(r.duplicates) for r in results) == 19
+    assert store.event_ids() == {"same"}
+
+
+def test_budget_is_never_overspent_under_concurrency(store: OffersStore):
+    store.set_budget("o1", 50.0, unit="count")
+    granted = _run_concurrently(200, lambda i: store.reserve_budget("o1", 1.0))
+    assert sum(granted) == 50
+    assert store.budget("o1")["spent"] == pytest.approx(50.0)
+
+
+def test_budget_with_fractional_amounts_and_release(store: OffersStore):
+    store.set_budget("o2", 0.3)
+    assert store.reserve_budget("o2", 0.1)
+    assert store.reserve_budget("o2", 0.2)  # 0.1 + 0.2 > 0.3 in floating point
+    assert not store.reserve_budget("o2", 0.1)
+    store.release_budget("o2", 0.2)
+    assert store.reserve_budget("o2", 0.15)
+    store.set_budget("o2", 1.0)  # raising the budget keeps what was spent
+    assert store.budget("o2")["spent"] == pytest.approx(0.25)
+
+
+def test_budget_errors_name_the_offer(store: OffersStore):
+    with pytest.raises(UnknownBudgetError, match="'nope'"):
+        store.reserve_budget("nope", 1.0)
+    store.set_budget("o3", 5.0)
+    with pytest.raises(ValueError, match="o3"):
+        store.reserve_budget("o3", 0.0)
+    with pytest.raises(ValueError, match="o3"):
+        store.set_budget("o3", -1.0)
+
+
+def test_member_cap_holds_under_concurrency(store: OffersStore):
+    granted = _run_concurrently(40, lambda i: store.reserve_member_cap("m1", "surprise", "2026", 3))
+    assert sum(granted) == 3
+    assert store.cap_usage("m1", "2026") == {"surprise": 3}
+    assert store.reserve_member_cap("m1", "surprise", "2027", 3)  # a new period starts at 0
+    assert not store.reserve_member_cap("m2", "o1", "2026", 0)
+
+
+def test_decision_log_bulk_insert_round_trips(store: OffersStore):
+    records = [
+        {
+            "decision_id": f"d{i}",
+            "member_id": f"m{i % 7}",
+            "channel": "app",
+            "offers": [{"offer_id": "o1", "rank": 1, "score": 0.4, "propensity": 0.9}],
+            "model_versions": {"offers-affinity": "3", "offers-uplift": "2"},
+            "fallback": "personalised",
+            "created_at": datetime(2026, 11, 1, 12, 0, 0),
+        }
+        for i in range(300)
+    ]
+    assert store.log_decisions(records) == 300
+    assert store.log_decisions(records[:10]) == 0  # replayed decisions are skipped
+    got = store.get_decision("d17")
+    assert got["member_id"] == "m3"
+    assert got["offers"][0]["propensity"] == pytest.approx(0.9)
+    assert got["model_versions"] == {"offers-affinity": "3", "offers-uplift": "2"}
+    assert got["created_at"] == datetime(2026, 11, 1, 12, 0, 0)
+
+
+def test_decision_log_writer_flushes_everything_on_close(store: OffersStore):
+    writer = DecisionLogWriter(store, flush_seconds=0.05, max_batch=64)
+    for i in range(500):
+        writer.submit(
+            {
+                "decision_id": f"w{i}",
+                "member_id": "m1",
+                "channel": "email",
+                "offers": [],
+                "model_versions": {},
+                "fallback": "global_popular",
+            }
+        )
+    writer.close()
+    assert writer.written == 500 and writer.dropped == 0
+    with store.engine.connect() as connection:
+        assert connection.execute(text("SELECT COUNT(*) FROM decisions")).scalar() == 500
