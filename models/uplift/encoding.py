@@ -10,6 +10,11 @@ same columns in the same order:
   ``max_levels`` (the most frequent; ties by name), named ``<column>=<level>``. A null, or a
   level never seen in training (e.g. a region added later), gives 0 in every one of them.
 
+Values are rounded to float32 precision (and returned as float64): the ONNX graph computes in
+float32, so a model fitted and evaluated on these values sees exactly what its ONNX export sees.
+Without it, a value lying between a tree threshold and its float32 rounding falls on different
+sides natively and in ONNX (measured: 1 of 28,505 simulated test rows, 4.2e-4 off; 2e-7 with it).
+
 The encoder is stored with the model as JSON (:meth:`to_dict` / :meth:`from_dict`), so serving
 needs neither the training data nor the training code.
 """
@@ -88,7 +93,8 @@ class FeatureEncoder:
                     f"{s.dropna().astype(str).unique()[:3].tolist()}"
                 ) from exc
             blocks.append(values.to_numpy(dtype=np.float64, na_value=np.nan)[:, None])
-        return np.hstack(blocks) if blocks else np.zeros((len(frame), 0))
+        out = np.hstack(blocks) if blocks else np.zeros((len(frame), 0))
+        return out.astype(np.float32).astype(np.float64)
 
     def fit_transform(
         self, frame: pd.DataFrame, columns: Sequence[str] | None = None
