@@ -1,0 +1,86 @@
+"""App factory: ``create_app(settings)`` builds the FastAPI app; the lifespan opens the store,
+starts the decision-log writer and loads the models once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from anyio import to_thread
+from fastapi import FastAPI
+
+from serving.api.deps import AppState
+from serving.api.errors import install_error_handlers
+from serving.api.metrics import ApiMetrics, MetricsMiddleware
+from serving.api.modelset import Loader, ModelHolder, ModelLoadError, mlflow_loader
+from serving.api.routes import events, health, models
+from serving.auth import ApiKeyRing
+from serving.settings import ServingSettings, get_settings
+from serving.store import DecisionLogWriter, open_store
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: ServingSettings | None = None, *, model_loader: Loader | None = None
+) -> FastAPI:
+    """The serving app for ``settings`` (default: from the environment).
+
+    ``model_loader`` replaces the MLflow loader (tests).
+    """
+    settings = settings or get_settings()
+    state = AppState(
+        settings=settings,
+        keyring=ApiKeyRing.from_settings(settings),
+        metrics=ApiMetrics(),
+        models=ModelHolder(
+            settings.models, model_loader or mlflow_loader(settings.mlflow_tracking_uri)
+        ),
+    )
+    if not len(state.keyring):
+        log.warning("no API keys configured: every /v1 endpoint will answer 401")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.store = await to_thread.run_sync(
+            lambda: open_store(
+                settings.resolved_database_url(),
+                migrate_schema=settings.migrate_on_start,
+                sqlite_synchronous=settings.sqlite_synchronous,
+            )
+        )
+        state.decision_log = DecisionLogWriter(
+            state.store,
+            flush_seconds=settings.decision_log_flush_seconds,
+            max_batch=settings.decision_log_max_batch,
+        )
+        if settings.models:
+            try:
+                loaded = await to_thread.run_sync(state.models.reload)
+                state.metrics.set_models(loaded.versions())
+            except ModelLoadError as exc:
+                log.error("models not loaded at startup (not ready): %s", exc)
+        try:
+            yield
+        finally:
+            await to_thread.run_sync(state.decision_log.close)
+            state.store.close()
+
+    app = FastAPI(
+        title="loyalty-offers",
+        version="1",
+        summary="Personalised loyalty offers, checkout rewards and feedback",
+        lifespan=lifespan,
+    )
+    app.state.offers = state
+    app.state.keyring = state.keyring  # read by serving.auth.require_scope
+    app.dependency_overrides[get_settings] = lambda: settings
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.include_router(health.router)
+    app.include_router(events.router)
+    app.include_router(models.router)
+    return app

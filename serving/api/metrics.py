@@ -1,0 +1,135 @@
+"""Prometheus metrics of one app (own registry) and the ASGI middleware that records them.
+
+The middleware also turns an unhandled exception into a generic 500 (no stack trace in the
+response, only the exception type and the route template in the log: no member ids) and
+refuses bodies larger than ``max_body_bytes`` with 413.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["ApiMetrics", "MetricsMiddleware"]
+
+log = logging.getLogger(__name__)
+
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class ApiMetrics:
+    """Every metric the API exports, registered on a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "offers_http_request_duration_seconds",
+            "Request latency by route template",
+            ["method", "route"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "offers_http_requests",
+            "Requests by route template and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "offers_feedback_events",
+            "Feedback events by kind and result (stored or duplicate)",
+            ["event", "result"],
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "offers_decisions",
+            "Offers decided, by offer and fallback",
+            ["offer_id", "fallback"],
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "offers_model_info",
+            "Loaded model versions (value 1)",
+            ["model", "version"],
+            registry=self.registry,
+        )
+
+    def set_models(self, versions: dict[str, str]) -> None:
+        self.model_info.clear()
+        for model, version in versions.items():
+            self.model_info.labels(model=model, version=version).set(1)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: latency and status per route template, 500 and 413 guards."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics, max_body_bytes: int = 4_000_000):
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = {"code": 500, "started": False}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                status["started"] = True
+            await send(message)
+
+        try:
+            length = _content_length(scope)
+            if length is not None and length > self.max_body_bytes:
+                await _send_json(send, 413, {"error": "payload_too_large", "detail": None})
+                status["code"] = 413
+            else:
+                await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            log.error("unhandled %s on %s %s", type(exc).__name__, scope["method"], _route(scope))
+            if not status["started"]:
+                await _send_json(send, 500, {"error": "internal_error", "detail": None})
+            status["code"] = 500
+        finally:
+            route = _route(scope)
+            method = scope["method"]
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
+            self.metrics.requests.labels(method, route, str(status["code"])).inc()
+
+
+def _route(scope: Scope) -> str:
+    route: Any = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,1 @@
+"""Thin routers: validate, call a service function, return a schema."""

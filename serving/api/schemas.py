@@ -1,0 +1,229 @@
+"""Request and response models of the serving API; every list and string has a limit.
+
+Timestamps are UTC: naive values are taken as UTC, aware ones are converted and made naive
+(the store's convention).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+__all__ = [
+    "MAX_BATCH_MEMBERS",
+    "MAX_EVENTS",
+    "BasketLine",
+    "BatchOffersLine",
+    "BatchOffersRequest",
+    "CheckoutRequest",
+    "CheckoutResponse",
+    "ErrorResponse",
+    "EventsRequest",
+    "EventsResponse",
+    "FeedbackEvent",
+    "FieldError",
+    "HealthResponse",
+    "MemberOffersParams",
+    "MemberOffersResponse",
+    "ModelInfo",
+    "ModelsResponse",
+    "Moment",
+    "MomentsResponse",
+    "OfferOut",
+    "ReadyResponse",
+    "ReloadResponse",
+    "RewardOut",
+]
+
+MAX_EVENTS = 1_000
+MAX_BATCH_MEMBERS = 10_000
+MAX_K = 50
+
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]*$"
+Id = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_ID_PATTERN)]
+ShortText = Annotated[str, StringConstraints(max_length=200)]
+LongText = Annotated[str, StringConstraints(max_length=1_000)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Channel = Literal["email", "checkout", "app", "web", "social", "store"]
+Fallback = Literal["personalised", "segment_popular", "global_popular"]
+FeedbackKind = Literal["viewed", "redeemed", "dismissed"]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Money = Annotated[float, Field(ge=0.0, le=1e7, allow_inf_nan=False)]
+
+
+def _utc_naive(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+UtcTime = Annotated[datetime, AfterValidator(_utc_naive)]
+ModelVersions = Annotated[dict[Name, ShortText], Field(max_length=10)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- errors ---------------------------------------------------------------------------------
+class FieldError(_Out):
+    field: str = Field(description="dotted location, e.g. body.events.0.event_id")
+    reason: str
+
+
+class ErrorResponse(_Out):
+    error: str = Field(description="machine-readable code, e.g. validation_error")
+    detail: list[FieldError] | str | None = None
+
+
+# -- feedback events ------------------------------------------------------------------------
+class FeedbackEvent(_In):
+    """One feedback event; ``event_id`` is chosen by the client and makes retries safe."""
+
+    event_id: Id
+    member_id: Id
+    offer_id: Id
+    event: FeedbackKind
+    decision_id: Id | None = None
+    channel: Channel | None = None
+    ts: UtcTime | None = Field(default=None, description="when it happened; default: now")
+
+
+class EventsRequest(_In):
+    events: list[FeedbackEvent] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class EventsResponse(_Out):
+    """Sent only after the events are committed; ``duplicates`` were stored before."""
+
+    received: int
+    stored: list[str]
+    duplicates: list[str]
+
+
+# -- member offers --------------------------------------------------------------------------
+class MemberOffersParams(_In):
+    channel: Channel = "app"
+    k: int = Field(default=5, ge=1, le=MAX_K)
+
+
+class OfferOut(_Out):
+    offer_id: Id
+    name: ShortText
+    kind: Name
+    reward_value: float
+    rank: int = Field(ge=1)
+    score: float = Field(description="expected incremental value")
+    propensity: Probability = Field(description="probability this offer was chosen (logged)")
+    explanation: LongText = ""
+    reasons: list[ShortText] = Field(default_factory=list, max_length=10)
+
+
+class MemberOffersResponse(_Out):
+    decision_id: Id
+    member_id: Id
+    channel: Channel
+    offers: list[OfferOut] = Field(max_length=MAX_K)
+    fallback: Fallback
+    model_versions: ModelVersions
+    held_out: bool = False
+    explored: bool = False
+
+
+# -- checkout -------------------------------------------------------------------------------
+class BasketLine(_In):
+    sku: Id | None = None
+    category: Name | None = None
+    quantity: int = Field(ge=1, le=10_000)
+    unit_price: Money
+
+
+class CheckoutRequest(_In):
+    member_id: Id
+    basket: list[BasketLine] = Field(min_length=1, max_length=500)
+    total: Money
+    store_id: Id | None = None
+    channel: Channel = "checkout"
+    ts: UtcTime | None = None
+
+
+class RewardOut(_Out):
+    offer_id: Id
+    name: ShortText
+    kind: Name
+    reward_value: float
+    cost: float
+    surprise: bool = False
+    moment: Name | None = None
+    explanation: LongText = ""
+
+
+class CheckoutResponse(_Out):
+    decision_id: Id
+    member_id: Id
+    rewards: list[RewardOut] = Field(max_length=20)
+    moments: list[Name] = Field(default_factory=list, max_length=20)
+    fallback: Fallback
+    model_versions: ModelVersions
+
+
+# -- batch ----------------------------------------------------------------------------------
+class BatchOffersRequest(_In):
+    member_ids: list[Id] = Field(min_length=1, max_length=MAX_BATCH_MEMBERS)
+    channel: Channel = "email"
+    k: int = Field(default=3, ge=1, le=MAX_K)
+
+
+class BatchOffersLine(_Out):
+    """One NDJSON line of the batch response (one per requested member, in request order)."""
+
+    member_id: Id
+    decision_id: Id
+    offers: list[OfferOut] = Field(max_length=MAX_K)
+    fallback: Fallback
+    model_versions: ModelVersions
+    held_out: bool = False
+
+
+# -- moments --------------------------------------------------------------------------------
+class Moment(_Out):
+    name: Name
+    detail: ShortText = ""
+
+
+class MomentsResponse(_Out):
+    member_id: Id
+    moments: list[Moment] = Field(max_length=20)
+
+
+# -- models and health ----------------------------------------------------------------------
+class ModelInfo(_Out):
+    name: Name
+    uri: ShortText
+    version: ShortText | None = None
+    loaded_at: datetime
+
+
+class ModelsResponse(_Out):
+    models: list[ModelInfo] = Field(max_length=20)
+    configured: list[Name] = Field(max_length=20)
+
+
+class ReloadResponse(_Out):
+    reloaded: bool
+    models: list[ModelInfo] = Field(max_length=20)
+
+
+class HealthResponse(_Out):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(_Out):
+    ready: bool
+    checks: dict[Name, ShortText] = Field(max_length=20)

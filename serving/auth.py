@@ -1,0 +1,118 @@
+"""API keys with scopes, held only as SHA-256 digests and compared in constant time.
+
+Scopes: ``offers:read``, ``checkout:write``, ``events:write``, ``admin`` (each names exactly
+what it allows; ``admin`` does not imply the others). A request gives its key in the
+``X-API-Key`` header or as ``Authorization: Bearer <key>``. No key or an unknown key -> 401;
+a known key without the route's scope -> 403. The key itself is never logged: a request is
+identified by ``key_id``, the first 12 hex digits of the digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from serving.settings import SCOPES, ServingSettings
+
+__all__ = ["ApiKeyRing", "Principal", "hash_key", "require_scope"]
+
+log = logging.getLogger(__name__)
+
+_HASHED = re.compile(r"^sha256:([0-9a-f]{64})$")
+
+
+def hash_key(key: str) -> str:
+    """Hex SHA-256 of a key; write ``sha256:<this>`` in a keys file instead of the key."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller behind a valid key."""
+
+    key_id: str
+    scopes: frozenset[str]
+
+
+class ApiKeyRing:
+    """Digests of the configured keys with their scopes."""
+
+    def __init__(self, keys: Mapping[str, Sequence[str]]) -> None:
+        entries: list[tuple[bytes, frozenset[str]]] = []
+        for key, scopes in keys.items():
+            unknown = sorted(set(scopes) - set(SCOPES))
+            if unknown:
+                raise ValueError(f"API key scopes: unknown {unknown}; allowed {list(SCOPES)}")
+            hashed = _HASHED.match(key)
+            digest = (
+                bytes.fromhex(hashed.group(1)) if hashed else hashlib.sha256(key.encode()).digest()
+            )
+            entries.append((digest, frozenset(scopes)))
+        self._entries = entries
+
+    @classmethod
+    def from_settings(cls, settings: ServingSettings) -> ApiKeyRing:
+        return cls(settings.all_api_keys())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def authenticate(self, key: str) -> Principal | None:
+        """The principal for ``key``, or None; every entry is compared (no early exit)."""
+        digest = hashlib.sha256(key.encode("utf-8")).digest()
+        found: frozenset[str] | None = None
+        for candidate, scopes in self._entries:
+            if hmac.compare_digest(candidate, digest):
+                found = scopes
+        if found is None:
+            return None
+        return Principal(key_id=digest.hex()[:12], scopes=found)
+
+
+_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key")
+_bearer = HTTPBearer(auto_error=False, description="API key as a bearer token")
+
+
+def _unauthorized(reason: str) -> HTTPException:
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail=reason,
+        headers={"WWW-Authenticate": 'ApiKey header="X-API-Key", Bearer'},
+    )
+
+
+def require_scope(scope: str) -> Callable[..., Principal]:
+    """A FastAPI dependency that admits a request only with a key holding ``scope``."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope {scope!r} is not one of {list(SCOPES)}")
+
+    def dependency(
+        request: Request,
+        header_key: Annotated[str | None, Depends(_key_header)],
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Principal:
+        key = header_key or (bearer.credentials if bearer else None)
+        if not key:
+            raise _unauthorized("missing API key")
+        ring: ApiKeyRing = request.app.state.keyring
+        principal = ring.authenticate(key)
+        if principal is None:
+            raise _unauthorized("unknown API key")
+        if scope not in principal.scopes:
+            log.info("key %s lacks scope %s", principal.key_id, scope)
+            raise HTTPException(
+                status_code=status.HTTP_403_FORBIDDEN, detail=f"API key lacks scope {scope!r}"
+            )
+        request.state.principal = principal
+        return principal
+
+    dependency.__name__ = f"require_{scope.replace(':', '_')}"
+    return dependency
