@@ -4,13 +4,15 @@ batch ranking throughput (members per second) for the top 10 among 50 eligible o
     OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/affinity.py [--members 1000000] [--threads 2]
 
 The simulated program uses the example catalog with its offers duplicated (``<id>-b``) so that
-there are more than 50 offers to choose from. Simulation happens first (timed, not part of the
-training figures); training runs in a fresh child process so its peak RSS is its own: load the
-canonical tables, build the confidence matrix (offers + categories), fit ALS, build the shipped
-blend with segment popularity (tier x lifecycle from the feature pipeline). Ranking: 50 random
-eligible offers per member (a per-member mask), top 10, in batches, for the blend and for ALS;
-plus ALS through implicit's ``recommend(items=...)`` with one shared set of 50 offers.
-Prints figures; asserts nothing.
+there are more than 50 offers to choose from. Simulation runs first in its own process (timed,
+not part of the training figures). Training runs in a fresh child process so its peak RSS is
+its own: read the columns the confidence matrix needs from the simulator's canonical Parquet
+files (no re-validation: the simulator writes valid tables and ``offers validate`` is its own
+step), build the confidence matrix (offers + categories), compute segments (tier x lifecycle
+stage: the feature pipeline on DuckDB over the same files), fit ALS, build the shipped blend.
+Ranking: 50 random eligible offers per member (a per-member mask), top 10, in batches of 4,096,
+for the blend and for ALS; plus ALS through implicit's ``recommend(items=...)`` with one shared
+set of 50 offers. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+
+COLUMNS = {
+    "offers": ["offer_id"],
+    "offer_events": ["member_id", "offer_id", "event", "ts"],
+    "transactions": ["member_id", "transaction_id", "category", "amount", "quantity", "ts"],
+}
 
 
 def _catalog(out: Path) -> Path:
@@ -63,14 +72,17 @@ def simulate_to(out: Path, members: int, seed: int) -> dict[str, float]:
 
 def child(data: Path, threads: int, rank_members: int) -> dict[str, float]:
     """Train and rank in this (fresh) process; peak RSS from getrusage."""
-    from features.validate import load_dir
+    from features.pipeline import load_tables
     from models.affinity import ALS, Blend, InteractionSettings, build_interactions
     from models.affinity.segments import member_segments
 
     out: dict[str, float] = {}
     t = time.perf_counter()
-    tables = load_dir(data)
-    out["load_validate_s"] = time.perf_counter() - t
+    tables = {
+        name: pd.read_parquet(data / f"{name}.parquet", columns=cols)
+        for name, cols in COLUMNS.items()
+    }
+    out["load_s"] = time.perf_counter() - t
     as_of = tables["transactions"]["ts"].max() + pd.Timedelta(seconds=1)
     t = time.perf_counter()
     inter = build_interactions(tables, as_of, InteractionSettings())
@@ -79,7 +91,7 @@ def child(data: Path, threads: int, rank_members: int) -> dict[str, float]:
     out["items"] = inter.n_items
     out["nnz"] = inter.confidence.nnz
     t = time.perf_counter()
-    seg = member_segments(tables, as_of)
+    seg = member_segments(load_tables(data), as_of)
     inter = inter.with_segments(seg.reindex(inter.member_ids).fillna("none|none").to_numpy(str))
     out["segments_s"] = time.perf_counter() - t
     del tables
@@ -118,6 +130,15 @@ def child(data: Path, threads: int, rank_members: int) -> dict[str, float]:
     return out
 
 
+def _run(cmd: list[str]) -> dict[str, float]:
+    """Run a child step; its last stdout line is a JSON object of figures."""
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        print(res.stderr[-4000:], file=sys.stderr)
+        raise SystemExit(res.returncode)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--members", type=int, default=1_000_000)
@@ -125,29 +146,31 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="implicit threads for ALS fitting")
     ap.add_argument("--rank-members", type=int, default=200_000)
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--simulate-into", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.threads, args.rank_members)))
         return
+    if args.simulate_into:
+        print(json.dumps(simulate_to(args.simulate_into, args.members, args.seed)))
+        return
     with tempfile.TemporaryDirectory(prefix="bench-affinity-") as tmp:
         out = Path(tmp)
-        sim = simulate_to(out, args.members, args.seed)
+        sim = _run([sys.executable, __file__, "--simulate-into", str(out), "--members",
+                    str(args.members), "--seed", str(args.seed)])  # fmt: skip
         print(f"simulated {args.members:,} members: {json.dumps(sim)}", flush=True)
-        cmd = [
-            sys.executable,
-            __file__,
-            "--child",
-            str(out / "data"),
-            "--threads",
-            str(args.threads),
-            "--rank-members",
-            str(args.rank_members),
-        ]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if res.returncode != 0:
-            print(res.stderr[-4000:], file=sys.stderr)
-            raise SystemExit(res.returncode)
-        figures = json.loads(res.stdout.strip().splitlines()[-1])
+        figures = _run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(out / "data"),
+                "--threads",
+                str(args.threads),
+                "--rank-members",
+                str(args.rank_members),
+            ]
+        )
     print(f"{'figure':<34} {'value':>14}")
     for k, v in {**sim, **figures}.items():
         print(f"{k:<34} {v:>14,.1f}" if isinstance(v, float) else f"{k:<34} {v:>14,}")

@@ -210,38 +210,61 @@ def _decay(age_days: np.ndarray, half_life: float | None) -> np.ndarray:
     return np.power(0.5, age_days / half_life)
 
 
-def _offer_rows(events: pd.DataFrame, settings: InteractionSettings) -> pd.DataFrame:
+@dataclass(frozen=True)
+class _Rows:
+    """Interactions as codes: member and item codes into their (small) unique arrays."""
+
+    member_codes: np.ndarray
+    members: np.ndarray
+    item_codes: np.ndarray
+    items: np.ndarray  # item keys
+    weight: np.ndarray
+    ts: np.ndarray  # datetime64
+
+
+def _factorize(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    codes, uniques = pd.factorize(values, sort=False)
+    return codes.astype(np.int64), np.asarray(uniques, dtype=str)
+
+
+def _offer_rows(events: pd.DataFrame, settings: InteractionSettings) -> _Rows:
     weights = settings.event_weights()
     ev = events.loc[events[S.OFFER_ID].notna(), [S.MEMBER_ID, S.OFFER_ID, S.EVENT, S.TS]]
     ev = ev.loc[ev[S.EVENT].isin([e for e, w in weights.items() if w > 0])]
-    return pd.DataFrame(
-        {
-            "member": ev[S.MEMBER_ID].astype(str).to_numpy(),
-            "item": item_key(OFFER, ev[S.OFFER_ID].to_numpy()),
-            "weight": ev[S.EVENT].map(weights).to_numpy(dtype=np.float64),
-            "ts": ev[S.TS].to_numpy(),
-        }
+    m_codes, members = _factorize(ev[S.MEMBER_ID])
+    i_codes, offers = _factorize(ev[S.OFFER_ID])
+    return _Rows(
+        m_codes,
+        members,
+        i_codes,
+        np.asarray(item_key(OFFER, offers), dtype=str),
+        ev[S.EVENT].map(weights).to_numpy(dtype=np.float64),
+        ev[S.TS].to_numpy(),
     )
 
 
-def _purchase_rows(tx: pd.DataFrame, settings: InteractionSettings) -> pd.DataFrame:
+def _purchase_rows(tx: pd.DataFrame, settings: InteractionSettings) -> _Rows | None:
     col = {"category": S.CATEGORY, "product": S.SKU}.get(settings.purchase_items)
     if col is None or settings.purchase <= 0 or col not in tx.columns:
-        return pd.DataFrame(columns=["member", "item", "weight", "ts"])
+        return None
     keep = tx[col].notna() & (tx[S.AMOUNT] > 0)
     if S.QUANTITY in tx.columns:
         keep &= ~(tx[S.QUANTITY] <= 0)  # unknown quantity (null) is kept
     t = tx.loc[keep, [S.MEMBER_ID, S.TRANSACTION_ID, col, S.TS]]
-    # a basket counts once per item, at its latest line
-    t = t.groupby([S.MEMBER_ID, S.TRANSACTION_ID, col], sort=False, observed=True)[S.TS].max()
-    t = t.reset_index()
-    return pd.DataFrame(
-        {
-            "member": t[S.MEMBER_ID].astype(str).to_numpy(),
-            "item": item_key(settings.purchase_items, t[col].to_numpy()),
-            "weight": np.full(len(t), settings.purchase),
-            "ts": t[S.TS].to_numpy(),
-        }
+    m_codes, members = _factorize(t[S.MEMBER_ID])
+    i_codes, values = _factorize(t[col])
+    codes = pd.DataFrame(
+        {"m": m_codes, "b": pd.factorize(t[S.TRANSACTION_ID])[0], "i": i_codes, "ts": t[S.TS]}
+    )
+    # a basket counts once per item, at its latest line (integer keys: cheap on many rows)
+    b = codes.groupby(["m", "b", "i"], sort=False)["ts"].max().reset_index()
+    return _Rows(
+        b["m"].to_numpy(np.int64),
+        members,
+        b["i"].to_numpy(np.int64),
+        np.asarray(item_key(settings.purchase_items, values), dtype=str),
+        np.full(len(b), settings.purchase),
+        b["ts"].to_numpy(),
     )
 
 
@@ -266,40 +289,46 @@ def build_interactions(
     for name in ("offer_events", "transactions"):
         if name not in tables:
             raise AffinityInputError(f"tables: missing canonical table '{name}'")
-    parts = []
+    parts: list[_Rows] = []
     for name, rows_of in (("offer_events", _offer_rows), ("transactions", _purchase_rows)):
         df = tables[name]
         window = df[S.TS] < as_of
         if start is not None:
             window &= df[S.TS] >= pd.Timestamp(start)
-        parts.append(rows_of(df.loc[window], settings))
-    parts = [p for p in parts if len(p)]
-    rows = (
-        pd.concat(parts, ignore_index=True)
-        if parts
-        else pd.DataFrame({"member": [], "item": [], "weight": [], "ts": []})
-    )
-    rows = rows.loc[rows["weight"] > 0]
+        part = rows_of(df.loc[window], settings)
+        if part is not None and len(part.weight):
+            parts.append(part)
 
     if item_ids is None:
         offers = tables.get("offers")
-        offer_keys = item_key(OFFER, offers[S.OFFER_ID].to_numpy()) if offers is not None else []
-        item_ids = np.asarray(
-            sorted(set(np.asarray(offer_keys, dtype=str)) | set(rows["item"].unique())), dtype=str
-        )
+        keys = set(item_key(OFFER, offers[S.OFFER_ID].to_numpy())) if offers is not None else set()
+        for p in parts:
+            keys |= set(p.items[np.unique(p.item_codes)])
+        item_ids = np.asarray(sorted(keys), dtype=str)
     item_ids = np.asarray(item_ids, dtype=str)
-    icol = pd.Index(item_ids).get_indexer(rows["item"])
+    if member_ids is None:
+        seen: set[str] = set()
+        for p in parts:
+            seen |= set(p.members[np.unique(p.member_codes)])
+        member_ids = np.asarray(sorted(seen), dtype=str)
+    member_ids = np.asarray(member_ids, dtype=str)
+    item_index, member_index = pd.Index(item_ids), pd.Index(member_ids)
+    icol = np.concatenate(
+        [item_index.get_indexer(p.items)[p.item_codes] for p in parts] or [np.empty(0, np.int64)]
+    )
+    irow = np.concatenate(
+        [member_index.get_indexer(p.members)[p.member_codes] for p in parts]
+        or [np.empty(0, np.int64)]
+    )
+    weight = np.concatenate([p.weight for p in parts] or [np.empty(0)])
+    ts = np.concatenate([p.ts.astype("datetime64[us]") for p in parts] or [np.empty(0, "M8[us]")])
     if (icol < 0).any():
         log.info("%d interactions with items outside the item index dropped", int((icol < 0).sum()))
-    if member_ids is None:
-        member_ids = np.asarray(sorted(rows["member"].unique()), dtype=str)
-    member_ids = np.asarray(member_ids, dtype=str)
-    irow = pd.Index(member_ids).get_indexer(rows["member"])
-    ok = (icol >= 0) & (irow >= 0)
-    irow, icol = irow[ok], icol[ok]
-    ts = pd.to_datetime(rows["ts"].to_numpy()[ok])
-    age = np.maximum((as_of - ts) / pd.Timedelta(days=1), 0.0).to_numpy(dtype=np.float64)
-    conf = rows["weight"].to_numpy(dtype=np.float64)[ok] * _decay(age, settings.half_life_days)
+    ok = (icol >= 0) & (irow >= 0) & (weight > 0)
+    irow, icol, weight, ts = irow[ok], icol[ok], weight[ok], ts[ok]
+    age_us = (np.datetime64(as_of.to_datetime64(), "us") - ts).astype(np.int64)
+    age = np.maximum(age_us / 86_400e6, 0.0)
+    conf = weight * _decay(age, settings.half_life_days)
     shape = (len(member_ids), len(item_ids))
 
     def matrix(values: np.ndarray) -> sp.csr_matrix:
@@ -309,11 +338,11 @@ def build_interactions(
 
     # most recent interaction per cell (a csr constructor would sum duplicates)
     if len(age):
-        cell = pd.DataFrame({"r": irow, "c": icol, "a": age}).groupby(["r", "c"], sort=True)["a"]
-        recent = cell.min().reset_index()
+        cell = irow.astype(np.int64) * shape[1] + icol
+        recent = pd.Series(age).groupby(cell, sort=True).min()
+        keys = recent.index.to_numpy()
         last = sp.csr_matrix(
-            (recent["a"].to_numpy() + 1.0, (recent["r"].to_numpy(), recent["c"].to_numpy())),
-            shape=shape,
+            (recent.to_numpy() + 1.0, (keys // shape[1], keys % shape[1])), shape=shape
         ).astype(np.float32)
     else:
         last = sp.csr_matrix(shape, dtype=np.float32)
