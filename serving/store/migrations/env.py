@@ -24,6 +24,6 @@ connection = config.attributes.get("connection")
 if connection is not None:
     _run(connection)
 else:  # plain ``alembic -c ... upgrade head`` with sqlalchemy.url in the config
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
     with engine.begin() as conn:
         _run(conn)
