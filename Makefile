@@ -4,7 +4,7 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,spark,train
+EXTRAS ?= dev,spark,train,serve
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 export OPENBLAS_NUM_THREADS ?= 1

@@ -35,6 +35,7 @@ _COMMAND_MODULES = (
     "offers.cmd_features",
     "offers.cmd_affinity",
     "offers.cmd_benchmark",
+    "offers.cmd_serve",
 )
 
 
