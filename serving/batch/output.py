@@ -1,0 +1,123 @@
+"""The send file's columns, the store's decision records, and assembling part files."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from features.schema import CHANNEL, MEMBER_ID, OFFER_ID
+
+__all__ = ["OUTPUT_COLUMNS", "assemble", "output_format", "output_frame", "store_records"]
+
+# Expected value parts, then what the sender and the feedback loop need.
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "campaign_id", MEMBER_ID, "rank", OFFER_ID, "kind", "status", "holdout",
+    "p_redeem", "incremental_margin", "uplift_adjusted_margin", "expected_cost", "eiv",
+    "lifecycle_boost", "rank_score", "shadow_price", "explanation", "decision_id",
+    "propensity", "explored", "is_surprise", "moment", "fallback", "model_versions", "policy",
+)  # fmt: skip
+
+
+class OutputFormatError(ValueError):
+    """An output path whose suffix is not a supported format."""
+
+
+def output_format(path: Path) -> str:
+    """``parquet`` or ``csv`` from the suffix (``.parquet``/``.pq``, ``.csv``)."""
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix == ".csv":
+        return "csv"
+    raise OutputFormatError(f"--out: {path.name!r} must end in .parquet or .csv")
+
+
+def output_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """Engine rows -> the send file's rows (rank from 1; holdout members without offers)."""
+    shown = rows["status"] == "offers"
+    out = pd.DataFrame(
+        {
+            "campaign_id": rows["request_id"].astype(str).to_numpy(),
+            MEMBER_ID: rows[MEMBER_ID].astype(str).to_numpy(),
+            "rank": pd.array(
+                np.where(shown, rows["slot"].fillna(-1).to_numpy() + 1, 0), dtype="int32"
+            ),
+            OFFER_ID: rows[OFFER_ID].where(shown, None).to_numpy(dtype=object),
+            "kind": rows["kind"].where(shown, None).to_numpy(dtype=object),
+            "status": rows["status"].astype(str).to_numpy(),
+            "holdout": (rows["status"] == "held_out").to_numpy(),
+        }
+    )
+    for c in OUTPUT_COLUMNS[7:]:
+        if c not in out:
+            out[c] = rows[c].to_numpy()
+    out["model_versions"] = out["model_versions"].astype(str)
+    return out[list(OUTPUT_COLUMNS)]
+
+
+def store_records(out: pd.DataFrame, channel: str) -> list[dict[str, Any]]:
+    """One decision record per member (holdout and no-offer members too, with no offers)."""
+    shown = out.loc[out["status"] == "offers", ["decision_id", OFFER_ID, "rank", "eiv",
+                                                 "propensity"]]  # fmt: skip
+    offers: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for d, o, r, s, p in shown.itertuples(index=False, name=None):
+        offers[d].append({"offer_id": o, "rank": int(r), "score": float(s), "propensity": float(p)})
+    first = out.drop_duplicates("decision_id")
+    versions = {v: json.loads(v) for v in first["model_versions"].unique()}
+    return [
+        {
+            "decision_id": d,
+            MEMBER_ID: m,
+            CHANNEL: channel,
+            "offers": offers.get(d, []),
+            "model_versions": versions[v],
+            "fallback": f,
+        }
+        for d, m, v, f in zip(
+            first["decision_id"],
+            first[MEMBER_ID],
+            first["model_versions"],
+            first["fallback"],
+            strict=True,
+        )
+    ]
+
+
+def assemble(parts: Iterable[Path], out: Path) -> int:
+    """Concatenate part files (Parquet, in order) into ``out``; returns the row count.
+
+    Streams one part at a time (memory bounded by a part); writes ``out`` via a temporary file
+    renamed at the end, so a reader never sees half a file.
+    """
+    fmt = output_format(out)
+    tmp = out.with_name(out.name + ".tmp")
+    n = 0
+    writer: Any = None
+    try:
+        for part in parts:
+            table = pq.read_table(part)
+            n += table.num_rows
+            if writer is None:
+                writer = (
+                    pq.ParquetWriter(tmp, table.schema)
+                    if fmt == "parquet"
+                    else pacsv.CSVWriter(tmp, table.schema)
+                )
+            writer.write_table(table)
+        if writer is None:
+            empty = pa.table({c: pa.array([], pa.string()) for c in OUTPUT_COLUMNS})
+            (pq.write_table if fmt == "parquet" else pacsv.write_csv)(empty, tmp)
+    finally:
+        if writer is not None:
+            writer.close()
+    tmp.replace(out)
+    return n

@@ -1,0 +1,201 @@
+"""Scorers: member features of one chunk -> the engine's :class:`ScoreInputs` (n x offers).
+
+* :class:`ModelScorer`: the affinity pyfunc (``p_redeem`` per member x offer pair) and the
+  uplift pyfunc (effect on spend per treatment; an offer takes its own column
+  ``spend:<offer_id>`` or else its kind's ``spend:<kind>``, else no effect). Models load from
+  MLflow URIs or local artifact directories (``load_scorer``).
+* :class:`SyntheticScorer`: a deterministic factor model keyed on the member id (for the
+  benchmark, the tests and a demo without trained models). A member's scores depend only on
+  its id, so chunking and partitioning cannot change them.
+
+Every scorer is a plain picklable object (Spark broadcasts it to the executors).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from features.schema import MEMBER_ID
+from serving.engine import OfferTable, ScoreInputs
+from serving.engine.hashing import hash64
+
+__all__ = ["ModelScorer", "Scorer", "ScorerError", "SyntheticScorer", "load_scorer"]
+
+log = logging.getLogger(__name__)
+
+
+class ScorerError(RuntimeError):
+    """Models that cannot be loaded or used (names the model and where it came from)."""
+
+
+class Scorer(Protocol):
+    """Scores one chunk of member features for the catalog's offers."""
+
+    versions: dict[str, str]
+
+    def score(self, members: pd.DataFrame, offers: OfferTable) -> ScoreInputs: ...
+
+
+def _normals(ids: np.ndarray, salt: str, dims: int) -> np.ndarray:
+    """(n, dims) standard normals that depend only on each id (Box-Muller on id hashes)."""
+    out = np.empty((len(ids), dims), dtype=np.float32)
+    scale = 1.0 / 2.0**53
+    for d in range(0, dims, 2):
+        h1 = hash64(ids, f"{salt}:{d}")
+        h2 = np.uint64(0x9E3779B97F4A7C15) * h1 + np.uint64(d + 1)
+        u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 0.5) * scale
+        u2 = ((h2 >> np.uint64(11)).astype(np.float64) + 0.5) * scale
+        r = np.sqrt(-2.0 * np.log(u1))
+        out[:, d] = r * np.cos(2 * np.pi * u2)
+        if d + 1 < dims:
+            out[:, d + 1] = r * np.sin(2 * np.pi * u2)
+    return out
+
+
+@dataclass
+class SyntheticScorer:
+    """P(redeem) = sigmoid(member factors . offer factors + offer bias); incremental spend =
+    P(redeem) x an uplift head linear in the member factors (can be negative)."""
+
+    dims: int = 8
+    seed: int = 0
+    versions: dict[str, str] = field(default_factory=lambda: {"synthetic": "factors-v1"})
+
+    def offer_factors(self, offer_ids: list[str] | tuple[str, ...]) -> np.ndarray:
+        """(dims + 2, m): factors, bias, uplift scale per offer."""
+        ids = np.asarray(offer_ids, dtype=object)
+        z = _normals(ids, f"offer-{self.seed}", self.dims + 2)
+        return z.T
+
+    def member_factors(self, member_ids: np.ndarray) -> np.ndarray:
+        return _normals(np.asarray(member_ids, dtype=object), f"member-{self.seed}", self.dims)
+
+    def score(self, members: pd.DataFrame, offers: OfferTable) -> ScoreInputs:
+        u = self.member_factors(members[MEMBER_ID].to_numpy(dtype=object))
+        v = self.offer_factors(list(offers.ids))
+        d = self.dims
+        logit = (u @ v[:d]) * np.float32(0.5) + v[d][None, :] * np.float32(0.5) - np.float32(1.5)
+        p = 1.0 / (1.0 + np.exp(-logit))
+        head = u[:, :2].sum(axis=1, keepdims=True) * np.float32(0.3) + np.float32(1.0)
+        spend = p * np.float32(20.0) * head * (np.float32(1.0) + np.float32(0.3) * v[d + 1])
+        return ScoreInputs(
+            p.astype(np.float64),
+            spend.astype(np.float64),
+            has_row=np.ones(len(members), dtype=bool),
+            model_versions=dict(self.versions),
+        )
+
+    def baseline_topk(self, member_ids: np.ndarray, offer_ids: list[str], k: int) -> np.ndarray:
+        """The reference: plain factor dot product + top-k (no rules, budgets or uplift)."""
+        u = self.member_factors(member_ids)
+        s = u @ self.offer_factors(offer_ids)[: self.dims]
+        top = np.argpartition(-s, kth=min(k, s.shape[1] - 1), axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(s, top, axis=1), axis=1)
+        return np.take_along_axis(top, order, axis=1)
+
+
+@dataclass
+class ModelScorer:
+    """The served models: affinity (P(redeem)) and uplift (incremental spend) pyfuncs."""
+
+    affinity: Any
+    uplift: Any
+    versions: dict[str, str]
+    segment_column: str = "segment"
+    outcome: str = "spend"
+
+    def score(self, members: pd.DataFrame, offers: OfferTable) -> ScoreInputs:
+        ids = members[MEMBER_ID].astype(str).to_numpy(dtype=object)
+        n, m = len(ids), offers.n
+        pairs = pd.DataFrame(
+            {
+                "member_id": np.repeat(ids, m),
+                "offer_id": np.tile(np.asarray(offers.ids, dtype=object), n),
+            }
+        )
+        if self.segment_column in members:
+            pairs["segment"] = np.repeat(members[self.segment_column].astype(str).to_numpy(), m)
+        a = self.affinity.predict(pairs)
+        p = np.asarray(a["p_redeem"], dtype=np.float64).reshape(n, m)
+        if np.isnan(p).all():
+            raise ScorerError("affinity model: no calibrator (p_redeem is NaN); cannot score")
+        p = np.nan_to_num(p, nan=0.0)
+        eff = self.uplift.predict(members)
+        kinds = offers.kind_names()
+        spend = np.zeros((n, m))
+        for j, (oid, kind) in enumerate(zip(offers.ids, kinds, strict=True)):
+            for col in (f"{self.outcome}:{oid}", f"{self.outcome}:{kind}"):
+                if col in eff.columns:
+                    spend[:, j] = eff[col].to_numpy(dtype=np.float64)
+                    break
+        return ScoreInputs(p, spend, has_row=np.ones(n, bool), model_versions=dict(self.versions))
+
+
+def _load_one(name: str, uri: str, tracking_uri: str | None) -> tuple[Any, str]:
+    """A pyfunc from a local artifact directory or an MLflow URI; returns (model, version)."""
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    path = Path(uri)
+    try:
+        if path.is_dir() and (path / "MLmodel").is_file():
+            return mlflow.pyfunc.load_model(str(path)), f"{name}@{path.name}"
+        if path.is_dir():
+            return _load_artifact_dir(name, path), f"{name}@{path.name}"
+        model = mlflow.pyfunc.load_model(uri)
+    except Exception as exc:
+        raise ScorerError(
+            f"model {name!r} from {uri!r} failed to load: {type(exc).__name__}: {exc}. "
+            "Train and register one (offers train affinity / offers train uplift) or name "
+            "local artifact directories under 'models' in the campaign file."
+        ) from exc
+    version = uri
+    if uri.startswith("models:/") and "@" in uri:
+        registered, alias = uri.removeprefix("models:/").split("@", 1)
+        v = mlflow.MlflowClient().get_model_version_by_alias(registered, alias).version
+        version = f"{registered}/{v}"
+    return model, version
+
+
+def _load_artifact_dir(name: str, path: Path) -> Any:
+    """Raw artifacts (``*.npz`` for affinity, ``*.onnx`` + ``*.json`` for uplift)."""
+    files = {p.stem: str(p) for p in path.iterdir() if p.is_file()}
+    if name == "affinity":
+        from models.affinity.pyfunc import AffinityPyfunc
+
+        model = AffinityPyfunc().load(files)
+    else:
+        from models.uplift.pyfunc import UpliftPyfunc
+
+        model = UpliftPyfunc().load(files)
+    return _Bound(model)
+
+
+@dataclass
+class _Bound:
+    """A PythonModel with ``predict(frame)`` like a loaded pyfunc."""
+
+    model: Any
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return self.model.predict(None, frame)
+
+
+def load_scorer(models: dict[str, str], tracking_uri: str | None = None) -> Scorer:
+    """``{"synthetic": "<seed>"}`` or ``{"affinity": uri, "uplift": uri}`` -> a scorer."""
+    if "synthetic" in models:
+        return SyntheticScorer(seed=int(models["synthetic"] or 0))
+    missing = [k for k in ("affinity", "uplift") if k not in models]
+    if missing:
+        raise ScorerError(f"models: {missing} not given (have {json.dumps(models)})")
+    aff, va = _load_one("affinity", models["affinity"], tracking_uri)
+    up, vu = _load_one("uplift", models["uplift"], tracking_uri)
+    return ModelScorer(aff, up, {"affinity": va, "uplift": vu})
