@@ -11,13 +11,20 @@ Errors: :class:`CampaignError` (a bad campaign file, naming the field), :class:`
 (parts of another run), :class:`ScorerError` (models that cannot be loaded). See docs/batch.md.
 """
 
-from serving.batch.campaign import Campaign, CampaignError, load_campaign, parse_campaign
+from serving.batch.campaign import (
+    DEFAULT_MODELS,
+    Campaign,
+    CampaignError,
+    load_campaign,
+    parse_campaign,
+)
 from serving.batch.local import BatchResult, ResumeError, run_local
 from serving.batch.output import OUTPUT_COLUMNS
 from serving.batch.plan import SendPlan
 from serving.batch.scorers import ModelScorer, ScorerError, SyntheticScorer, load_scorer
 
 __all__ = [
+    "DEFAULT_MODELS",
     "OUTPUT_COLUMNS",
     "BatchResult",
     "Campaign",

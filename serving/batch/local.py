@@ -67,8 +67,9 @@ def parts_dir(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
 
 
-def read_chunks(path: Path, chunk_size: int, columns: list[str] | None = None
-                ) -> Iterator[pd.DataFrame]:  # fmt: skip
+def read_chunks(
+    path: Path, chunk_size: int, columns: list[str] | None = None
+) -> Iterator[pd.DataFrame]:
     """Member-feature chunks of exactly ``chunk_size`` rows (the last may be shorter)."""
     pf = pq.ParquetFile(path)
     for batch in pf.iter_batches(batch_size=chunk_size, columns=columns):
@@ -77,8 +78,10 @@ def read_chunks(path: Path, chunk_size: int, columns: list[str] | None = None
 
 def _price_sample(path: Path, n: int, sample: int | None) -> tuple[pd.DataFrame, float]:
     rate = 1.0 if sample is None or sample >= n else sample / n
-    parts = [c.loc[in_price_sample(c[MEMBER_ID].to_numpy(dtype=object), rate)]
-             for c in read_chunks(path, 200_000)]  # fmt: skip
+    parts = [
+        c.loc[in_price_sample(c[MEMBER_ID].to_numpy(dtype=object), rate)]
+        for c in read_chunks(path, 200_000)
+    ]
     frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     return frame, rate
 
@@ -113,8 +116,13 @@ def run_local(
     n = pq.ParquetFile(features).metadata.num_rows
     pdir = parts_dir(out)
     manifest_path = pdir / MANIFEST
-    key = {"campaign": json.loads(campaign.fingerprint()), "chunk_size": chunk_size, "members": n,
-           "policy": plan.engine.settings.fingerprint(), "versions": scorer.versions}  # fmt: skip
+    key = {
+        "campaign": json.loads(campaign.fingerprint()),
+        "chunk_size": chunk_size,
+        "members": n,
+        "policy": plan.engine.settings.fingerprint(),
+        "versions": scorer.versions,
+    }
     if manifest_path.is_file():
         if not resume:
             raise ResumeError(f"{pdir} holds an earlier run: pass --resume or delete it")
@@ -145,8 +153,9 @@ def run_local(
     for k, chunk in enumerate(read_chunks(features, chunk_size)):
         if str(k) in manifest["chunks"]:
             continue
-        left = np.where(np.isfinite(plan.budget_left), np.maximum(plan.budget_left - used, 0),
-                        plan.budget_left)  # fmt: skip
+        left = np.where(
+            np.isfinite(plan.budget_left), np.maximum(plan.budget_left - used, 0), plan.budget_left
+        )
         total_left = None if plan.total_money is None else max(plan.total_money - money, 0.0)
         state = None
         if events is not None:
@@ -163,8 +172,12 @@ def run_local(
             stored += store.log_decisions(store_records(frame, plan.context.channel))
         used += u
         money += mo
-        manifest["chunks"][str(k)] = {"members": len(chunk), "rows": len(frame),
-                                      "used": u.tolist(), "money": mo}  # fmt: skip
+        manifest["chunks"][str(k)] = {
+            "members": len(chunk),
+            "rows": len(frame),
+            "used": u.tolist(),
+            "money": mo,
+        }
         _write_json(manifest_path, manifest)
         done_rows += len(chunk)
         if on_chunk is not None:

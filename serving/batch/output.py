@@ -20,11 +20,31 @@ __all__ = ["OUTPUT_COLUMNS", "assemble", "output_format", "output_frame", "store
 
 # Expected value parts, then what the sender and the feedback loop need.
 OUTPUT_COLUMNS: tuple[str, ...] = (
-    "campaign_id", MEMBER_ID, "rank", OFFER_ID, "kind", "status", "holdout",
-    "p_redeem", "incremental_margin", "uplift_adjusted_margin", "expected_cost", "eiv",
-    "lifecycle_boost", "rank_score", "shadow_price", "explanation", "decision_id",
-    "propensity", "explored", "is_surprise", "moment", "fallback", "model_versions", "policy",
-)  # fmt: skip
+    "campaign_id",
+    MEMBER_ID,
+    "rank",
+    OFFER_ID,
+    "kind",
+    "status",
+    "holdout",
+    "p_redeem",
+    "incremental_margin",
+    "uplift_adjusted_margin",
+    "expected_cost",
+    "eiv",
+    "lifecycle_boost",
+    "rank_score",
+    "shadow_price",
+    "explanation",
+    "decision_id",
+    "propensity",
+    "explored",
+    "is_surprise",
+    "moment",
+    "fallback",
+    "model_versions",
+    "policy",
+)
 
 
 class OutputFormatError(ValueError):
@@ -66,8 +86,9 @@ def output_frame(rows: pd.DataFrame) -> pd.DataFrame:
 
 def store_records(out: pd.DataFrame, channel: str) -> list[dict[str, Any]]:
     """One decision record per member (holdout and no-offer members too, with no offers)."""
-    shown = out.loc[out["status"] == "offers", ["decision_id", OFFER_ID, "rank", "eiv",
-                                                 "propensity"]]  # fmt: skip
+    shown = out.loc[
+        out["status"] == "offers", ["decision_id", OFFER_ID, "rank", "eiv", "propensity"]
+    ]
     offers: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for d, o, r, s, p in shown.itertuples(index=False, name=None):
         offers[d].append({"offer_id": o, "rank": int(r), "score": float(s), "propensity": float(p)})

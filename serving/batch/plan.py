@@ -130,8 +130,9 @@ class SendPlan:
         left = np.where(np.isfinite(self.budget_left), self.budget_left * rate, self.budget_left)
         total = None if self.total_money is None else self.total_money * rate
         inputs = scorer.score(sample, self.engine.offers)
-        batch = self.engine.decide(sample, inputs, self.context, budget_left=left,
-                                   total_money=total)  # fmt: skip
+        batch = self.engine.decide(
+            sample, inputs, self.context, budget_left=left, total_money=total
+        )
         self.prices = {k: float(v) for k, v in batch.prices.items()}
         self.sample_members = len(sample)
         log.info("budget prices on %d sampled members: %s", len(sample), self.prices)

@@ -19,8 +19,9 @@ __all__ = ["synthetic_catalog", "synthetic_members"]
 _REGULAR_KINDS = [k for k in OFFER_KINDS if k not in ("informational", "donation")]
 
 
-def synthetic_catalog(m: int = 30, budget_members: int = 10_000, seed: int = 0,
-                      budgets: bool = True) -> Catalog:  # fmt: skip
+def synthetic_catalog(
+    m: int = 30, budget_members: int = 10_000, seed: int = 0, budgets: bool = True
+) -> Catalog:
     """``m`` offers (the last two are surprises); budgets bind at about a third of the send."""
     rng = np.random.default_rng(seed)
     offers = []

@@ -1,0 +1,197 @@
+"""``offers score``: decisions for a whole campaign send, to Parquet or CSV (docs/batch.md)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+console = Console()
+log = logging.getLogger(__name__)
+
+
+class RateColumn(ProgressColumn):
+    """Members per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- members/s" if speed is None else f"{speed:,.0f} members/s", style="cyan")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def write_features(data: Path, send_date: object, path: Path, channel: str) -> int:
+    """Member features as of the send date to ``path`` (Parquet, computed by DuckDB without a
+    pandas copy of the whole base); members who opted out of the channel are left out."""
+    import ibis
+
+    from features.pipeline import load_tables, member_features
+    from features.schema import APP_OPT_IN, EMAIL_OPT_IN, MEMBER_ID
+
+    tables = load_tables(data)
+    feats = member_features(tables, send_date)
+    opt = {"email": EMAIL_OPT_IN, "app": APP_OPT_IN}.get(channel)
+    if opt is not None:
+        out = tables.members.filter(tables.members[opt] == ibis.literal(False))
+        feats = feats.anti_join(out.select(MEMBER_ID), MEMBER_ID)
+    feats = feats.order_by(MEMBER_ID)
+    tmp = path.with_name(path.name + ".tmp")
+    feats.to_parquet(tmp)
+    tmp.replace(path)
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def score(
+    campaign: Annotated[Path, typer.Option("--campaign", help="campaign YAML file")],
+    data: Annotated[Path, typer.Option("--data", help="data directory (canonical tables)")],
+    out: Annotated[Path, typer.Option("--out", help="decision file (.parquet or .csv)")],
+    engine: Annotated[str, typer.Option("--engine", help="local or spark")] = "local",
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1)] = 100_000,
+    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run")] = False,
+    store_url: Annotated[
+        str | None, typer.Option("--store", help="store URL (default: the serving settings')")
+    ] = None,
+    no_store: Annotated[bool, typer.Option("--no-store", help="do not record decisions")] = False,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri")] = None,
+) -> None:
+    """Score every member of DATA for the campaign: offers, value parts, explanations, decision
+    ids and exploration probabilities, budgets respected over the whole send."""
+    from features.catalog import CatalogError, load_catalog
+    from serving.batch import (
+        DEFAULT_MODELS,
+        CampaignError,
+        ResumeError,
+        ScorerError,
+        SendPlan,
+        load_campaign,
+        load_scorer,
+        run_local,
+    )
+    from serving.batch.local import parts_dir
+    from serving.batch.output import OutputFormatError, output_format
+    from serving.engine import EngineInputError
+
+    if engine not in ("local", "spark"):
+        raise typer.BadParameter(f"{engine!r} is not one of local, spark", param_hint="--engine")
+    try:
+        output_format(out)
+        camp = load_campaign(campaign)
+        catalog = load_catalog(camp.catalog or data / "catalog.yaml")
+        plan = SendPlan.create(camp, catalog)
+        scorer = load_scorer(camp.models or DEFAULT_MODELS, tracking_uri)
+    except (CampaignError, CatalogError, OutputFormatError, ScorerError, EngineInputError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from None
+    pdir = parts_dir(out)
+    pdir.mkdir(parents=True, exist_ok=True)
+    feats = pdir / "features.parquet"
+    if not (resume and feats.is_file()):
+        with console.status(f"member features as of {camp.send_date}"):
+            n = write_features(data, camp.send_date, feats, camp.channel)
+        console.print(f"{n:,} members to score")
+    store = None
+    if not no_store:
+        from serving.settings import ServingSettings
+        from serving.store import open_store
+
+        store = open_store(store_url or ServingSettings().resolved_database_url())
+    events = None
+    try:
+        if engine == "local":
+            import pyarrow.parquet as pq
+
+            from features.pipeline import load_tables
+
+            events = load_tables(data).offer_events.to_pandas()
+            total = pq.ParquetFile(feats).metadata.num_rows
+            with _progress() as progress:
+                task = progress.add_task(f"scoring {camp.campaign_id}", total=total)
+                result = run_local(
+                    camp,
+                    plan,
+                    scorer,
+                    feats,
+                    out,
+                    chunk_size,
+                    resume,
+                    store,
+                    events,
+                    on_chunk=lambda _k, done: progress.update(task, completed=done),
+                )
+        else:
+            from serving.batch.spark import run_spark
+
+            from features.pipeline.engines import spark_session
+
+            with console.status("scoring on Spark"):
+                result = run_spark(spark_session(), camp, plan, scorer, feats, out, store)
+    except (ResumeError, EngineInputError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from None
+    finally:
+        if store is not None:
+            store.close()
+    _summary(result, plan, out)
+
+
+def _summary(result, plan, out: Path) -> None:
+    t = Table(title=f"{result.rows:,} rows for {result.members:,} members -> {out}")
+    t.add_column("budget")
+    t.add_column("price", justify="right")
+    t.add_column("used", justify="right")
+    t.add_column("limit", justify="right")
+    o = plan.engine.offers
+    for j, oid in enumerate(o.ids):
+        lim = plan.budget_left[j]
+        if lim == lim and lim != float("inf"):
+            price = (result.prices or {}).get(f"offer:{oid}", 0.0)
+            t.add_row(oid, f"{price:.3g}", f"{result.budget_used[j]:,.1f}", f"{lim:,.1f}")
+    if plan.total_money is not None:
+        price = (result.prices or {}).get("total_money", 0.0)
+        t.add_row(
+            "total_money", f"{price:.3g}", f"{result.money_used:,.1f}", f"{plan.total_money:,.1f}"
+        )
+    console.print(t)
+    console.print(
+        json.dumps(
+            {
+                "chunks": result.chunks,
+                "resumed_chunks": result.resumed_chunks,
+                "stored": result.stored,
+            }
+        )
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``offers score``."""
+    app.command("score")(score)
