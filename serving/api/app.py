@@ -10,11 +10,12 @@ from contextlib import asynccontextmanager
 from anyio import to_thread
 from fastapi import FastAPI
 
+from serving.api.bundle import BundleConfig, BundleHolder, lkg_loader, seed_budgets
 from serving.api.deps import AppState
 from serving.api.errors import install_error_handlers
 from serving.api.metrics import ApiMetrics, MetricsMiddleware
-from serving.api.modelset import Loader, ModelHolder, ModelLoadError, mlflow_loader
-from serving.api.routes import events, health, models
+from serving.api.modelset import Loader, ModelHolder, ModelLoadError
+from serving.api.routes import decisions, events, health, models
 from serving.auth import ApiKeyRing
 from serving.settings import ServingSettings, get_settings
 from serving.store import DecisionLogWriter, open_store
@@ -25,21 +26,28 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: ServingSettings | None = None, *, model_loader: Loader | None = None
+    settings: ServingSettings | None = None,
+    *,
+    model_loader: Loader | None = None,
+    bundle_config: BundleConfig | None = None,
 ) -> FastAPI:
     """The serving app for ``settings`` (default: from the environment).
 
-    ``model_loader`` replaces the MLflow loader (tests).
+    ``model_loader`` replaces the MLflow loader with its last-known-good copies (tests).
+    When the models include ``affinity`` and ``uplift``, the decision bundle (catalog and
+    member snapshot from ``bundle_config``, default: the environment) is built with them.
     """
     settings = settings or get_settings()
+    bundle_config = bundle_config or BundleConfig(home=settings.home)
+    loader = model_loader or lkg_loader(settings.mlflow_tracking_uri, bundle_config.lkg_path())
     state = AppState(
         settings=settings,
         keyring=ApiKeyRing.from_settings(settings),
         metrics=ApiMetrics(),
-        models=ModelHolder(
-            settings.models, model_loader or mlflow_loader(settings.mlflow_tracking_uri)
-        ),
+        models=ModelHolder(settings.models, loader),
     )
+    if {"affinity", "uplift"} <= set(settings.models):
+        state.bundle = BundleHolder(bundle_config)
     if not len(state.keyring):
         log.warning("no API keys configured: every /v1 endpoint will answer 401")
 
@@ -61,8 +69,15 @@ def create_app(
             try:
                 loaded = await to_thread.run_sync(state.models.reload)
                 state.metrics.set_models(loaded.versions())
+                if state.bundle is not None:
+                    bundle = await to_thread.run_sync(state.bundle.build, loaded)
+                    counters, spent = await to_thread.run_sync(seed_budgets, state.store, bundle)
+                    state.budget_counters = counters
+                    state.bundle.mark_exhausted(spent)
             except ModelLoadError as exc:
                 log.error("models not loaded at startup (not ready): %s", exc)
+            except Exception as exc:
+                log.error("decision bundle not built (not ready): %s: %s", type(exc).__name__, exc)
         try:
             yield
         finally:
@@ -83,4 +98,5 @@ def create_app(
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(models.router)
+    app.include_router(decisions.router)
     return app

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -35,6 +35,8 @@ class AppState:
     models: ModelHolder
     store: OffersStore | None = None
     decision_log: DecisionLogWriter | None = None
+    bundle: Any = None  # serving.api.bundle.BundleHolder when decisions are served
+    budget_counters: frozenset[str] = field(default_factory=frozenset)
 
 
 def get_state(request: Request) -> AppState:

@@ -31,6 +31,8 @@ async def readyz(state: StateDep) -> JSONResponse:
     except Exception as exc:
         checks["store"] = f"unavailable ({type(exc).__name__})"
     checks["models"] = "ok" if state.models.ready else "not loaded"
+    if state.bundle is not None:
+        checks["bundle"] = "ok" if state.bundle.current is not None else "not loaded"
     ready = all(v == "ok" for v in checks.values())
     body = ReadyResponse(ready=ready, checks=checks)
     return JSONResponse(status_code=200 if ready else 503, content=body.model_dump())

@@ -39,10 +39,20 @@ async def get_models(state: StateDep, _: OffersReader) -> ModelsResponse:
 )
 async def reload_models(state: StateDep, _: Admin) -> ReloadResponse:
     """Load the configured models again; on failure the current ones keep serving (409)."""
+    previous = state.models.current
     try:
         loaded = await to_thread.run_sync(state.models.reload)
     except ModelLoadError as exc:
         log.warning("reload refused: %s", exc)
         raise HTTPException(status_code=409, detail=f"reload refused: {exc}") from None
+    if state.bundle is not None:
+        try:
+            await to_thread.run_sync(state.bundle.build, loaded)
+        except Exception as exc:  # the new models do not make a bundle: keep the old ones
+            state.models.current = previous
+            log.warning("reload refused (bundle): %s: %s", type(exc).__name__, exc)
+            raise HTTPException(
+                status_code=409, detail=f"reload refused: {type(exc).__name__}: {exc}"
+            ) from None
     state.metrics.set_models(loaded.versions())
     return ReloadResponse(reloaded=True, models=_infos(loaded))

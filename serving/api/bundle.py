@@ -1,0 +1,420 @@
+"""The serving bundle: models, catalog and member snapshot, built once and swapped whole.
+
+``build_bundle(models, config)`` turns a loaded :class:`~serving.api.modelset.ModelSet`
+(``affinity`` and ``uplift`` pyfuncs) plus the catalog and the member feature snapshot (the
+Parquet written by ``offers features``) into a :class:`ServingBundle`: the snapshot as a
+:class:`~serving.engine.MemberTable` (numpy arrays, row = member index), and both models' outputs
+for every (member, offer) precomputed at load time. A request then only indexes arrays, adds the
+basket context and calls the engine: no model call and no I/O on the hot path.
+
+``lkg_loader`` is the model loader of the service: it downloads ``models:/name@alias`` into a
+last-known-good copy under ``OFFERS_HOME/serving/models`` and loads from there, so the service
+starts and serves from that copy when the tracking server is down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from features import schema as S
+from features.catalog import load_catalog
+from features.settings import OffersSettings
+from serving.api.modelset import Loader, ModelSet
+from serving.engine import (
+    DecisionBatch,
+    DecisionContext,
+    DecisionEngine,
+    EngineSettings,
+    FallbackTables,
+    MemberTable,
+    ScoreInputs,
+)
+
+__all__ = [
+    "AFFINITY",
+    "DEFAULT_MODELS",
+    "UPLIFT",
+    "BundleConfig",
+    "BundleError",
+    "BundleHolder",
+    "ServingBundle",
+    "build_bundle",
+    "lkg_loader",
+    "seed_budgets",
+]
+
+log = logging.getLogger(__name__)
+
+AFFINITY = "affinity"
+UPLIFT = "uplift"
+DEFAULT_MODELS = {
+    AFFINITY: "models:/offers-affinity@champion",
+    UPLIFT: "models:/offers-uplift@champion",
+}
+SPEND_OUTCOME = "spend"
+
+
+class BundleError(RuntimeError):
+    """The bundle cannot be built (names the missing model, file or column)."""
+
+
+class BundleConfig(OffersSettings):
+    """Where the bundle's files are (environment prefix ``OFFERS_``).
+
+    OFFERS_CATALOG           catalog YAML (default ``$OFFERS_HOME/data/demo/catalog.yaml``)
+    OFFERS_MEMBER_FEATURES   member feature snapshot, Parquet from ``offers features``
+                             (default ``$OFFERS_HOME/features/member_features.parquet``)
+    OFFERS_LKG_DIR           last-known-good model copies (default ``$OFFERS_HOME/serving/models``)
+    """
+
+    model_config = SettingsConfigDict(env_prefix="OFFERS_", extra="ignore")
+
+    catalog: Path | None = None
+    member_features: Path | None = None
+    lkg_dir: Path | None = None
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+
+    def catalog_path(self) -> Path:
+        return self.catalog or self.home / "data" / "demo" / "catalog.yaml"
+
+    def features_path(self) -> Path:
+        return self.member_features or self.home / "features" / "member_features.parquet"
+
+    def lkg_path(self) -> Path:
+        return self.lkg_dir or self.home / "serving" / "models"
+
+
+# -- last-known-good model copies ------------------------------------------------------------
+def _reachable(tracking_uri: str | None, timeout: float = 2.0) -> bool:
+    """False when an http(s) tracking server does not accept a connection (fail fast)."""
+    if not tracking_uri:
+        return True
+    url = urlparse(tracking_uri)
+    if url.scheme not in ("http", "https"):
+        return True
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _fetch(name: str, uri: str, tracking_uri: str | None, lkg: Path) -> tuple[Path, str | None]:
+    """Download ``uri`` into ``lkg/name/v<version>`` (once per version); record it as current."""
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    if not _reachable(tracking_uri):
+        raise ConnectionError(f"tracking server {tracking_uri} does not answer")
+    version = None
+    if uri.startswith("models:/") and "@" in uri:
+        registered, alias = uri.removeprefix("models:/").split("@", 1)
+        version = str(mlflow.MlflowClient().get_model_version_by_alias(registered, alias).version)
+    dest = lkg / name / f"v{version}" if version else lkg / name / "latest"
+    if version is None or not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
+        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
+        if dest.exists():
+            shutil.rmtree(dest)
+        got.rename(dest)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest, version
+
+
+def _write_current(lkg: Path, name: str, uri: str, path: Path, version: str | None) -> None:
+    record = {"uri": uri, "version": version, "path": str(path)}
+    target = lkg / name / "current.json"
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, target)
+
+
+def lkg_loader(tracking_uri: str | None, lkg_dir: Path) -> Loader:
+    """Loader that keeps a local last-known-good copy of every model it loads.
+
+    The registry is asked first; when it cannot answer (server down, alias missing) the copy
+    recorded in ``lkg_dir/<name>/current.json`` is loaded instead and a warning is logged. A
+    copy is recorded as current only after it loaded.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+    def load(name: str, uri: str) -> tuple[Any, str | None]:
+        import mlflow
+
+        try:
+            path, version = _fetch(name, uri, tracking_uri, lkg_dir)
+        except Exception as exc:
+            current = lkg_dir / name / "current.json"
+            if not current.exists():
+                raise
+            record = json.loads(current.read_text())
+            log.warning(
+                "model %s: registry unavailable (%s: %s); serving the last-known-good copy v%s",
+                name,
+                type(exc).__name__,
+                str(exc)[:200],
+                record["version"],
+            )
+            return mlflow.pyfunc.load_model(record["path"]), record["version"]
+        model = mlflow.pyfunc.load_model(str(path))
+        _write_current(lkg_dir, name, uri, path, version)
+        return model, version
+
+    return load
+
+
+# -- the bundle ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServingBundle:
+    """Everything a decision needs, immutable; ``BundleHolder.current`` is swapped whole."""
+
+    engine: DecisionEngine
+    members: MemberTable  # the snapshot, row = member index
+    index: pd.Index  # member id -> row
+    p_redeem: np.ndarray  # (n, m) float32, affinity P(redeem)
+    spend: np.ndarray  # (n, m) float32, uplift incremental spend
+    has_row: np.ndarray  # (n,) bool: the affinity model knows the member
+    fallback_tables: FallbackTables
+    versions: dict[str, str]
+    snapshot_as_of: pd.Timestamp | None
+
+    @property
+    def offer_ids(self) -> tuple[str, ...]:
+        return self.engine.offers.ids
+
+    def rows(self, member_ids: list[str]) -> np.ndarray:
+        """Snapshot row of each member id, -1 when unknown."""
+        return self.index.get_indexer(pd.Index(member_ids, dtype=object))
+
+    def inputs(self, member_ids: list[str]) -> tuple[MemberTable, ScoreInputs]:
+        """Members and score inputs for ``member_ids``; unknown members get a cold-start row
+        (lifecycle ``onboarding``, no segment, no model row: the fallback chain fills it)."""
+        rows = self.rows(member_ids)
+        known = rows >= 0
+        safe = np.where(known, rows, 0)
+        table = self.members.take(safe) if len(self.members.ids) else _cold(len(rows))
+        if not known.all():
+            table = _blank_unknown(table, ~known)
+        table = replace(table, ids=np.asarray(member_ids, dtype=object))
+        m = self.engine.offers.n
+        if len(self.members.ids):
+            p = np.where(known[:, None], self.p_redeem[safe], 0.0)
+            s = np.where(known[:, None], self.spend[safe], 0.0)
+            has = known & self.has_row[safe]
+        else:
+            p, s, has = np.zeros((len(rows), m)), np.zeros((len(rows), m)), known
+        return table, ScoreInputs(p, s, has_row=has, model_versions=dict(self.versions))
+
+    def decide(
+        self,
+        member_ids: list[str],
+        context: DecisionContext,
+        *,
+        basket_total: float | None = None,
+        exhausted: frozenset[str] = frozenset(),
+    ) -> DecisionBatch:
+        """The engine's decisions for ``member_ids`` (``basket_total``: checkout context)."""
+        table, inputs = self.inputs(member_ids)
+        if basket_total is not None:
+            table = _with_basket(table, basket_total)
+        left = None
+        if exhausted:
+            left = self.engine.offers.budget.copy()
+            left[np.isin(np.asarray(self.offer_ids, dtype=object), list(exhausted))] = 0.0
+        return self.engine.decide(
+            table, inputs, context, budget_left=left, fallback_tables=self.fallback_tables
+        )
+
+
+def _cold(n: int) -> MemberTable:
+    frame = pd.DataFrame({S.MEMBER_ID: [f"cold{i}" for i in range(n)]})
+    frame["lifecycle_stage"] = "onboarding"
+    return MemberTable.from_frame(frame)
+
+
+def _blank_unknown(table: MemberTable, unknown: np.ndarray) -> MemberTable:
+    """Rows of unknown members reset to a cold start (no features, onboarding stage)."""
+    stage = table.stage.copy()
+    stage[unknown] = 0  # LIFECYCLE_STAGES[0] == "onboarding"
+    tier = table.tier.copy()
+    tier[unknown] = -1
+    seg = table.segment.copy()
+    seg[unknown] = None
+    nxt = table.next_tier.copy()
+    nxt[unknown] = None
+    num = {k: np.where(unknown, np.nan, v) for k, v in table.num.items()}
+    shares = {k: np.where(unknown, np.nan, v) for k, v in table.shares.items()}
+    return replace(
+        table,
+        stage=stage,
+        tier=tier,
+        segment=seg,
+        next_tier=nxt,
+        num=num,
+        shares=shares,
+        basket_reaches_next_tier=table.basket_reaches_next_tier & ~unknown,
+        basket_is_milestone=table.basket_is_milestone & ~unknown,
+    )
+
+
+def _with_basket(table: MemberTable, total: float) -> MemberTable:
+    """The live basket: its total, and whether it reaches the next tier (one point per unit
+    of currency) or is a purchase milestone (the member is one purchase away)."""
+    num = dict(table.num)
+    num["basket_total"] = np.full(table.n, float(total))
+    to_next = table.num["points_to_next_tier"]
+    to_milestone = table.num["purchases_to_next_milestone"]
+    return replace(
+        table,
+        num=num,
+        basket_reaches_next_tier=np.nan_to_num(to_next, nan=np.inf) <= total,
+        basket_is_milestone=np.nan_to_num(to_milestone, nan=np.inf) <= 1,
+    )
+
+
+def _python_model(model: Any) -> Any:
+    unwrap = getattr(model, "unwrap_python_model", None)
+    return unwrap() if unwrap is not None else model
+
+
+def _affinity_matrix(
+    model: Any, frame: pd.DataFrame, offer_ids: list[str], segment_column: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(P(redeem) (n, m), has a personalised row (n,)) from the affinity pyfunc, all pairs.
+
+    Without a calibrator the pyfunc's P(redeem) is NaN; the logistic of the score stands in.
+    """
+    n, m = len(frame), len(offer_ids)
+    ids = frame[S.MEMBER_ID].astype(str).to_numpy()
+    pairs = pd.DataFrame(
+        {"member_id": np.repeat(ids, m), "offer_id": np.tile(np.asarray(offer_ids, dtype=str), n)}
+    )
+    if segment_column in frame:
+        seg = frame[segment_column].astype(object).to_numpy()
+        pairs["segment"] = np.repeat(seg, m)
+    out = _python_model(model).predict(None, pairs)
+    p = out["p_redeem"].to_numpy(dtype=np.float64)
+    score = out["score"].to_numpy(dtype=np.float64)
+    p = np.where(np.isnan(p), 1.0 / (1.0 + np.exp(-np.nan_to_num(score))), p)
+    p = np.clip(np.nan_to_num(p), 0.0, 1.0).reshape(n, m)
+    personal = (out["fallback"].to_numpy(dtype=object) == "personalised").reshape(n, m)
+    return p.astype(np.float32), personal.any(axis=1)
+
+
+def _uplift_matrix(model: Any, frame: pd.DataFrame, engine: DecisionEngine) -> np.ndarray:
+    """(n, m) incremental spend per member and offer from the uplift pyfunc (0 where the model
+    has no arm for the offer). The arm is the offer's kind or id (the model's treatment grain)."""
+    py = _python_model(model)
+    meta = getattr(py, "meta_", {}) or {}
+    grain = meta.get("treatment_grain", "kind")
+    outcomes = list(meta.get("outcomes", [SPEND_OUTCOME]))
+    outcome = SPEND_OUTCOME if SPEND_OUTCOME in outcomes else outcomes[0]
+    effects = py.predict(None, frame)
+    o = engine.offers
+    arms = o.kind_names() if grain == "kind" else np.asarray(o.ids, dtype=object)
+    out = np.zeros((len(frame), o.n), dtype=np.float32)
+    for j, arm in enumerate(arms):  # loop over the catalog's offers (tens), not members
+        col = f"{outcome}:{arm}"
+        if col in effects:
+            out[:, j] = effects[col].to_numpy(dtype=np.float32)
+    return np.nan_to_num(out)
+
+
+def build_bundle(models: ModelSet, config: BundleConfig) -> ServingBundle:
+    """Load the catalog and the snapshot and precompute both models' outputs (see module doc)."""
+    for name in (AFFINITY, UPLIFT):
+        if name not in models.models:
+            raise BundleError(f"models: {name!r} is not configured (have {sorted(models.models)})")
+    catalog_path, features_path = config.catalog_path(), config.features_path()
+    if not catalog_path.exists():
+        raise BundleError(f"OFFERS_CATALOG: {catalog_path} does not exist")
+    if not features_path.exists():
+        raise BundleError(f"OFFERS_MEMBER_FEATURES: {features_path} does not exist")
+    engine = DecisionEngine(load_catalog(catalog_path), config.engine)
+    frame = pd.read_parquet(features_path)
+    if S.MEMBER_ID not in frame:
+        raise BundleError(f"OFFERS_MEMBER_FEATURES: {features_path} has no member_id column")
+    frame = frame.drop_duplicates(S.MEMBER_ID, keep="last").reset_index(drop=True)
+    members = engine.member_table(frame)
+    seg_col = config.engine.segment_column
+    p, has_row = _affinity_matrix(
+        models.models[AFFINITY].model, frame, list(engine.offers.ids), seg_col
+    )
+    s = _uplift_matrix(models.models[UPLIFT].model, frame, engine)
+    segments = frame[seg_col].to_numpy(dtype=object) if seg_col in frame else members.segment
+    known = has_row if has_row.any() else np.ones(len(frame), dtype=bool)
+    tables = FallbackTables.from_scores(p, s, segments, known)
+    as_of = pd.Timestamp(frame["as_of"].max()) if "as_of" in frame and len(frame) else None
+    bundle = ServingBundle(
+        engine=engine,
+        members=members,
+        index=pd.Index(members.ids, dtype=object),
+        p_redeem=p,
+        spend=s,
+        has_row=has_row,
+        fallback_tables=tables,
+        versions=models.versions(),
+        snapshot_as_of=as_of,
+    )
+    log.info(
+        "bundle: %d members, %d offers, models %s", members.n, engine.offers.n, bundle.versions
+    )
+    return bundle
+
+
+class BundleHolder:
+    """The current bundle and the offers whose store budget ran out (learned at grant time)."""
+
+    def __init__(self, config: BundleConfig) -> None:
+        self.config = config
+        self.current: ServingBundle | None = None
+        self._lock = threading.Lock()
+        self._exhausted: frozenset[str] = frozenset()
+
+    def build(self, models: ModelSet) -> ServingBundle:
+        bundle = build_bundle(models, self.config)
+        self.current = bundle
+        return bundle
+
+    @property
+    def exhausted(self) -> frozenset[str]:
+        return self._exhausted
+
+    def mark_exhausted(self, offer_ids: set[str] | frozenset[str]) -> None:
+        with self._lock:
+            self._exhausted = self._exhausted | frozenset(offer_ids)
+
+
+def seed_budgets(store: Any, bundle: ServingBundle) -> tuple[frozenset[str], set[str]]:
+    """Create a store budget counter for every catalog offer with a budget that has none yet
+    (existing counters, and what they spent, are kept). Returns (offers with a counter, offers
+    whose counter is already spent)."""
+    o = bundle.engine.offers
+    have = store.budgets()
+    for j, offer_id in enumerate(o.ids):
+        if offer_id not in have and np.isfinite(o.budget[j]):
+            store.set_budget(offer_id, float(o.budget[j]), unit=o.budget_unit[j] or "count")
+    have = store.budgets()
+    catalog = set(o.ids)
+    counters = frozenset(k for k in have if k in catalog)
+    spent = {k for k in counters if have[k]["spent"] >= have[k]["budget"]}
+    return counters, spent
