@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from features.schema import MEMBER_ID
 from serving.batch.campaign import Campaign
 from serving.batch.output import assemble, output_format, output_frame, store_records
-from serving.batch.plan import SendPlan, in_price_sample, usage
+from serving.batch.plan import SendPlan, in_price_sample, surprise_spend, usage
 from serving.batch.scorers import Scorer
 from serving.engine import state_from_events
 
@@ -143,10 +143,12 @@ def run_local(
 
     m = plan.engine.offers.n
     used = np.zeros(m)
-    money = 0.0
+    money = surprise = 0.0
     for rec in manifest["chunks"].values():
         used += np.asarray(rec["used"])
         money += rec["money"]
+        surprise += rec["surprise"]
+    surprise_budget = plan.engine.settings.surprise.budget
     resumed = len(manifest["chunks"])
     stored = 0
     done_rows = sum(r["members"] for r in manifest["chunks"].values())
@@ -161,8 +163,10 @@ def run_local(
         if events is not None:
             ids = chunk[MEMBER_ID].astype(str).to_numpy(dtype=object)
             state = state_from_events(events, ids, plan.engine.offers, plan.context.as_of)
-        batch = plan.decide(chunk, scorer, left, total_left, state)
+        s_left = None if surprise_budget is None else surprise_budget - surprise
+        batch = plan.decide(chunk, scorer, left, total_left, state, surprise_left=s_left)
         u, mo = usage(batch.rows, plan.engine)
+        su = surprise_spend(batch.rows)
         frame = output_frame(batch.rows)
         part = pdir / f"part-{k:06d}.parquet"
         tmp = part.with_name(part.name + ".tmp")
@@ -172,11 +176,13 @@ def run_local(
             stored += store.log_decisions(store_records(frame, plan.context.channel))
         used += u
         money += mo
+        surprise += su
         manifest["chunks"][str(k)] = {
             "members": len(chunk),
             "rows": len(frame),
             "used": u.tolist(),
             "money": mo,
+            "surprise": su,
         }
         _write_json(manifest_path, manifest)
         done_rows += len(chunk)

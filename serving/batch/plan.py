@@ -30,11 +30,12 @@ from serving.engine import (
 )
 from serving.engine.hashing import unit_interval
 
-__all__ = ["SAMPLE_SALT", "SendPlan", "build_engine", "in_price_sample", "usage"]
+__all__ = ["SAMPLE_SALT", "SendPlan", "build_engine", "in_price_sample", "surprise_spend", "usage"]
 
 log = logging.getLogger(__name__)
 
 SAMPLE_SALT = "price-sample"
+_UNLIMITED = 1e18  # a budget that never binds but keeps its name (and price)
 
 
 def build_engine(campaign: Campaign, catalog: Catalog) -> DecisionEngine:
@@ -49,6 +50,12 @@ def in_price_sample(member_ids: np.ndarray, rate: float) -> np.ndarray:
     if rate >= 1.0:
         return np.ones(len(member_ids), dtype=bool)
     return unit_interval(np.asarray(member_ids, dtype=object), SAMPLE_SALT) < rate
+
+
+def surprise_spend(batch_rows: pd.DataFrame) -> float:
+    """Expected cost of the surprises among decided rows (what the surprise budget counts)."""
+    rows = batch_rows.loc[(batch_rows["status"] == "offers") & batch_rows["is_surprise"]]
+    return float(rows["expected_cost"].sum())
 
 
 def usage(batch_rows: pd.DataFrame, engine: DecisionEngine) -> tuple[np.ndarray, float]:
@@ -81,6 +88,7 @@ class SendPlan:
     total_money: float | None
     prices: dict[str, float] | None = None
     sample_members: int = 0
+    refine_rounds: int = 5
 
     @classmethod
     def create(cls, campaign: Campaign, catalog: Catalog) -> SendPlan:
@@ -108,10 +116,21 @@ class SendPlan:
         total_left: float | None = None,
         state: MemberOfferState | None = None,
         prices: dict[str, float] | None = None,
+        surprise_left: float | None = None,
     ) -> DecisionBatch:
-        """Decisions for one chunk at the plan's prices with what is left of each budget."""
+        """Decisions for one chunk at the plan's prices with what is left of each budget.
+
+        ``surprise_left``: what is left of the settings' surprise budget (a per-send amount the
+        engine applies per call): the chunk is decided by an engine with that amount, and the
+        rows keep the send's policy fingerprint.
+        """
         inputs = scorer.score(members, self.engine.offers)
-        return self.engine.decide(
+        engine = self.engine
+        st = engine.settings
+        if surprise_left is not None and st.surprise.budget is not None:
+            surprise = st.surprise.model_copy(update={"budget": max(surprise_left, 0.0)})
+            engine = DecisionEngine(engine.catalog, st.model_copy(update={"surprise": surprise}))
+        batch = engine.decide(
             members,
             inputs,
             self.context,
@@ -120,11 +139,22 @@ class SendPlan:
             total_money=self.total_money if total_left is None else total_left,
             prices=self.prices if prices is None else prices,
         )
+        if engine is not self.engine:
+            batch.rows["policy"] = st.fingerprint()
+        return batch
 
     def solve_prices(self, sample: pd.DataFrame, rate: float, scorer: Scorer) -> dict[str, float]:
-        """Solve the budget prices once on ``sample`` (a ``rate`` share of the send)."""
+        """Solve the budget prices once on ``sample`` (a ``rate`` share of the send).
+
+        The allocation's prices can sit on the over-spending side of a budget (its repair pass
+        then cuts the send in order of value). Applied chunk by chunk, such a cut would depend
+        on the chunking, so the prices of any budget still over-spent at fixed prices (with
+        exploration and surprises) are raised until the sample fits (doubling, then
+        ``refine_rounds`` of bisection): chunks then never need to cut when the sample is the
+        whole send, and the output does not depend on the chunk size.
+        """
+        self.prices = {}
         if not self.has_budgets or len(sample) == 0:
-            self.prices = {}
             return self.prices
         rate = min(max(rate, 1e-12), 1.0)
         left = np.where(np.isfinite(self.budget_left), self.budget_left * rate, self.budget_left)
@@ -133,7 +163,51 @@ class SendPlan:
         batch = self.engine.decide(
             sample, inputs, self.context, budget_left=left, total_money=total
         )
-        self.prices = {k: float(v) for k, v in batch.prices.items()}
+        lam = {k: float(v) for k, v in batch.prices.items()}
+        names = list(lam)
+        limits = np.array([self._limit(nm, left, total) for nm in names])
+        unlimited = np.where(np.isfinite(left), np.maximum(left, 0) * 0 + _UNLIMITED, left)
+        unlimited = np.where(left == 0, 0.0, unlimited)
+        big_total = None if total is None else _UNLIMITED
+
+        def over(prices: dict[str, float]) -> np.ndarray:
+            rows = self.engine.decide(
+                sample,
+                inputs,
+                self.context,
+                budget_left=unlimited,
+                total_money=big_total,
+                prices=prices,
+            ).rows
+            per, money = usage(rows, self.engine)
+            used = np.array([self._used(nm, per, money) for nm in names])
+            return used > limits * (1 + 1e-9) + 1e-9
+
+        lo = np.array([lam[nm] for nm in names])
+        bad = over(dict(zip(names, lo, strict=True)))
+        hi = lo.copy()
+        step = 0
+        while bad.any() and step < 30:
+            hi = np.where(bad, hi * 2 + 0.01, hi)
+            bad = over(dict(zip(names, hi, strict=True)))
+            step += 1
+        for _ in range(self.refine_rounds if step else 0):
+            mid = (lo + hi) / 2
+            trial = np.where(hi > lo, mid, hi)
+            bad = over(dict(zip(names, trial, strict=True)))
+            hi = np.where(~bad & (hi > lo), trial, hi)
+            lo = np.where(bad & (hi > lo), trial, lo)
+        self.prices = {nm: float(v) for nm, v in zip(names, hi, strict=True)}
         self.sample_members = len(sample)
         log.info("budget prices on %d sampled members: %s", len(sample), self.prices)
         return self.prices
+
+    def _limit(self, name: str, left: np.ndarray, total: float | None) -> float:
+        if name == "total_money":
+            return float(total or 0.0)
+        return float(left[list(self.engine.offers.ids).index(name.removeprefix("offer:"))])
+
+    def _used(self, name: str, per: np.ndarray, money: float) -> float:
+        if name == "total_money":
+            return money
+        return float(per[list(self.engine.offers.ids).index(name.removeprefix("offer:"))])
