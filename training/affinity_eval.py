@@ -12,7 +12,9 @@ Targets (what counts as a positive in the window):
   offers the member *held* during the window (sent before its end and still valid at its
   start: ``duration_days`` after the send, else the offer's ``valid_to``, else sent inside the
   window); members need at least ``min_candidates`` of them, otherwise the ranking is trivial.
-  With ``candidates="all"`` every offer is a candidate for everyone.
+  With ``candidates="all"`` every offer is a candidate for everyone. Offers of kind
+  ``informational`` are never candidates (``redeemable_only``): they cannot be redeemed, so
+  ranking them for redemption would only pad the list with certain misses.
 * ``products`` / ``categories``: purchases (positive amount and quantity) in the window; every
   product (category) seen in training is a candidate and every product bought counts as
   relevant, including ones that never appeared in training (they cannot be recommended).
@@ -75,6 +77,7 @@ class EvalSettings(BaseModel):
     valid_days: float | None = Field(None, gt=0, description="default: = test_days")
     test_share: float = Field(0.2, gt=0, lt=1)
     min_candidates: int = Field(2, ge=1)
+    redeemable_only: bool = Field(True, description="offers target: no informational offers")
     ks: tuple[int, ...] = KS
     interactions: InteractionSettings = InteractionSettings()
     segment_min_members: int = 20
@@ -218,6 +221,14 @@ def _held(tables: dict[str, pd.DataFrame], start, end) -> pd.DataFrame:
     return out.drop_duplicates(ignore_index=True)
 
 
+def _informational(tables: dict[str, pd.DataFrame], item_ids: np.ndarray) -> np.ndarray:
+    """Item indices of the offers of kind ``informational``."""
+    offers = tables["offers"]
+    info = offers.loc[offers[S.KIND] == "informational", S.OFFER_ID].to_numpy()
+    idx = pd.Index(item_ids).get_indexer(pd.Index(item_key("offer", info)))
+    return idx[idx >= 0]
+
+
 def _pairs_matrix(pairs: pd.DataFrame, member_ids: np.ndarray, item_ids: np.ndarray):
     r = pd.Index(member_ids).get_indexer(pairs["member"])
     c = pd.Index(item_ids).get_indexer(pairs["item"])
@@ -247,6 +258,8 @@ def build_task(
     train = train.with_segments(labels)
     kind = TARGET_KIND[settings.target]
     candidates = train.items_of_kind(kind)
+    if settings.target == "offers" and settings.redeemable_only:
+        candidates = np.setdiff1d(candidates, _informational(tables, train.item_ids))
     if len(candidates) == 0:
         raise EvalInputError(f"target {settings.target!r}: no {kind} items in the training data")
     pos = _positives(tables, settings.target, start, end)

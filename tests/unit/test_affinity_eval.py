@@ -75,6 +75,10 @@ def test_held_candidates_are_what_members_held(tables):
     # every relevant offer is an eligible one
     rel = task.relevant[:, task.candidates].toarray() > 0
     assert not (rel & ~task.eligible).any()
+    # informational offers cannot be redeemed: never candidates
+    offers = tables["offers"]
+    info = {f"offer:{o}" for o in offers.loc[offers.kind == "informational", "offer_id"]}
+    assert info and not info & set(task.train.item_ids[task.candidates])
 
 
 def test_report_has_every_model_and_the_issue_shape(run):
