@@ -10,10 +10,14 @@ same columns in the same order:
   ``max_levels`` (the most frequent; ties by name), named ``<column>=<level>``. A null, or a
   level never seen in training (e.g. a region added later), gives 0 in every one of them.
 
-Values are rounded to float32 precision (and returned as float64): the ONNX graph computes in
-float32, so a model fitted and evaluated on these values sees exactly what its ONNX export sees.
-Without it, a value lying between a tree threshold and its float32 rounding falls on different
-sides natively and in ONNX (measured: 1 of 28,505 simulated test rows, 4.2e-4 off; 2e-7 with it).
+Precision. The ONNX graph compares float32 inputs with float32 thresholds. ``transform``
+therefore rounds values to float32 precision (returned as float64), so the native model sees
+what its ONNX export sees; fit on ``transform(frame, float32=False)``. Fitting on rounded values
+instead puts LightGBM's thresholds exactly halfway between two float32 values, and rounding such
+a threshold to float32 lands on one of them: rows with that value then go the other way in ONNX
+(measured on the simulated program: up to 0.56 off). Unrounded everywhere, a value between a
+threshold and its float32 rounding goes the other way (1 of 28,505 rows, 4.2e-4 off); fitted
+unrounded and evaluated rounded, the largest difference was 2e-7.
 
 The encoder is stored with the model as JSON (:meth:`to_dict` / :meth:`from_dict`), so serving
 needs neither the training data nor the training code.
@@ -63,8 +67,11 @@ class FeatureEncoder:
         self.feature_names_out_: list[str] = _names_out(self.columns_, self.levels_)
         return self
 
-    def transform(self, frame: pd.DataFrame) -> NDArray[np.float64]:
+    def transform(self, frame: pd.DataFrame, float32: bool = True) -> NDArray[np.float64]:
         """The encoded matrix, shape ``(len(frame), len(feature_names_out_))``.
+
+        ``float32=True`` (predicting, serving): values rounded to float32 precision;
+        ``float32=False`` (fitting): exact values. See the module docstring.
 
         Raises :class:`UpliftInputError` naming a missing column, or a numeric column whose
         values are not numbers.
@@ -94,13 +101,13 @@ class FeatureEncoder:
                 ) from exc
             blocks.append(values.to_numpy(dtype=np.float64, na_value=np.nan)[:, None])
         out = np.hstack(blocks) if blocks else np.zeros((len(frame), 0))
-        return out.astype(np.float32).astype(np.float64)
+        return out.astype(np.float32).astype(np.float64) if float32 else out
 
     def fit_transform(
         self, frame: pd.DataFrame, columns: Sequence[str] | None = None
     ) -> NDArray[np.float64]:
-        """``fit`` then ``transform`` on the same frame."""
-        return self.fit(frame, columns).transform(frame)
+        """``fit`` then ``transform(frame, float32=False)`` (values to fit a model on)."""
+        return self.fit(frame, columns).transform(frame, float32=False)
 
     @property
     def categorical_columns(self) -> list[str]:

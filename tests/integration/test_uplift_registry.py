@@ -4,6 +4,7 @@ A small simulated program is trained on, logged and registered as ``offers-uplif
 version becomes champion; a deliberately worse model (training treatments shuffled: a placebo)
 stays challenger; the champion loads with ``mlflow.pyfunc.load_model`` (no training code) and
 predicts what the native learners predict; a run on another test window re-scores the champion.
+The last test does one registration and load through a real ``mlflow server`` process.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from features.simulate import SimConfig, simulate
+from tests.integration.test_registry_mlflow import server  # noqa: F401  (real mlflow server)
 from training.registry import CHALLENGER, CHAMPION, ModelRegistry
 from training.uplift_data import TREATMENT, UpliftTrainingSet, build_training_set, time_split
 from training.uplift_train import UPLIFT_MODEL, UpliftTrainSettings, train_uplift
@@ -142,3 +144,29 @@ def test_cli_run_on_another_window_rescores_the_champion(first, program_dir, reg
     assert "re-scored" in result.output, result.output
     versions = registry.versions(UPLIFT_MODEL)
     assert registry.test_window(UPLIFT_MODEL, versions[-1]) != first.test_window
+
+
+@pytest.mark.integration
+def test_register_and_load_through_a_real_mlflow_server(
+    server,  # noqa: F811  (the fixture imported above)
+    program_dir,
+    training_set,
+    tmp_path,
+) -> None:
+    """One version through a real ``mlflow server`` process (fixture of the affinity test)."""
+    registry = ModelRegistry(tracking_uri=server, home=tmp_path)
+    settings = UpliftTrainSettings(base_params=FAST, outcomes=("conversion",))
+    result = train_uplift(program_dir, settings, registry, training_set=training_set)
+    assert result.decision.promoted and registry.version_of(UPLIFT_MODEL, CHAMPION) == "1"
+    fitted = result.fitted
+    features = fitted.data.frame[fitted.test][list(fitted.data.feature_columns)].head(2_000)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(server)
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{UPLIFT_MODEL}@{CHAMPION}")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    served = model.predict(features)
+    native = fitted.learners["conversion"].predict(fitted.encoder.transform(features))
+    cols = [f"conversion:{t}" for t in fitted.treatments]
+    assert np.abs(served[cols].to_numpy() - native).max() <= 1e-4

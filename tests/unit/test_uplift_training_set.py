@@ -222,6 +222,9 @@ def test_encoder_is_stable_between_training_and_serving(data) -> None:
     assert enc.categorical_columns and "gender" in enc.categorical_columns
     assert enc.levels_["gender"] == ["F", "M"]
     X = enc.transform(data.features)
+    exact = enc.transform(data.features, float32=False)
+    np.testing.assert_allclose(X, exact, rtol=1e-7)  # float32 precision for serving
+    assert np.array_equal(X, X.astype(np.float32).astype(np.float64), equal_nan=True)
     assert X.shape == (len(data.frame), len(enc.feature_names_out_))
     # a served row: unseen level and null give zeros; columns in any order
     served = data.features.iloc[[0, 1]].copy()
