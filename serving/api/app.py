@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from anyio import to_thread
 from fastapi import FastAPI
 
+from serving.api.batcher import DecisionBatcher
 from serving.api.bundle import BundleConfig, BundleHolder, lkg_loader, seed_budgets
 from serving.api.deps import AppState
 from serving.api.errors import install_error_handlers
@@ -48,6 +49,7 @@ def create_app(
     )
     if {"affinity", "uplift"} <= set(settings.models):
         state.bundle = BundleHolder(bundle_config)
+        state.batcher = DecisionBatcher(state.bundle)
     if not len(state.keyring):
         log.warning("no API keys configured: every /v1 endpoint will answer 401")
 

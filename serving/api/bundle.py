@@ -229,10 +229,11 @@ class ServingBundle:
         member_ids: list[str],
         context: DecisionContext,
         *,
-        basket_total: float | None = None,
+        basket_total: float | np.ndarray | None = None,
         exhausted: frozenset[str] = frozenset(),
     ) -> DecisionBatch:
-        """The engine's decisions for ``member_ids`` (``basket_total``: checkout context)."""
+        """The engine's decisions for ``member_ids`` (``basket_total``: checkout context, one
+        value or one per member; NaN = no basket)."""
         table, inputs = self.inputs(member_ids)
         if basket_total is not None:
             table = _with_basket(table, basket_total)
@@ -276,18 +277,20 @@ def _blank_unknown(table: MemberTable, unknown: np.ndarray) -> MemberTable:
     )
 
 
-def _with_basket(table: MemberTable, total: float) -> MemberTable:
+def _with_basket(table: MemberTable, total: float | np.ndarray) -> MemberTable:
     """The live basket: its total, and whether it reaches the next tier (one point per unit
     of currency) or is a purchase milestone (the member is one purchase away)."""
+    total = np.broadcast_to(np.asarray(total, dtype=np.float64), (table.n,))
+    has = np.isfinite(total)
     num = dict(table.num)
-    num["basket_total"] = np.full(table.n, float(total))
+    num["basket_total"] = total.copy()
     to_next = table.num["points_to_next_tier"]
     to_milestone = table.num["purchases_to_next_milestone"]
     return replace(
         table,
         num=num,
-        basket_reaches_next_tier=np.nan_to_num(to_next, nan=np.inf) <= total,
-        basket_is_milestone=np.nan_to_num(to_milestone, nan=np.inf) <= 1,
+        basket_reaches_next_tier=has & (np.nan_to_num(to_next, nan=np.inf) <= total),
+        basket_is_milestone=has & (np.nan_to_num(to_milestone, nan=np.inf) <= 1),
     )
 
 

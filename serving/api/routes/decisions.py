@@ -5,6 +5,7 @@ decision records go to the batched ``DecisionLogWriter``."""
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ from anyio import to_thread
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 
-from features import schema as S
+from serving.api.batcher import split_decisions
 from serving.api.bundle import ServingBundle
 from serving.api.deps import CheckoutWriter, OffersReader, StateDep
 from serving.api.schemas import (
@@ -49,13 +50,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _bundle(state: Any) -> ServingBundle:
-    holder = state.bundle
-    if holder is None or holder.current is None:
-        raise HTTPException(status_code=503, detail="models not loaded")
-    return holder.current
-
-
 def _now() -> pd.Timestamp:
     return pd.Timestamp(utcnow())
 
@@ -64,49 +58,27 @@ def _request_id() -> str:
     return uuid.uuid4().hex
 
 
-def _offers(bundle: ServingBundle, rows: pd.DataFrame) -> list[OfferOut]:
-    """The shown offers of one member's decision rows (in slot order)."""
-    o = bundle.engine.offers
-    shown = rows.loc[rows["status"] == "offers"]
-    out = []
-    for rank, r in enumerate(shown.itertuples(index=False), start=1):
-        j = o.ids.index(r.offer_id)
-        prop = float(r.propensity)
-        reasons = [r.moment] if r.moment else []
-        out.append(
-            OfferOut(
-                offer_id=r.offer_id,
-                name=o.names[j][:200],
-                kind=str(r.kind),
-                reward_value=float(o.reward_value[j]),
-                rank=rank,
-                score=float(np.nan_to_num(r.eiv)),
-                propensity=1.0 if not np.isfinite(prop) else min(max(prop, 0.0), 1.0),
-                explanation=str(r.explanation)[:1000],
-                reasons=reasons,
-            )
-        )
-    return out
+def _bundle(state: Any) -> ServingBundle:
+    holder = state.bundle
+    if holder is None or holder.current is None:
+        raise HTTPException(status_code=503, detail="models not loaded")
+    return holder.current
 
 
-def _record(state: Any, rows: pd.DataFrame, offers: list[OfferOut], versions: dict) -> None:
+def _record(
+    state: Any, member_id: str, channel: str, d: dict[str, Any], versions: dict[str, str]
+) -> None:
     """Queue the decision record and count it (per offer and fallback)."""
-    first = rows.iloc[0]
-    fallback = str(first["fallback"])
+    offers = d["offers"]
+    fallback = d["fallback"]
     if state.decision_log is not None:
         state.decision_log.submit(
             {
-                "decision_id": str(first["decision_id"]),
-                "member_id": str(first[S.MEMBER_ID]),
-                "channel": str(first[S.CHANNEL]),
+                "decision_id": d["decision_id"],
+                "member_id": member_id,
+                "channel": channel,
                 "offers": [
-                    {
-                        "offer_id": x.offer_id,
-                        "rank": x.rank,
-                        "score": x.score,
-                        "propensity": x.propensity,
-                    }
-                    for x in offers
+                    {k: x[k] for k in ("offer_id", "rank", "score", "propensity")} for x in offers
                 ],
                 "model_versions": versions,
                 "fallback": fallback,
@@ -116,7 +88,11 @@ def _record(state: Any, rows: pd.DataFrame, offers: list[OfferOut], versions: di
     if not offers:
         counter.labels("none", fallback).inc()
     for x in offers:
-        counter.labels(x.offer_id, fallback).inc()
+        counter.labels(x["offer_id"], fallback).inc()
+
+
+def _offer_out(x: dict[str, Any]) -> OfferOut:
+    return OfferOut.model_construct(**{k: x[k] for k in OfferOut.model_fields})
 
 
 @router.get("/members/{member_id}/offers", response_model=MemberOffersResponse, responses=_ERRORS)
@@ -128,27 +104,25 @@ async def member_offers(
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
 ) -> MemberOffersResponse:
     """Ranked offers with explanations; unknown members get cold-start offers (fallback named)."""
-    bundle = _bundle(state)
-    ctx = DecisionContext(channel, _now(), _request_id(), k=k)
-    batch = bundle.decide([member_id], ctx, exhausted=state.bundle.exhausted)
-    rows = batch.rows
-    offers = _offers(bundle, rows)[:k]
-    _record(state, rows, offers, bundle.versions)
-    first = rows.iloc[0]
+    _bundle(state)
+    bundle, d = await state.batcher.decide(member_id, channel, k)
+    _record(state, member_id, channel, d, bundle.versions)
     return MemberOffersResponse(
-        decision_id=str(first["decision_id"]),
+        decision_id=d["decision_id"],
         member_id=member_id,
         channel=channel,
-        offers=offers,
-        fallback=str(first["fallback"]),
+        offers=[_offer_out(x) for x in d["offers"]],
+        fallback=d["fallback"],
         model_versions=bundle.versions,
-        held_out=bool((rows["status"] == "held_out").any()),
-        explored=bool(rows["explored"].any()),
+        held_out=d["held_out"],
+        explored=d["explored"],
     )
 
 
-def _grant(state: Any, bundle: ServingBundle, member_id: str, offers: list[OfferOut]) -> list[str]:
-    """Reserve each offer's budget (and the member's yearly surprise cap); returns granted ids.
+def _grant(
+    state: Any, bundle: ServingBundle, member_id: str, offers: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Reserve each offer's budget (and the member's yearly surprise cap); returns the granted.
 
     Runs in a worker thread: one conditional UPDATE per offer with a budget counter.
     """
@@ -159,15 +133,15 @@ def _grant(state: Any, bundle: ServingBundle, member_id: str, offers: list[Offer
     year = str(utcnow().year)
     cap = bundle.engine.settings.surprise.yearly_cap
     for x in offers:
-        j = o.ids.index(x.offer_id)
-        if o.surprise[j] and not store.reserve_member_cap(member_id, "surprise", year, cap):
+        j = o.ids.index(x["offer_id"])
+        if x["surprise"] and not store.reserve_member_cap(member_id, "surprise", year, cap):
             continue
-        if x.offer_id in counters:
+        if x["offer_id"] in counters:
             amount = float(o.cost[j]) if o.budget_unit[j] == "money" else 1.0
-            if amount > 0 and not store.reserve_budget(x.offer_id, amount):
-                exhausted.add(x.offer_id)
+            if amount > 0 and not store.reserve_budget(x["offer_id"], amount):
+                exhausted.add(x["offer_id"])
                 continue
-        granted.append(x.offer_id)
+        granted.append(x)
     if exhausted:
         state.bundle.mark_exhausted(exhausted)
     return granted
@@ -183,43 +157,23 @@ async def checkout_rewards(
 ) -> CheckoutResponse:
     """Rewards to grant now for this basket, a surprise when a moment applies; each reward's
     budget is reserved atomically in the store before it is returned."""
-    bundle = _bundle(state)
-    as_of = pd.Timestamp(body.ts) if body.ts is not None else _now()
-    ctx = DecisionContext(body.channel, as_of, _request_id())
-    batch = bundle.decide(
-        [body.member_id], ctx, basket_total=body.total, exhausted=state.bundle.exhausted
+    _bundle(state)
+    as_of = pd.Timestamp(body.ts) if body.ts is not None else None
+    bundle, d = await state.batcher.decide(
+        body.member_id, body.channel, None, as_of=as_of, basket_total=body.total
     )
-    rows = batch.rows
-    offers = _offers(bundle, rows)
-    granted = set(await to_thread.run_sync(_grant, state, bundle, body.member_id, offers))
-    offers = [x for x in offers if x.offer_id in granted]
-    _record(state, rows, offers, bundle.versions)
-    o = bundle.engine.offers
-    shown = rows.set_index(S.OFFER_ID)
-    rewards = []
-    for x in offers:
-        j = o.ids.index(x.offer_id)
-        moment = str(shown.at[x.offer_id, "moment"]) or None
-        rewards.append(
-            RewardOut(
-                offer_id=x.offer_id,
-                name=x.name,
-                kind=x.kind,
-                reward_value=x.reward_value,
-                cost=float(o.cost[j]),
-                surprise=bool(o.surprise[j]),
-                moment=moment,
-                explanation=x.explanation,
-            )
-        )
-    first = rows.iloc[0]
-    moments = [m for m in str(first["in_moments"]).split(",") if m and m != "nan"]
+    granted = await to_thread.run_sync(_grant, state, bundle, body.member_id, d["offers"])
+    d = {**d, "offers": granted}
+    _record(state, body.member_id, body.channel, d, bundle.versions)
+    rewards = [
+        RewardOut.model_construct(**{k: x[k] for k in RewardOut.model_fields}) for x in granted
+    ]
     return CheckoutResponse(
-        decision_id=str(first["decision_id"]),
+        decision_id=d["decision_id"],
         member_id=body.member_id,
         rewards=rewards,
-        moments=moments,
-        fallback=str(first["fallback"]),
+        moments=d["moments"],
+        fallback=d["fallback"],
         model_versions=bundle.versions,
     )
 
@@ -228,21 +182,18 @@ def _batch_lines(state: Any, bundle: ServingBundle, ids: list[str], ctx: Decisio
     """NDJSON lines for one chunk of members (request order)."""
     batch = bundle.decide(ids, ctx, exhausted=state.bundle.exhausted)
     lines = []
-    by_member = dict(tuple(batch.rows.groupby(S.MEMBER_ID, sort=False)))
-    k = ctx.k or MAX_K
-    for member_id in ids:
-        rows = by_member[member_id]
-        offers = _offers(bundle, rows)[:k]
-        _record(state, rows, offers, bundle.versions)
-        line = BatchOffersLine(
-            member_id=member_id,
-            decision_id=str(rows["decision_id"].iloc[0]),
-            offers=offers,
-            fallback=str(rows["fallback"].iloc[0]),
-            model_versions=bundle.versions,
-            held_out=bool((rows["status"] == "held_out").any()),
-        )
-        lines.append(line.model_dump_json())
+    fields = tuple(OfferOut.model_fields)
+    for member_id, d in zip(ids, split_decisions(bundle, batch, ids, ctx.k), strict=True):
+        _record(state, member_id, ctx.channel, d, bundle.versions)
+        line = {
+            "member_id": member_id,
+            "decision_id": d["decision_id"],
+            "offers": [{k: x[k] for k in fields} for x in d["offers"]],
+            "fallback": d["fallback"],
+            "model_versions": bundle.versions,
+            "held_out": d["held_out"],
+        }
+        lines.append(json.dumps(line, separators=(",", ":")))
     return "\n".join(lines) + "\n"
 
 
@@ -251,7 +202,7 @@ def _batch_lines(state: Any, bundle: ServingBundle, ids: list[str], ctx: Decisio
     responses={
         **_ERRORS,
         200: {
-            "content": {"application/x-ndjson": {}},
+            "content": {"application/x-ndjson": {"schema": BatchOffersLine.model_json_schema()}},
             "description": "one BatchOffersLine JSON object per member, in request order",
         },
     },
