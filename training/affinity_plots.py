@@ -47,7 +47,7 @@ def plot_reliability(
     plt = _pyplot()
     mean_p, rate, n = curve
     fig, ax = plt.subplots(figsize=(5, 5))
-    top = float(max(mean_p.max(initial=0), rate.max(initial=0), 0.05)) * 1.1
+    top = float(max(mean_p.max(initial=0), rate.max(initial=0), 1e-3)) * 1.1
     ax.plot([0, top], [0, top], ":", color="grey", label="perfect")
     ax.scatter(mean_p, rate, s=20 + 200 * n / max(n.max(initial=1), 1), label="bins (size = pairs)")
     ax.plot(mean_p, rate, "-")
