@@ -78,7 +78,7 @@ def _settings(
     calibrate: bool,
     seed: int,
 ) -> Any:
-    from training.uplift_train import UpliftTrainSettings
+    from training.uplift_fit import UpliftTrainSettings
 
     try:
         params = json.loads(base_params) if base_params else None
@@ -212,7 +212,7 @@ def evaluate_uplift(
 ) -> None:
     """Fit on the time-based training split and score the test split (no MLflow)."""
     from training.uplift_data import UpliftDataError, build_training_set
-    from training.uplift_train import UpliftTrainError, fit_uplift, truth_metrics_for
+    from training.uplift_fit import UpliftTrainError, fit_uplift, truth_metrics_for
 
     settings = _settings(
         learner, base_learner, base_params, treatment, outcomes, gate_outcome,

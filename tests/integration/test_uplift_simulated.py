@@ -19,13 +19,13 @@ from features.pipeline import tables_from_frames
 from features.simulate import SimConfig, simulate
 from training.uplift_benchmark import BenchmarkConfig, run_benchmark
 from training.uplift_data import TREATMENT, build_training_set
+from training.uplift_fit import UpliftTrainSettings, fit_uplift
 from training.uplift_simulated import (
     TAU,
     attach_truth,
     simulated_benchmark_data,
     truth_metrics,
 )
-from training.uplift_train import UpliftTrainSettings, fit_uplift
 
 pytestmark = pytest.mark.slow
 
