@@ -27,6 +27,7 @@ import pytest
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from features.simulate import SimConfig, simulate
+from tests.integration.pg_fixtures import postgres_url  # noqa: F401  (throwaway PostgreSQL)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -341,14 +342,35 @@ def _checkout_target(world, members: list[str], total: float) -> tuple[str, int]
     return best, best_n
 
 
-def test_200_concurrent_checkouts_against_budget_50_grant_exactly_50(world, tmp_path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path: Path):
+    """A new SQLite file, or a new database on the session's throwaway PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'budget.db'}"
+        return
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    server = request.getfixturevalue("postgres_url")
+    name = f"api_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    yield server.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+def test_200_concurrent_checkouts_against_budget_50_grant_exactly_50(world, database_url) -> None:
     from features.catalog import load_catalog
     from serving.store import open_store
 
     members = world["program"]["members"][:200]
     target, demand = _checkout_target(world, members, 80.0)
     assert demand >= 100, f"probe: best checkout offer {target} picked for only {demand} of 200"
-    url = f"sqlite:///{tmp_path / 'budget.db'}"
+    url = database_url
     store = open_store(url)
     for offer in load_catalog(world["program"]["catalog"]).offers:
         store.set_budget(offer.offer_id, 50.0 if offer.offer_id == target else 0.0, unit="count")
