@@ -35,14 +35,14 @@ from serving.engine.fallback import FallbackTables, fill
 from serving.engine.hashing import decision_ids
 from serving.engine.holdout import in_holdout
 from serving.engine.members import MemberTable
-from serving.engine.moments import DETECTED_MOMENTS, detect_moments
+from serving.engine.moments import DETECTED_MOMENTS, Moments, detect_moments
 from serving.engine.offers import OfferTable
-from serving.engine.scoring import ScoreInputs, lifecycle_boosts, score
+from serving.engine.scoring import ScoreInputs, Scores, lifecycle_boosts, score
 from serving.engine.settings import EngineSettings
 from serving.engine.state import MemberOfferState
 from serving.engine.surprise import pick_surprises
 
-__all__ = ["STATUSES", "DecisionBatch", "DecisionEngine"]
+__all__ = ["STATUSES", "DecisionBatch", "DecisionEngine", "Prepared"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class DecisionBatch:
     rows: pd.DataFrame
     prices: dict[str, float] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
+    picks: np.ndarray | None = None  # (n_members, slots) offer indices in input order, -1 pads
 
     def shown(self) -> pd.DataFrame:
         """Only the rows with an offer."""
@@ -87,6 +88,22 @@ class DecisionBatch:
                 S.PROPENSITY: r["propensity"].to_numpy(),
             }
         )
+
+
+@dataclass
+class Prepared:
+    """What every policy over one request shares: members, fallbacks, holdout, moments,
+    budgets, eligibility (``mask``, ``slots``), score parts and the budget base."""
+
+    members: MemberTable
+    fallback: np.ndarray
+    held: np.ndarray
+    moments: Moments
+    budgets: Budgets
+    mask: np.ndarray
+    slots: np.ndarray
+    scores: Scores
+    base: np.ndarray
 
 
 class DecisionEngine:
@@ -129,7 +146,7 @@ class DecisionEngine:
         return Budgets(W, np.asarray(limits, dtype=np.float64), tuple(names))
 
     # ---- the decision -------------------------------------------------------------------------
-    def decide(
+    def prepare(
         self,
         members: pd.DataFrame | MemberTable,
         inputs: ScoreInputs,
@@ -138,9 +155,9 @@ class DecisionEngine:
         budget_left: np.ndarray | None = None,
         fallback_tables: FallbackTables | None = None,
         total_money: float | None = None,
-        prices: dict[str, float] | None = None,
-    ) -> DecisionBatch:
-        """Decide for every member of ``members`` (rows aligned with ``inputs``)."""
+    ) -> Prepared:
+        """Steps 1-4 of the module docstring: what every policy over this request shares
+        (the evaluation runs its baselines on the same eligibility and budgets)."""
         st = self.settings
         o = self.offers
         mt = self.member_table(members)
@@ -164,6 +181,38 @@ class DecisionEngine:
         mask = el.mask & (slots > 0)[:, None]
         sc = score(p, s, mt, o, st.scoring, self.boosts_, context.channel)
         base = sc.p_redeem if st.allocation.budget_basis == "expected" else np.ones_like(p)
+        return Prepared(mt, fallback, held, moments, budgets, mask, slots, sc, base)
+
+    def decide(
+        self,
+        members: pd.DataFrame | MemberTable,
+        inputs: ScoreInputs,
+        context: DecisionContext,
+        state: MemberOfferState | None = None,
+        budget_left: np.ndarray | None = None,
+        fallback_tables: FallbackTables | None = None,
+        total_money: float | None = None,
+        prices: dict[str, float] | None = None,
+    ) -> DecisionBatch:
+        """Decide for every member of ``members`` (rows aligned with ``inputs``).
+
+        ``total_money``: an extra budget on the expected cost of the whole send; ``prices``:
+        fixed prices per budget name (from an earlier batch) instead of solving them.
+        """
+        st = self.settings
+        o = self.offers
+        pr = self.prepare(
+            members, inputs, context, state, budget_left, fallback_tables, total_money
+        )
+        mt, fallback, held, moments, budgets = (
+            pr.members,
+            pr.fallback,
+            pr.held,
+            pr.moments,
+            pr.budgets,
+        )
+        mask, slots, sc, base = pr.mask, pr.slots, pr.scores, pr.base
+        n, m = mt.n, o.n
 
         # Surprise (one at most), then the regular slots.
         surprise = pick_surprises(
@@ -253,7 +302,7 @@ class DecisionEngine:
             mt, context, shown, prop, expl, ncand, held, fallback, moments, sc, unit, inputs
         )
         prices_out = dict(zip(budgets.names, map(float, lam), strict=True))
-        return DecisionBatch(rows=rows, prices=prices_out, stats=stats)
+        return DecisionBatch(rows=rows, prices=prices_out, stats=stats, picks=shown)
 
     # ---- output -----------------------------------------------------------------------------
     def _frame(

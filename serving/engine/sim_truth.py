@@ -1,0 +1,131 @@
+"""Ground truth of a simulated program, for policy evaluation only (reads ``truth/``).
+
+The simulator (``features.simulate``) writes the true P(redeem | sent) and effects for a send at
+the observation end (``truth/affinity``, ``truth/effects``) and the members' latent traits
+(``truth/members_latent``). :class:`SimulatedTruth` rebuilds the simulator's response model
+from those traits (``features.sim.response``), so the true value of *any* offer for *any* member
+at *any* time can be computed: what an evaluation needs for counterfactual actions at past
+campaign sends, not only for the offer that was logged. ``tests/integration/test_policy_eval``
+checks that the rebuilt model reproduces ``truth/affinity`` and ``truth/effects``.
+
+Nothing in the decision path may import this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features import schema as S
+from features.catalog import Catalog, load_catalog
+from features.sim import config as C
+from features.sim.config import SimConfig
+from features.sim.members import Members
+from features.sim.purchases import mean_line_value
+from features.sim.response import (
+    baseline_probability,
+    offer_params,
+    redeem_probability,
+    respond,
+)
+from serving.engine.errors import EngineInputError
+
+__all__ = ["SimulatedTruth"]
+
+
+@dataclass
+class SimulatedTruth:
+    """The simulator's response model for the members of a written program."""
+
+    member_ids: np.ndarray
+    members: Members
+    catalog: Catalog
+    window_days: int
+
+    @classmethod
+    def load(cls, data_dir: Path | str, config: SimConfig | None = None) -> SimulatedTruth:
+        """Read ``members``, ``catalog.yaml`` and ``truth/members_latent`` of ``data_dir``."""
+        d = Path(data_dir)
+        latent_path = d / "truth" / "members_latent.parquet"
+        if not latent_path.is_file():
+            raise EngineInputError(
+                f"{latent_path} not found: policy evaluation needs a simulated program "
+                "(offers simulate --out DIR)"
+            )
+        cfg = config or SimConfig()
+        latent = pd.read_parquet(latent_path)
+        members = pd.read_parquet(d / "members.parquet")
+        members = members.set_index(S.MEMBER_ID).loc[latent[S.MEMBER_ID].to_numpy()]
+        n = len(latent)
+        seconds = lambda col: (  # noqa: E731
+            members[col].to_numpy(dtype="datetime64[s]").astype(np.int64)
+        )
+        lapse = latent["lapse_at"].to_numpy(dtype="datetime64[s]")
+        lapse_s = np.where(np.isnat(lapse), Members.NO_LAPSE, lapse.astype(np.int64))
+        pref = np.column_stack([latent[f"pref_{c}"] for c in C.CATEGORIES]).astype(np.float32)
+        resp = np.column_stack([latent[f"resp_{k}"] for k in S.OFFER_KINDS]).astype(np.float32)
+        segment = pd.Index(list(C.SEGMENTS)).get_indexer(members[S.SEGMENT].astype(object))
+        f32 = np.float32
+        m = Members(
+            n=n,
+            joined_at=seconds(S.JOINED_AT),
+            birth_date=seconds(S.BIRTH_DATE),
+            age=members[S.AGE].to_numpy(dtype=float),
+            gender=np.zeros(n, dtype=np.int8),
+            income=members[S.INCOME].to_numpy(dtype=float),
+            region=np.zeros(n, dtype=np.int8),
+            home_store=np.zeros(n, dtype=np.int16),
+            segment=segment.astype(np.int8),
+            email_opt_in=members[S.EMAIL_OPT_IN].to_numpy(dtype=bool),
+            app_opt_in=members[S.APP_OPT_IN].to_numpy(dtype=bool),
+            pref=pref,
+            price_sensitivity=latent["price_sensitivity"].to_numpy(dtype=f32),
+            rate=latent["purchase_rate"].to_numpy(dtype=np.float64),
+            lapse_at=lapse_s,
+            spend_scale=latent["spend_scale"].to_numpy(dtype=f32),
+            view_prob=latent["view_prob"].to_numpy(dtype=f32),
+            log_resp=np.log(resp).astype(f32),
+            incr_z=latent["incrementality_shift"].to_numpy(dtype=f32),
+            keep_share=latent["points_keep_share"].to_numpy(dtype=f32),
+        )
+        catalog = load_catalog(d / "catalog.yaml")
+        return cls(latent[S.MEMBER_ID].to_numpy(dtype=object), m, catalog, cfg.effect_window_days)
+
+    def rows(self, member_ids: np.ndarray | list[str]) -> np.ndarray:
+        """Positions of the given member ids (raises on an unknown id)."""
+        pos = pd.Index(self.member_ids).get_indexer(np.asarray(member_ids, dtype=object))
+        if (pos < 0).any():
+            bad = np.asarray(member_ids, dtype=object)[pos < 0][:3]
+            raise EngineInputError(f"member_id: {list(bad)} not in the simulated program")
+        return pos
+
+    def pairs(
+        self, member_rows: np.ndarray, offer_cols: np.ndarray, at: np.ndarray | pd.Timestamp
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """True (P(redeem | sent), incremental spend over the window) of each pair at ``at``.
+
+        ``offer_cols`` index the catalog's offers (file order); ``at`` is one time or one per
+        pair. Same formulas as the simulator's ``truth/`` files (features.sim.response).
+        """
+        mi = np.asarray(member_rows, dtype=np.int64)
+        oi = np.asarray(offer_cols, dtype=np.int64)
+        t = np.broadcast_to(
+            np.asarray(at, dtype="datetime64[s]").astype(np.int64), mi.shape
+        ).astype(np.int64)
+        op = offer_params(self.catalog, self.window_days)
+        r = respond(self.members, mean_line_value(self.members), op, mi, oi)
+        dur = np.minimum(op.duration[oi], self.window_days)
+        p = redeem_probability(r, baseline_probability(self.members, mi, t, dur))
+        return p.astype(np.float64), (r.q * r.mu).astype(np.float64)
+
+    def matrix(self, member_ids: np.ndarray, at: pd.Timestamp) -> tuple[np.ndarray, np.ndarray]:
+        """(n_members, n_offers) true P(redeem) and incremental spend for a send at ``at``."""
+        rows = self.rows(member_ids)
+        m = len(self.catalog.offers)
+        mi = np.repeat(rows, m)
+        oi = np.tile(np.arange(m), len(rows))
+        p, s = self.pairs(mi, oi, pd.Timestamp(at))
+        return p.reshape(len(rows), m), s.reshape(len(rows), m)
