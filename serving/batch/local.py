@@ -76,7 +76,8 @@ def read_chunks(
         yield batch.to_pandas()
 
 
-def _price_sample(path: Path, n: int, sample: int | None) -> tuple[pd.DataFrame, float]:
+def price_sample(path: Path, n: int, sample: int | None) -> tuple[pd.DataFrame, float]:
+    """The members the prices are solved on (``sample`` of ``n``; None: all) and their share."""
     rate = 1.0 if sample is None or sample >= n else sample / n
     parts = [
         c.loc[in_price_sample(c[MEMBER_ID].to_numpy(dtype=object), rate)]
@@ -135,7 +136,7 @@ def run_local(
         plan.prices = manifest["prices"]
     else:
         pdir.mkdir(parents=True, exist_ok=True)
-        sample, rate = _price_sample(features, n, campaign.price_sample)
+        sample, rate = price_sample(features, n, campaign.price_sample)
         plan.solve_prices(sample, rate, scorer)
         del sample
         manifest = {"key": key, "prices": plan.prices, "sample_rate": rate, "chunks": {}}

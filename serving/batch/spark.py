@@ -1,0 +1,229 @@
+"""The same batch scoring over a Spark members table (``mapInPandas``).
+
+The driver solves the budget prices once on the price sample (as the local engine does) and
+broadcasts the plan (engine, prices, budgets) and the scorer (the models) to the executors.
+Members are hash-partitioned by id; each partition is decided as one pandas frame at those
+fixed prices. Partitions run in parallel, so no count can be carried from one to the next:
+
+1. pass 1 (``partition_demand``): each partition reports what it would spend at the prices with
+   no budget binding;
+2. the driver splits every budget into per-partition quotas in proportion to that demand
+   (``quotas``; slack is spread by members); the quotas add up to the budget;
+3. pass 2 (``decide_partition``): each partition is decided within its quota (the engine's
+   final budget pass cuts in order of adjusted value if it must).
+
+So the send never exceeds a budget, and when the whole send fits at the prices (prices solved
+on all members) nothing is cut and the decisions equal the local engine's. The price of this is
+scoring twice (pass 1 returns only a usage vector per partition).
+
+Member features come as a Parquet file (``spark.read.parquet``) or any Spark DataFrame with
+the feature columns. Memory per task is one partition: use enough partitions
+(``partition_rows``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from features.schema import MEMBER_ID
+from serving.batch.campaign import Campaign
+from serving.batch.local import BatchResult, parts_dir, price_sample
+from serving.batch.output import (
+    OUTPUT_COLUMNS,
+    assemble,
+    output_format,
+    output_frame,
+    store_records,
+)
+from serving.batch.plan import SendPlan, surprise_spend, usage
+from serving.batch.scorers import Scorer
+
+__all__ = ["SPARK_SCHEMA", "decide_partition", "run_spark"]
+
+log = logging.getLogger(__name__)
+
+_BIG = 1e18
+
+_TYPES = {
+    "rank": "int",
+    "holdout": "boolean",
+    "explored": "boolean",
+    "is_surprise": "boolean",
+    **{
+        c: "double"
+        for c in (
+            "p_redeem",
+            "incremental_margin",
+            "uplift_adjusted_margin",
+            "expected_cost",
+            "eiv",
+            "lifecycle_boost",
+            "rank_score",
+            "shadow_price",
+            "propensity",
+        )
+    },
+}
+SPARK_SCHEMA = ", ".join(f"{c} {_TYPES.get(c, 'string')}" for c in OUTPUT_COLUMNS)
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    for c, t in _TYPES.items():
+        if t == "double":
+            out[c] = out[c].astype(np.float64)
+        elif t == "int":
+            out[c] = out[c].astype(np.int32)
+        else:
+            out[c] = out[c].astype(bool)
+    return out
+
+
+def _unlimited(plan: SendPlan) -> tuple[np.ndarray, float | None, float | None]:
+    """Budgets that never bind (a budget keeps its name and price; 0 stays 0: not allowed)."""
+    left = np.where(np.isfinite(plan.budget_left) & (plan.budget_left > 0), _BIG, plan.budget_left)
+    total = None if plan.total_money is None else _BIG
+    surprise = None if plan.engine.settings.surprise.budget is None else _BIG
+    return left, total, surprise
+
+
+def partition_demand(frame: pd.DataFrame, plan: SendPlan, scorer: Scorer) -> np.ndarray:
+    """Pass 1: what the partition would spend at the fixed prices with no budget binding:
+    ``[per offer..., money, surprise, members]``."""
+    left, total, surprise = _unlimited(plan)
+    rows = plan.decide(frame, scorer, left, total, surprise_left=surprise).rows
+    per, money = usage(rows, plan.engine)
+    return np.concatenate([per, [money, surprise_spend(rows), len(frame)]])
+
+
+def quotas(plan: SendPlan, demand: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Split every budget over the partitions in proportion to their demand at the prices;
+    what no partition asks for is spread by members. Quotas add up to each budget, and a
+    partition gets at least its demand whenever the whole send fits (then nothing is cut and
+    the decisions equal the local engine's)."""
+    m = plan.engine.offers.n
+    sb = plan.engine.settings.surprise.budget
+    limit = np.concatenate(
+        [
+            plan.budget_left,
+            [np.inf if plan.total_money is None else plan.total_money],
+            [np.inf if sb is None else sb],
+        ]
+    )
+    pids = sorted(demand)
+    D = np.vstack([demand[p] for p in pids])  # (partitions, m + 3)
+    members = D[:, -1] / max(D[:, -1].sum(), 1.0)
+    want = D[:, : m + 2]
+    total = want.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        short = np.where(total > 0, want * (limit / total)[None, :], 0.0)
+    fits = want + np.maximum(limit - total, 0.0)[None, :] * members[:, None]
+    q = np.where((total <= limit)[None, :], fits, short)
+    q = np.where(np.isfinite(limit)[None, :], q, limit[None, :])
+    return {p: q[r] for r, p in enumerate(pids)}
+
+
+def decide_partition(
+    frame: pd.DataFrame, plan: SendPlan, scorer: Scorer, quota: np.ndarray
+) -> pd.DataFrame:
+    """Pass 2: decisions for one partition within its quota of every budget."""
+    m = plan.engine.offers.n
+    total = None if plan.total_money is None else float(quota[m])
+    surprise = None if plan.engine.settings.surprise.budget is None else float(quota[m + 1])
+    batch = plan.decide(frame, scorer, quota[:m], total, surprise_left=surprise)
+    return _typed(output_frame(batch.rows))
+
+
+def run_spark(
+    spark: Any,
+    campaign: Campaign,
+    plan: SendPlan,
+    scorer: Scorer,
+    features: Path,
+    out: Path,
+    store: Any = None,
+    partition_rows: int = 100_000,
+    partitions: int | None = None,
+) -> BatchResult:
+    """Score the members of ``features`` on Spark into ``out`` (see the module docstring)."""
+    output_format(out)
+    n = pq.ParquetFile(features).metadata.num_rows
+    sample, rate = price_sample(features, n, campaign.price_sample)
+    plan.solve_prices(sample, rate, scorer)
+    del sample
+    df = spark.read.parquet(str(features))
+    want = partitions or max(1, math.ceil(n / partition_rows))
+    sc = spark.sparkContext
+    if not os.environ.get("PYSPARK_PYTHON") and sc.master.startswith("local"):
+        # local workers run this interpreter (its packages); on a cluster set PYSPARK_PYTHON
+        sc.pythonExec = sys.executable
+    df = df.repartition(want, MEMBER_ID)  # hash partitioning: the same partitions in both passes
+    shared = sc.broadcast((plan, scorer))
+
+    def whole(batches: Iterator[pd.DataFrame]) -> pd.DataFrame:
+        parts = list(batches)
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+    def demand(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from pyspark import TaskContext
+
+        frame = whole(batches)
+        if len(frame):
+            plan_, scorer_ = shared.value
+            d = partition_demand(frame, plan_, scorer_)
+            yield pd.DataFrame({"pid": [TaskContext.get().partitionId()], "demand": [d.tolist()]})
+
+    got = df.mapInPandas(demand, schema="pid int, demand array<double>").collect()
+    split = sc.broadcast(quotas(plan, {r["pid"]: np.asarray(r["demand"]) for r in got}))
+
+    def decide(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from pyspark import TaskContext
+
+        frame = whole(batches)
+        if len(frame):
+            plan_, scorer_ = shared.value
+            quota = split.value[TaskContext.get().partitionId()]
+            yield decide_partition(frame, plan_, scorer_, quota)
+
+    pdir = parts_dir(out) / "spark"
+    if pdir.exists():
+        shutil.rmtree(pdir)
+    df.mapInPandas(decide, schema=SPARK_SCHEMA).write.parquet(str(pdir))
+    shared.unpersist()
+    split.unpersist()
+    files = sorted(pdir.glob("part-*.parquet"))
+    m = plan.engine.offers.n
+    used, money, surprise, stored = np.zeros(m), 0.0, 0.0, 0
+    for f in files:
+        frame = pd.read_parquet(f)
+        u, mo = usage(frame, plan.engine)
+        used += u
+        money += mo
+        surprise += surprise_spend(frame)
+        if store is not None:
+            stored += store.log_decisions(store_records(frame, plan.context.channel))
+    rows = assemble(files, out)
+    limit = np.where(np.isfinite(plan.budget_left), plan.budget_left, np.nan)
+    return BatchResult(
+        members=n,
+        rows=rows,
+        chunks=len(files),
+        resumed_chunks=0,
+        prices=dict(plan.prices or {}),
+        budget_used=used.tolist(),
+        budget_left=(limit - used).tolist(),
+        money_used=money,
+        stored=stored,
+        extra={"sample_rate": rate, "partitions": want, "surprise": surprise},
+    )
