@@ -88,7 +88,7 @@ class SendPlan:
     total_money: float | None
     prices: dict[str, float] | None = None
     sample_members: int = 0
-    refine_rounds: int = 5
+    refine_rounds: int = 3
 
     @classmethod
     def create(cls, campaign: Campaign, catalog: Catalog) -> SendPlan:
