@@ -173,7 +173,7 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def world(tmp_path_factory):
     """Program, snapshot and both models registered as champion in a local MLflow store."""
     from training.registry import ModelRegistry

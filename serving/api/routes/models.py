@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from anyio import to_thread
 from fastapi import APIRouter, HTTPException
@@ -15,11 +16,16 @@ router = APIRouter(prefix="/v1", tags=["models"])
 log = logging.getLogger(__name__)
 
 
+def _aware(t: datetime) -> datetime:
+    """UTC with its offset: RFC 3339 ``date-time`` as the schema promises."""
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
 def _infos(models: ModelSet | None) -> list[ModelInfo]:
     if models is None:
         return []
     return [
-        ModelInfo(name=m.name, uri=m.uri, version=m.version, loaded_at=m.loaded_at)
+        ModelInfo(name=m.name, uri=m.uri, version=m.version, loaded_at=_aware(m.loaded_at))
         for m in models.models.values()
     ]
 
