@@ -78,6 +78,15 @@ _TYPES = {
 SPARK_SCHEMA = ", ".join(f"{c} {_TYPES.get(c, 'string')}" for c in OUTPUT_COLUMNS)
 
 
+def _partition_id() -> int:
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if ctx is None:
+        raise RuntimeError("not inside a Spark task")
+    return ctx.partitionId()
+
+
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     for c, t in _TYPES.items():
@@ -176,24 +185,20 @@ def run_spark(
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
     def demand(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from pyspark import TaskContext
-
         frame = whole(batches)
         if len(frame):
             plan_, scorer_ = shared.value
             d = partition_demand(frame, plan_, scorer_)
-            yield pd.DataFrame({"pid": [TaskContext.get().partitionId()], "demand": [d.tolist()]})
+            yield pd.DataFrame({"pid": [_partition_id()], "demand": [d.tolist()]})
 
     got = df.mapInPandas(demand, schema="pid int, demand array<double>").collect()
     split = sc.broadcast(quotas(plan, {r["pid"]: np.asarray(r["demand"]) for r in got}))
 
     def decide(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from pyspark import TaskContext
-
         frame = whole(batches)
         if len(frame):
             plan_, scorer_ = shared.value
-            quota = split.value[TaskContext.get().partitionId()]
+            quota = split.value[_partition_id()]
             yield decide_partition(frame, plan_, scorer_, quota)
 
     pdir = parts_dir(out) / "spark"
