@@ -72,12 +72,16 @@ class EvalSettings(BaseModel):
 
     target: Target = "offers"
     candidates: Literal["held", "all"] = "held"
-    split: datetime | None = Field(None, description="T: start of the test window")
-    test_days: float | None = Field(None, gt=0, description="default: test_share of the span")
-    valid_days: float | None = Field(None, gt=0, description="default: = test_days")
-    test_share: float = Field(0.2, gt=0, lt=1)
-    min_candidates: int = Field(2, ge=1)
-    redeemable_only: bool = Field(True, description="offers target: no informational offers")
+    split: datetime | None = Field(default=None, description="T: start of the test window")
+    test_days: float | None = Field(
+        default=None, gt=0, description="default: test_share of the span"
+    )
+    valid_days: float | None = Field(default=None, gt=0, description="default: = test_days")
+    test_share: float = Field(default=0.2, gt=0, lt=1)
+    min_candidates: int = Field(default=2, ge=1)
+    redeemable_only: bool = Field(
+        default=True, description="offers target: no informational offers"
+    )
     ks: tuple[int, ...] = KS
     interactions: InteractionSettings = InteractionSettings()
     segment_min_members: int = 20
@@ -352,7 +356,7 @@ def evaluate_model(
 
 def pair_scores(model: AffinityModel, task: Task, batch_size: int = 256) -> np.ndarray:
     """The model's score of every calibration pair of ``task``."""
-    if task.pair_rows is None:
+    if task.pair_rows is None or task.pair_items is None:
         raise EvalInputError(f"{task.name} task has no calibration pairs (target is not offers)")
     members, first = np.unique(task.pair_rows, return_index=True)
     out = np.empty(len(task.pair_rows), dtype=np.float32)

@@ -75,7 +75,10 @@ def fit_models(
     """Every reported model fitted on ``task``'s training matrix with the chosen parameters
     (``prefit``: models already fitted on that matrix, e.g. the search's best)."""
     prefit = prefit or {}
-    common = {"random_state": search_settings.seed, "num_threads": search_settings.num_threads}
+    common: dict[str, Any] = {
+        "random_state": search_settings.seed,
+        "num_threads": search_settings.num_threads,
+    }
     als = prefit.get("als") or ALS(**found.als, **common).fit(task.train)
     assert isinstance(als, ALS)
     models: dict[str, AffinityModel] = {

@@ -79,11 +79,11 @@ class SearchSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    als_trials: int = Field(6, ge=1)
-    bpr_trials: int = Field(3, ge=1)
+    als_trials: int = Field(default=6, ge=1)
+    bpr_trials: int = Field(default=3, ge=1)
     seed: int = 0
     metric: str = "ndcg@10"
-    num_threads: int = Field(1, ge=0)
+    num_threads: int = Field(default=1, ge=0)
     als_fixed: dict[str, Any] | None = None  # skip the ALS search, use these parameters
     bpr_fixed: dict[str, Any] | None = None
 
@@ -135,7 +135,7 @@ def search(
 ) -> SearchResult:
     """Choose ALS, BPR and blend parameters on the validation ``task``."""
     metric = settings.metric
-    common = {"random_state": settings.seed, "num_threads": settings.num_threads}
+    common: dict[str, Any] = {"random_state": settings.seed, "num_threads": settings.num_threads}
     trials: list[dict[str, Any]] = []
     best: dict[str, tuple[float, dict[str, Any], AffinityModel | None]] = {}
     plans = []
@@ -195,7 +195,7 @@ def _blend_grid(
     """Two-stage grid over ``BLEND_GRID`` on the validation task (see module docstring)."""
     blend = Blend.from_als(als, task.train)
     trials: list[dict[str, Any]] = []
-    best_value, best = -np.inf, {}
+    best_value, best = -np.inf, dict[str, float]()
     stage1 = _grid(("freq_weight", "als_weight", "popularity_weight"), {"recency_weight": 0.0})
     for stage in (1, 2):
         combos = (

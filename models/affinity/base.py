@@ -102,7 +102,8 @@ class AffinityModel(ABC):
     """
 
     name: ClassVar[str]
-    uses_history: ClassVar[bool] = True  # rows without interactions get the cold-start scores
+    uses_history: ClassVar[bool] = True
+    _member_lookup: pd.Index | None = None  # rows without interactions get the cold-start scores
 
     # ---- parameters (scikit-learn style) ------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -169,9 +170,10 @@ class AffinityModel(ABC):
     # ---- helpers for subclasses -----------------------------------------------------------------
     def _known_rows(self, batch: Interactions) -> np.ndarray:
         """Training row of each batch member, -1 for unknown or blank ids."""
-        if self._member_lookup is None:
-            self._member_lookup = pd.Index(self.member_ids_)
-        return self._member_lookup.get_indexer(pd.Index(batch.member_ids))
+        lookup = self._member_lookup
+        if lookup is None:
+            lookup = self._member_lookup = pd.Index(self.member_ids_)
+        return lookup.get_indexer(pd.Index(batch.member_ids))
 
     def _check_call(self, batch: Interactions, items: np.ndarray | None) -> np.ndarray:
         if not hasattr(self, "item_ids_"):

@@ -82,12 +82,12 @@ class InteractionSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    redeemed: float = Field(5.0, ge=0)
-    viewed: float = Field(1.0, ge=0)
-    sent: float = Field(0.0, ge=0)
-    dismissed: float = Field(0.0, ge=0)
-    purchase: float = Field(1.0, ge=0)
-    half_life_days: float | None = Field(90.0, gt=0)
+    redeemed: float = Field(default=5.0, ge=0)
+    viewed: float = Field(default=1.0, ge=0)
+    sent: float = Field(default=0.0, ge=0)
+    dismissed: float = Field(default=0.0, ge=0)
+    purchase: float = Field(default=1.0, ge=0)
+    half_life_days: float | None = Field(default=90.0, gt=0)
     purchase_items: Literal["category", "product", "none"] = "category"
 
     def event_weights(self) -> dict[str, float]:
@@ -326,7 +326,7 @@ def build_interactions(
         log.info("%d interactions with items outside the item index dropped", int((icol < 0).sum()))
     ok = (icol >= 0) & (irow >= 0) & (weight > 0)
     irow, icol, weight, ts = irow[ok], icol[ok], weight[ok], ts[ok]
-    age_us = (np.datetime64(as_of.to_datetime64(), "us") - ts).astype(np.int64)
+    age_us = as_of.value // 1000 - ts.astype("datetime64[us]").astype(np.int64)
     age = np.maximum(age_us / 86_400e6, 0.0)
     conf = weight * _decay(age, settings.half_life_days)
     shape = (len(member_ids), len(item_ids))

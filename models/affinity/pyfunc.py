@@ -19,9 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from models.affinity.base import AffinityModel
 from models.affinity.calibration import RedeemCalibrator
@@ -60,7 +60,7 @@ def save_artifacts(
     if calibrator is not None:
         path = out_dir / "calibrator.npz"
         with path.open("wb") as fh:
-            np.savez(fh, **calibrator.to_arrays())
+            np.savez(fh, **calibrator.to_arrays())  # type: ignore[arg-type]
         arts["calibrator"] = str(path)
     return arts
 
@@ -97,7 +97,7 @@ def signature() -> Any:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-class AffinityPyfunc(mlflow.pyfunc.PythonModel):
+class AffinityPyfunc(PythonModel):
     """``load_context`` reads the arrays once; ``predict`` scores candidate pairs."""
 
     def load_context(self, context: Any) -> None:
