@@ -34,6 +34,9 @@ _COMMAND_MODULES = (
     "offers.cmd_catalog",
     "offers.cmd_features",
     "offers.cmd_affinity",
+    "offers.cmd_uplift",
+    "offers.cmd_policy",
+    "offers.cmd_score",
     "offers.cmd_benchmark",
     "offers.cmd_serve",
 )
