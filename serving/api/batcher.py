@@ -1,9 +1,9 @@
 """Micro-batching of real-time decisions: concurrent requests share one engine call.
 
 The engine has a fixed cost per call (tens of milliseconds of array and frame work) and a
-small cost per member, so requests arriving within ``window_seconds`` of each other (same
+small cost per member, so requests that queue up while the previous engine call runs (same
 channel, k and decision time) are decided together in a worker thread; the event loop never
-runs the engine. A member asked twice in one window goes to the next batch (decision ids are
+runs the engine. A member asked twice in one batch goes to a later call (decision ids are
 derived from the request and the member).
 
 :func:`split_decisions` turns a :class:`~serving.engine.DecisionBatch` into one plain dict per
@@ -95,19 +95,24 @@ class _Pending:
     members: list[str] = field(default_factory=list)
     baskets: list[float] = field(default_factory=list)
     futures: list[asyncio.Future] = field(default_factory=list)
-    handle: asyncio.TimerHandle | None = None
 
 
 class DecisionBatcher:
-    """Coalesces single-member decisions into engine batches (see the module docstring)."""
+    """Coalesces single-member decisions into engine batches (see the module docstring).
+
+    One drain task runs one engine call at a time: while it runs, new requests queue up and
+    the next call takes them all (up to ``max_batch`` per call), so the batch size adapts to
+    the load and the engine's fixed cost is paid once per batch, not once per request.
+    """
 
     def __init__(
-        self, holder: BundleHolder, window_seconds: float = 0.002, max_batch: int = 256
+        self, holder: BundleHolder, window_seconds: float = 0.001, max_batch: int = 512
     ) -> None:
         self.holder = holder
         self.window = window_seconds
         self.max_batch = max_batch
         self._groups: dict[tuple, _Pending] = {}
+        self._drain: asyncio.Task | None = None
         self.batches = 0
         self.decided = 0
 
@@ -122,28 +127,22 @@ class DecisionBatcher:
         """The decision for one member (with its bundle, whose versions it names)."""
         loop = asyncio.get_running_loop()
         key = (channel, k, as_of, basket_total is not None)
-        group = self._groups.get(key)
-        if group is not None and member_id in group.members:
-            self._flush(key)
-            group = None
-        if group is None:
-            group = self._groups[key] = _Pending()
-            group.handle = loop.call_later(self.window, self._flush, key)
         future: asyncio.Future = loop.create_future()
+        group = self._groups.setdefault(key, _Pending())
         group.members.append(member_id)
         group.baskets.append(np.nan if basket_total is None else float(basket_total))
         group.futures.append(future)
-        if len(group.members) >= self.max_batch:
-            self._flush(key)
+        if self._drain is None or self._drain.done():
+            self._drain = loop.create_task(self._drain_loop())
         return await future
 
-    def _flush(self, key: tuple) -> None:
-        group = self._groups.pop(key, None)
-        if group is None:
-            return
-        if group.handle is not None:
-            group.handle.cancel()
-        asyncio.get_running_loop().create_task(self._run(key, group))
+    async def _drain_loop(self) -> None:
+        while self._groups:
+            await asyncio.sleep(self.window)
+            groups, self._groups = self._groups, {}
+            for key, group in groups.items():
+                for part in _parts(group, self.max_batch):
+                    await self._run(key, part)
 
     async def _run(self, key: tuple, group: _Pending) -> None:
         channel, k, as_of, with_basket = key
@@ -171,3 +170,23 @@ class DecisionBatcher:
             for future in group.futures:
                 if not future.done():
                     future.set_exception(exc)
+
+
+def _parts(group: _Pending, size: int) -> list[_Pending]:
+    """The group in engine calls of at most ``size`` members, none asked twice in one call
+    (a repeated member moves to a later call: decision ids come from request and member)."""
+    parts: list[_Pending] = []
+    seen: list[set[str]] = []
+    for member, basket, future in zip(group.members, group.baskets, group.futures, strict=True):
+        for part, ids in zip(parts, seen, strict=True):
+            if member not in ids and len(part.members) < size:
+                break
+        else:
+            part, ids = _Pending(), set()
+            parts.append(part)
+            seen.append(ids)
+        part.members.append(member)
+        part.baskets.append(basket)
+        part.futures.append(future)
+        ids.add(member)
+    return parts
