@@ -21,7 +21,7 @@ from serving.auth import ApiKeyRing
 from serving.settings import ServingSettings, get_settings
 from serving.store import DecisionLogWriter, open_store
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "run_server"]
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +102,26 @@ def create_app(
     app.include_router(models.router)
     app.include_router(decisions.router)
     return app
+
+
+def run_server(
+    settings: ServingSettings | None = None,
+    bundle_config: BundleConfig | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    log_level: str = "info",
+) -> None:
+    """Build the app (models, bundle, store in its lifespan) and serve it with uvicorn until
+    interrupted. No access log: request paths carry member ids."""
+    import uvicorn
+
+    settings = settings or get_settings()
+    app = create_app(settings, bundle_config=bundle_config)
+    uvicorn.run(
+        app,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level=log_level,
+        access_log=False,
+    )
