@@ -163,16 +163,16 @@ class UpliftScorer:
         return self.outcome.predict(self.encoder.transform(features[list(self.feature_columns)]))
 
 
-def _lgbm(seed: int) -> Any:
+def _lgbm(seed: int, trees: int = 200) -> Any:
     import lightgbm
 
     return lightgbm.LGBMRegressor(
-        n_estimators=200, learning_rate=0.05, num_leaves=31, min_child_samples=50,
+        n_estimators=trees, learning_rate=0.05, num_leaves=31, min_child_samples=50,
         random_state=seed, verbose=-1,
     )  # fmt: skip
 
 
-def fit_uplift(train: Any, grain: str, seed: int, label: str) -> UpliftScorer:
+def fit_uplift(train: Any, grain: str, seed: int, label: str, trees: int = 200) -> UpliftScorer:
     """Uplift on the logged campaigns, built to be robust to the noise of spend:
 
     * the outcome is spend minus a cross-fitted E[spend | x] (2 member folds): the same
@@ -197,11 +197,12 @@ def fit_uplift(train: Any, grain: str, seed: int, label: str) -> UpliftScorer:
     fold = (pd.util.hash_array(train.frame[S.MEMBER_ID].to_numpy(dtype=object)) % 2).astype(int)
     m_hat = np.zeros(len(y))
     for f in (0, 1):
-        m_hat[fold == f] = _lgbm(seed).fit(X[fold != f], y[fold != f]).predict(X[fold == f])
+        m_hat[fold == f] = _lgbm(seed, trees).fit(X[fold != f], y[fold != f]).predict(X[fold == f])
     r = y - m_hat
 
     def learner(rows: np.ndarray) -> Any:
-        return XLearner(control=train.control, random_state=seed).fit(
+        params = {"n_estimators": max(trees // 2, 10)}
+        return XLearner(control=train.control, base_params=params, random_state=seed).fit(
             X[rows], r[rows], arm[rows], prop[rows]
         )
 
@@ -216,7 +217,7 @@ def fit_uplift(train: Any, grain: str, seed: int, label: str) -> UpliftScorer:
         center[str(t)] = float((pa[:, ja] + pb[:, jb]).mean() / 2) if min(ja, jb) >= 0 else 0.0
     full = _Bagged(halves)
     level = offer_levels(train.frame, r, train.control)
-    outcome = _lgbm(seed).fit(X, y)
+    outcome = _lgbm(seed, trees).fit(X, y)
     return UpliftScorer(full, enc, outcome, grain, train.feature_columns, label, level, center,
                         reliability)  # fmt: skip
 
@@ -319,6 +320,7 @@ def run_policy_evaluation(
     seed: int = 0,
     als_trials: int = 3,
     step: Any = None,
+    trees: int = 200,
 ) -> dict[str, Any]:
     """Fit the models, evaluate every policy on a send at the data end and off-policy on the
     logged campaigns after T; returns the report (see the module docstring)."""
@@ -367,8 +369,8 @@ def run_policy_evaluation(
     window = pd.Timedelta(days=train.config.window_days)
     early = train.subset((train.frame[S.TS] + window <= T).to_numpy())
     say("uplift models")
-    up_before = fit_uplift(early, grain, seed, f"xlearner-{grain}<{T.date()}")
-    up_end = fit_uplift(train, grain, seed, f"xlearner-{grain}<{end.date()}")
+    up_before = fit_uplift(early, grain, seed, f"xlearner-{grain}<{T.date()}", trees)
+    up_end = fit_uplift(train, grain, seed, f"xlearner-{grain}<{end.date()}", trees)
 
     say("send at the data end")
     feats = member_features(load_tables(data), end, train.feature_config).to_pandas()
@@ -539,6 +541,7 @@ def evaluate_policy(
     grain: Annotated[str, typer.Option(help="uplift treatment grain: kind or offer")] = KIND,
     seed: Annotated[int, typer.Option(help="seed of the model fits")] = 0,
     als_trials: Annotated[int, typer.Option(min=1, help="ALS configurations tried")] = 3,
+    trees: Annotated[int, typer.Option(min=10, help="boosting rounds of the outcome models")] = 200,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Engine vs affinity top-k, random and oracle on a simulated program (true values and
@@ -552,7 +555,7 @@ def evaluate_policy(
     with console.status("policy evaluation") as status:
         report = run_policy_evaluation(
             data, channel, k, budget_scale, match_spend, grain, seed, als_trials,
-            step=lambda msg: status.update(f"policy evaluation: {msg}"),
+            step=lambda msg: status.update(f"policy evaluation: {msg}"), trees=trees,
         )  # fmt: skip
     if as_json:
         typer.echo(json.dumps(report, default=str))
