@@ -126,12 +126,12 @@ def score(
         store = open_store(store_url or ServingSettings().resolved_database_url())
     events = None
     try:
+        from features.pipeline import load_tables
+
+        events = load_tables(data).offer_events.to_pandas()
         if engine == "local":
             import pyarrow.parquet as pq
 
-            from features.pipeline import load_tables
-
-            events = load_tables(data).offer_events.to_pandas()
             total = pq.ParquetFile(feats).metadata.num_rows
             with _progress() as progress:
                 task = progress.add_task(f"scoring {camp.campaign_id}", total=total)
@@ -148,12 +148,13 @@ def score(
                     on_chunk=lambda _k, done: progress.update(task, completed=done),
                 )
         else:
+            from features.pipeline.engines import spark_session
             from serving.batch.spark import run_spark
 
-            from features.pipeline.engines import spark_session
-
             with console.status("scoring on Spark"):
-                result = run_spark(spark_session(), camp, plan, scorer, feats, out, store)
+                result = run_spark(
+                    spark_session(), camp, plan, scorer, feats, out, store, events=events
+                )
     except (ResumeError, EngineInputError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=2) from None

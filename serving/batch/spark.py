@@ -48,6 +48,7 @@ from serving.batch.output import (
 )
 from serving.batch.plan import SendPlan, surprise_spend, usage
 from serving.batch.scorers import Scorer
+from serving.engine import state_from_events
 
 __all__ = ["SPARK_SCHEMA", "decide_partition", "run_spark"]
 
@@ -107,11 +108,21 @@ def _unlimited(plan: SendPlan) -> tuple[np.ndarray, float | None, float | None]:
     return left, total, surprise
 
 
-def partition_demand(frame: pd.DataFrame, plan: SendPlan, scorer: Scorer) -> np.ndarray:
+def _state(frame: pd.DataFrame, plan: SendPlan, events: pd.DataFrame | None) -> Any:
+    if events is None:
+        return None
+    ids = frame[MEMBER_ID].astype(str).to_numpy(dtype=object)
+    return state_from_events(events, ids, plan.engine.offers, plan.context.as_of)
+
+
+def partition_demand(
+    frame: pd.DataFrame, plan: SendPlan, scorer: Scorer, events: pd.DataFrame | None = None
+) -> np.ndarray:
     """Pass 1: what the partition would spend at the fixed prices with no budget binding:
     ``[per offer..., money, surprise, members]``."""
     left, total, surprise = _unlimited(plan)
-    rows = plan.decide(frame, scorer, left, total, surprise_left=surprise).rows
+    state = _state(frame, plan, events)
+    rows = plan.decide(frame, scorer, left, total, state, surprise_left=surprise).rows
     per, money = usage(rows, plan.engine)
     return np.concatenate([per, [money, surprise_spend(rows), len(frame)]])
 
@@ -144,13 +155,18 @@ def quotas(plan: SendPlan, demand: dict[int, np.ndarray]) -> dict[int, np.ndarra
 
 
 def decide_partition(
-    frame: pd.DataFrame, plan: SendPlan, scorer: Scorer, quota: np.ndarray
+    frame: pd.DataFrame,
+    plan: SendPlan,
+    scorer: Scorer,
+    quota: np.ndarray,
+    events: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Pass 2: decisions for one partition within its quota of every budget."""
     m = plan.engine.offers.n
     total = None if plan.total_money is None else float(quota[m])
     surprise = None if plan.engine.settings.surprise.budget is None else float(quota[m + 1])
-    batch = plan.decide(frame, scorer, quota[:m], total, surprise_left=surprise)
+    state = _state(frame, plan, events)
+    batch = plan.decide(frame, scorer, quota[:m], total, state, surprise_left=surprise)
     return _typed(output_frame(batch.rows))
 
 
@@ -164,8 +180,12 @@ def run_spark(
     store: Any = None,
     partition_rows: int = 100_000,
     partitions: int | None = None,
+    events: pd.DataFrame | None = None,
 ) -> BatchResult:
-    """Score the members of ``features`` on Spark into ``out`` (see the module docstring)."""
+    """Score the members of ``features`` on Spark into ``out`` (see the module docstring).
+
+    ``events``: canonical ``offer_events`` for the per-member caps (broadcast with the plan).
+    """
     output_format(out)
     n = pq.ParquetFile(features).metadata.num_rows
     sample, rate = price_sample(features, n, campaign.price_sample)
@@ -178,7 +198,7 @@ def run_spark(
         # local workers run this interpreter (its packages); on a cluster set PYSPARK_PYTHON
         sc.pythonExec = sys.executable
     df = df.repartition(want, MEMBER_ID)  # hash partitioning: the same partitions in both passes
-    shared = sc.broadcast((plan, scorer))
+    shared = sc.broadcast((plan, scorer, events))
 
     def whole(batches: Iterator[pd.DataFrame]) -> pd.DataFrame:
         parts = list(batches)
@@ -187,8 +207,8 @@ def run_spark(
     def demand(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         frame = whole(batches)
         if len(frame):
-            plan_, scorer_ = shared.value
-            d = partition_demand(frame, plan_, scorer_)
+            plan_, scorer_, events_ = shared.value
+            d = partition_demand(frame, plan_, scorer_, events_)
             yield pd.DataFrame({"pid": [_partition_id()], "demand": [d.tolist()]})
 
     got = df.mapInPandas(demand, schema="pid int, demand array<double>").collect()
@@ -197,9 +217,9 @@ def run_spark(
     def decide(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         frame = whole(batches)
         if len(frame):
-            plan_, scorer_ = shared.value
+            plan_, scorer_, events_ = shared.value
             quota = split.value[_partition_id()]
-            yield decide_partition(frame, plan_, scorer_, quota)
+            yield decide_partition(frame, plan_, scorer_, quota, events_)
 
     pdir = parts_dir(out) / "spark"
     if pdir.exists():
