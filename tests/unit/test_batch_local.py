@@ -179,3 +179,33 @@ def test_surprise_budget_is_shared_by_the_whole_send(tmp_path, features):
     out, _, _ = run(tmp_path, features, "cap.parquet", 50, budgets=False, camp=camp)
     spent = out.loc[out["is_surprise"].astype(bool), "expected_cost"].sum()
     assert 0 < spent <= surprises / 3 + 1e-9
+
+
+def test_resume_with_the_sql_store_records_each_decision_once(tmp_path, features):
+    from sqlalchemy import func, select
+
+    from serving.store import open_store
+    from serving.store.tables import decisions
+
+    store = open_store(f"sqlite:///{tmp_path / 'offers.db'}")
+    try:
+
+        def crash(k: int, _done: int) -> None:
+            if k == 1:
+                raise Crash
+
+        with pytest.raises(Crash):
+            run(tmp_path, features, "o.parquet", 200, store=store, on_chunk=crash)
+        manifest_path = parts_dir(tmp_path / "o.parquet") / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        del manifest["chunks"]["1"]  # chunk 1 reached the store, not the manifest
+        manifest_path.write_text(json.dumps(manifest))
+        out, result, _ = run(tmp_path, features, "o.parquet", 200, store=store, resume=True)
+        assert result.stored == 200  # chunks 1 and 2 redone; chunk 1 ids were skipped
+        with store.engine.connect() as c:
+            count = c.execute(select(func.count()).select_from(decisions)).scalar_one()
+        assert count == N == out["member_id"].nunique()
+        d = out.loc[out["status"] == "offers", "decision_id"].iloc[0]
+        assert store.get_decision(d)["offers"][0]["rank"] == 1
+    finally:
+        store.close()
