@@ -49,7 +49,7 @@ def create_app(
     )
     if {"affinity", "uplift"} <= set(settings.models):
         state.bundle = BundleHolder(bundle_config)
-        state.batcher = DecisionBatcher(state.bundle)
+        state.batcher = DecisionBatcher(state.bundle, registry=state.metrics.registry)
     if not len(state.keyring):
         log.warning("no API keys configured: every /v1 endpoint will answer 401")
 

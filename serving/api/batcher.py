@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from anyio import to_thread
+from prometheus_client import CollectorRegistry, Histogram
 
 from features import schema as S
 from serving.api.bundle import BundleHolder, ServingBundle
@@ -106,9 +108,25 @@ class DecisionBatcher:
     """
 
     def __init__(
-        self, holder: BundleHolder, window_seconds: float = 0.001, max_batch: int = 512
+        self,
+        holder: BundleHolder,
+        window_seconds: float = 0.001,
+        max_batch: int = 512,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.holder = holder
+        self.batch_size = Histogram(
+            "offers_decision_batch_size",
+            "Members decided per engine call (micro-batching)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=registry,
+        )
+        self.engine_seconds = Histogram(
+            "offers_engine_call_seconds",
+            "Wall time of one engine call (worker thread)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=registry,
+        )
         self.window = window_seconds
         self.max_batch = max_batch
         self._groups: dict[tuple, _Pending] = {}
@@ -156,11 +174,15 @@ class DecisionBatcher:
             exhausted = self.holder.exhausted
 
             def work() -> list[dict[str, Any]]:
+                t0 = time.perf_counter()
                 batch = bundle.decide(group.members, ctx, basket_total=baskets, exhausted=exhausted)
-                return split_decisions(bundle, batch, group.members, k)
+                out = split_decisions(bundle, batch, group.members, k)
+                self.engine_seconds.observe(time.perf_counter() - t0)
+                return out
 
             results = await to_thread.run_sync(work)
             self.batches += 1
+            self.batch_size.observe(len(results))
             self.decided += len(results)
             for future, result in zip(group.futures, results, strict=True):
                 if not future.done():
