@@ -156,8 +156,7 @@ def fit_uplift(
     train, test = train & in_model, test & in_model
     tr, te = data.frame[train], data.frame[test].reset_index(drop=True)
     encoder = FeatureEncoder().fit(tr[list(data.feature_columns)])
-    # fit on exact values, predict on float32-rounded ones (as ONNX does; see the encoder)
-    X_tr = encoder.transform(tr[list(data.feature_columns)], float32=False)
+    X_tr = encoder.transform(tr[list(data.feature_columns)])
     X_te = encoder.transform(te[list(data.feature_columns)])
     prop = _propensity(tr) if settings.use_propensity else None
     learners, onnx_models, effects, parity, level = {}, {}, {}, {}, {}

@@ -173,9 +173,7 @@ def simulated_benchmark_data(
         name = f"simulated:{members}:{seed}"
     taus = attach_truth(data, assignments)
     encoder = FeatureEncoder().fit(data.features)
-    X = pd.DataFrame(
-        encoder.transform(data.features, float32=False), columns=encoder.feature_names_out_
-    )
+    X = pd.DataFrame(encoder.transform(data.features), columns=encoder.feature_names_out_)
     dataset = UpliftDataset(
         name=name,
         X=X,
