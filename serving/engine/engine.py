@@ -155,9 +155,13 @@ class DecisionEngine:
         budget_left: np.ndarray | None = None,
         fallback_tables: FallbackTables | None = None,
         total_money: float | None = None,
+        restrict: np.ndarray | None = None,
     ) -> Prepared:
         """Steps 1-4 of the module docstring: what every policy over this request shares
-        (the evaluation runs its baselines on the same eligibility and budgets)."""
+        (the evaluation runs its baselines on the same eligibility and budgets).
+
+        ``restrict``: an extra (members x offers) mask ANDed into eligibility, e.g. the offers a
+        campaign allows per member."""
         st = self.settings
         o = self.offers
         mt = self.member_table(members)
@@ -179,6 +183,12 @@ class DecisionEngine:
         el = eligibility(mt, o, state, context, moments, left, st)
         slots = np.where(held, 0, el.slots)
         mask = el.mask & (slots > 0)[:, None]
+        if restrict is not None:
+            if np.shape(restrict) != mask.shape:
+                raise EngineInputError(
+                    f"restrict: shape {np.shape(restrict)}, expected {mask.shape}"
+                )
+            mask &= np.asarray(restrict, dtype=bool)
         sc = score(p, s, mt, o, st.scoring, self.boosts_, context.channel)
         base = sc.p_redeem if st.allocation.budget_basis == "expected" else np.ones_like(p)
         return Prepared(mt, fallback, held, moments, budgets, mask, slots, sc, base)
@@ -193,6 +203,7 @@ class DecisionEngine:
         fallback_tables: FallbackTables | None = None,
         total_money: float | None = None,
         prices: dict[str, float] | None = None,
+        restrict: np.ndarray | None = None,
     ) -> DecisionBatch:
         """Decide for every member of ``members`` (rows aligned with ``inputs``).
 
@@ -202,7 +213,7 @@ class DecisionEngine:
         st = self.settings
         o = self.offers
         pr = self.prepare(
-            members, inputs, context, state, budget_left, fallback_tables, total_money
+            members, inputs, context, state, budget_left, fallback_tables, total_money, restrict
         )
         mt, fallback, held, moments, budgets = (
             pr.members,

@@ -121,6 +121,58 @@ class SimulatedTruth:
         p = redeem_probability(r, baseline_probability(self.members, mi, t, dur))
         return p.astype(np.float64), (r.q * r.mu).astype(np.float64)
 
+    def logger_support(
+        self,
+        features: pd.DataFrame,
+        at: pd.Timestamp,
+        pool: np.ndarray,
+        received: np.ndarray,
+        config: SimConfig | None = None,
+    ) -> np.ndarray:
+        """(n, n_offers): the offers the simulator's campaign could have drawn for each member
+        at ``at`` (its own eligibility rules, ``features.sim.campaigns``), within ``pool``.
+
+        ``features``: the members' features as of ``at`` (``member_id``, ``lifecycle_stage``,
+        ``spend_365d``, ``spend_total``, ``points_balance``, ``n_purchases_total``);
+        ``received``: (n, n_offers) sends before ``at`` (for the per-member caps). Off-policy
+        estimates need the logging policy's support; this is the simulator's, rebuilt.
+        """
+        from features.sim.campaigns import YEAR, _eligible, _State  # the logger's own rules
+
+        cfg = config or SimConfig()
+        idx = self.rows(features[S.MEMBER_ID].to_numpy(dtype=object))
+        t = int(np.datetime64(pd.Timestamp(at), "s").astype(np.int64))
+        origin = int(
+            np.datetime64(cfg.end - pd.Timedelta(days=cfg.history_days), "s").astype(np.int64)
+        )
+        covered = (t - max(t - 365 * 86_400, origin)) / 86_400
+        spend = features["spend_365d"].to_numpy(dtype=np.float64)
+        annual = spend * 365 / max(covered, 1.0)
+        bonus = features["points_balance"].to_numpy(dtype=np.float64) - features[
+            "spend_total"
+        ].to_numpy(dtype=np.float64)
+        m = self.members
+        stage = pd.Index(list(S.LIFECYCLE_STAGES)).get_indexer(
+            features["lifecycle_stage"].astype(object)
+        )
+        t_day = t // 86_400
+        state = _State(
+            stage=stage,
+            tier=np.searchsorted(np.asarray(cfg.tier_thresholds), annual, side="right") - 1,
+            points=np.floor(annual * m.keep_share[idx]) + np.maximum(np.round(bonus), 0),
+            annual_spend=annual,
+            baskets=features["n_purchases_total"].to_numpy(dtype=np.int64),
+            days_to_birthday=np.mod(m.birth_date[idx] // 86_400 - t_day, YEAR),
+            days_to_anniversary=np.mod(m.joined_at[idx] // 86_400 - t_day, YEAR),
+            tenure_days=(t - m.joined_at[idx]) / 86_400,
+        )
+        offers = self.catalog.offers
+        out = np.zeros((len(idx), len(offers)), dtype=bool)
+        for j in np.flatnonzero(pool):
+            cap = offers[j].per_member_cap or 255
+            out[:, j] = _eligible(offers[j], state, m, idx, cfg) & (received[:, j] < cap)
+        return out
+
     def matrix(self, member_ids: np.ndarray, at: pd.Timestamp) -> tuple[np.ndarray, np.ndarray]:
         """(n_members, n_offers) true P(redeem) and incremental spend for a send at ``at``."""
         rows = self.rows(member_ids)
