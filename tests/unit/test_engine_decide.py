@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from features.schema import OFFER_EVENTS
 from serving.engine import (
@@ -17,7 +19,16 @@ from serving.engine import (
     ScoreInputs,
 )
 from serving.engine.settings import AllocationSettings, ExplorationSettings, HoldoutSettings
-from tests.unit.test_engine_fixtures import AS_OF, IDS, catalog, col, flat_inputs, member, members
+from tests.unit.test_engine_fixtures import (
+    AS_OF,
+    IDS,
+    OFFERS,
+    catalog,
+    col,
+    flat_inputs,
+    member,
+    members,
+)
 
 QUIET = EngineSettings(
     holdout=HoldoutSettings(share=0.0), exploration=ExplorationSettings(epsilon=0.0)
@@ -198,3 +209,43 @@ def test_mismatched_inputs_fail_with_names():
     with pytest.raises(EngineInputError, match="incremental_spend has shape"):
         eng = DecisionEngine(catalog(), QUIET)
         eng.decide(members(member()), ScoreInputs(np.zeros((1, len(IDS))), np.zeros((2, 3))), CTX)
+
+
+def test_restrict_mask_limits_the_offers():
+    frame = members(member(), member())
+    allow = np.zeros((2, len(IDS)), dtype=bool)
+    allow[0, col("pts")] = True
+    allow[1, col("summer")] = True  # not valid in October: still excluded
+    b = decide(frame, restrict=allow)
+    assert offers_of(b, "m0") == ["pts"]
+    assert offers_of(b, "m1") == []
+    with pytest.raises(Exception, match="restrict"):
+        decide(frame, restrict=allow[:1])
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), eps=st.sampled_from([0.0, 0.3, 1.0]), k=st.integers(1, 4))
+def test_whole_decision_never_exceeds_a_budget(seed, eps, k):
+    rng = np.random.default_rng(seed)
+    n = 60
+    stages = rng.choice(["onboarding", "active", "lapsing", "lapsed"], n)
+    frame = members(
+        *[member(lifecycle_stage=s, days_to_birthday=int(rng.integers(0, 365))) for s in stages]
+    )
+    p = rng.uniform(0, 1, (n, len(IDS)))
+    s = rng.uniform(-5, 40, (n, len(IDS)))
+    cfg = EngineSettings(
+        k=k,
+        exploration=ExplorationSettings(epsilon=eps),
+        allocation=AllocationSettings(budget_basis="worst_case"),
+    )
+    left = np.full(len(IDS), np.nan)
+    left[[col("welcome"), col("winback"), col("pts"), col("bday")]] = [3, 20, 5, 2]
+    b = decide(frame, p, s, settings=cfg, budget_left=left, total_money=150.0)
+    sent = b.shown()
+    assert (sent.offer_id == "welcome").sum() <= 3 and (sent.offer_id == "pts").sum() <= 5
+    assert (sent.offer_id == "bday").sum() <= 2
+    assert 10 * (sent.offer_id == "winback").sum() <= 20  # money budget, cost 10 a send
+    cost = {o["offer_id"]: o["cost"] for o in OFFERS}
+    assert sent.offer_id.map(cost).sum() <= 150.0 + 1e-9
+    assert sent.groupby("member_id").size().max() <= k
