@@ -21,9 +21,13 @@ only). Output: ``{"policies": {"engine": {"true_incremental_value", "spend", "re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -560,7 +564,7 @@ def evaluate_policy(
     if not (data / "truth").is_dir():
         console.print(f"[red]error:[/] {data}/truth not found: needs `offers simulate --out`")
         raise typer.Exit(code=1)
-    with console.status("policy evaluation") as status:
+    with _stdout_to_stderr(), console.status("policy evaluation") as status:
         report = run_policy_evaluation(
             data, channel, k, budget_scale, match_spend, grain, seed, als_trials,
             step=lambda msg: status.update(f"policy evaluation: {msg}"), trees=trees,
@@ -569,6 +573,21 @@ def evaluate_policy(
         typer.echo(json.dumps(report, default=str))
         return
     _print(report)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to file descriptor 1 to 2 meanwhile (DuckDB draws its progress
+    bars on the process' stdout, which must hold only the report)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _print(report: dict[str, Any]) -> None:
