@@ -172,7 +172,7 @@ def _lgbm(seed: int, trees: int = 200) -> Any:
 
     return lightgbm.LGBMRegressor(
         n_estimators=trees, learning_rate=0.05, num_leaves=31, min_child_samples=50,
-        random_state=seed, verbose=-1,
+        random_state=seed, verbose=-1, n_jobs=1,
     )  # fmt: skip
 
 
