@@ -556,8 +556,11 @@ def evaluate_policy(
     trees: Annotated[int, typer.Option(min=10, help="boosting rounds of the outcome models")] = 200,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
-    """Engine vs affinity top-k, random and oracle on a simulated program (true values and
-    off-policy estimates)."""
+    """Engine vs affinity top-k, random and oracle on a simulated program.
+
+    True values of a send at the data end, and off-policy estimates (IPS, SNIPS, DR) from the
+    logged campaigns next to the truth.
+    """
     if grain not in (KIND, OFFER):
         console.print(f"[red]error:[/] --grain: {grain!r} is not 'kind' or 'offer'")
         raise typer.Exit(code=1)
