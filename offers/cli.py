@@ -20,6 +20,26 @@ app = typer.Typer(
 )
 
 
+def command_group(parent: typer.Typer, name: str, help_text: str) -> typer.Typer:
+    """The command group ``name`` of ``parent`` (shared by several modules), created if absent."""
+    for info in parent.registered_groups:
+        if info.name == name and info.typer_instance is not None:
+            return info.typer_instance
+    sub = typer.Typer(help=help_text, no_args_is_help=True)
+    parent.add_typer(sub, name=name)
+    return sub
+
+
+def train_group(parent: typer.Typer) -> typer.Typer:
+    """The shared ``train`` group (affinity, uplift)."""
+    return command_group(parent, "train", "Train, log to MLflow, register and gate models.")
+
+
+def evaluate_group(parent: typer.Typer) -> typer.Typer:
+    """The shared ``evaluate`` group (affinity, uplift, policy)."""
+    return command_group(parent, "evaluate", "Offline evaluation on held-out data.")
+
+
 @app.callback()
 def _root() -> None:
     """Personalised loyalty offers: data, features, training, evaluation and serving."""

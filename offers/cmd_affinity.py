@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from offers.cli import evaluate_group, train_group
+
 console = Console(stderr=True)
 out = Console()
 
@@ -40,16 +42,6 @@ SeedOpt = Annotated[int, typer.Option(help="seed of the search and the models")]
 ThreadsOpt = Annotated[int, typer.Option(min=0, help="implicit threads (0 = all cores)")]
 NameOpt = Annotated[str | None, typer.Option("--name", help="data set name in the report")]
 MinCandOpt = Annotated[int, typer.Option(min=1, help="held offers a member needs to count")]
-
-
-def _group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
-    """The command group ``name`` of ``app`` (shared with other modules), created if absent."""
-    for info in app.registered_groups:
-        if info.name == name and info.typer_instance is not None:
-            return info.typer_instance
-    sub = typer.Typer(help=help_text, no_args_is_help=True)
-    app.add_typer(sub, name=name)
-    return sub
 
 
 def _settings(
@@ -312,10 +304,6 @@ def promote(
 
 def register(app: typer.Typer) -> None:
     """Add ``evaluate affinity``, ``train affinity`` and ``promote`` to ``app``."""
-    _group(app, "evaluate", "Offline evaluation on a chronological split.").command("affinity")(
-        evaluate_affinity
-    )
-    _group(app, "train", "Train, log to MLflow, register and gate models.").command("affinity")(
-        train_affinity
-    )
+    evaluate_group(app).command("affinity")(evaluate_affinity)
+    train_group(app).command("affinity")(train_affinity)
     app.command("promote")(promote)

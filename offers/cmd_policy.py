@@ -38,6 +38,7 @@ import typer
 from rich.console import Console
 
 from features import schema as S
+from offers.cli import evaluate_group
 
 __all__ = ["evaluate_policy", "register", "run_policy_evaluation"]
 
@@ -613,14 +614,4 @@ def _print(report: dict[str, Any]) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``evaluate policy`` (under a shared ``evaluate`` group) to ``app``."""
-    _group(app, "evaluate", "Offline evaluation.").command("policy")(evaluate_policy)
-
-
-def _group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
-    """The command group ``name`` of ``app`` (shared with other modules), created if absent."""
-    for info in app.registered_groups:
-        if info.name == name and info.typer_instance is not None:
-            return info.typer_instance
-    sub = typer.Typer(help=help_text, no_args_is_help=True)
-    app.add_typer(sub, name=name)
-    return sub
+    evaluate_group(app).command("policy")(evaluate_policy)

@@ -21,6 +21,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from offers.cli import evaluate_group, train_group
+
 console = Console(stderr=True)
 out = Console()
 
@@ -241,21 +243,7 @@ def evaluate_uplift(
     out.print(_metrics_table(f"{data.name}: test split", metrics, fitted.treatments))
 
 
-def _group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
-    """The command group ``name`` of ``app`` (shared with other modules), created if absent."""
-    for info in app.registered_groups:
-        if info.name == name and info.typer_instance is not None:
-            return info.typer_instance
-    sub = typer.Typer(help=help_text, no_args_is_help=True)
-    app.add_typer(sub, name=name)
-    return sub
-
-
 def register(app: typer.Typer) -> None:
     """Add ``train uplift`` and ``evaluate uplift`` to the shared ``train``/``evaluate`` groups."""
-    _group(app, "train", "Train, log to MLflow, register and gate models.").command("uplift")(
-        train_uplift
-    )
-    _group(app, "evaluate", "Offline evaluation on a chronological split.").command("uplift")(
-        evaluate_uplift
-    )
+    train_group(app).command("uplift")(train_uplift)
+    evaluate_group(app).command("uplift")(evaluate_uplift)
