@@ -10,8 +10,6 @@ promoting an earlier version, or ``--rollback``).
 from __future__ import annotations
 
 import json
-import logging
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from offers.cli import evaluate_group, train_group
+from offers.registry_cli import TrackingUriOpt, fail, gate_verdict, quiet_mlflow
 
 console = Console(stderr=True)
 out = Console()
@@ -139,18 +138,13 @@ def _metrics_table(report: dict[str, Any]) -> Table:
     return t
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/] {message}", markup=True, highlight=False)
-    raise typer.Exit(code=1)
-
-
 def _load(data: Path) -> dict[str, Any]:
     from features.validate import DataValidationError, load_dir
 
     try:
         return load_dir(data)
     except DataValidationError as exc:
-        _fail(f"{data}: invalid data ({exc.result.summary()}); run `offers validate {data}`")
+        fail(f"{data}: invalid data ({exc.result.summary()}); run `offers validate {data}`")
     raise AssertionError  # unreachable
 
 
@@ -184,7 +178,7 @@ def evaluate_affinity(
         with _Bars() as bars:
             run = run_evaluation(tables, ev, search, name or data.resolve().name, bars)
     except EvalInputError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     report = run.report
     if plots is not None:
         plot_metrics_at_k(report, plots / "metrics_at_k.png", ev.ks)
@@ -217,16 +211,10 @@ def train_affinity(
     threads: ThreadsOpt = 1,
     name: NameOpt = None,
     model_name: Annotated[str, typer.Option(help="registered model name")] = "offers-affinity",
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(
-            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under OFFERS_HOME)"
-        ),
-    ] = None,
+    tracking_uri: TrackingUriOpt = None,
 ) -> None:
     """Train the shipped affinity model, register it as challenger and gate it vs champion."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    quiet_mlflow()
     from training.affinity_eval import EvalInputError
     from training.affinity_train import DEFAULT_GATE
     from training.affinity_train import train_affinity as train
@@ -245,7 +233,7 @@ def train_affinity(
                 tables=tables,
             )  # fmt: skip
     except EvalInputError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     champ = result.champion_version
     t = Table(title=f"{model_name}: new version {result.version} vs champion")
     t.add_column("metric")
@@ -270,12 +258,7 @@ def train_affinity(
     if champ:
         t.caption = f"champion figures: {result.champion_basis}"
     out.print(t)
-    verdict = (
-        "[green]promoted to champion[/]"
-        if result.decision.promoted
-        else "[yellow]kept as challenger[/]"
-    )
-    out.print(f"v{result.version}: {verdict}: {result.decision.reason}")
+    out.print(gate_verdict(result.version, result.decision))
     out.print(f"tracking: {registry.tracking_uri}")
 
 
@@ -289,7 +272,7 @@ def promote(
     from training.registry import ModelRegistry, RegistryError
 
     if (version is None) == (not rollback):
-        _fail("give exactly one of --version V or --rollback")
+        fail("give exactly one of --version V or --rollback")
     registry = ModelRegistry(tracking_uri)
     try:
         if rollback:
@@ -298,7 +281,7 @@ def promote(
             assert version is not None
             registry.promote(name, version, reason="forced: offers promote")
     except RegistryError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out.print(f"{name} version {version} is now [bold]champion[/] ({registry.tracking_uri})")
 
 

@@ -10,9 +10,7 @@ machine-readable report). Progress goes to stderr.
 from __future__ import annotations
 
 import json
-import logging
 import math
-import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from offers.cli import evaluate_group, train_group
+from offers.registry_cli import TrackingUriOpt, fail, gate_verdict, quiet_mlflow
 
 console = Console(stderr=True)
 out = Console()
@@ -104,11 +103,6 @@ def _settings(
         raise typer.BadParameter(str(exc)) from exc
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/] {message}", markup=True, highlight=False)
-    raise typer.Exit(code=1)
-
-
 def _metrics_table(title: str, metrics: dict[str, float], treatments: list[str]) -> Table:
     """Rows: treatments (and ``all``); columns: test metrics and, if known, truth metrics."""
     outcomes = sorted({k.split(".")[1] for k in metrics if k.startswith("qini.") and "." in k[5:]})
@@ -152,16 +146,10 @@ def train_uplift(
     calibrate: CalibOpt = True,
     seed: SeedOpt = 0,
     model_name: Annotated[str, typer.Option(help="registered model name")] = "offers-uplift",
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(
-            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under OFFERS_HOME)"
-        ),
-    ] = None,
+    tracking_uri: TrackingUriOpt = None,
 ) -> None:
     """Train the uplift model on DIR's campaigns, register it as challenger, gate vs champion."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    quiet_mlflow()
     from training.registry import ModelRegistry
     from training.uplift_data import UpliftDataError
     from training.uplift_train import UpliftTrainError
@@ -172,13 +160,13 @@ def train_uplift(
         window_days, test_share, split_at, propensity, calibrate, seed,
     )  # fmt: skip
     if not data.is_dir():
-        _fail(f"--data {data}: not a directory")
+        fail(f"--data {data}: not a directory")
     registry = ModelRegistry(tracking_uri)
     try:
         with console.status("training uplift model"):
             result = train(data, settings, registry, name=model_name, progress=_run)
     except (UpliftDataError, UpliftTrainError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     treatments = result.fitted.treatments
     out.print(
         _metrics_table(f"{model_name} v{result.version}: test split", result.metrics, treatments)
@@ -189,10 +177,7 @@ def train_uplift(
             f"gate qini ({settings.gate_outcome}): new {decision.challenger_value:.4f} vs "
             f"champion v{decision.champion_version} {decision.champion_value:.4f}"
         )
-    verdict = (
-        "[green]promoted to champion[/]" if decision.promoted else "[yellow]kept as challenger[/]"
-    )
-    out.print(f"v{result.version}: {verdict}: {decision.reason}")
+    out.print(gate_verdict(result.version, decision))
     out.print(f"tracking: {registry.tracking_uri}")
 
 
@@ -221,7 +206,7 @@ def evaluate_uplift(
         window_days, test_share, split_at, propensity, calibrate, seed,
     )  # fmt: skip
     if not data.is_dir():
-        _fail(f"--data {data}: not a directory")
+        fail(f"--data {data}: not a directory")
     try:
         with console.status("evaluating uplift model"):
             _run("training set: features at each send, outcomes after it")
@@ -229,7 +214,7 @@ def evaluate_uplift(
             fitted = fit_uplift(training_set, settings, _run)
             metrics = fitted.metrics | truth_metrics_for(fitted, data)
     except (UpliftDataError, UpliftTrainError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         report = {
             "data": str(data),
