@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from serving.store.connect import make_engine
 from serving.store.migrate import migrate
+from serving.store.reserve import GrantOutcome, ReservationItem, reserve_grants
 from serving.store.tables import budgets, decisions, feedback_events, member_caps
 
 __all__ = ["EventResult", "OffersStore", "UnknownBudgetError", "open_store", "utcnow"]
@@ -254,6 +255,15 @@ class OffersStore:
         with self.engine.begin() as connection:
             connection.execute(create)
             return connection.execute(bump).rowcount == 1
+
+    def reserve_grants(self, requests: Sequence[Sequence[ReservationItem]]) -> list[GrantOutcome]:
+        """Many grant requests' cap and budget reservations in ONE transaction (one commit).
+
+        Each count is its own conditional UPDATE, as in :meth:`reserve_member_cap` and
+        :meth:`reserve_budget`; see :mod:`serving.store.reserve`. Raises, committing nothing,
+        when the database fails.
+        """
+        return reserve_grants(self, requests)
 
     def cap_usage(self, member_id: str, period: str) -> dict[str, int]:
         """Grants counted per cap key for one member in one period."""

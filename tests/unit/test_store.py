@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from serving.store import (
+    CapKey,
     DecisionLogWriter,
     OffersStore,
     StoreConfigError,
@@ -23,6 +24,7 @@ from serving.store import (
     migrate,
     open_store,
 )
+from serving.store import ReservationItem as Item
 from tests.integration.pg_fixtures import postgres_url  # noqa: F401
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
@@ -208,3 +210,57 @@ def test_decision_log_writer_flushes_everything_on_close(store: OffersStore):
     assert writer.written == 500 and writer.dropped == 0
     with store.engine.connect() as connection:
         assert connection.execute(text("SELECT COUNT(*) FROM decisions")).scalar() == 500
+
+
+def test_reserve_grants_one_group_never_overspends(store: OffersStore):
+    store.set_budget("o1", 50.0, unit="count")
+    outcomes = store.reserve_grants([[Item("o1", amount=1.0)] for _ in range(200)])
+    assert sum(o.granted == [0] for o in outcomes) == 50
+    assert sum(o.exhausted == ["o1"] for o in outcomes) == 150
+    assert store.budget("o1")["spent"] == pytest.approx(50.0)
+
+
+def test_reserve_grants_concurrent_groups_never_overspend(store: OffersStore):
+    store.set_budget("o1", 50.0, unit="count")
+    outcomes = _run_concurrently(
+        8, lambda i: store.reserve_grants([[Item("o1", amount=1.0)] for _ in range(25)])
+    )
+    assert sum(len(o.granted) for group in outcomes for o in group) == 50
+    assert store.budget("o1")["spent"] == pytest.approx(50.0)
+
+
+def test_reserve_grants_counts_the_cap_before_the_budget(store: OffersStore):
+    store.set_budget("money", 10.0, unit="money")
+    store.set_budget("spent", 0.0, unit="count")
+    cap = CapKey("m1", "surprise", "2026", 2)
+    request = [
+        Item("free"),  # nothing to reserve: granted
+        Item("money", cap=cap, amount=4.0),
+        Item("money", cap=cap, amount=4.0),
+        Item("money", cap=cap, amount=4.0),  # the cap is used up: skipped, budget untouched
+        Item("spent", amount=1.0),  # budget 0: exhausted
+    ]
+    (outcome,) = store.reserve_grants([request])
+    assert outcome.granted == [0, 1, 2] and outcome.exhausted == ["spent"]
+    assert outcome.error is None
+    assert store.budget("money")["spent"] == pytest.approx(8.0)
+    assert store.cap_usage("m1", "2026") == {"surprise": 2}
+    (again,) = store.reserve_grants([[Item("money", amount=4.0)]])
+    assert again.granted == [] and again.exhausted == ["money"]  # 8 + 4 > 10
+
+
+def test_reserve_grants_unknown_budget_fails_only_its_request(store: OffersStore):
+    store.set_budget("o1", 5.0, unit="count")
+    first, second, third = store.reserve_grants(
+        [
+            [Item("o1", amount=1.0)],
+            [Item("o1", amount=1.0), Item("nope", amount=1.0), Item("o1", amount=1.0)],
+            [Item("o1", amount=1.0)],
+        ]
+    )
+    assert first.granted == [0] and third.granted == [0]
+    assert isinstance(second.error, UnknownBudgetError) and "'nope'" in str(second.error)
+    assert second.granted == [0]  # what came before the unknown offer stays reserved
+    assert store.budget("o1")["spent"] == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="surprise"):
+        Item("o1", cap=CapKey("m1", "surprise", "2026", -1))
