@@ -1,11 +1,20 @@
-"""``offers demo``: the main job end to end on the embedded defaults.
+"""``offers demo``: the whole product end to end on the embedded defaults.
 
-For now: simulate a loyalty program -> validate it -> print a summary. Later stages (features,
-training, registry, serving) join here as they land.
+simulate a loyalty program -> validate -> summary -> member feature snapshot -> train the
+affinity and uplift models (small settings) -> register and promote them in the local MLflow
+store under ``OFFERS_HOME`` -> serve the API on 127.0.0.1:8000 -> send the requests e-mail
+tooling, a checkout and a feedback client would send, printing each response -> keep serving
+until Ctrl-C (``--no-serve``: stop after the samples).
+
+Re-running on the same ``OFFERS_HOME`` replaces the data and the snapshot, registers new model
+versions (promoted to champion) and reuses the store and the demo API key.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 import time
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +31,9 @@ from offers.cmd_data import render_validation
 
 console = Console()
 
+DEMO_KEY_FILE = "demo_api_key"
+KEYS_FILE = "api_keys.json"
+
 
 def _frame_table(title: str, df: pd.DataFrame | pd.Series, fmt: str = "{:,}") -> Table:
     if isinstance(df, pd.Series):
@@ -36,44 +48,30 @@ def _frame_table(title: str, df: pd.DataFrame | pd.Series, fmt: str = "{:,}") ->
     return table
 
 
-def _lifecycle(data_dir: Path, as_of: pd.Timestamp) -> pd.Series:
-    """Lifecycle stage per member from the feature pipeline, as of the end of the data."""
-    from features.pipeline import load_tables, member_features
+def demo_key(home: Path) -> str:
+    """The demo API key (all scopes): reused from ``OFFERS_HOME/demo_api_key`` or created there
+    (mode 0600); ``OFFERS_HOME/api_keys.json`` holds only its SHA-256 for ``offers serve``."""
+    from serving.auth import hash_key
+    from serving.settings import SCOPES
 
-    feats = member_features(load_tables(data_dir), as_of)
-    df = feats.select("member_id", "lifecycle_stage").to_pandas()
-    return df.set_index("member_id")["lifecycle_stage"]
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / DEMO_KEY_FILE
+    key = path.read_text().strip() if path.exists() else ""
+    if not key:
+        key = "demo-" + secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key + "\n")
+    (home / KEYS_FILE).write_text(json.dumps({f"sha256:{hash_key(key)}": list(SCOPES)}, indent=2))
+    return key
 
 
-def demo(
-    members: Annotated[int, typer.Option(help="members to simulate", min=100)] = 10_000,
-    seed: Annotated[int, typer.Option(help="simulation seed")] = 42,
-    out: Annotated[
-        Path | None, typer.Option(help="data directory (default: $OFFERS_HOME/data/demo)")
-    ] = None,
-) -> None:
-    """Simulate a program, validate it and print who the members are and how offers did."""
-    from features.simulate import simulate
+def _timed(label: str, t0: float) -> None:
+    console.print(f"[bold]{label}[/] ({time.perf_counter() - t0:.1f} s)")
 
-    data_dir = out or get_settings().demo_data_dir
-    t0 = time.perf_counter()
-    with console.status(f"simulating {members:,} members (seed {seed})"):
-        program = simulate(n_members=members, seed=seed)
-        program.write(data_dir)
-    console.print(
-        f"[bold]simulated[/] {members:,} members -> {data_dir} ({time.perf_counter() - t0:.1f} s)"
-    )
 
-    with console.status("validating"):
-        result = validate_dir(data_dir)
-    render_validation(result)
-    if not result.ok:
-        raise typer.Exit(code=1)
-
-    tables = result.tables
-    end = tables["transactions"]["ts"].max().normalize() + pd.Timedelta(days=1)
-    with console.status("computing member features as of the end of the data"):
-        stages = _lifecycle(data_dir, end)
+def _summary(data_dir: Path, tables: dict, frame: pd.DataFrame) -> None:
+    stages = frame.set_index("member_id")["lifecycle_stage"]
     summary = summarize(tables, lifecycle=stages)
     console.print(
         _frame_table("members by tier and lifecycle stage", summary["members_by_tier_and_stage"])
@@ -85,6 +83,133 @@ def demo(
             "campaigns: treated vs control, bought within 14 days", summary["conversion_by_arm"]
         )
     )
+
+
+def _how_to(url: str, key: str, home: Path, member: str) -> None:
+    console.print(f"[bold]demo API key[/] (all scopes; kept in {home / DEMO_KEY_FILE}): {key}")
+    console.print("try:", soft_wrap=True)
+    console.print(
+        f"  curl -H 'X-API-Key: {key}' '{url}/v1/members/{member}/offers?k=3'", soft_wrap=True
+    )
+    console.print(f"  open {url}/docs   (OpenAPI)", soft_wrap=True)
+    console.print(
+        f"later, without the demo: OFFERS_HOME={home} OFFERS_API_KEYS_FILE={home / KEYS_FILE} "
+        "offers serve",
+        soft_wrap=True,
+    )
+
+
+def demo(
+    members: Annotated[int, typer.Option(help="members to simulate", min=100)] = 10_000,
+    seed: Annotated[int, typer.Option(help="simulation and training seed")] = 42,
+    out: Annotated[
+        Path | None, typer.Option(help="data directory (default: $OFFERS_HOME/data/demo)")
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to serve on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to serve on", min=1, max=65535)] = 8000,
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="keep serving after the samples")
+    ] = True,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI (default: sqlite under OFFERS_HOME)"),
+    ] = None,
+) -> None:
+    """Simulate, train, register, serve and call the API: the whole product on one machine."""
+    from features.simulate import simulate
+    from offers.demo_pipeline import local_tracking_uri, train_and_promote, write_snapshot
+    from offers.demo_requests import DemoClient, run_samples
+    from offers.demo_server import DemoServer, DemoServerError, check_port
+    from offers.registry_cli import fail, quiet_mlflow
+
+    started = time.perf_counter()
+    home = get_settings().home
+    data_dir = out or get_settings().demo_data_dir
+    try:
+        check_port(host, port)  # fail before minutes of work, not after
+    except DemoServerError as exc:
+        fail(str(exc))
+
+    t0 = time.perf_counter()
+    with console.status(f"simulating {members:,} members (seed {seed})"):
+        program = simulate(n_members=members, seed=seed)
+        program.write(data_dir)
+    _timed(f"simulated {members:,} members -> {data_dir}", t0)
+
+    with console.status("validating"):
+        result = validate_dir(data_dir)
+    render_validation(result)
+    if not result.ok:
+        raise typer.Exit(code=1)
+
+    tables = result.tables
+    end = tables["transactions"]["ts"].max().normalize() + pd.Timedelta(days=1)
+    snapshot = home / "features" / "member_features.parquet"
+    t0 = time.perf_counter()
+    with console.status("computing member features as of the end of the data"):
+        frame = write_snapshot(data_dir, end, snapshot)
+    _timed(f"member feature snapshot as of {end.date()} -> {snapshot}", t0)
+    _summary(data_dir, tables, frame)
+
+    quiet_mlflow()
+    uri = tracking_uri or local_tracking_uri(home)
+    t0 = time.perf_counter()
+    with console.status("training") as status:
+        trained = train_and_promote(data_dir, home, uri, seed=seed, step=status.update)
+    for model in trained.values():
+        how = "gate promoted it" if model.gate_promoted else "forced by the demo"
+        value = f"{model.value:.4f}" if model.value is not None else "n/a"
+        console.print(
+            f"registered [bold]{model.name} v{model.version}[/] ({model.metric} {value}) -> "
+            f"champion ({how}; gate: {model.gate_reason})"
+        )
+    _timed(f"trained and promoted both models in {uri}", t0)
+
+    from serving.api.bundle import DEFAULT_MODELS, BundleConfig
+    from serving.settings import SCOPES, ServingSettings
+
+    key = demo_key(home)
+    settings = ServingSettings(
+        home=home,
+        models=DEFAULT_MODELS,
+        api_keys={key: list(SCOPES)},
+        mlflow_tracking_uri=uri,
+    )
+    config = BundleConfig(home=home, catalog=data_dir / "catalog.yaml", member_features=snapshot)
+    server = DemoServer(settings, config, host, port)
+    t0 = time.perf_counter()
+    try:
+        with console.status(f"starting the API on {server.url} (models, snapshot, store)"):
+            server.start()
+    except DemoServerError as exc:
+        fail(str(exc))
+    store = settings.resolved_database_url().split("://", 1)[0]
+    _timed(f"serving on {server.url} (store: {store})", t0)
+
+    ids = frame["member_id"].astype(str).tolist()
+    try:
+        samples = run_samples(DemoClient(server.url, key), ids, console)
+        console.rule()
+        served = ", ".join(f"{k} v{v}" for k, v in sorted(samples.model_versions.items()))
+        console.print(f"models served: {served}")
+        console.print(
+            "duplicate event stored once: "
+            + ("[green]yes[/]" if samples.duplicate_stored_once else "[red]no[/]")
+        )
+        _how_to(server.url, key, home, ids[0])
+        console.print(f"[bold]demo ready[/] in {time.perf_counter() - started:.1f} s")
+        if not samples.ok:
+            console.print("[red]some sample requests failed (see above)[/]")
+        if serve:
+            console.print(f"serving on {server.url}: press Ctrl-C to stop")
+            server.wait()
+    except KeyboardInterrupt:
+        console.print("stopping")
+    finally:
+        server.stop()
+    console.print("server stopped")
+    if not samples.ok or not samples.duplicate_stored_once:
+        raise typer.Exit(code=1)
 
 
 def register(app: typer.Typer) -> None:
