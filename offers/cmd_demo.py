@@ -186,7 +186,7 @@ def demo(
     store = settings.resolved_database_url().split("://", 1)[0]
     _timed(f"serving on {server.url} (store: {store})", t0)
 
-    ids = frame["member_id"].astype(str).tolist()
+    ids = sorted(frame["member_id"].astype(str))
     try:
         samples = run_samples(DemoClient(server.url, key), ids, console)
         console.rule()

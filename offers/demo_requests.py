@@ -22,6 +22,7 @@ from rich.text import Text
 __all__ = ["DemoClient", "Reply", "SampleResults", "run_samples"]
 
 COLD_MEMBER = "walk-in-new-member"
+CHECKOUT_MOMENTS = {"birthday", "milestone"}  # moments with a surprise offer at checkout
 _MAX_TEXT = 60
 
 
@@ -116,12 +117,18 @@ class SampleResults:
 
 
 def _find_moment_member(client: DemoClient, members: list[str], tries: int) -> Reply | None:
-    """The moments reply of the first of ``members`` that has a moment now (up to ``tries``)."""
+    """The moments reply of a member among the first ``tries`` of ``members`` with a moment now:
+    the first whose moment has a checkout surprise (birthday, milestone), else the first with
+    any moment."""
+    first = None
     for member in members[:tries]:
         reply = client.request("GET", f"/v1/members/{urllib.parse.quote(member)}/moments")
-        if reply.status == 200 and reply.body.get("moments"):
+        names = {m["name"] for m in reply.body.get("moments", [])} if reply.status == 200 else ()
+        if names & CHECKOUT_MOMENTS:
             return reply
-    return None
+        if names and first is None:
+            first = reply
+    return first
 
 
 def run_samples(
@@ -153,7 +160,7 @@ def run_samples(
     console.rule("app: one member's offers and moments")
     member = members[0]
     offers = call("app", "GET", f"/v1/members/{member}/offers?channel=app&k=3")
-    moment = _find_moment_member(client, members[1:], tries=60)
+    moment = _find_moment_member(client, members[1:], tries=100)
     if moment is not None:
         res.replies.append(moment)
         show(console, "app", moment)
