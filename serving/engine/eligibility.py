@@ -89,10 +89,9 @@ def eligibility(
     rules: dict[str, np.ndarray] = {}
 
     def apply(name: str, ok: np.ndarray) -> None:
-        ok = np.broadcast_to(ok, (n, m))
-        mask[...] &= ok
+        mask[...] &= ok  # broadcasts (1, m) and (n, m) alike
         if keep_rules:
-            rules[name] = np.array(ok, dtype=bool)
+            rules[name] = np.array(np.broadcast_to(ok, (n, m)), dtype=bool)
 
     known_tier = members.tier >= 0
     tier_ok = offers.tier_ok.T[np.where(known_tier, members.tier, 0)]  # (n, m)
@@ -135,8 +134,20 @@ def eligibility(
     return Eligibility(mask=mask, slots=slots, rules=rules)
 
 
+_SMALL = 8
+
+
 def _segment_ok(segment: np.ndarray, offers: OfferTable) -> np.ndarray:
     """(n, m) bool: the offer has no segment list or lists the member's segment."""
+    if len(segment) <= _SMALL:  # real time (one member): plain lookups beat a factorisation
+        segs = offers.segments
+        return np.array(
+            [
+                [allowed is None or (not pd.isna(s) and str(s) in allowed) for allowed in segs]
+                for s in segment
+            ],
+            dtype=bool,
+        ).reshape(len(segment), offers.n)
     codes, uniques = _factorize(segment)
     table = np.ones((len(uniques) + 1, offers.n), dtype=bool)  # last row: unknown segment
     for j, allowed in enumerate(offers.segments):
