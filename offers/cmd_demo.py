@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import time
 from pathlib import Path
 from typing import Annotated
@@ -64,6 +65,10 @@ def demo_key(home: Path) -> str:
             fh.write(key + "\n")
     (home / KEYS_FILE).write_text(json.dumps({f"sha256:{hash_key(key)}": list(SCOPES)}, indent=2))
     return key
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _timed(label: str, t0: float) -> None:
@@ -201,6 +206,7 @@ def demo(
         if not samples.ok:
             console.print("[red]some sample requests failed (see above)[/]")
         if serve:
+            signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C
             console.print(f"serving on {server.url}: press Ctrl-C to stop")
             server.wait()
     except KeyboardInterrupt:
