@@ -91,7 +91,10 @@ def _summary(data_dir: Path, tables: dict, frame: pd.DataFrame) -> None:
 
 
 def _how_to(url: str, key: str, home: Path, member: str) -> None:
-    console.print(f"[bold]demo API key[/] (all scopes; kept in {home / DEMO_KEY_FILE}): {key}")
+    console.print(
+        f"[bold]demo API key[/] (all scopes; kept in {home / DEMO_KEY_FILE}): {key}",
+        soft_wrap=True,
+    )
     console.print("try:", soft_wrap=True)
     console.print(
         f"  curl -H 'X-API-Key: {key}' '{url}/v1/members/{member}/offers?k=3'", soft_wrap=True
