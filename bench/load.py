@@ -2,143 +2,562 @@
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/load.py --url http://127.0.0.1:8000 \\
         --key KEY --features $OFFERS_HOME/features/member_features.parquet \\
-        [--rates 250,500,1000,2000] [--seconds 30] [--concurrency 256]
+        [--rates 250,500,1000,2000] [--seconds 30] [--concurrency 256] [--procs 1]
+
+    # or start the server too (a trained OFFERS_HOME: feature snapshot, models reachable via
+    # OFFERS_MODELS / MLFLOW_TRACKING_URI or their last-known-good copy under OFFERS_HOME):
+    OFFERS_HOME=... OFFERS_MODELS=... .venv/bin/python bench/load.py --start-server --home ...
 
 For each rate and each endpoint (``GET /healthz`` as the trivial FastAPI endpoint,
 ``GET /v1/members/{id}/offers``, ``POST /v1/checkout/rewards``) it sends requests open-loop
 (on a fixed schedule, whether earlier ones have answered or not; at most ``--concurrency`` in
 flight, the rest counted as ``dropped``) for ``--seconds`` and prints p50/p99/p99.9 latency in
-ms, the achieved rate and the error count (non-2xx, timeouts). Bounded: loopback URLs only, at
-most 5,000 requests/s and 120 s per step. Latency is measured from the scheduled send time, so
-a client that falls behind shows up as latency, not as a lower rate.
+ms, the achieved rate, errors (non-2xx, broken connections, timeouts; timeouts also counted
+alone) and dropped requests. Bounded: loopback URLs only, at most 5,000 requests/s and 120 s
+per step. Latency is measured from the scheduled send time, so a client that falls behind shows
+up as latency, not as a lower rate.
+
+The client is lean so that it is not the bottleneck: ``--procs`` generator processes, each an
+asyncio (uvloop when installed) event loop writing pre-encoded HTTP/1.1 requests on keep-alive
+connections and parsing only the status line and ``Content-Length`` of each response (tens of
+microseconds of CPU per request, against ~0.5-1 ms for an httpx client).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import multiprocessing as mp
+import os
 import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlparse
 
-import httpx
 import numpy as np
-import pandas as pd
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_RATE = 5_000
 MAX_SECONDS = 120
+KINDS = ("trivial", "offers", "checkout")
+POOL = 4096  # distinct pre-encoded requests per endpoint
 
 
-def _request(kind: str, member: str) -> tuple[str, str, dict | None]:
+# -- requests ------------------------------------------------------------------------------
+def encode_request(method: str, path: str, host: str, key: str, body: bytes | None) -> bytes:
+    """One HTTP/1.1 keep-alive request as bytes."""
+    head = [f"{method} {path} HTTP/1.1", f"Host: {host}", f"X-API-Key: {key}"]
+    if body is not None:
+        head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+
+def request_for(kind: str, member: str, host: str, key: str) -> bytes:
+    """The request bytes of one endpoint kind for one member."""
     if kind == "trivial":
-        return "GET", "/healthz", None
+        return encode_request("GET", "/healthz", host, key, None)
     if kind == "offers":
-        return "GET", f"/v1/members/{member}/offers?channel=app&k=3", None
+        return encode_request(
+            "GET", f"/v1/members/{member}/offers?channel=app&k=3", host, key, None
+        )
     basket = [{"category": "grocery", "quantity": 2, "unit_price": 15.0}]
-    return "POST", "/v1/checkout/rewards", {"member_id": member, "basket": basket, "total": 30.0}
+    body = json.dumps({"member_id": member, "basket": basket, "total": 30.0}).encode()
+    return encode_request("POST", "/v1/checkout/rewards", host, key, body)
 
 
-async def run_step(
-    client: httpx.AsyncClient,
+# -- response parsing ----------------------------------------------------------------------
+class ResponseParser:
+    """Incremental HTTP/1.1 response framing: status code, Content-Length or chunked body.
+
+    ``feed(data)`` returns the list of (status, keep_alive) of the responses completed by
+    ``data``; anything malformed raises ValueError.
+    """
+
+    __slots__ = ("_buf", "_chunked", "_keep", "_need", "_status")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._status = 0
+        self._need = -1  # body bytes still expected; -1 while reading the head
+        self._chunked = False
+        self._keep = True
+
+    def feed(self, data: bytes) -> list[tuple[int, bool]]:
+        self._buf += data
+        done = []
+        while True:
+            if self._need < 0:
+                end = self._buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(self._buf) > 65536:
+                        raise ValueError("response head larger than 64 KiB")
+                    return done
+                self._head(self._buf[:end])
+                self._buf = self._buf[end + 4 :]
+            if self._chunked:
+                end = self._buf.find(b"0\r\n\r\n")
+                if end < 0 or (end > 0 and self._buf[end - 2 : end] != b"\r\n"):
+                    return done
+                self._buf = self._buf[end + 5 :]
+            else:
+                if len(self._buf) < self._need:
+                    return done
+                self._buf = self._buf[self._need :]
+            done.append((self._status, self._keep))
+            self._need = -1
+
+    def _head(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise ValueError(f"bad status line {lines[0][:80]!r}")
+        self._status = int(parts[1])
+        self._need, self._chunked, self._keep = 0, False, parts[0] != b"HTTP/1.0"
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                self._need = int(value.strip())
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                self._chunked = True
+            elif name == b"connection":
+                self._keep = value.strip().lower() != b"close"
+
+
+# -- generator -----------------------------------------------------------------------------
+@dataclass
+class StepCounts:
+    """Raw outcome of one step in one generator process."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    timeouts: int = 0
+    dropped: int = 0
+    end: float = 0.0
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection carrying one request at a time."""
+
+    def __init__(self, gen: Generator) -> None:
+        self.gen = gen
+        self.transport: asyncio.Transport | None = None
+        self.parser = ResponseParser()
+        self.scheduled = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.busy = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send(self, data: bytes, scheduled: float) -> None:
+        self.busy = True
+        self.scheduled = scheduled
+        self.timer = self.gen.loop.call_later(self.gen.timeout, self._timed_out)
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            done = self.parser.feed(data)
+        except ValueError:
+            self._fail(timeout=False)
+            return
+        for status, keep in done:
+            if not self.busy:
+                self._fail(timeout=False)  # a response nobody asked for
+                return
+            self.busy = False
+            self.timer.cancel()  # type: ignore[union-attr]
+            self.gen.finished(self, status, self.scheduled, keep)
+
+    def _timed_out(self) -> None:
+        self._fail(timeout=True)
+
+    def _fail(self, *, timeout: bool) -> None:
+        if self.busy:
+            self.busy = False
+            if self.timer is not None:
+                self.timer.cancel()
+            self.gen.failed(self, timeout=timeout)
+        self.gen.discard(self)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(timeout=False)
+
+
+class Generator:
+    """Open-loop request generator over a pool of keep-alive connections (one event loop)."""
+
+    def __init__(self, host: str, port: int, *, concurrency: int, timeout: float) -> None:
+        self.host, self.port = host, port
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.loop = asyncio.get_running_loop()
+        self.idle: list[_Conn] = []
+        self.open = 0  # connections open or opening
+        self.inflight = 0
+        self.counts = StepCounts()
+        self._drained: asyncio.Event | None = None
+
+    async def _connect(self) -> _Conn:
+        self.open += 1
+        try:
+            _, conn = await self.loop.create_connection(lambda: _Conn(self), self.host, self.port)
+        except OSError:
+            self.open -= 1
+            raise
+        return conn
+
+    async def warm(self, n: int) -> None:
+        """Open ``n`` idle connections ahead of a step."""
+        n = min(n, self.concurrency) - self.open
+        if n > 0:
+            self.idle.extend(await asyncio.gather(*(self._connect() for _ in range(n))))
+
+    def finished(self, conn: _Conn, status: int, scheduled: float, keep: bool) -> None:
+        self.counts.latencies_ms.append((time.perf_counter() - scheduled) * 1000.0)
+        if status >= 300:
+            self.counts.errors += 1
+        if keep:
+            self.idle.append(conn)
+        else:
+            self.discard(conn)
+            conn.transport.close()  # type: ignore[union-attr]
+        self._done_one()
+
+    def failed(self, conn: _Conn, *, timeout: bool) -> None:
+        self.counts.errors += 1
+        self.counts.timeouts += timeout
+        self._done_one()
+
+    def discard(self, conn: _Conn) -> None:
+        if conn in self.idle:
+            self.idle.remove(conn)
+        if conn.transport is not None and not getattr(conn, "_counted_closed", False):
+            conn._counted_closed = True  # type: ignore[attr-defined]
+            self.open -= 1
+
+    def _done_one(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self._drained is not None:
+            self._drained.set()
+
+    async def _send_new(self, data: bytes, scheduled: float) -> None:
+        try:
+            conn = await self._connect()
+        except OSError:
+            self.counts.errors += 1
+            self._done_one()
+            return
+        conn.send(data, scheduled)
+
+    async def step(self, requests: list[bytes], start: float, interval: float) -> StepCounts:
+        """Send ``requests[i]`` at ``start + i * interval`` (perf_counter clock); wait for all."""
+        self.counts = StepCounts()
+        pending: set[asyncio.Task] = set()
+        for i, data in enumerate(requests):
+            due = start + i * interval
+            delay = due - time.perf_counter()
+            if delay > 0.0005:
+                await asyncio.sleep(delay)
+            if self.inflight >= self.concurrency:
+                self.counts.dropped += 1
+                continue
+            self.inflight += 1
+            if self.idle:
+                self.idle.pop().send(data, due)
+            elif self.open < self.concurrency:
+                task = asyncio.ensure_future(self._send_new(data, due))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            else:  # every connection is busy (or still opening)
+                self.inflight -= 1
+                self.counts.dropped += 1
+        if self.inflight:
+            self._drained = asyncio.Event()
+            await self._drained.wait()
+            self._drained = None
+        self.counts.end = time.perf_counter()
+        return self.counts
+
+
+def _install_uvloop() -> str:
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+def worker(conn: mp.connection.Connection, host: str, port: int, concurrency: int) -> None:
+    """Generator process: runs the steps the parent sends over ``conn`` until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
+    _install_uvloop()
+
+    async def serve() -> None:
+        gen = Generator(host, port, concurrency=concurrency, timeout=10.0)
+        while True:
+            message = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+            if message is None:
+                return
+            if message[0] == "warm":  # open connections, then say ready
+                await gen.warm(message[1])
+                conn.send("ready")
+                continue
+            _, pool, picks, start, interval, timeout = message
+            requests = [pool[i] for i in np.frombuffer(picks, dtype=np.int32).tolist()]
+            gen.timeout = timeout
+            cpu0 = time.process_time()
+            counts = await gen.step(requests, start, interval)
+            lat = np.asarray(counts.latencies_ms, dtype=np.float64)
+            conn.send((lat.tobytes(), counts.errors, counts.timeouts, counts.dropped,
+                       counts.end, time.process_time() - cpu0))  # fmt: skip
+
+    asyncio.run(serve())
+
+
+# -- statistics ----------------------------------------------------------------------------
+def summarize(
     kind: str,
     rate: float,
-    seconds: float,
-    members: list[str],
-    concurrency: int,
-) -> dict[str, float]:
-    """Open-loop load of one endpoint at one rate; returns the step's figures."""
-    n = int(rate * seconds)
-    latencies: list[float] = []
-    errors = dropped = 0
-    gate = asyncio.Semaphore(concurrency)
-    rng = random.Random(0)
-    start = time.perf_counter() + 0.05
-
-    async def one(i: int) -> None:
-        nonlocal errors
-        scheduled = start + i / rate
-        method, path, body = _request(kind, rng.choice(members))
-        try:
-            response = await client.request(method, path, json=body)
-            if response.status_code >= 300:
-                errors += 1
-        except httpx.HTTPError:
-            errors += 1
-        finally:
-            gate.release()
-        latencies.append(time.perf_counter() - scheduled)
-
-    tasks = []
-    for i in range(n):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if gate.locked():
-            dropped += 1
-            continue
-        await gate.acquire()
-        tasks.append(asyncio.create_task(one(i)))
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - start
-    lat = np.asarray(latencies) * 1000.0
-    pct = np.percentile(lat, [50, 99, 99.9]) if len(lat) else [np.nan] * 3
+    latencies_ms: np.ndarray,
+    *,
+    errors: int,
+    timeouts: int,
+    dropped: int,
+    elapsed: float,
+    client_cpu_s: float = float("nan"),
+) -> dict[str, float | str | int]:
+    """The printed row of one step."""
+    lat = np.asarray(latencies_ms, dtype=np.float64)
+    pct = np.percentile(lat, [50, 99, 99.9]) if len(lat) else [float("nan")] * 3
     return {
         "endpoint": kind,
         "target_rps": rate,
-        "achieved_rps": round(len(lat) / elapsed, 1),
+        "achieved_rps": round(len(lat) / elapsed, 1) if elapsed > 0 else float("nan"),
         "requests": len(lat),
         "p50_ms": round(float(pct[0]), 2),
         "p99_ms": round(float(pct[1]), 2),
         "p99_9_ms": round(float(pct[2]), 2),
         "errors": errors,
+        "timeouts": timeouts,
         "dropped": dropped,
+        "client_cpu_s": round(client_cpu_s, 2),
     }
 
 
-async def main_async(args: argparse.Namespace) -> list[dict[str, float]]:
-    members = pd.read_parquet(args.features, columns=["member_id"])["member_id"].astype(str)
-    members = members.tolist()[: args.members]
-    limits = httpx.Limits(
-        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
-    )
-    headers = {"X-API-Key": args.key}
-    results = []
-    async with httpx.AsyncClient(
-        base_url=args.url, headers=headers, limits=limits, timeout=10.0
-    ) as client:
-        for kind in ("trivial", "offers", "checkout"):  # warm-up
-            for _ in range(20):
-                method, path, body = _request(kind, members[0])
-                await client.request(method, path, json=body)
+# -- orchestration -------------------------------------------------------------------------
+class Workers:
+    """``n`` generator processes sharing one fixed schedule (request i goes to process i % n)."""
+
+    def __init__(self, n: int, host: str, port: int, concurrency: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.pipes, self.procs = [], []
+        per = max(1, concurrency // n)
+        for _ in range(n):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker, args=(child, host, port, per), daemon=True)
+            proc.start()
+            self.pipes.append(parent)
+            self.procs.append(proc)
+
+    def run(
+        self,
+        kind: str,
+        rate: float,
+        seconds: float,
+        requests: list[bytes],
+        *,
+        timeout: float = 10.0,
+        warm: int = 16,
+    ) -> dict[str, float | str | int]:
+        n_proc = len(self.pipes)
+        total = int(rate * seconds)
+        picks = np.random.default_rng(0).integers(0, len(requests), total).astype(np.int32)
+        for pipe in self.pipes:  # every process up (spawned) with connections open
+            pipe.send(("warm", warm))
+        for pipe in self.pipes:
+            if pipe.recv() != "ready":
+                raise RuntimeError("generator process did not get ready")
+        # perf_counter is CLOCK_MONOTONIC: one clock for every process on the machine.
+        start = time.perf_counter() + 0.1
+        interval = n_proc / rate
+        for w, pipe in enumerate(self.pipes):
+            share = picks[w::n_proc].tobytes()
+            pipe.send(("step", requests, share, start + w / rate, interval, timeout))
+        parts = [pipe.recv() for pipe in self.pipes]
+        lat = np.concatenate([np.frombuffer(p[0], dtype=np.float64) for p in parts])
+        return summarize(
+            kind,
+            rate,
+            lat,
+            errors=sum(p[1] for p in parts),
+            timeouts=sum(p[2] for p in parts),
+            dropped=sum(p[3] for p in parts),
+            elapsed=max(p[4] for p in parts) - start,
+            client_cpu_s=sum(p[5] for p in parts),
+        )
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(OSError):
+                pipe.send(None)
+        for proc in self.procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.terminate()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(home: Path, key: str, port: int, wait: float = 180.0) -> subprocess.Popen:
+    """``offers serve`` on 127.0.0.1:``port`` with ``OFFERS_HOME=home`` and a bench API key;
+    returns once ``/readyz`` answers 200 (models loaded)."""
+    env = dict(os.environ, OFFERS_HOME=str(home))
+    env["OFFERS_API_KEYS"] = json.dumps({key: ["offers:read", "checkout:write"]})
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    offers = Path(sys.executable).with_name("offers")
+    command = [str(offers)] if offers.exists() else [sys.executable, "-m", "offers.cli"]
+    command += ["serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(command, env=env)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"offers serve exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.5)
+    stop_server(proc)
+    raise SystemExit(f"offers serve was not ready within {wait:.0f} s (see its log above)")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGINT (uvicorn's graceful shutdown: the lifespan drains), then SIGKILL after 30 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _members(path: Path, limit: int) -> list[str]:
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(path, columns=["member_id"]).column("member_id").to_pylist()
+    return [str(m) for m in ids[:limit]]
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Every rate x endpoint step; prints one JSON line per step and returns the rows."""
+    parsed = urlparse(args.url)
+    host, port = parsed.hostname, parsed.port or 80
+    members = _members(Path(args.features), args.members)
+    rng = random.Random(1)
+    sample = [members[rng.randrange(len(members))] for _ in range(min(POOL, len(members) * 4))]
+    hostport = f"{host}:{port}"
+    requests = {k: [request_for(k, m, hostport, args.key) for m in sample] for k in KINDS}
+    warmup(host, port, [requests[k][0] for k in KINDS], args.key)
+    workers = Workers(args.procs, host, port, args.concurrency)
+    rows = []
+    try:
         for rate in args.rates:
-            for kind in ("trivial", "offers", "checkout"):
-                row = await run_step(client, kind, rate, args.seconds, members, args.concurrency)
+            for kind in KINDS:
+                row = workers.run(kind, rate, args.seconds, requests[kind])
                 print(json.dumps(row), flush=True)
-                results.append(row)
-    return results
+                rows.append(row)
+    finally:
+        workers.close()
+    return rows
 
 
-def main() -> None:
+def warmup(host: str, port: int, samples: list[bytes], key: str, n: int = 20) -> None:
+    """A few sequential requests per endpoint (first-call costs out of the measurement)."""
+    with socket.create_connection((host, port), timeout=30) as sock:
+        parser = ResponseParser()
+        for data in samples:
+            for _ in range(n):
+                sock.sendall(data)
+                done: list = []
+                while not done:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise SystemExit("warm-up: the server closed the connection")
+                    done = parser.feed(chunk)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--key", required=True, help="API key with offers:read, checkout:write")
-    parser.add_argument("--features", required=True, help="member feature snapshot (Parquet)")
+    parser.add_argument("--key", help="API key with offers:read, checkout:write")
+    parser.add_argument("--features", help="member feature snapshot (Parquet)")
     parser.add_argument("--rates", default="250,500,1000,2000")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--members", type=int, default=100_000, help="member ids to draw from")
-    args = parser.parse_args()
+    parser.add_argument("--procs", type=int, default=1, help="generator processes (1-4)")
+    parser.add_argument(
+        "--start-server",
+        action="store_true",
+        help="launch `offers serve` on a free loopback port with OFFERS_HOME=--home and a "
+        "generated key; stop it at the end",
+    )
+    parser.add_argument("--home", help="OFFERS_HOME of the started server (trained)")
+    args = parser.parse_args(argv)
     host = urlparse(args.url).hostname
     if host not in LOOPBACK:
         parser.error(f"--url {args.url}: loopback only (got host {host!r})")
     args.rates = [float(r) for r in args.rates.split(",")]
-    if max(args.rates) > MAX_RATE or args.seconds > MAX_SECONDS:
-        parser.error(f"bounded: rates <= {MAX_RATE}/s and --seconds <= {MAX_SECONDS}")
-    results = asyncio.run(main_async(args))
-    table = pd.DataFrame(results).set_index(["target_rps", "endpoint"])
-    print(table.to_string())
+    if max(args.rates) > MAX_RATE or min(args.rates) <= 0 or args.seconds > MAX_SECONDS:
+        parser.error(f"bounded: 0 < rates <= {MAX_RATE}/s and --seconds <= {MAX_SECONDS}")
+    if not 1 <= args.procs <= 4:
+        parser.error(f"--procs {args.procs}: between 1 and 4")
+    server = None
+    if args.start_server:
+        home = Path(args.home or os.environ.get("OFFERS_HOME", ""))
+        if not str(home) or not home.is_dir():
+            parser.error("--start-server needs --home (or OFFERS_HOME): a trained data home")
+        args.key = args.key or secrets.token_urlsafe(24)
+        args.features = args.features or str(home / "features" / "member_features.parquet")
+        port = _free_port()
+        args.url = f"http://127.0.0.1:{port}"
+        server = start_server(home, args.key, port)
+    elif not args.key or not args.features:
+        parser.error("--key and --features are required unless --start-server")
+    print(f"event loop: {_install_uvloop()} x {args.procs} process(es)", file=sys.stderr)
+    try:
+        rows = run(args)
+    finally:
+        if server is not None:
+            stop_server(server)
+    cols = list(rows[0]) if rows else []
+    print(" ".join(f"{c:>12}" for c in cols))
+    for row in rows:
+        print(" ".join(f"{row[c]!s:>12}" for c in cols))
 
 
 if __name__ == "__main__":
