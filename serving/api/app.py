@@ -10,10 +10,10 @@ from contextlib import asynccontextmanager
 from anyio import to_thread
 from fastapi import FastAPI
 
-from serving.api.batcher import DecisionBatcher
 from serving.api.bundle import BundleConfig, BundleHolder, lkg_loader, seed_budgets
 from serving.api.deps import AppState
 from serving.api.errors import install_error_handlers
+from serving.api.grants import GrantService
 from serving.api.metrics import ApiMetrics, MetricsMiddleware
 from serving.api.modelset import Loader, ModelHolder, ModelLoadError
 from serving.api.routes import decisions, events, health, models
@@ -49,7 +49,6 @@ def create_app(
     )
     if {"affinity", "uplift"} <= set(settings.models):
         state.bundle = BundleHolder(bundle_config)
-        state.batcher = DecisionBatcher(state.bundle, registry=state.metrics.registry)
     if not len(state.keyring):
         log.warning("no API keys configured: every /v1 endpoint will answer 401")
 
@@ -67,6 +66,10 @@ def create_app(
             flush_seconds=settings.decision_log_flush_seconds,
             max_batch=settings.decision_log_max_batch,
         )
+        state.grants = GrantService(
+            state.store,
+            on_exhausted=state.bundle.mark_exhausted if state.bundle is not None else None,
+        )
         if settings.models:
             try:
                 loaded = await to_thread.run_sync(state.models.reload)
@@ -83,6 +86,7 @@ def create_app(
         try:
             yield
         finally:
+            await to_thread.run_sync(state.grants.close)
             await to_thread.run_sync(state.decision_log.close)
             state.store.close()
 

@@ -37,7 +37,7 @@ class AppState:
     decision_log: DecisionLogWriter | None = None
     bundle: Any = None  # serving.api.bundle.BundleHolder when decisions are served
     budget_counters: frozenset[str] = field(default_factory=frozenset)
-    batcher: Any = None  # serving.api.batcher.DecisionBatcher
+    grants: Any = None  # serving.api.grants.GrantService
 
 
 def get_state(request: Request) -> AppState:

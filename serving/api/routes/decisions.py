@@ -17,9 +17,9 @@ from anyio import to_thread
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 
-from serving.api.batcher import split_decisions
 from serving.api.bundle import ServingBundle
 from serving.api.deps import CheckoutWriter, OffersReader, StateDep
+from serving.api.grants import GrantCommitError, GrantServiceClosed
 from serving.api.schemas import (
     _ID_PATTERN,
     MAX_K,
@@ -36,6 +36,7 @@ from serving.api.schemas import (
     RewardOut,
 )
 from serving.engine import DETECTED_MOMENTS, DecisionContext, detect_moments
+from serving.engine.single import decision_dicts
 from serving.store import utcnow
 
 router = APIRouter(prefix="/v1", tags=["decisions"])
@@ -104,8 +105,9 @@ async def member_offers(
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
 ) -> MemberOffersResponse:
     """Ranked offers with explanations; unknown members get cold-start offers (fallback named)."""
-    _bundle(state)
-    bundle, d = await state.batcher.decide(member_id, channel, k)
+    bundle = _bundle(state)
+    ctx = DecisionContext(channel, _now(), _request_id(), k=k)
+    d = bundle.decide_one(member_id, ctx, exhausted=state.bundle.exhausted)
     _record(state, member_id, channel, d, bundle.versions)
     return MemberOffersResponse(
         decision_id=d["decision_id"],
@@ -119,34 +121,6 @@ async def member_offers(
     )
 
 
-def _grant(
-    state: Any, bundle: ServingBundle, member_id: str, offers: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """Reserve each offer's budget (and the member's yearly surprise cap); returns the granted.
-
-    Runs in a worker thread: one conditional UPDATE per offer with a budget counter.
-    """
-    store = state.store
-    o = bundle.engine.offers
-    counters = state.budget_counters
-    granted, exhausted = [], set()
-    year = str(utcnow().year)
-    cap = bundle.engine.settings.surprise.yearly_cap
-    for x in offers:
-        j = o.ids.index(x["offer_id"])
-        if x["surprise"] and not store.reserve_member_cap(member_id, "surprise", year, cap):
-            continue
-        if x["offer_id"] in counters:
-            amount = float(o.cost[j]) if o.budget_unit[j] == "money" else 1.0
-            if amount > 0 and not store.reserve_budget(x["offer_id"], amount):
-                exhausted.add(x["offer_id"])
-                continue
-        granted.append(x)
-    if exhausted:
-        state.bundle.mark_exhausted(exhausted)
-    return granted
-
-
 @router.post(
     "/checkout/rewards",
     response_model=CheckoutResponse,
@@ -157,12 +131,23 @@ async def checkout_rewards(
 ) -> CheckoutResponse:
     """Rewards to grant now for this basket, a surprise when a moment applies; each reward's
     budget is reserved atomically in the store before it is returned."""
-    _bundle(state)
-    as_of = pd.Timestamp(body.ts) if body.ts is not None else None
-    bundle, d = await state.batcher.decide(
-        body.member_id, body.channel, None, as_of=as_of, basket_total=body.total
+    bundle = _bundle(state)
+    as_of = pd.Timestamp(body.ts) if body.ts is not None else _now()
+    ctx = DecisionContext(body.channel, as_of, _request_id())
+    d = bundle.decide_one(
+        body.member_id, ctx, basket_total=body.total, exhausted=state.bundle.exhausted
     )
-    granted = await to_thread.run_sync(_grant, state, bundle, body.member_id, d["offers"])
+    try:
+        granted = await state.grants.grant(
+            body.member_id, d["offers"], bundle=bundle, counters=state.budget_counters
+        )
+    except (GrantCommitError, GrantServiceClosed) as exc:
+        log.error("checkout: reservations not committed: %s", type(exc).__name__)
+        raise HTTPException(
+            status_code=503,
+            detail="budget store unavailable: no reward was reserved, retry",
+            headers={"Retry-After": "1"},
+        ) from None
     d = {**d, "offers": granted}
     _record(state, body.member_id, body.channel, d, bundle.versions)
     rewards = [
@@ -183,7 +168,9 @@ def _batch_lines(state: Any, bundle: ServingBundle, ids: list[str], ctx: Decisio
     batch = bundle.decide(ids, ctx, exhausted=state.bundle.exhausted)
     lines = []
     fields = tuple(OfferOut.model_fields)
-    for member_id, d in zip(ids, split_decisions(bundle, batch, ids, ctx.k), strict=True):
+    for member_id, d in zip(
+        ids, decision_dicts(bundle.engine, batch.rows, ids, ctx.k), strict=True
+    ):
         _record(state, member_id, ctx.channel, d, bundle.versions)
         line = {
             "member_id": member_id,

@@ -1,0 +1,417 @@
+"""The real-time path: the decision for ONE member in well under a millisecond.
+
+:meth:`DecisionEngine.decide` is built for many members at once (arrays over members x offers,
+then an output frame); for one member its fixed cost (tens of milliseconds of frame and string
+work) dominates. :class:`SingleDecider` gives the same decision for a batch of one without that
+cost: it reuses the engine's own vectorised rules on a one-row table (moments, eligibility,
+score parts: one definition of every rule) and does the rest (fallback fill, holdout, surprise,
+the greedy slate with diversity, exploration, the final budget check, explanations and the
+decision id) on the member's offer vector in plain numpy/Python.
+
+When budgets would bind for this one member (an allocation price, a repair or a final cut), it
+defers to :meth:`DecisionEngine.decide`, so the answer is always the engine's.
+
+The result is one dict per decision, the shape the API returns (see
+:func:`decision_dicts`, which gives the same dicts from a ``DecisionBatch``);
+``tests/unit/test_engine_single.py`` checks both paths agree member by member.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features import schema as S
+from features.schema import OFFER_KINDS
+from serving.engine.allocation import _cut
+from serving.engine.context import DecisionContext
+from serving.engine.eligibility import eligibility
+from serving.engine.engine import DecisionEngine
+from serving.engine.errors import EngineInputError
+from serving.engine.fallback import FallbackTables
+from serving.engine.members import MemberTable
+from serving.engine.moments import DETECTED_MOMENTS, detect_moments
+from serving.engine.phrases import MemberView, explain_one
+from serving.engine.scoring import score
+from serving.engine.settings import GLOBAL_POPULAR, PERSONALISED, SEGMENT_POPULAR
+from serving.engine.state import MemberOfferState
+
+__all__ = ["SingleDecider", "decision_dicts", "decision_id", "hash64_one", "unit_one"]
+
+_MASK = (1 << 64) - 1
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+_SEP = 0x1F
+_NEG = np.float32(-np.inf)
+
+
+def _fmix64(h: int) -> int:
+    h ^= h >> 33
+    h = (h * 0xFF51AFD7ED558CCD) & _MASK
+    h ^= h >> 33
+    h = (h * 0xC4CEB9FE1A85EC53) & _MASK
+    return h ^ (h >> 33)
+
+
+def _absorb(h: int, data: bytes) -> int:
+    for b in data:
+        h = ((h ^ b) * _FNV_PRIME) & _MASK
+    return h
+
+
+_SALT_START: dict[str, int] = {}
+
+
+def hash64_one(text: str, salt: str) -> int:
+    """``serving.engine.hashing.hash64`` of one text (same bits, as a Python int)."""
+    start = _SALT_START.get(salt)
+    if start is None:
+        start = _SALT_START[salt] = _absorb(_absorb(_FNV_OFFSET, salt.encode()), bytes([_SEP]))
+    return _fmix64(_absorb(start, text.encode("utf-8")))
+
+
+def unit_one(text: str, salt: str) -> float:
+    """``serving.engine.hashing.unit_interval`` of one text."""
+    return (hash64_one(text, salt) >> 11) * 2.0**-53
+
+
+def decision_id(key: str) -> str:
+    """``serving.engine.hashing.decision_ids`` of one key (a UUIDv8 string)."""
+    hi = (hash64_one(key, "decision-id/hi") & ~0xF000 & _MASK) | 0x8000
+    lo = (hash64_one(key, "decision-id/lo") & ~0xC000000000000000 & _MASK) | (1 << 63)
+    h = f"{hi:016x}{lo:016x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class _Defer(Exception):
+    """Budgets bind for this member: the general engine decides."""
+
+
+class SingleDecider:
+    """Decisions for one member at a time (see the module docstring)."""
+
+    def __init__(self, engine: DecisionEngine, fallback_tables: FallbackTables | None) -> None:
+        self.engine = engine
+        self.tables = fallback_tables
+        o = engine.offers
+        self._segment_row = (
+            {s: r for r, s in enumerate(fallback_tables.segments)} if fallback_tables else {}
+        )
+        self._state = MemberOfferState.empty(1, o.n)
+        self._kind_names = [OFFER_KINDS[k] for k in o.kind]
+        self._moment = [m or "" for m in o.moment]
+        self._n_kinds = int(o.kind.max()) + 1 if o.n else 1
+        self._full_budgets = engine.budgets()
+
+    # ---- inputs -----------------------------------------------------------------------------
+    def _fill(
+        self, p: np.ndarray, s: np.ndarray, has_row: bool, segment: Any
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        if has_row:
+            return p.astype(np.float32), s.astype(np.float32), PERSONALISED
+        t = self.tables
+        if t is None:
+            raise EngineInputError(
+                "score inputs: 1 member(s) without a model row and no fallback tables"
+            )
+        for step in self.engine.settings.fallback_chain:
+            if step == SEGMENT_POPULAR:
+                row = self._segment_row.get(segment) if segment is not None else None
+                if row is not None:
+                    return (
+                        t.segment_p[row].astype(np.float32),
+                        t.segment_s[row].astype(np.float32),
+                        step,
+                    )
+            else:
+                return t.global_p.astype(np.float32), t.global_s.astype(np.float32), step
+        raise EngineInputError(
+            f"fallback_chain {list(self.engine.settings.fallback_chain)}: 1 member(s) not "
+            f"covered, e.g. row 0 (segment {segment!r}); end the chain with {GLOBAL_POPULAR!r}"
+        )
+
+    # ---- the decision -------------------------------------------------------------------------
+    def decide(
+        self,
+        member: MemberTable,
+        p_redeem: np.ndarray,
+        incremental_spend: np.ndarray,
+        has_row: bool,
+        context: DecisionContext,
+        budget_left: np.ndarray | None = None,
+        model_versions: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """The decision for the one member of ``member`` (a one-row table) as a dict:
+        ``decision_id``, ``fallback``, ``held_out``, ``explored``, ``moments`` and ``offers``
+        (slot order; each with ``offer_id``, ``name``, ``kind``, ``reward_value``, ``rank``,
+        ``score`` (EIV), ``propensity``, ``explanation``, ``reasons``, ``cost``, ``surprise``,
+        ``moment``). Raises ``_Defer`` internally and answers through the engine when budgets
+        bind for this member."""
+        if member.n != 1:
+            raise EngineInputError(f"single decision: {member.n} members, expected 1")
+        try:
+            return self._decide(
+                member, p_redeem, incremental_spend, has_row, context, budget_left, model_versions
+            )
+        except _Defer:
+            return self._via_engine(
+                member, p_redeem, incremental_spend, has_row, context, budget_left, model_versions
+            )
+
+    def _via_engine(self, member, p, s, has_row, context, budget_left, versions):  # type: ignore[no-untyped-def]
+        from serving.engine.scoring import ScoreInputs
+
+        inputs = ScoreInputs(
+            np.asarray(p, dtype=np.float64)[None, :],
+            np.asarray(s, dtype=np.float64)[None, :],
+            has_row=np.array([has_row]),
+            model_versions=dict(versions or {}),
+        )
+        batch = self.engine.decide(
+            member, inputs, context, budget_left=budget_left, fallback_tables=self.tables
+        )
+        return decision_dicts(self.engine, batch.rows, [str(member.ids[0])], context.k)[0]
+
+    def _decide(self, member, p_in, s_in, has_row, context, budget_left, versions):  # type: ignore[no-untyped-def]
+        eng, st, o = self.engine, self.engine.settings, self.engine.offers
+        m = o.n
+        member_id = str(member.ids[0])
+        p, s, fallback = self._fill(
+            np.asarray(p_in), np.asarray(s_in), bool(has_row), member.segment[0]
+        )
+        held = st.holdout.share > 0 and unit_one(member_id, "holdout/" + st.holdout.salt) < (
+            st.holdout.share
+        )
+        moments = detect_moments(member, st.moments)
+        if budget_left is None:
+            budgets, left = self._full_budgets, o.budget
+        else:
+            budgets, left = eng.budgets(budget_left), np.asarray(budget_left, np.float64)
+        el = eligibility(member, o, self._state, context, moments, left, st)
+        slots = 0 if held else int(el.slots[0])
+        mask = el.mask[0] & (slots > 0)
+        sc = score(p[None, :], s[None, :], member, o, st.scoring, eng.boosts_, context.channel)
+        eiv, cost, rank = sc.eiv[0], sc.expected_cost[0], sc.rank_score[0]
+        expected = st.allocation.budget_basis == "expected"
+        base = sc.p_redeem[0] if expected else np.ones(m, np.float32)
+        W, limits = budgets.weights, budgets.limits
+
+        # Surprise: the best value per cost among the eligible surprises (pick_surprises).
+        surprise = -1
+        ok = mask & o.surprise & (eiv > st.surprise.min_value)
+        if ok.any():
+            ratio = np.full(m, np.inf, dtype=np.float32)
+            np.divide(eiv, cost, out=ratio, where=cost > 0)
+            j = int(np.argmax(np.where(ok, ratio, -np.inf)))
+            keep = st.surprise.budget is None or float(cost[j]) <= st.surprise.budget + 1e-9
+            if keep and budgets.n:
+                w = W[:, j]
+                keep = bool(np.all((w <= 0) | (float(base[j]) * w <= limits + 1e-9)))
+            surprise = j if keep else -1
+        kind_count = np.zeros(self._n_kinds, dtype=np.int32)
+        reg_limits = limits
+        if surprise >= 0:
+            kind_count[o.kind[surprise]] = 1
+            if budgets.n:
+                reg_limits = np.maximum(limits - W[:, surprise] * float(base[surprise]), 0.0)
+        reg_slots = slots - int(surprise >= 0 and st.surprise.takes_slot)
+        allowed = mask & ~o.surprise
+        k = max(reg_slots, 0)
+
+        # Greedy slate (prices 0: one member never makes a budget bind; if it does, defer).
+        greedy: list[int] = []
+        if k > 0:
+            val = np.where(allowed & (rank > st.scoring.min_value), rank, _NEG)
+            counts = kind_count.copy()
+            val[counts[o.kind] >= st.max_per_kind] = _NEG
+            for _ in range(k):
+                j = int(np.argmax(val))
+                if not np.isfinite(val[j]):
+                    break
+                greedy.append(j)
+                val[j] = _NEG
+                kj = o.kind[j]
+                counts[kj] += 1
+                if counts[kj] >= st.max_per_kind:
+                    val[o.kind == kj] = _NEG
+            if budgets.n and greedy:
+                g = np.asarray(greedy)
+                use = W[:, g] @ base[g].astype(np.float64)
+                if (use > reg_limits).any():
+                    raise _Defer
+        K = max(k, 1)
+        greedy += [-1] * (K - len(greedy))
+
+        # Exploration per slot (serving.engine.exploration for one member).
+        key = f"{context.request_id}|{member_id}"
+        eps = st.exploration.epsilon
+        room = np.all((W <= 0) | (reg_limits[:, None] > 0), axis=0) if budgets.n else True
+        cands = allowed & room
+        counts = kind_count.copy()
+        used = np.zeros(m, dtype=bool)
+        shown, prop, expl, ncand = [surprise], [1.0 if surprise >= 0 else math.nan], [False], []
+        ncand.append(int(surprise >= 0))
+        for r in range(K):
+            cand = cands & ~used & (counts[o.kind] < st.max_per_kind) & (reg_slots > r)
+            g = next((q for q in greedy if q >= 0 and cand[q]), -1)
+            nc = int(cand.sum())
+            go, pick = False, -1
+            if eps > 0 and nc > 0:
+                go = unit_one(key, f"{st.exploration.salt}/coin/{r}") < eps
+                if go:
+                    target = math.floor(unit_one(key, f"{st.exploration.salt}/pick/{r}") * nc)
+                    pick = int(np.flatnonzero(cand)[target])
+            choice = pick if go else g
+            shown.append(choice)
+            expl.append(go)
+            ncand.append(nc)
+            if choice >= 0:
+                pr = (eps / max(nc, 1) if cand[choice] else 0.0) + (
+                    1 - eps if g >= 0 and choice == g else 0.0
+                )
+                prop.append(pr)
+                used[choice] = True
+                counts[o.kind[choice]] += 1
+            else:
+                prop.append(math.nan)
+
+        # Final budget pass (only when the picks could overspend; then as the engine does).
+        picks = np.asarray(shown, dtype=np.int64)
+        valid = picks >= 0
+        if budgets.n and valid.any():
+            pj = picks[valid]
+            total = W[:, pj] @ base[pj].astype(np.float64)
+            if (total > limits * (1 + 1e-12) + 1e-9).any():
+                unit = np.zeros(m, dtype=np.float32)
+                safe = np.maximum(picks, 0)
+                adj = rank[safe] - base[safe] * unit[safe]
+                order = np.where(np.asarray(expl), 1e30, adj)
+                order[0] = 1e31
+                spend = np.where(valid, base[safe], 0.0).astype(np.float64)
+                keep = _cut(picks[None, :], order[None, :], spend[None, :], W, limits)[0]
+                picks = np.where(keep, picks, -1)
+
+        flags = tuple(moments.flags[0].tolist())
+        in_moments = [name for name, f in zip(DETECTED_MOMENTS, flags, strict=True) if f]
+        first_moment = in_moments[0] if in_moments else ""
+        view = None
+        offers: list[dict[str, Any]] = []
+        explored_any = False
+        limit = context.k
+        for slot, j in enumerate(picks.tolist()):
+            if j < 0 or (limit is not None and len(offers) >= limit):
+                continue
+            view = view or _view(member)
+            moment = (self._moment[j] or first_moment) if o.surprise[j] else ""
+            text = explain_one(
+                moment, o.tags[j], o.category[j], flags, fallback,
+                expl[slot], view, st.moments, st.explanations,
+            )  # fmt: skip
+            pr = prop[slot]
+            explored_any = explored_any or expl[slot]
+            offers.append(
+                {
+                    "offer_id": o.ids[j],
+                    "name": o.names[j][:200],
+                    "kind": self._kind_names[j],
+                    "reward_value": float(o.reward_value[j]),
+                    "rank": len(offers) + 1,
+                    "score": _finite(float(eiv[j])),
+                    "propensity": min(max(pr, 0.0), 1.0) if math.isfinite(pr) else 1.0,
+                    "explanation": text[:1000],
+                    "reasons": [moment] if moment else [],
+                    "cost": float(o.cost[j]),
+                    "surprise": bool(o.surprise[j]),
+                    "moment": moment or None,
+                }
+            )
+        return {
+            "decision_id": decision_id(key),
+            "fallback": fallback,
+            "held_out": bool(held),
+            "explored": explored_any,
+            "moments": in_moments,
+            "offers": offers,
+        }
+
+
+def _finite(x: float) -> float:
+    """``np.nan_to_num`` of one float."""
+    if math.isnan(x):
+        return 0.0
+    if math.isinf(x):
+        return math.copysign(np.finfo(np.float64).max, x)
+    return x
+
+
+def _view(member: MemberTable) -> MemberView:
+    return MemberView(
+        num={k: float(v[0]) for k, v in member.num.items()},
+        shares={k: float(v[0]) for k, v in member.shares.items()},
+        stage=int(member.stage[0]),
+        tier=int(member.tier[0]),
+        segment=member.segment[0],
+        next_tier=member.next_tier[0],
+        basket_is_milestone=bool(member.basket_is_milestone[0]),
+    )
+
+
+def decision_dicts(
+    engine: DecisionEngine, rows: pd.DataFrame, member_ids: list[str], k: int | None = None
+) -> list[dict[str, Any]]:
+    """The decision dicts (:meth:`SingleDecider.decide`'s shape) of ``member_ids`` from a
+    ``DecisionBatch.rows`` frame (request order; offers in slot order, at most ``k``)."""
+    o = engine.offers
+    member = rows[S.MEMBER_ID].to_numpy(dtype=object)
+    status = rows["status"].to_numpy(dtype=object)
+    offer = rows[S.OFFER_ID].to_numpy(dtype=object)
+    decision = rows["decision_id"].to_numpy(dtype=object)
+    fallback = rows["fallback"].to_numpy(dtype=object)
+    explored = rows["explored"].to_numpy(dtype=bool)
+    moments = rows["in_moments"].to_numpy(dtype=object)
+    moment = rows["moment"].to_numpy(dtype=object)
+    kind = rows[S.KIND].to_numpy(dtype=object)
+    eiv = np.nan_to_num(rows["eiv"].to_numpy(dtype=np.float64))
+    prop = rows["propensity"].to_numpy(dtype=np.float64)
+    prop = np.where(np.isfinite(prop), np.clip(prop, 0.0, 1.0), 1.0)
+    text = rows["explanation"].to_numpy(dtype=object)
+    shown = status == "offers"
+    j = np.where(shown, pd.Index(o.ids).get_indexer(offer), -1)
+    out: dict[str, dict[str, Any]] = {}
+    for r in range(len(rows)):  # rows of this request only (members x slots)
+        mid = member[r]
+        d = out.get(mid)
+        if d is None:
+            m = str(moments[r])
+            d = out[mid] = {
+                "decision_id": str(decision[r]),
+                "fallback": str(fallback[r]),
+                "held_out": status[r] == "held_out",
+                "explored": False,
+                "moments": [x for x in m.split(",") if x and x != "nan"],
+                "offers": [],
+            }
+        if not shown[r] or (k is not None and len(d["offers"]) >= k):
+            continue
+        jj = int(j[r])
+        d["explored"] = d["explored"] or bool(explored[r])
+        d["offers"].append(
+            {
+                "offer_id": str(offer[r]),
+                "name": o.names[jj][:200],
+                "kind": str(kind[r]),
+                "reward_value": float(o.reward_value[jj]),
+                "rank": len(d["offers"]) + 1,
+                "score": float(eiv[r]),
+                "propensity": float(prop[r]),
+                "explanation": str(text[r])[:1000],
+                "reasons": [str(moment[r])] if moment[r] else [],
+                "cost": float(o.cost[jj]),
+                "surprise": bool(o.surprise[jj]),
+                "moment": str(moment[r]) or None,
+            }
+        )
+    return [out[m] for m in member_ids]
