@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -90,7 +91,23 @@ def _summary(data_dir: Path, tables: dict, frame: pd.DataFrame) -> None:
     )
 
 
-def _how_to(url: str, key: str, home: Path, member: str) -> None:
+def serve_command(home: Path, tracking_uri: str, catalog: Path, snapshot: Path, port: int) -> str:
+    """The shell command that serves the demo's models again without the demo."""
+    from serving.api.bundle import DEFAULT_MODELS
+
+    env = {
+        "OFFERS_HOME": home,
+        "OFFERS_API_KEYS_FILE": home / KEYS_FILE,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "OFFERS_MODELS": json.dumps(DEFAULT_MODELS, separators=(",", ":")),
+        "OFFERS_CATALOG": catalog,
+        "OFFERS_MEMBER_FEATURES": snapshot,
+    }
+    assigns = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items())
+    return f"{assigns} offers serve --port {port}"
+
+
+def _how_to(url: str, key: str, home: Path, member: str, serve_cmd: str) -> None:
     console.print(
         f"[bold]demo API key[/] (all scopes; kept in {home / DEMO_KEY_FILE}): {key}",
         soft_wrap=True,
@@ -100,11 +117,8 @@ def _how_to(url: str, key: str, home: Path, member: str) -> None:
         f"  curl -H 'X-API-Key: {key}' '{url}/v1/members/{member}/offers?k=3'", soft_wrap=True
     )
     console.print(f"  open {url}/docs   (OpenAPI)", soft_wrap=True)
-    console.print(
-        f"later, without the demo: OFFERS_HOME={home} OFFERS_API_KEYS_FILE={home / KEYS_FILE} "
-        "offers serve",
-        soft_wrap=True,
-    )
+    console.print("later, without the demo:", soft_wrap=True)
+    console.print(f"  {serve_cmd}", soft_wrap=True, markup=False, highlight=False)
 
 
 def demo(
@@ -204,7 +218,13 @@ def demo(
             "duplicate event stored once: "
             + ("[green]yes[/]" if samples.duplicate_stored_once else "[red]no[/]")
         )
-        _how_to(server.url, key, home, ids[0])
+        _how_to(
+            server.url,
+            key,
+            home,
+            ids[0],
+            serve_command(home, uri, config.catalog_path(), snapshot, port),
+        )
         console.print(f"[bold]demo ready[/] in {time.perf_counter() - started:.1f} s")
         if not samples.ok:
             console.print("[red]some sample requests failed (see above)[/]")
