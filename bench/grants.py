@@ -1,0 +1,170 @@
+"""Checkout grant reservations: one commit per reservation (worker threads) vs group commit.
+
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/grants.py [--url sqlite:///...|postgresql://...]
+        [--runs 3] [--seconds 3] [--concurrency 1,64] [--rates 500,1000] [--items 1]
+
+Each grant reserves ``--items`` offer budgets (amount 1 on a budget that never runs out) for a
+new member. ``single`` is today's route: each grant in an anyio worker thread (40 threads),
+each reservation its own transaction and commit (``OffersStore.reserve_budget``). ``grouped``
+is :class:`serving.api.grants.GrantService`: one writer, one commit per group of waiting
+grants. Loads: closed loop (``--concurrency`` clients, each sending its next grant when the
+last one answered: the throughput ceiling) and open loop (``--rates`` grants/s on a fixed
+schedule, latency from the scheduled time: what checkout sees at that rate). The default store
+is a fresh SQLite file in WAL mode with synchronous=FULL (an fsync per commit). Prints one JSON
+line per run and the medians over ``--runs`` with the grouped/single ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Run as a script, bench/ comes first on sys.path and bench/features.py would shadow the
+# features package: put the repository root first.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import numpy as np  # noqa: E402
+from anyio import to_thread  # noqa: E402
+
+from serving.api.grants import GrantService  # noqa: E402
+from serving.store import OffersStore, ReservationItem, open_store  # noqa: E402
+
+OFFERS = ("o1", "o2", "o3", "o4")
+
+
+def _single(store: OffersStore, items: list[ReservationItem]) -> None:
+    for item in items:  # what routes.decisions._grant does: one transaction per reservation
+        store.reserve_budget(item.offer_id, item.amount)
+
+
+def _items(n: int) -> list[ReservationItem]:
+    return [ReservationItem(OFFERS[i % len(OFFERS)], amount=1.0) for i in range(n)]
+
+
+async def _one(mode: str, store: OffersStore, service: GrantService, items) -> None:
+    if mode == "single":
+        await to_thread.run_sync(_single, store, items)
+    else:
+        outcome = await service.reserve(items)
+        assert len(outcome.granted) == len(items), outcome
+
+
+async def closed_loop(mode, store, service, items, concurrency: int, seconds: float) -> list:
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+
+    async def client() -> None:
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            await _one(mode, store, service, items)
+            latencies.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return latencies
+
+
+async def open_loop(mode, store, service, items, rate: float, seconds: float) -> list:
+    latencies: list[float] = []
+    start = time.perf_counter() + 0.01
+    tasks = []
+
+    async def one(due: float) -> None:
+        await _one(mode, store, service, items)
+        latencies.append(time.perf_counter() - due)
+
+    for i in range(int(rate * seconds)):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(due)))
+    await asyncio.gather(*tasks)
+    return latencies
+
+
+async def measure(store, mode: str, load: str, level: float, items: int, seconds: float) -> dict:
+    service = GrantService(store)
+    plan = _items(items)
+    commits0 = 0
+    try:
+        t0 = time.perf_counter()
+        if load == "closed":
+            lat = await closed_loop(mode, store, service, plan, int(level), seconds)
+        else:
+            lat = await open_loop(mode, store, service, plan, level, seconds)
+        elapsed = time.perf_counter() - t0
+        commits = service.stats.commits - commits0 if mode == "grouped" else len(lat) * items
+    finally:
+        service.close()
+    ms = np.asarray(lat) * 1000.0
+    return {
+        "mode": mode,
+        "load": load,
+        "level": level,
+        "grants": len(lat),
+        "grants_per_s": round(len(lat) / elapsed, 1),
+        "commits_per_s": round(commits / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="store URL (default: a fresh SQLite file, synchronous=FULL)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--concurrency", default="1,64")
+    parser.add_argument("--rates", default="500,1000")
+    parser.add_argument("--items", type=int, default=1, help="reservations per grant")
+    args = parser.parse_args()
+    if args.seconds > 30 or args.runs > 10:
+        parser.error("bounded: --seconds <= 30 and --runs <= 10")
+    tmp = tempfile.TemporaryDirectory(prefix="grants-bench-")
+    url = args.url or f"sqlite:///{Path(tmp.name) / 'offers.db'}"
+    store = open_store(url, pool_size=45)
+    for offer_id in OFFERS:
+        store.set_budget(offer_id, 1e12, unit="count")
+    steps = [("closed", float(c)) for c in args.concurrency.split(",") if c] + [
+        ("open", float(r)) for r in args.rates.split(",") if r
+    ]
+    rows: list[dict] = []
+    try:
+        for _ in range(args.runs):
+            for load, level in steps:
+                for mode in ("single", "grouped"):
+                    row = asyncio.run(measure(store, mode, load, level, args.items, args.seconds))
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+    finally:
+        store.close()
+        tmp.cleanup()
+    print(f"\nmedian of {args.runs} runs ({store.dialect}, {args.items} reservation(s)/grant)")
+    print(f"{'load':>6} {'level':>6} {'mode':>8} {'grants/s':>9} {'commits/s':>9} "
+          f"{'p50 ms':>8} {'p99 ms':>8}")  # fmt: skip
+    for load, level in steps:
+        med = {}
+        for mode in ("single", "grouped"):
+            sel = [r for r in rows if (r["load"], r["level"], r["mode"]) == (load, level, mode)]
+            med[mode] = {
+                k: statistics.median(r[k] for r in sel)
+                for k in ("grants_per_s", "commits_per_s", "p50_ms", "p99_ms")
+            }
+            m = med[mode]
+            print(f"{load:>6} {level:>6.0f} {mode:>8} {m['grants_per_s']:>9.0f} "
+                  f"{m['commits_per_s']:>9.0f} {m['p50_ms']:>8.2f} "
+                  f"{m['p99_ms']:>8.2f}")  # fmt: skip
+        s, g = med["single"], med["grouped"]
+        print(f"{'':>6} {'':>6} {'ratio':>8} {g['grants_per_s'] / s['grants_per_s']:>9.2f} "
+              f"{g['commits_per_s'] / s['commits_per_s']:>9.2f} "
+              f"{g['p50_ms'] / s['p50_ms']:>8.2f} {g['p99_ms'] / s['p99_ms']:>8.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
