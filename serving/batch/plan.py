@@ -161,7 +161,7 @@ class SendPlan:
         total = None if self.total_money is None else self.total_money * rate
         inputs = scorer.score(sample, self.engine.offers)
         batch = self.engine.decide(
-            sample, inputs, self.context, budget_left=left, total_money=total
+            sample, inputs, self.context, budget_left=left, total_money=total, frame=False
         )
         lam = {k: float(v) for k, v in batch.prices.items()}
         names = list(lam)
@@ -178,6 +178,7 @@ class SendPlan:
                 budget_left=unlimited,
                 total_money=big_total,
                 prices=prices,
+                frame=False,
             ).rows
             per, money = usage(rows, self.engine)
             used = np.array([self._used(nm, per, money) for nm in names])

@@ -22,9 +22,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+from pandas.arrays import ArrowStringArray
 
 from features import schema as S
 from features.catalog import Catalog
+from features.schema import OFFER_KINDS
 from serving.engine.allocation import Budgets, _cut, allocate, offer_prices
 from serving.engine.context import DecisionContext
 from serving.engine.eligibility import eligibility
@@ -32,7 +35,7 @@ from serving.engine.errors import EngineInputError
 from serving.engine.explain import explain, moment_of
 from serving.engine.exploration import explore
 from serving.engine.fallback import FallbackTables, fill
-from serving.engine.hashing import decision_ids
+from serving.engine.hashing import EncodedTexts, decision_id_matrix, encode_texts
 from serving.engine.holdout import in_holdout
 from serving.engine.members import MemberTable
 from serving.engine.moments import DETECTED_MOMENTS, Moments, detect_moments
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 STATUSES: tuple[str, ...] = ("offers", "held_out", "no_offer")
 TOTAL_BUDGET = "total_money"
 NO_OFFER_TEXT = "no eligible offer worth sending"
+OFFER_KINDS_ALL = tuple(OFFER_KINDS)
 
 
 @dataclass
@@ -104,6 +108,7 @@ class Prepared:
     slots: np.ndarray
     scores: Scores
     base: np.ndarray
+    encoded_ids: EncodedTexts | None = None  # member ids encoded once for every hash
 
 
 class DecisionEngine:
@@ -176,7 +181,8 @@ class DecisionEngine:
             fallback_tables,
             st.fallback_chain,
         )
-        held = in_holdout(mt.ids, st.holdout)
+        enc = encode_texts(mt.ids)
+        held = in_holdout(enc, st.holdout)
         moments = detect_moments(mt, st.moments)
         budgets = self.budgets(budget_left, total_money)
         left = o.budget.copy() if budget_left is None else np.asarray(budget_left, np.float64)
@@ -191,7 +197,7 @@ class DecisionEngine:
             mask &= np.asarray(restrict, dtype=bool)
         sc = score(p, s, mt, o, st.scoring, self.boosts_, context.channel)
         base = sc.p_redeem if st.allocation.budget_basis == "expected" else np.ones_like(p)
-        return Prepared(mt, fallback, held, moments, budgets, mask, slots, sc, base)
+        return Prepared(mt, fallback, held, moments, budgets, mask, slots, sc, base, enc)
 
     def decide(
         self,
@@ -204,11 +210,15 @@ class DecisionEngine:
         total_money: float | None = None,
         prices: dict[str, float] | None = None,
         restrict: np.ndarray | None = None,
+        frame: bool = True,
     ) -> DecisionBatch:
         """Decide for every member of ``members`` (rows aligned with ``inputs``).
 
         ``total_money``: an extra budget on the expected cost of the whole send; ``prices``:
         fixed prices per budget name (from an earlier batch) instead of solving them.
+        ``frame=False``: skip the output rows (explanations, ids); ``rows`` then holds only the
+        shown rows' ``status``, ``offer_id``, ``p_redeem``, ``is_surprise`` and
+        ``expected_cost``, in the same order (for budget usage, e.g. when solving prices).
         """
         st = self.settings
         o = self.offers
@@ -281,7 +291,8 @@ class DecisionEngine:
 
         # Exploration among the regular eligible offers that still have budget.
         room = np.all((budgets.weights <= 0) | (regular_limits[:, None] > 0), axis=0)
-        keys = _keys(context, mt.ids)
+        enc = pr.encoded_ids if pr.encoded_ids is not None else encode_texts(mt.ids)
+        keys = _encoded_keys(context, enc)
         slate = explore(
             greedy,
             allowed & room[None, :],
@@ -309,87 +320,143 @@ class DecisionEngine:
             stats["final_dropped"] = int(((shown >= 0) & ~keep).sum())
             shown = np.where(keep, shown, -1)
         stats["budget_usage"] = _usage_dict(shown, base, budgets)
-        rows = self._frame(
-            mt, context, shown, prop, expl, ncand, held, fallback, moments, sc, unit, inputs
-        )
+        if frame:
+            rows = self._frame(
+                mt, context, shown, prop, expl, ncand, held, fallback, moments, sc, unit, inputs,
+                keys,
+            )  # fmt: skip
+        else:
+            rows = self._lite_frame(shown, sc)
         prices_out = dict(zip(budgets.names, map(float, lam), strict=True))
         return DecisionBatch(rows=rows, prices=prices_out, stats=stats, picks=shown)
 
     # ---- output -----------------------------------------------------------------------------
+    def _lite_frame(self, shown: np.ndarray, sc: Scores) -> pd.DataFrame:
+        """The shown rows' offer, P(redeem), surprise flag and expected cost (``frame=False``)."""
+        i, r = np.nonzero(shown >= 0)
+        j = shown[i, r]
+        return pd.DataFrame(
+            {
+                "status": np.full(len(i), "offers", dtype=object),
+                S.OFFER_ID: np.asarray(self.offers.ids, dtype=object)[j],
+                "p_redeem": sc.p_redeem[i, j].astype(np.float64),
+                "is_surprise": self.offers.surprise[j],
+                "expected_cost": sc.expected_cost[i, j].astype(np.float64),
+            }
+        )
+
     def _frame(
-        self, mt, context, shown, prop, expl, ncand, held, fallback, moments, sc, unit, inputs
-    ):
+        self, mt, context, shown, prop, expl, ncand, held, fallback, moments, sc, unit, inputs,
+        keys=None,
+    ):  # fmt: skip
+        """The output rows (see docs/engine.md), sorted by member (input order) then slot.
+
+        Built column by column on numpy arrays in the final order; string columns go straight
+        to Arrow (dictionary codes for the few distinct values, raw UTF-8 bytes for ids)."""
         o, st = self.offers, self.settings
-        ids = decision_ids(_keys(context, mt.ids))
+        if keys is None:
+            keys = _encoded_keys(context, encode_texts(mt.ids))
         i, slot_raw = np.nonzero(shown >= 0)
         j = shown[i, slot_raw]
         # slots are numbered 0.. in shown order (surprise first)
         slot = (np.cumsum(shown >= 0, axis=1) - 1)[i, slot_raw]
         none = np.flatnonzero((shown < 0).all(axis=1))
+        nn = len(none)
+        who = np.r_[i, none]
+        order = np.lexsort((np.r_[slot, np.full(nn, -1)], who))
+        who = who[order]
         moment_names = np.asarray(DETECTED_MOMENTS, dtype=object)
-        in_moments = _moment_lists(moments.flags[np.r_[i, none]], moment_names)
         moment = moment_of(j, o, moments, i)
         text = explain(
             i, j, moment, fallback[i], expl[i, slot_raw], mt, o, moments, st.moments,
             st.explanations,
         )  # fmt: skip
         versions = json.dumps(inputs.model_versions, sort_keys=True)
-        status_none = np.where(held[none], "held_out", "no_offer")
+        nan = np.full(nn, np.nan)
 
         def col(shown_vals: object, none_vals: object) -> np.ndarray:
-            return np.concatenate([np.asarray(shown_vals), np.asarray(none_vals)])
+            return np.concatenate([np.asarray(shown_vals), np.asarray(none_vals)])[order]
 
-        nn = len(none)
-        nan = np.full(nn, np.nan)
-        frame = pd.DataFrame(
-            {
-                "decision_id": col(ids[i], ids[none]),
-                S.MEMBER_ID: col(mt.ids[i], mt.ids[none]),
-                "request_id": context.request_id,
-                S.CHANNEL: context.channel,
-                "as_of": context.as_of,
-                "status": col(np.full(len(i), "offers", dtype=object), status_none),
-                "slot": pd.array(col(slot, np.full(nn, -1)), dtype="Int64"),
-                S.OFFER_ID: col(np.asarray(o.ids, dtype=object)[j], np.full(nn, None)),
-                S.KIND: col(o.kind_names()[j], np.full(nn, None)),
-                "is_surprise": col(o.surprise[j], np.zeros(nn, bool)),
-                "moment": col(moment, np.full(nn, "", dtype=object)),
-                "in_moments": in_moments.to_numpy(dtype=object),
-                "explored": col(expl[i, slot_raw], np.zeros(nn, bool)),
-                "propensity": col(prop[i, slot_raw], np.where(held[none], st.holdout.share, nan)),
-                "n_candidates": col(ncand[i, slot_raw], np.zeros(nn, np.int64)),
-                "p_redeem": col(sc.p_redeem[i, j], nan),
-                "incremental_margin": col(sc.incremental_margin[i, j], nan),
-                "uplift_adjusted_margin": col(sc.uplift_adjusted_margin()[i, j], nan),
-                "expected_cost": col(sc.expected_cost[i, j], nan),
-                "eiv": col(sc.eiv[i, j], nan),
-                "lifecycle_boost": col(sc.boost[i, j], nan),
-                "rank_score": col(sc.rank_score[i, j], nan),
-                "shadow_price": col(unit[j], nan),
-                "fallback": col(fallback[i], fallback[none]),
-                "explanation": col(text, np.where(held[none], "program holdout", NO_OFFER_TEXT)),
-                "model_versions": versions,
-                "policy": st.fingerprint(),
-            }
+        def codes(shown_codes: np.ndarray, none_codes: np.ndarray | int) -> np.ndarray:
+            none_codes = np.broadcast_to(np.asarray(none_codes, dtype=np.int64), (nn,))
+            return col(np.asarray(shown_codes, dtype=np.int64), none_codes)
+
+        status_none = np.where(held[none], 1, 2)
+        fb_codes, fb_names = pd.factorize(pd.Series(fallback, dtype=object))
+        mo_codes, mo_names = pd.factorize(pd.Series(np.r_[moment, np.full(nn, "", object)]))
+        ex_codes, ex_names = pd.factorize(
+            pd.Series(np.r_[text, np.where(held[none], "program holdout", NO_OFFER_TEXT)])
         )
-        for c in ("decision_id", S.MEMBER_ID, "status", S.OFFER_ID, S.KIND, "moment",
-                  "in_moments", "fallback", "explanation"):  # fmt: skip
-            frame[c] = frame[c].astype("str")
-        order = np.lexsort((frame["slot"].fillna(-1).to_numpy(), _member_order(frame, mt)))
-        return frame.iloc[order].reset_index(drop=True)
+        in_codes, in_names = _moment_codes(moments.flags[np.r_[i, none]], moment_names)
+        columns = {
+            "decision_id": _str_fixed(decision_id_matrix(keys)[who]),
+            S.MEMBER_ID: _str_bytes(keys.matrix[who], keys.lengths[who]),
+            "request_id": context.request_id,
+            S.CHANNEL: context.channel,
+            "as_of": context.as_of,
+            "status": _str_codes(codes(np.zeros(len(i)), status_none), STATUSES),
+            "slot": pd.array(col(slot, np.full(nn, -1)), dtype="Int64"),
+            S.OFFER_ID: _str_codes(codes(j, -1), o.ids),
+            S.KIND: _str_codes(codes(o.kind[j], -1), OFFER_KINDS_ALL),
+            "is_surprise": col(o.surprise[j], np.zeros(nn, bool)),
+            "moment": _str_codes(mo_codes[order], mo_names),
+            "in_moments": _str_codes(in_codes[order], in_names),
+            "explored": col(expl[i, slot_raw], np.zeros(nn, bool)),
+            "propensity": col(prop[i, slot_raw], np.where(held[none], st.holdout.share, nan)),
+            "n_candidates": col(ncand[i, slot_raw], np.zeros(nn, np.int64)),
+            "p_redeem": col(sc.p_redeem[i, j], nan),
+            "incremental_margin": col(sc.incremental_margin[i, j], nan),
+            "uplift_adjusted_margin": col(sc.uplift_adjusted_margin()[i, j], nan),
+            "expected_cost": col(sc.expected_cost[i, j], nan),
+            "eiv": col(sc.eiv[i, j], nan),
+            "lifecycle_boost": col(sc.boost[i, j], nan),
+            "rank_score": col(sc.rank_score[i, j], nan),
+            "shadow_price": col(unit[j], nan),
+            "fallback": _str_codes(fb_codes[np.r_[i, none][order]], fb_names),
+            "explanation": _str_codes(ex_codes[order], ex_names),
+            "model_versions": versions,
+            "policy": st.fingerprint(),
+        }
+        return pd.DataFrame(columns)
 
 
-def _member_order(frame: pd.DataFrame, mt: MemberTable) -> np.ndarray:
-    pos = pd.Index(mt.ids).get_indexer(frame[S.MEMBER_ID].to_numpy(dtype=object))
-    return pos
+_STR_DTYPE = pd.StringDtype("pyarrow", na_value=np.nan)
 
 
-def _moment_lists(flags: np.ndarray, names: np.ndarray) -> pd.Series:
-    out = pd.Series([""] * len(flags), dtype=object)
-    for c, name in enumerate(names):
-        hit = pd.Series(flags[:, c])
-        out = out.where(~hit, out.where(out == "", out + ",") + name)
-    return out
+def _str_codes(codes: np.ndarray, names: object) -> pd.api.extensions.ExtensionArray:
+    """A pandas ``str`` array of ``names[codes]`` (code -1: null) via an Arrow dictionary."""
+    codes = np.asarray(codes, dtype=np.int64)
+    names = [str(x) for x in names]
+    idx = pa.array(np.maximum(codes, 0).astype(np.int32), mask=codes < 0)
+    d = pa.DictionaryArray.from_arrays(idx, pa.array(names, pa.large_string()))
+    return ArrowStringArray(d.cast(pa.large_string()), dtype=_STR_DTYPE)
+
+
+def _str_bytes(matrix: np.ndarray, lengths: np.ndarray) -> pd.api.extensions.ExtensionArray:
+    """A pandas ``str`` array from UTF-8 bytes (rows of ``matrix``, ``lengths`` each)."""
+    n = len(lengths)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    data = matrix[np.arange(matrix.shape[1])[None, :] < lengths[:, None]]
+    arr = pa.LargeStringArray.from_buffers(
+        n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))
+    )
+    return ArrowStringArray(arr, dtype=_STR_DTYPE)
+
+
+def _str_fixed(matrix: np.ndarray) -> pd.api.extensions.ExtensionArray:
+    """A pandas ``str`` array from an (n, w) matrix of ASCII bytes, one string per row."""
+    n, w = matrix.shape
+    return _str_bytes(np.ascontiguousarray(matrix), np.full(n, w, dtype=np.int64))
+
+
+def _moment_codes(flags: np.ndarray, names: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Per row, a code into comma-joined names of the flagged moments (one per pattern)."""
+    flags = np.asarray(flags, dtype=bool)
+    bits = (flags.astype(np.int64) << np.arange(flags.shape[1], dtype=np.int64)).sum(axis=1)
+    patterns, inverse = np.unique(bits, return_inverse=True)
+    table = [",".join(str(nm) for b, nm in enumerate(names) if c >> b & 1) for c in patterns]
+    return inverse.ravel().astype(np.int64), table
 
 
 def _keys(context: DecisionContext, member_ids: np.ndarray) -> np.ndarray:
@@ -397,6 +464,11 @@ def _keys(context: DecisionContext, member_ids: np.ndarray) -> np.ndarray:
     return (context.request_id + "|" + pd.Series(member_ids, dtype=object).astype(str)).to_numpy(
         dtype=object
     )
+
+
+def _encoded_keys(context: DecisionContext, encoded_ids: EncodedTexts) -> EncodedTexts:
+    """``_keys`` without building the strings: the member ids behind a common prefix."""
+    return encoded_ids.with_prefix(context.request_id + "|")
 
 
 def _price_vector(prices: dict[str, float], budgets: Budgets) -> np.ndarray:

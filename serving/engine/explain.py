@@ -35,112 +35,106 @@ from serving.engine.settings import (
 __all__ = ["explain", "moment_of"]
 
 _YEAR_DAYS = 365
+_STR = np.dtypes.StringDType()
 
 
-def _int_text(x: np.ndarray) -> pd.Series:
-    return pd.Series(np.round(np.nan_to_num(x)).astype(np.int64)).astype(str)
+def _int_text(x: np.ndarray) -> np.ndarray:
+    """Rounded integer text (null -> "0")."""
+    return np.round(np.nan_to_num(x)).astype(np.int64).astype(_STR)
 
 
-def _ordinal(x: np.ndarray) -> pd.Series:
+def _ordinal(x: np.ndarray) -> np.ndarray:
     v = np.round(np.nan_to_num(x)).astype(np.int64)
     suffix = np.where(
         (v % 100 >= 11) & (v % 100 <= 13),
         "th",
         np.select([v % 10 == 1, v % 10 == 2, v % 10 == 3], ["st", "nd", "rd"], "th"),
     )
-    return pd.Series(v).astype(str) + pd.Series(suffix)
+    return v.astype(_STR) + suffix.astype(_STR)
 
 
-def _when(mask: np.ndarray, text: pd.Series | str, n: int) -> pd.Series:
-    t = text if isinstance(text, pd.Series) else pd.Series([text] * n)
-    return t.where(pd.Series(mask), "")
+def _plural(x: np.ndarray, one: str, many: str) -> np.ndarray:
+    return np.where(np.round(np.nan_to_num(x)) == 1, one, many).astype(_STR)
 
 
-def _plural(x: np.ndarray, one: str, many: str) -> pd.Series:
-    return pd.Series(np.where(np.round(np.nan_to_num(x)) == 1, one, many))
+def _by_value(values: np.ndarray, fn) -> np.ndarray:
+    """``fn`` applied once per distinct value of a small object array (nulls included)."""
+    codes, uniques = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=False)
+    table = np.array([fn(u) for u in uniques] + [""], dtype=_STR)
+    return table[codes]
+
+
+def _null_to(value: object, default: str) -> object:
+    return default if value is None or (isinstance(value, float) and np.isnan(value)) else value
+
+
+def _phrase(
+    name: str, members: MemberTable, rows: np.ndarray, settings: MomentSettings, currency: str
+) -> np.ndarray:
+    """The phrase of moment ``name`` for the members at ``rows`` (StringDType array)."""
+    num = members.num
+    if name == "birthday":
+        dtb = num["days_to_birthday"][rows]
+        ago = _YEAR_DAYS - dtb
+        out = ("birthday " + _int_text(ago)) + " days ago"
+        in_days = ("birthday in " + _int_text(dtb)) + " days"
+        conds = [dtb == 0, dtb == 1, dtb <= settings.birthday_days_before, ago == 1]
+        fixed = ["birthday today", "birthday tomorrow", None, "birthday yesterday"]
+        # np.select semantics: the first condition that holds wins
+        done = np.zeros(len(rows), dtype=bool)
+        for cond, text in zip(conds, fixed, strict=True):
+            hit = cond & ~done
+            out = np.where(hit, in_days if text is None else text, out)
+            done |= cond
+        return out.astype(_STR)
+    if name == "anniversary":
+        dta = num["days_to_anniversary"][rows]
+        tail = ("membership anniversary in " + _int_text(dta)) + _plural(dta, " day", " days")
+        return np.where(dta == 0, "membership anniversary today", tail).astype(_STR)
+    if name == "tier_nudge":
+        nxt = _by_value(
+            members.next_tier[rows], lambda v: str(_null_to(v, "the next tier")).capitalize()
+        )
+        return (_int_text(np.ceil(num["points_to_next_tier"][rows])) + " points from ") + nxt
+    if name == "onboarding":
+        tenure, buys = num["tenure_days"][rows], num["n_purchases_total"][rows]
+        joined, later = tenure <= settings.welcome_days, tenure > settings.welcome_days
+        out = np.where(joined, "welcome: joined ", "welcome: ").astype(_STR)
+        days = _int_text(tenure) + _plural(tenure, " day ago", " days ago")
+        out = np.where(later, out, out + days)
+        so_far = _int_text(buys) + _plural(buys, " purchase so far", " purchases so far")
+        return np.where(joined, out, out + so_far).astype(_STR)
+    if name == "win_back":
+        return ("last visit " + _int_text(num["days_since_last_purchase"][rows])) + " days ago"
+    if name == "milestone":
+        to_m, next_m = num["purchases_to_next_milestone"][rows], num["next_milestone"][rows]
+        nth = _ordinal(next_m)
+        away = (
+            _int_text(to_m) + _plural(to_m, " visit from your ", " visits from your ") + nth
+        ) + " visit"
+        return np.where(members.basket_is_milestone[rows], ("this is your " + nth) + " visit", away)
+    if name == "streak":
+        return _int_text(num["purchase_streak_weeks"][rows]) + "-week shopping streak"
+    if name == "large_basket":
+        basket, avg = num["basket_total"][rows], num["avg_basket"][rows]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            factor = np.where(avg > 0, basket / avg, np.nan)
+        # few rows (checkout surprises): Python's float formatting, exactly as before
+        money = np.array([f"{x:.2f}" for x in np.nan_to_num(basket)], dtype=_STR)
+        times = np.array([f"{x:.1f}" for x in np.nan_to_num(factor)], dtype=_STR)
+        return ((("basket of " + currency) + money) + ", ") + times + "x your usual"
+    raise KeyError(name)
 
 
 def moment_phrases(
     members: MemberTable, rows: np.ndarray, settings: MomentSettings, currency: str = ""
 ) -> dict[str, pd.Series]:
     """The phrase of every moment for the members at ``rows`` (one Series per moment)."""
-    g = {k: v[rows] for k, v in members.num.items()}
-    dtb = g["days_to_birthday"]
-    ago = _YEAR_DAYS - dtb
-    birthday = pd.Series(
-        np.select(
-            [dtb == 0, dtb == 1, dtb <= settings.birthday_days_before, ago == 1],
-            [
-                "birthday today",
-                "birthday tomorrow",
-                ("birthday in " + _int_text(dtb) + " days").to_numpy(dtype=object),
-                "birthday yesterday",
-            ],
-            ("birthday " + _int_text(ago) + " days ago").to_numpy(dtype=object),
-        ),
-        dtype=object,
-    )
-    dta = g["days_to_anniversary"]
-    anniversary = pd.Series(
-        np.where(dta == 0, "membership anniversary today", "membership anniversary in ")
-    )
-    anniversary = anniversary.where(
-        dta == 0, anniversary + _int_text(dta) + _plural(dta, " day", " days")
-    )
-    nxt = pd.Series(members.next_tier[rows], dtype=object).fillna("the next tier")
-    tier = _int_text(np.ceil(g["points_to_next_tier"])) + " points from " + nxt.str.capitalize()
-    tenure, buys = g["tenure_days"], g["n_purchases_total"]
-    onboarding = pd.Series(
-        np.where(
-            tenure <= settings.welcome_days,
-            "welcome: joined ",
-            "welcome: ",
-        )
-    )
-    onboarding = onboarding.where(
-        tenure > settings.welcome_days,
-        onboarding + _int_text(tenure) + _plural(tenure, " day ago", " days ago"),
-    )
-    onboarding = onboarding.where(
-        tenure <= settings.welcome_days,
-        onboarding + _int_text(buys) + _plural(buys, " purchase so far", " purchases so far"),
-    )
-    idle = g["days_since_last_purchase"]
-    win_back = "last visit " + _int_text(idle) + " days ago"
-    to_m, next_m = g["purchases_to_next_milestone"], g["next_milestone"]
-    milestone = (
-        _int_text(to_m)
-        + _plural(to_m, " visit from your ", " visits from your ")
-        + _ordinal(next_m)
-        + " visit"
-    )
-    milestone = milestone.where(
-        ~pd.Series(members.basket_is_milestone[rows]),
-        "this is your " + _ordinal(next_m) + " visit",
-    )
-    streak = _int_text(g["purchase_streak_weeks"]) + "-week shopping streak"
-    basket, avg = g["basket_total"], g["avg_basket"]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        factor = np.where(avg > 0, basket / avg, np.nan)
-    large = (
-        "basket of "
-        + currency
-        + pd.Series(np.nan_to_num(basket)).map("{:.2f}".format)
-        + ", "
-        + pd.Series(np.nan_to_num(factor)).map("{:.1f}".format)
-        + "x your usual"
-    )
-    out = {
-        "birthday": birthday,
-        "anniversary": anniversary,
-        "tier_nudge": tier,
-        "onboarding": onboarding,
-        "win_back": win_back,
-        "milestone": milestone,
-        "streak": streak,
-        "large_basket": large,
+    rows = np.asarray(rows)
+    return {
+        name: pd.Series(_phrase(name, members, rows, settings, currency).astype(object)).astype(str)
+        for name in DETECTED_MOMENTS
     }
-    return {k: v.reset_index(drop=True).astype(str) for k, v in out.items()}
 
 
 def moment_of(
@@ -155,6 +149,17 @@ def moment_of(
     return np.where(is_surprise, np.where(own != "", own, first), "").astype(object)
 
 
+def _append(out: np.ndarray, where: np.ndarray, text: np.ndarray | str) -> None:
+    """Append ``text`` (one per selected row, or one for all) to ``out`` at the ``where`` rows,
+    joined with "; " when the row already has text."""
+    sel = np.flatnonzero(where)
+    if not len(sel):
+        return
+    cur = out[sel]
+    t = np.asarray(text, dtype=_STR)
+    out[sel] = np.where(cur != "", (cur + "; ") + t, t)
+
+
 def explain(
     rows: np.ndarray,
     offer: np.ndarray,
@@ -167,55 +172,52 @@ def explain(
     moment_settings: MomentSettings,
     settings: ExplanationSettings,
 ) -> np.ndarray:
-    """One explanation string per shown (member row, offer)."""
+    """One explanation string per shown (member row, offer).
+
+    Vectorised: each phrase is built only for the rows that show it, and appended in order."""
     n = len(rows)
     if n == 0:
         return np.empty(0, dtype=object)
-    phrases = moment_phrases(members, rows, moment_settings, settings.currency)
-    parts: list[pd.Series] = []
+    rows = np.asarray(rows)
+    offer = np.asarray(offer)
+    cur = settings.currency
+    out = np.zeros(n, dtype=_STR)
+    moment = np.asarray(moment, dtype=object)
     # Moment of a surprise; a close next tier for bonus-points offers.
-    moment_s = pd.Series(moment, dtype=object)
-    text = pd.Series([""] * n, dtype=object)
-    for name, phrase in phrases.items():
-        text = text.where(moment_s != name, phrase)
-    parts.append(text.astype(str))
+    for name in DETECTED_MOMENTS:
+        hit = moment == name
+        if hit.any():
+            out[hit] = _phrase(name, members, rows[hit], moment_settings, cur)
     tags = offers.tags
-    has = {t: np.array([t in tags[j] for j in range(offers.n)])[offer] for t in _TAGS}
+    has = {t: np.array([t in tags[j] for j in range(offers.n)], dtype=bool)[offer] for t in _TAGS}
     close = moments.flags[rows, DETECTED_MOMENTS.index("tier_nudge")]
-    parts.append(
-        _when(has["bonus_points"] & close & (moment_s != "tier_nudge"), phrases["tier_nudge"], n)
+    hit = has["bonus_points"] & close & (moment != "tier_nudge")
+    _append(out, hit, _phrase("tier_nudge", members, rows[hit], moment_settings, cur))
+    _append(out, has["onboarding"] & (members.stage[rows] == 0), "welcome offer for new members")
+    idle = members.num["days_since_last_purchase"][rows]
+    hit = has["win_back"] & (moment != "win_back") & np.isfinite(idle)
+    _append(
+        out, hit, "we miss you: " + _phrase("win_back", members, rows[hit], moment_settings, cur)
     )
-    stage = members.stage[rows]
-    parts.append(_when(has["onboarding"] & (stage == 0), "welcome offer for new members", n))
-    parts.append(
-        _when(
-            has["win_back"]
-            & (moment_s != "win_back")
-            & np.isfinite(members.num["days_since_last_purchase"][rows]),
-            "we miss you: " + phrases["win_back"],
-            n,
-        )
-    )
-    tier_name = pd.Series(members.tier[rows]).map(dict(enumerate(_TIER_NAMES))).fillna("")
-    parts.append(
-        _when(has["member_only"] & (members.tier[rows] >= 0), tier_name + " member offer", n)
-    )
+    tier = members.tier[rows]
+    hit = has["member_only"] & (tier >= 0)
+    _append(out, hit, np.array([f"{t} member offer" for t in _TIER_NAMES], _STR)[tier[hit]])
     # Affinity: the member often buys in the offer's category.
-    cats = np.array([c or "" for c in offers.category], dtype=object)[offer]
+    cats = np.array([c or "" for c in offers.category], dtype=object)
     often = np.zeros(n, dtype=bool)
     for cat, share in members.shares.items():
-        often |= (cats == cat) & (np.nan_to_num(share[rows]) >= settings.often_buys_share)
-    parts.append(_when(often, "often buys " + pd.Series(cats, dtype=object).astype(str), n))
-    segment = pd.Series(members.segment[rows], dtype=object).fillna("").astype(str)
-    parts.append(_when(fallback == SEGMENT_POPULAR, "popular with " + segment + " members", n))
-    parts.append(_when(fallback == GLOBAL_POPULAR, "popular with members", n))
-    parts.append(_when(explored, "something new to try", n))
-    out = parts[0]
-    for p in parts[1:]:
-        both = (out != "") & (p != "")
-        out = out.where(p == "", p.where(~both, out + "; " + p))
-    out = out.where(out != "", "picked for you")
-    return out.to_numpy(dtype=object)
+        often |= (cats[offer] == cat) & (np.nan_to_num(share[rows]) >= settings.often_buys_share)
+    text = np.array([f"often buys {c}" for c in cats], dtype=_STR)
+    _append(out, often, text[offer[often]])
+    hit = fallback == SEGMENT_POPULAR
+    seg = _by_value(
+        members.segment[rows[hit]], lambda v: f"popular with {_null_to(v, '')!s} members"
+    )
+    _append(out, hit, seg)
+    _append(out, fallback == GLOBAL_POPULAR, "popular with members")
+    _append(out, np.asarray(explored, dtype=bool), "something new to try")
+    out[out == ""] = "picked for you"
+    return out.astype(object)
 
 
 _TAGS = ("bonus_points", "onboarding", "win_back", "member_only")

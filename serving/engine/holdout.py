@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from serving.engine.hashing import unit_interval
+from serving.engine.hashing import EncodedTexts, unit_interval
 from serving.engine.settings import HoldoutSettings
 
 __all__ = ["in_holdout"]
 
 
-def in_holdout(member_ids: np.ndarray | list[str], settings: HoldoutSettings) -> np.ndarray:
-    """Bool per member: in the program holdout."""
+def in_holdout(
+    member_ids: np.ndarray | list[str] | EncodedTexts, settings: HoldoutSettings
+) -> np.ndarray:
+    """Bool per member: in the program holdout (ids may be pre-encoded ``EncodedTexts``)."""
     if settings.share <= 0:
         return np.zeros(len(member_ids), dtype=bool)
-    return unit_interval(np.asarray(member_ids, dtype=object), "holdout/" + settings.salt) < (
-        settings.share
-    )
+    ids = member_ids if isinstance(member_ids, EncodedTexts) else np.asarray(member_ids, object)
+    return unit_interval(ids, "holdout/" + settings.salt) < settings.share

@@ -14,12 +14,14 @@ import hashlib
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from features.catalog import parse_catalog
 from features.schema import LIFECYCLE_STAGES, TIERS
 from serving.engine import DecisionContext, DecisionEngine, EngineSettings
 from serving.engine.fallback import FallbackTables
-from serving.engine.hashing import decision_ids, hash64
+from serving.engine.hashing import decision_ids, encode_texts, hash64
 from serving.engine.scoring import ScoreInputs
 from tests.unit.test_engine_fixtures import AS_OF, OFFERS
 
@@ -220,3 +222,13 @@ def test_decision_ids_are_stable():
         "e349f1a8-0802-8197-b330-40b625148061",
         "bcf6bb5a-969b-843f-97b7-33cdf61dcede",
     ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.text(max_size=12), min_size=1, max_size=6), st.text(max_size=5))
+def test_hash64_of_encoded_texts_with_a_prefix(texts, prefix):
+    enc = encode_texts(np.array(texts, dtype=object))
+    joined = [prefix + t for t in texts]
+    assert np.array_equal(hash64(enc.with_prefix(prefix), "s"), _ref_hash64(joined, "s"))
+    assert np.array_equal(hash64(enc, "s"), _ref_hash64(texts, "s"))
+    assert list(decision_ids(enc.with_prefix(prefix))) == list(decision_ids(joined))
