@@ -542,7 +542,11 @@ def main(argv: list[str] | None = None) -> None:
         if not str(home) or not home.is_dir():
             parser.error("--start-server needs --home (or OFFERS_HOME): a trained data home")
         args.key = args.key or secrets.token_urlsafe(24)
-        args.features = args.features or str(home / "features" / "member_features.parquet")
+        args.features = (
+            args.features
+            or os.environ.get("OFFERS_MEMBER_FEATURES")
+            or str(home / "features" / "member_features.parquet")
+        )
         port = _free_port()
         args.url = f"http://127.0.0.1:{port}"
         server = start_server(home, args.key, port)

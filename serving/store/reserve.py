@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import OperationalError
 
 from serving.store.tables import budgets, member_caps
@@ -66,21 +66,24 @@ class GrantOutcome:
     error: Exception | None = None
 
 
+# Plain SQL on the DBAPI cursor: each reservation is one short statement, and SQLAlchemy's
+# per-execute overhead (~60 us) would dominate a group's time. Same predicates as
+# OffersStore.reserve_member_cap / reserve_budget.
 _CAP_BUMP = (
-    update(member_caps)
-    .where(member_caps.c.member_id == bindparam("m"))
-    .where(member_caps.c.cap_key == bindparam("k"))
-    .where(member_caps.c.period == bindparam("p"))
-    .where(member_caps.c.used < bindparam("cap"))
-    .values(used=member_caps.c.used + 1, updated_at=bindparam("now"))
+    "UPDATE member_caps SET used = used + 1, updated_at = {p} "
+    "WHERE member_id = {p} AND cap_key = {p} AND period = {p} AND used < {p}"
 )
 _BUDGET_BUMP = (
-    update(budgets)
-    .where(budgets.c.offer_id == bindparam("o"))
-    .where(budgets.c.spent + bindparam("amt") <= budgets.c.budget + _EPS)
-    .values(spent=budgets.c.spent + bindparam("amt"), updated_at=bindparam("now"))
+    "UPDATE budgets SET spent = spent + {p}, updated_at = {p} "
+    f"WHERE offer_id = {{p}} AND spent + {{p}} <= budget + {_EPS!r}"
 )
-_BUDGET_EXISTS = select(budgets.c.offer_id).where(budgets.c.offer_id == bindparam("o"))
+_BUDGET_EXISTS = "SELECT 1 FROM budgets WHERE offer_id = {p}"
+_PARAM = {"sqlite": "?", "postgresql": "%s"}
+
+
+def _sql(dialect: str) -> tuple[str, str, str]:
+    p = _PARAM[dialect]
+    return _CAP_BUMP.format(p=p), _BUDGET_BUMP.format(p=p), _BUDGET_EXISTS.format(p=p)
 
 
 def _run_group(
@@ -116,25 +119,36 @@ def _run_group(
                 for m, k, p in sorted(cap_rows)
             ],
         )
-    outcomes = []
-    for request in requests:
-        outcome = GrantOutcome()
-        for index, item in enumerate(request):
-            cap = item.cap
-            if cap is not None:
-                params = {"m": cap.member_id, "k": cap.cap_key, "p": cap.period, "cap": cap.cap}
-                if connection.execute(_CAP_BUMP, {**params, "now": now}).rowcount != 1:
-                    continue
-            if item.amount is not None and item.amount > 0:
-                params = {"o": item.offer_id, "amt": float(item.amount), "now": now}
-                if connection.execute(_BUDGET_BUMP, params).rowcount != 1:
-                    if connection.execute(_BUDGET_EXISTS, {"o": item.offer_id}).first() is None:
-                        outcome.error = UnknownBudgetError(item.offer_id)
-                        break
-                    outcome.exhausted.append(item.offer_id)
-                    continue
-            outcome.granted.append(index)
-        outcomes.append(outcome)
+    cap_sql, budget_sql, exists_sql = _sql(connection.dialect.name)
+    # SQLite stores DateTime as text in SQLAlchemy's format; PostgreSQL takes the datetime.
+    stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f") if connection.dialect.name == "sqlite" else now
+    cursor = connection.connection.cursor()  # the DBAPI cursor, inside the same transaction
+    try:
+        outcomes = []
+        for request in requests:
+            outcome = GrantOutcome()
+            for index, item in enumerate(request):
+                cap = item.cap
+                if cap is not None:
+                    cursor.execute(
+                        cap_sql, (stamp, cap.member_id, cap.cap_key, cap.period, int(cap.cap))
+                    )
+                    if cursor.rowcount != 1:
+                        continue
+                if item.amount is not None and item.amount > 0:
+                    amount = float(item.amount)
+                    cursor.execute(budget_sql, (amount, stamp, item.offer_id, amount))
+                    if cursor.rowcount != 1:
+                        cursor.execute(exists_sql, (item.offer_id,))
+                        if cursor.fetchone() is None:
+                            outcome.error = UnknownBudgetError(item.offer_id)
+                            break
+                        outcome.exhausted.append(item.offer_id)
+                        continue
+                outcome.granted.append(index)
+            outcomes.append(outcome)
+    finally:
+        cursor.close()
     return outcomes
 
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect, select, text
 
 from serving.store import (
     CapKey,
@@ -25,6 +25,7 @@ from serving.store import (
     open_store,
 )
 from serving.store import ReservationItem as Item
+from serving.store.tables import budgets, member_caps
 from tests.integration.pg_fixtures import postgres_url  # noqa: F401
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
@@ -247,6 +248,11 @@ def test_reserve_grants_counts_the_cap_before_the_budget(store: OffersStore):
     assert store.cap_usage("m1", "2026") == {"surprise": 2}
     (again,) = store.reserve_grants([[Item("money", amount=4.0)]])
     assert again.granted == [] and again.exhausted == ["money"]  # 8 + 4 > 10
+    with store.engine.connect() as connection:  # timestamps read back as datetimes
+        stamps = connection.execute(
+            select(budgets.c.updated_at).union_all(select(member_caps.c.updated_at))
+        ).scalars()
+        assert all(isinstance(t, datetime) and t.year >= 2026 for t in stamps)
 
 
 def test_reserve_grants_unknown_budget_fails_only_its_request(store: OffersStore):
