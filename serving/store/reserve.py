@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, tuple_
 from sqlalchemy.exc import OperationalError
 
 from serving.store.tables import budgets, member_caps
@@ -118,6 +118,15 @@ def _run_group(
                 {"member_id": m, "cap_key": k, "period": p, "used": 0, "updated_at": now}
                 for m, k, p in sorted(cap_rows)
             ],
+        )
+    if cap_rows and connection.dialect.name == "postgresql":
+        # The same for the members' cap rows (ON CONFLICT DO NOTHING locks none of them).
+        key = tuple_(member_caps.c.member_id, member_caps.c.cap_key, member_caps.c.period)
+        connection.execute(
+            select(member_caps.c.member_id)
+            .where(key.in_(sorted(cap_rows)))
+            .order_by(member_caps.c.member_id, member_caps.c.cap_key, member_caps.c.period)
+            .with_for_update()
         )
     cap_sql, budget_sql, exists_sql = _sql(connection.dialect.name)
     # SQLite stores DateTime as text in SQLAlchemy's format; PostgreSQL takes the datetime.

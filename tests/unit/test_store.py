@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy.exc import OperationalError
 
 from serving.store import (
     CapKey,
@@ -270,3 +271,33 @@ def test_reserve_grants_unknown_budget_fails_only_its_request(store: OffersStore
     assert store.budget("o1")["spent"] == pytest.approx(3.0)
     with pytest.raises(ValueError, match="surprise"):
         Item("o1", cap=CapKey("m1", "surprise", "2026", -1))
+
+
+def test_reserve_grants_retries_a_deadlock_and_raises_other_errors(store, monkeypatch):
+    import serving.store.reserve as reserve
+
+    store.set_budget("o1", 5.0, unit="count")
+    real = reserve._run_group
+    calls: list[int] = []
+
+    class _Deadlock(Exception):
+        sqlstate = "40P01"
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        outcomes = real(*args, **kwargs)  # the updates run, then the "deadlock" aborts them
+        if len(calls) == 1:
+            raise OperationalError("UPDATE budgets ...", {}, _Deadlock())
+        return outcomes
+
+    monkeypatch.setattr(reserve, "_run_group", flaky)
+    (outcome,) = store.reserve_grants([[Item("o1", amount=1.0)]])
+    assert outcome.granted == [0] and len(calls) == 2
+    assert store.budget("o1")["spent"] == pytest.approx(1.0)  # once: the first try rolled back
+
+    def broken(*args, **kwargs):
+        raise OperationalError("UPDATE budgets ...", {}, RuntimeError("disk I/O error"))
+
+    monkeypatch.setattr(reserve, "_run_group", broken)
+    with pytest.raises(OperationalError):
+        store.reserve_grants([[Item("o1", amount=1.0)]])
