@@ -21,17 +21,20 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from features.schema import MEMBER_ID
 from serving.batch.campaign import Campaign
-from serving.batch.output import assemble, output_format, output_frame, store_records
+from serving.batch.output import OUTPUT_COLUMNS, output_format, output_frame, store_records
 from serving.batch.plan import SendPlan, in_price_sample, surprise_spend, usage
 from serving.batch.scorers import Scorer
 from serving.engine import state_from_events
@@ -153,44 +156,62 @@ def run_local(
     resumed = len(manifest["chunks"])
     stored = 0
     done_rows = sum(r["members"] for r in manifest["chunks"].values())
-    for k, chunk in enumerate(read_chunks(features, chunk_size)):
-        if str(k) in manifest["chunks"]:
-            continue
-        left = np.where(
-            np.isfinite(plan.budget_left), np.maximum(plan.budget_left - used, 0), plan.budget_left
-        )
-        total_left = None if plan.total_money is None else max(plan.total_money - money, 0.0)
-        state = None
-        if events is not None:
-            ids = chunk[MEMBER_ID].astype(str).to_numpy(dtype=object)
-            state = state_from_events(events, ids, plan.engine.offers, plan.context.as_of)
-        s_left = None if surprise_budget is None else surprise_budget - surprise
-        batch = plan.decide(chunk, scorer, left, total_left, state, surprise_left=s_left)
-        u, mo = usage(batch.rows, plan.engine)
-        su = surprise_spend(batch.rows)
-        frame = output_frame(batch.rows)
-        part = pdir / f"part-{k:06d}.parquet"
-        tmp = part.with_name(part.name + ".tmp")
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, part)
-        if store is not None:
-            stored += store.log_decisions(store_records(frame, plan.context.channel))
-        used += u
-        money += mo
-        surprise += su
-        manifest["chunks"][str(k)] = {
-            "members": len(chunk),
-            "rows": len(frame),
-            "used": u.tolist(),
-            "money": mo,
-            "surprise": su,
-        }
+    writer = _OutputWriter(out)
+    pending: tuple[int, Future[None], dict[str, Any]] | None = None
+
+    def record(p: tuple[int, Future[None], dict[str, Any]]) -> None:
+        """Chunk k is durable once its part file is written: record it in the manifest."""
+        nonlocal done_rows
+        k, fut, rec = p
+        fut.result()
+        manifest["chunks"][str(k)] = rec
         _write_json(manifest_path, manifest)
-        done_rows += len(chunk)
+        done_rows += rec["members"]
         if on_chunk is not None:
             on_chunk(k, done_rows)
+
+    try:
+        for k, chunk in enumerate(read_chunks(features, chunk_size)):
+            part = pdir / f"part-{k:06d}.parquet"
+            if str(k) in manifest["chunks"]:
+                writer.submit_part(part)
+                continue
+            left = np.where(
+                np.isfinite(plan.budget_left),
+                np.maximum(plan.budget_left - used, 0),
+                plan.budget_left,
+            )
+            total_left = None if plan.total_money is None else max(plan.total_money - money, 0.0)
+            state = None
+            if events is not None:
+                ids = chunk[MEMBER_ID].astype(str).to_numpy(dtype=object)
+                state = state_from_events(events, ids, plan.engine.offers, plan.context.as_of)
+            s_left = None if surprise_budget is None else surprise_budget - surprise
+            batch = plan.decide(chunk, scorer, left, total_left, state, surprise_left=s_left)
+            u, mo = usage(batch.rows, plan.engine)
+            su = surprise_spend(batch.rows)
+            frame = output_frame(batch.rows)
+            del batch
+            # the part file and the output file are written in the background while the next
+            # chunk is decided; the manifest records a chunk only once its part is on disk
+            fut = writer.submit_table(pa.Table.from_pandas(frame, preserve_index=False), part)
+            if pending is not None:
+                record(pending)
+                pending = None
+            if store is not None:
+                stored += store.log_decisions(store_records(frame, plan.context.channel))
+            used += u
+            money += mo
+            surprise += su
+            rec = {"members": len(chunk), "rows": len(frame), "used": u.tolist(), "money": mo}
+            rec["surprise"] = su
+            pending = (k, fut, rec)
+        if pending is not None:
+            record(pending)
+        rows = writer.finish()
+    finally:
+        writer.close()
     chunks = sorted(int(c) for c in manifest["chunks"])
-    rows = assemble([pdir / f"part-{c:06d}.parquet" for c in chunks], out)
     limit = np.where(np.isfinite(plan.budget_left), plan.budget_left, np.nan)
     return BatchResult(
         members=n,
@@ -204,3 +225,68 @@ def run_local(
         stored=stored,
         extra={"sample_rate": manifest.get("sample_rate"), "parts": str(pdir)},
     )
+
+
+class _OutputWriter:
+    """Part files and the output file, written in order by one background thread.
+
+    ``submit_table(table, part)`` writes the part (temporary file + rename) and appends the
+    table to the output's temporary file; ``submit_part(part)`` appends a part written by an
+    earlier run. ``finish`` waits, closes and renames the output (a reader never sees half a
+    file) and returns its row count; ``close`` stops the thread (after an error too).
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.fmt = output_format(out)
+        self.tmp = out.with_name(out.name + ".tmp")
+        self.rows = 0
+        self._writer: Any = None
+        self._schema: pa.Schema | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer")
+        self._futures: list[Future[None]] = []
+
+    def _append(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self._writer = (
+                pq.ParquetWriter(self.tmp, table.schema)
+                if self.fmt == "parquet"
+                else pacsv.CSVWriter(self.tmp, table.schema)
+            )
+            self._schema = table.schema
+        elif table.schema != self._schema:
+            table = table.cast(self._schema)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def _write(self, table: pa.Table, part: Path) -> None:
+        tmp = part.with_name(part.name + ".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, part)
+        self._append(table)
+
+    def submit_table(self, table: pa.Table, part: Path) -> Future[None]:
+        fut = self._pool.submit(self._write, table, part)
+        self._futures.append(fut)
+        return fut
+
+    def submit_part(self, part: Path) -> None:
+        self._futures.append(self._pool.submit(lambda: self._append(pq.read_table(part))))
+
+    def finish(self) -> int:
+        for f in self._futures:
+            f.result()
+        if self._writer is None:
+            empty = pa.table({c: pa.array([], pa.string()) for c in OUTPUT_COLUMNS})
+            (pq.write_table if self.fmt == "parquet" else pacsv.write_csv)(empty, self.tmp)
+        else:
+            self._writer.close()
+            self._writer = None
+        self.tmp.replace(self.out)
+        return self.rows
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

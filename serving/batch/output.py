@@ -62,24 +62,32 @@ def output_format(path: Path) -> str:
 
 
 def output_frame(rows: pd.DataFrame) -> pd.DataFrame:
-    """Engine rows -> the send file's rows (rank from 1; holdout members without offers)."""
-    shown = rows["status"] == "offers"
+    """Engine rows -> the send file's rows (rank from 1; holdout members without offers).
+
+    String columns are passed on as Arrow-backed arrays (no round trip through Python objects).
+    """
+    shown = (rows["status"] == "offers").to_numpy()
+
+    def text(c: str) -> pd.api.extensions.ExtensionArray:
+        return rows[c].astype("str").array
+
     out = pd.DataFrame(
         {
-            "campaign_id": rows["request_id"].astype(str).to_numpy(),
-            MEMBER_ID: rows[MEMBER_ID].astype(str).to_numpy(),
+            "campaign_id": text("request_id"),
+            MEMBER_ID: text(MEMBER_ID),
             "rank": pd.array(
                 np.where(shown, rows["slot"].fillna(-1).to_numpy() + 1, 0), dtype="int32"
             ),
-            OFFER_ID: rows[OFFER_ID].where(shown, None).to_numpy(dtype=object),
-            "kind": rows["kind"].where(shown, None).to_numpy(dtype=object),
-            "status": rows["status"].astype(str).to_numpy(),
+            OFFER_ID: rows[OFFER_ID].astype("str").where(shown).array,
+            "kind": rows["kind"].astype("str").where(shown).array,
+            "status": text("status"),
             "holdout": (rows["status"] == "held_out").to_numpy(),
         }
     )
     for c in OUTPUT_COLUMNS[7:]:
         if c not in out:
-            out[c] = rows[c].to_numpy()
+            col = rows[c]
+            out[c] = col.array if isinstance(col.dtype, pd.StringDtype) else col.to_numpy()
     out["model_versions"] = out["model_versions"].astype(str)
     return out[list(OUTPUT_COLUMNS)]
 

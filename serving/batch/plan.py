@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.catalog import Catalog
 from features.schema import OFFER_ID
@@ -65,7 +67,7 @@ def usage(batch_rows: pd.DataFrame, engine: DecisionEngine) -> tuple[np.ndarray,
     """
     o = engine.offers
     shown = batch_rows.loc[batch_rows["status"] == "offers"]
-    j = pd.Index(list(o.ids)).get_indexer(shown[OFFER_ID].to_numpy(dtype=object))
+    j = _offer_index(shown[OFFER_ID], o.ids)
     if engine.settings.allocation.budget_basis == "expected":
         base = shown["p_redeem"].to_numpy(dtype=np.float64)
     else:
@@ -76,6 +78,18 @@ def usage(batch_rows: pd.DataFrame, engine: DecisionEngine) -> tuple[np.ndarray,
     )
     money = float((base * o.cost[j]).sum())
     return per_offer, money
+
+
+def _offer_index(offer_ids: pd.Series, ids: tuple[str, ...] | list[str]) -> np.ndarray:
+    """Position of each offer id in ``ids`` (-1: unknown), without Python objects when the
+    column is categorical over ``ids`` or Arrow-backed."""
+    dtype = offer_ids.dtype
+    if isinstance(dtype, pd.CategoricalDtype) and list(dtype.categories) == list(ids):
+        return offer_ids.cat.codes.to_numpy(dtype=np.int64)
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+        pos = pc.index_in(pa.array(offer_ids), value_set=pa.array(list(ids), pa.large_string()))
+        return pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return pd.Index(list(ids)).get_indexer(offer_ids.to_numpy(dtype=object))
 
 
 @dataclass

@@ -115,9 +115,8 @@ def greedy_slate(
         kj = kind[j]
         counts[rows[ok], kj[ok]] += 1
         full = ok & (counts[rows, kj] >= max_per_kind)
-        if full.any():
-            fr = rows[full]
-            s[fr] = np.where(kind[None, :] == kj[full][:, None], NEG, s[fr])
+        if full.any():  # the picked kind is full: mask its offers in place (no row copies)
+            np.putmask(s, full[:, None] & (kind[None, :] == kj[:, None]), NEG)
     return picks
 
 

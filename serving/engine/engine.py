@@ -337,8 +337,8 @@ class DecisionEngine:
         j = shown[i, r]
         return pd.DataFrame(
             {
-                "status": np.full(len(i), "offers", dtype=object),
-                S.OFFER_ID: np.asarray(self.offers.ids, dtype=object)[j],
+                "status": pd.Categorical.from_codes(np.zeros(len(i), np.int8), ["offers"]),
+                S.OFFER_ID: pd.Categorical.from_codes(j, list(self.offers.ids)),
                 "p_redeem": sc.p_redeem[i, j].astype(np.float64),
                 "is_surprise": self.offers.surprise[j],
                 "expected_cost": sc.expected_cost[i, j].astype(np.float64),
@@ -382,17 +382,22 @@ class DecisionEngine:
             return col(np.asarray(shown_codes, dtype=np.int64), none_codes)
 
         status_none = np.where(held[none], 1, 2)
-        fb_codes, fb_names = pd.factorize(pd.Series(fallback, dtype=object))
-        mo_codes, mo_names = pd.factorize(pd.Series(np.r_[moment, np.full(nn, "", object)]))
+        fb_codes, fb_names = pd.factorize(np.asarray(fallback, dtype=object))
+        mo_codes, mo_names = pd.factorize(np.r_[moment, np.full(nn, "", object)].astype(object))
         ex_codes, ex_names = pd.factorize(
-            pd.Series(np.r_[text, np.where(held[none], "program holdout", NO_OFFER_TEXT)])
+            np.r_[text, np.where(held[none], "program holdout", NO_OFFER_TEXT)].astype(object)
         )
+        n_rows = len(order)
+
+        def const(value: str) -> pd.api.extensions.ExtensionArray:
+            return _str_codes(np.zeros(n_rows, dtype=np.int64), [value])
+
         in_codes, in_names = _moment_codes(moments.flags[np.r_[i, none]], moment_names)
         columns = {
             "decision_id": _str_fixed(decision_id_matrix(keys)[who]),
             S.MEMBER_ID: _str_bytes(keys.matrix[who], keys.lengths[who]),
-            "request_id": context.request_id,
-            S.CHANNEL: context.channel,
+            "request_id": const(context.request_id),
+            S.CHANNEL: const(context.channel),
             "as_of": context.as_of,
             "status": _str_codes(codes(np.zeros(len(i)), status_none), STATUSES),
             "slot": pd.array(col(slot, np.full(nn, -1)), dtype="Int64"),
@@ -414,8 +419,8 @@ class DecisionEngine:
             "shadow_price": col(unit[j], nan),
             "fallback": _str_codes(fb_codes[np.r_[i, none][order]], fb_names),
             "explanation": _str_codes(ex_codes[order], ex_names),
-            "model_versions": versions,
-            "policy": st.fingerprint(),
+            "model_versions": const(versions),
+            "policy": const(st.fingerprint()),
         }
         return pd.DataFrame(columns)
 
