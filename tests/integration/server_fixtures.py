@@ -63,7 +63,8 @@ class MlflowServer:
         self.log = root / "mlflow-server.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90.0) -> MlflowServer:
+    def launch(self) -> MlflowServer:
+        """Start the process without waiting (do other set-up while it boots)."""
         exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
         cmd = [
             exe, "server",
@@ -75,15 +76,23 @@ class MlflowServer:
         ]  # fmt: skip
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_healthy(self, timeout: float = 90.0) -> MlflowServer:
+        """Wait until ``/health`` answers 200; raise RuntimeError (with the log) otherwise."""
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {self.log.read_text()[-2000:]}")
+                raise RuntimeError(f"mlflow server exited: {self.tail()}")
             if _answers(f"{self.url}/health") == 200:
                 return self
             time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"mlflow server not healthy in {timeout:.0f} s: {self.tail()}")
+
+    def start(self, timeout: float = 90.0) -> MlflowServer:
+        return self.launch().wait_healthy(timeout)
 
     def tail(self) -> str:
         return self.log.read_text()[-2000:] if self.log.exists() else ""

@@ -23,11 +23,7 @@ import pandas as pd
 import pytest
 
 from tests.integration.pg_fixtures import postgres_url  # noqa: F401  (throwaway PostgreSQL)
-from tests.integration.server_fixtures import (
-    OffersServer,
-    fresh_postgres_database,
-    mlflow_server,  # noqa: F401  (real tracking server)
-)
+from tests.integration.server_fixtures import MlflowServer, OffersServer, fresh_postgres_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -63,15 +59,25 @@ def _champion(tracking_uri: str, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, mlflow_server, postgres_url):  # noqa: F811
-    """Program and snapshot on disk, both models champion on the tracking server, and
+def world(tmp_path_factory, postgres_url):  # noqa: F811
+    """Program and snapshot on disk, both models champion on a real tracking server, and
     ``offers serve`` running against it with a fresh PostgreSQL database."""
     from features.simulate import SimConfig, simulate
 
     root = tmp_path_factory.mktemp("e2e")
     home, data = root / "home", root / "data"
-    program = simulate(1500, seed=11, config=SimConfig(campaign_share=1.0))
-    program.write(data)
+    tracking = MlflowServer(root).launch()  # boots while the program is simulated
+    try:
+        program = simulate(1500, seed=11, config=SimConfig(campaign_share=1.0))
+        program.write(data)
+        tracking.wait_healthy()
+        yield from _trained_and_served(root, home, data, program, tracking.url, postgres_url)
+    finally:
+        tracking.stop()
+
+
+def _trained_and_served(root, home, data, program, mlflow_server: str, pg_server: str):
+    """Body of ``world`` once the tracking server is up (a generator: yields the world)."""
     end = program.transactions["ts"].max().normalize() + pd.Timedelta(days=1)
     snapshot = root / "member_features.parquet"
     env = {
@@ -96,7 +102,7 @@ def world(tmp_path_factory, mlflow_server, postgres_url):  # noqa: F811
         "uplift": _champion(mlflow_server, "offers-uplift"),
     }
     members = sorted(pd.read_parquet(snapshot, columns=["member_id"])["member_id"].astype(str))
-    with fresh_postgres_database(postgres_url) as db_url:
+    with fresh_postgres_database(pg_server) as db_url:
         server = OffersServer(
             {
                 "OFFERS_HOME": str(home),

@@ -4,13 +4,6 @@ register, gate, promote, force-promote, roll back, and load ``models:/offers-aff
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +13,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from models.affinity import ALS, Blend, Interactions
 from models.affinity.pyfunc import ENTRY_POINT, input_example, save_artifacts, signature
+from tests.integration.server_fixtures import mlflow_server  # noqa: F401  (real tracking server)
 from training.affinity_train import requirements
 from training.registry import CHALLENGER, CHAMPION, Gate, ModelRegistry, RegistryError
 
@@ -29,55 +23,10 @@ NAME = "offers-affinity"
 GATE = Gate("ndcg@10")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real tracking server process; terminated at the end."""
-    tmp = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    cmd = [
-        exe,
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--backend-store-uri",
-        f"sqlite:///{tmp / 'store.db'}",
-        "--artifacts-destination",
-        str(tmp / "artifacts"),
-        "--workers",
-        "1",
-    ]
-    log = (tmp / "server.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited: {(tmp / 'server.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.terminate()
-        pytest.fail(f"mlflow server not healthy: {(tmp / 'server.log').read_text()[-2000:]}")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+def server(mlflow_server):  # noqa: F811
+    """URL of the module's real tracking server process."""
+    return mlflow_server
 
 
 @pytest.fixture(scope="module")
