@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -21,6 +21,9 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from features.config import FeatureConfig
 
 console = Console()
 log = logging.getLogger(__name__)
@@ -47,16 +50,20 @@ def _progress() -> Progress:
     )
 
 
-def write_features(data: Path, send_date: object, path: Path, channel: str) -> int:
+def write_features(
+    data: Path, send_date: object, path: Path, channel: str, config: FeatureConfig | None = None
+) -> int:
     """Member features as of the send date to ``path`` (Parquet, computed by DuckDB without a
-    pandas copy of the whole base); members who opted out of the channel are left out."""
+    pandas copy of the whole base); members who opted out of the channel are left out.
+
+    ``config``: the feature configuration the models were trained with (None: the default)."""
     import ibis
 
     from features.pipeline import load_tables, member_features
     from features.schema import APP_OPT_IN, EMAIL_OPT_IN, MEMBER_ID
 
     tables = load_tables(data)
-    feats = member_features(tables, send_date)
+    feats = member_features(tables, send_date, config)
     opt = {"email": EMAIL_OPT_IN, "app": APP_OPT_IN}.get(channel)
     if opt is not None:
         out = tables.members.filter(tables.members[opt] == ibis.literal(False))
@@ -95,6 +102,7 @@ def score(
         load_campaign,
         load_scorer,
         run_local,
+        scorer_feature_config,
     )
     from serving.batch.local import parts_dir
     from serving.batch.output import OutputFormatError, output_format
@@ -108,6 +116,7 @@ def score(
         catalog = load_catalog(camp.catalog or data / "catalog.yaml")
         plan = SendPlan.create(camp, catalog)
         scorer = load_scorer(camp.models or DEFAULT_MODELS, tracking_uri)
+        feature_config = scorer_feature_config(scorer)
     except (CampaignError, CatalogError, OutputFormatError, ScorerError, EngineInputError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=2) from None
@@ -116,8 +125,9 @@ def score(
     feats = pdir / "features.parquet"
     if not (resume and feats.is_file()):
         with console.status(f"member features as of {camp.send_date}"):
-            n = write_features(data, camp.send_date, feats, camp.channel)
-        console.print(f"{n:,} members to score")
+            n = write_features(data, camp.send_date, feats, camp.channel, feature_config)
+        source = "the uplift model's" if feature_config is not None else "the default"
+        console.print(f"{n:,} members to score (features with {source} configuration)")
     store = None
     if not no_store:
         from serving.settings import ServingSettings

@@ -21,7 +21,13 @@ from serving.batch.campaign import (
 from serving.batch.local import BatchResult, ResumeError, run_local
 from serving.batch.output import OUTPUT_COLUMNS
 from serving.batch.plan import SendPlan
-from serving.batch.scorers import ModelScorer, ScorerError, SyntheticScorer, load_scorer
+from serving.batch.scorers import (
+    ModelScorer,
+    ScorerError,
+    SyntheticScorer,
+    load_scorer,
+    scorer_feature_config,
+)
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -38,4 +44,5 @@ __all__ = [
     "load_scorer",
     "parse_campaign",
     "run_local",
+    "scorer_feature_config",
 ]

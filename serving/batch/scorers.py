@@ -22,11 +22,19 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from features.config import FeatureConfig
 from features.schema import MEMBER_ID
 from serving.engine import OfferTable, ScoreInputs
 from serving.engine.hashing import hash64
 
-__all__ = ["ModelScorer", "Scorer", "ScorerError", "SyntheticScorer", "load_scorer"]
+__all__ = [
+    "ModelScorer",
+    "Scorer",
+    "ScorerError",
+    "SyntheticScorer",
+    "load_scorer",
+    "scorer_feature_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +144,37 @@ class ModelScorer:
                     spend[:, j] = eff[col].to_numpy(dtype=np.float64)
                     break
         return ScoreInputs(p, spend, has_row=np.ones(n, bool), model_versions=dict(self.versions))
+
+
+def _python_model(loaded: Any) -> Any:
+    """The PythonModel behind a loaded pyfunc (or a ``_Bound`` artifact model)."""
+    if isinstance(loaded, _Bound):
+        return loaded.model
+    unwrap = getattr(loaded, "unwrap_python_model", None)
+    if unwrap is not None:
+        try:
+            return unwrap()
+        except Exception:  # not a python_function model: no stored config
+            return None
+    return loaded
+
+
+def scorer_feature_config(scorer: Scorer) -> FeatureConfig | None:
+    """The feature pipeline's resolved configuration the scorer's models were trained with
+    (stored with the uplift model: ``meta["feature_config"]``), or None (synthetic scores, or
+    a model without one). Serving must compute member features with it: the model's inputs
+    (category shares, windows, tier thresholds) are defined by it."""
+    uplift = getattr(scorer, "uplift", None)
+    if uplift is None:
+        return None
+    meta = getattr(_python_model(uplift), "meta_", None) or {}
+    raw = meta.get("feature_config")
+    if raw is None:
+        return None
+    try:
+        return FeatureConfig.model_validate(raw)
+    except ValueError as exc:
+        raise ScorerError(f"uplift model: stored feature_config is not valid: {exc}") from exc
 
 
 def _load_one(name: str, uri: str, tracking_uri: str | None) -> tuple[Any, str]:
