@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: venv
-	$(BIN)/offers demo
+	$(BIN)/offers demo $(DEMO_ARGS)
 
 test: venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
