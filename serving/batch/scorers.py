@@ -32,6 +32,9 @@ __all__ = [
     "Scorer",
     "ScorerError",
     "SyntheticScorer",
+    "UpliftHeadScorer",
+    "effect_matrix",
+    "load_model_dir",
     "load_scorer",
     "scorer_feature_config",
 ]
@@ -135,15 +138,45 @@ class ModelScorer:
         if np.isnan(p).all():
             raise ScorerError("affinity model: no calibrator (p_redeem is NaN); cannot score")
         p = np.nan_to_num(p, nan=0.0)
-        eff = self.uplift.predict(members)
-        kinds = offers.kind_names()
-        spend = np.zeros((n, m))
-        for j, (oid, kind) in enumerate(zip(offers.ids, kinds, strict=True)):
-            for col in (f"{self.outcome}:{oid}", f"{self.outcome}:{kind}"):
-                if col in eff.columns:
-                    spend[:, j] = eff[col].to_numpy(dtype=np.float64)
-                    break
+        spend = effect_matrix(self.uplift.predict(members), offers, self.outcome)
         return ScoreInputs(p, spend, has_row=np.ones(n, bool), model_versions=dict(self.versions))
+
+
+def effect_matrix(effects: pd.DataFrame, offers: OfferTable, outcome: str = "spend") -> np.ndarray:
+    """Uplift pyfunc output -> (n, offers) incremental spend: an offer takes its own column
+    ``<outcome>:<offer_id>``, else its kind's ``<outcome>:<kind>``, else no effect (0)."""
+    n = len(effects)
+    spend = np.zeros((n, offers.n))
+    for j, (oid, kind) in enumerate(zip(offers.ids, offers.kind_names(), strict=True)):
+        for col in (f"{outcome}:{oid}", f"{outcome}:{kind}"):
+            if col in effects.columns:
+                spend[:, j] = effects[col].to_numpy(dtype=np.float64)
+                break
+    return spend
+
+
+@dataclass
+class UpliftHeadScorer:
+    """P(redeem) from the synthetic factor model (keyed on the member id), incremental spend
+    from a real uplift model (anything with ``predict(member_features) -> effects``, e.g. the
+    ONNX pyfunc): the benchmark's scorer when no affinity model is trained."""
+
+    uplift: Any
+    synthetic: SyntheticScorer = field(default_factory=SyntheticScorer)
+    outcome: str = "spend"
+    versions: dict[str, str] = field(
+        default_factory=lambda: {"synthetic": "factors-v1", "uplift": "onnx"}
+    )
+
+    def score(self, members: pd.DataFrame, offers: OfferTable) -> ScoreInputs:
+        base = self.synthetic.score(members, offers)
+        spend = effect_matrix(self.uplift.predict(members), offers, self.outcome)
+        return ScoreInputs(
+            base.p_redeem,
+            spend,
+            has_row=np.ones(len(members), bool),
+            model_versions=dict(self.versions),
+        )
 
 
 def _python_model(loaded: Any) -> Any:
@@ -202,6 +235,12 @@ def _load_one(name: str, uri: str, tracking_uri: str | None) -> tuple[Any, str]:
         v = mlflow.MlflowClient().get_model_version_by_alias(registered, alias).version
         version = f"{registered}/{v}"
     return model, version
+
+
+def load_model_dir(name: str, path: Path | str) -> Any:
+    """A model (``affinity`` or ``uplift``) from a local directory of raw artifacts, with
+    ``predict(frame)`` like a loaded pyfunc."""
+    return _load_artifact_dir(name, Path(path))
 
 
 def _load_artifact_dir(name: str, path: Path) -> Any:
