@@ -94,7 +94,7 @@ def require_scope(scope: str) -> Callable[..., Principal]:
     if scope not in SCOPES:
         raise ValueError(f"scope {scope!r} is not one of {list(SCOPES)}")
 
-    def dependency(
+    async def dependency(
         request: Request,
         header_key: Annotated[str | None, Depends(_key_header)],
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],

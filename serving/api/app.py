@@ -98,7 +98,6 @@ def create_app(
     )
     app.state.offers = state
     app.state.keyring = state.keyring  # read by serving.auth.require_scope
-    app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.include_router(health.router)

@@ -1,4 +1,9 @@
-"""Dependencies as ``Annotated`` aliases (tests override ``get_settings`` or the state)."""
+"""Dependencies as ``Annotated`` aliases (tests override ``get_state``).
+
+All of them are ``async`` and read the app's state: a sync dependency would run in the thread
+pool (tens of microseconds and a thread switch per request), and any entry in
+``app.dependency_overrides`` makes FastAPI rebuild every route's dependency tree on every
+request, so the app itself sets none."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from fastapi import Depends, Request
 from serving.api.metrics import ApiMetrics
 from serving.api.modelset import ModelHolder
 from serving.auth import ApiKeyRing, Principal, require_scope
-from serving.settings import ServingSettings, get_settings
+from serving.settings import ServingSettings
 from serving.store import DecisionLogWriter, OffersStore
 
 __all__ = [
@@ -40,11 +45,15 @@ class AppState:
     grants: Any = None  # serving.api.grants.GrantService
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     return request.app.state.offers
 
 
-SettingsDep = Annotated[ServingSettings, Depends(get_settings)]
+async def get_app_settings(request: Request) -> ServingSettings:
+    return request.app.state.offers.settings
+
+
+SettingsDep = Annotated[ServingSettings, Depends(get_app_settings)]
 StateDep = Annotated[AppState, Depends(get_state)]
 OffersReader = Annotated[Principal, Depends(require_scope("offers:read"))]
 CheckoutWriter = Annotated[Principal, Depends(require_scope("checkout:write"))]

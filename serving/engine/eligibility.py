@@ -40,7 +40,7 @@ from serving.engine.offers import OfferTable
 from serving.engine.settings import EngineSettings
 from serving.engine.state import MemberOfferState
 
-__all__ = ["RULES", "Eligibility", "eligibility"]
+__all__ = ["MEMBER_RULES", "RULES", "Eligibility", "eligibility", "member_eligibility"]
 
 RULES: tuple[str, ...] = (
     "tier",
@@ -81,11 +81,15 @@ def eligibility(
     budget_left: np.ndarray,
     settings: EngineSettings,
     keep_rules: bool = False,
+    member_mask: np.ndarray | None = None,
 ) -> Eligibility:
-    """Evaluate every rule of the module docstring; ``keep_rules`` keeps each rule's mask."""
+    """Evaluate every rule of the module docstring; ``keep_rules`` keeps each rule's mask.
+
+    ``member_mask``: :func:`member_eligibility` of these members, computed earlier (serving
+    computes it once per snapshot member); the rules it covers are then not evaluated again.
+    """
     n, m = members.n, offers.n
     state.check(n, m)
-    mask = np.ones((n, m), dtype=bool)
     rules: dict[str, np.ndarray] = {}
 
     def apply(name: str, ok: np.ndarray) -> None:
@@ -93,17 +97,13 @@ def eligibility(
         if keep_rules:
             rules[name] = np.array(np.broadcast_to(ok, (n, m)), dtype=bool)
 
-    known_tier = members.tier >= 0
-    tier_ok = offers.tier_ok.T[np.where(known_tier, members.tier, 0)]  # (n, m)
-    apply("tier", tier_ok & (known_tier[:, None] | ~offers.tier_restricted[None, :]))
-    apply("lifecycle_stage", offers.stage_ok.T[members.stage])
-    apply("segment", _segment_ok(members.segment, offers))
-    with np.errstate(invalid="ignore"):
-        points = members.get("points_balance")
-        apply(
-            "min_points",
-            (offers.min_points[None, :] <= 0) | (points[:, None] >= offers.min_points[None, :]),
-        )
+    if member_mask is None or keep_rules:
+        mask = np.ones((n, m), dtype=bool)
+        _member_rules(members, offers, apply)
+    else:
+        if np.shape(member_mask) != (n, m):
+            raise ValueError(f"member_mask: shape {np.shape(member_mask)}, expected {(n, m)}")
+        mask = np.array(member_mask, dtype=bool)
     ch = CHANNELS.index(context.channel)
     apply("channel", offers.channel_ok[:, ch][None, :])
     day = np.datetime64(context.as_of, "D")
@@ -132,6 +132,34 @@ def eligibility(
     if cap is not None:
         slots = np.clip(cap - state.channel_recent[:, ch], 0, k)
     return Eligibility(mask=mask, slots=slots, rules=rules)
+
+
+MEMBER_RULES: tuple[str, ...] = ("tier", "lifecycle_stage", "segment", "min_points")
+
+
+def member_eligibility(members: MemberTable, offers: OfferTable) -> np.ndarray:
+    """(n, m) bool: the rules that depend on the member's features only (``MEMBER_RULES``)."""
+    mask = np.ones((members.n, offers.n), dtype=bool)
+
+    def apply(name: str, ok: np.ndarray) -> None:
+        mask[...] &= ok
+
+    _member_rules(members, offers, apply)
+    return mask
+
+
+def _member_rules(members: MemberTable, offers: OfferTable, apply) -> None:  # type: ignore[no-untyped-def]
+    known_tier = members.tier >= 0
+    tier_ok = offers.tier_ok.T[np.where(known_tier, members.tier, 0)]  # (n, m)
+    apply("tier", tier_ok & (known_tier[:, None] | ~offers.tier_restricted[None, :]))
+    apply("lifecycle_stage", offers.stage_ok.T[members.stage])
+    apply("segment", _segment_ok(members.segment, offers))
+    with np.errstate(invalid="ignore"):
+        points = members.get("points_balance")
+        apply(
+            "min_points",
+            (offers.min_points[None, :] <= 0) | (points[:, None] >= offers.min_points[None, :]),
+        )
 
 
 _SMALL = 8

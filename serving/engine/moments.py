@@ -30,7 +30,13 @@ from features.catalog import MOMENTS
 from serving.engine.members import MemberTable
 from serving.engine.settings import MomentSettings
 
-__all__ = ["DETECTED_MOMENTS", "Moments", "detect_moments"]
+__all__ = [
+    "DETECTED_MOMENTS",
+    "Moments",
+    "basket_moments",
+    "detect_moments",
+    "member_moments",
+]
 
 # The catalog's moments plus the checkout-only one.
 DETECTED_MOMENTS: tuple[str, ...] = (*MOMENTS, "large_basket")
@@ -53,49 +59,74 @@ class Moments:
 
 def detect_moments(members: MemberTable, settings: MomentSettings) -> Moments:
     """Run every detector on every member (nulls never fire a detector)."""
+    return Moments(
+        member_moments(members, settings).flags | basket_moments(members, settings).flags
+    )
+
+
+def member_moments(members: MemberTable, settings: MomentSettings) -> Moments:
+    """The detectors over the member's features only (no live basket): what a feature
+    snapshot determines, so serving can compute it once per member at load time."""
+    return _detect(members, settings, basket=False)
+
+
+def basket_moments(members: MemberTable, settings: MomentSettings) -> Moments:
+    """The detectors over the live basket only (reaches the next tier, milestone purchase,
+    large basket); ``detect_moments`` is ``member_moments | basket_moments``."""
+    return _detect(members, settings, basket=True)
+
+
+def _detect(members: MemberTable, settings: MomentSettings, basket: bool) -> Moments:
     s = settings
     g = members.get
+    n = members.n
+    none = np.zeros(n, dtype=bool)
     with np.errstate(invalid="ignore"):
-        dtb = g("days_to_birthday")
-        # days_to_birthday counts to the *next* birthday, so a birthday d days ago shows as
-        # 365 - d (366 - d after 29 February in a leap year: one day of slack).
-        after = (dtb >= _YEAR_DAYS - s.birthday_days_after) & (s.birthday_days_after > 0)
-        birthday = (dtb <= s.birthday_days_before) | after
-        anniversary = (g("days_to_anniversary") <= s.anniversary_days_before) & (
-            g("tenure_days") >= s.anniversary_min_tenure_days
-        )
-        to_next = g("points_to_next_tier")
-        threshold = g("points_tier_window") + to_next
-        close = to_next <= s.tier_nudge_share * threshold
-        if s.tier_nudge_max_points is not None:
-            close &= to_next <= s.tier_nudge_max_points
-        tier_nudge = (close & (to_next > 0)) | members.basket_reaches_next_tier
-        tenure = g("tenure_days")
-        onboarding_stage = tenure < s.onboarding_days
-        n_buys = g("n_purchases_total")
-        onboarding = onboarding_stage & (
-            (tenure <= s.welcome_days) | np.isin(n_buys, np.asarray(s.onboarding_purchases))
-        )
-        idle = g("days_since_last_purchase")
-        win_back = (idle >= s.lapse_risk_days) & (idle <= s.lapse_max_days)
-        milestone = (g("purchases_to_next_milestone") <= s.milestone_within) | (
-            members.basket_is_milestone
-        )
-        streak = g("purchase_streak_weeks") >= s.streak_weeks
-        basket = g("basket_total")
-        large = (basket >= s.large_basket_factor * g("avg_basket")) & (basket >= s.large_basket_min)
-    by_name = {
-        "birthday": birthday,
-        "anniversary": anniversary,
-        "tier_nudge": tier_nudge,
-        "onboarding": onboarding,
-        "win_back": win_back,
-        "milestone": milestone,
-        "streak": streak,
-        "large_basket": large,
-    }
+        if basket:
+            total = g("basket_total")
+            large = (total >= s.large_basket_factor * g("avg_basket")) & (
+                total >= s.large_basket_min
+            )
+            by_name = dict.fromkeys(DETECTED_MOMENTS, none)
+            by_name["tier_nudge"] = members.basket_reaches_next_tier
+            by_name["milestone"] = members.basket_is_milestone
+            by_name["large_basket"] = large
+        else:
+            by_name = _member_detectors(members, s)
+            by_name["large_basket"] = none
     missing = set(DETECTED_MOMENTS) - set(by_name)
     if missing:  # a moment added to the catalog without a detector
         raise NotImplementedError(f"no detector for moment(s) {sorted(missing)}")
     flags = np.column_stack([by_name[name] for name in DETECTED_MOMENTS]).astype(bool)
-    return Moments(flags.reshape(members.n, len(DETECTED_MOMENTS)))
+    return Moments(flags.reshape(n, len(DETECTED_MOMENTS)))
+
+
+def _member_detectors(members: MemberTable, s: MomentSettings) -> dict[str, np.ndarray]:
+    g = members.get
+    dtb = g("days_to_birthday")
+    # days_to_birthday counts to the *next* birthday, so a birthday d days ago shows as
+    # 365 - d (366 - d after 29 February in a leap year: one day of slack).
+    after = (dtb >= _YEAR_DAYS - s.birthday_days_after) & (s.birthday_days_after > 0)
+    birthday = (dtb <= s.birthday_days_before) | after
+    anniversary = (g("days_to_anniversary") <= s.anniversary_days_before) & (
+        g("tenure_days") >= s.anniversary_min_tenure_days
+    )
+    to_next = g("points_to_next_tier")
+    threshold = g("points_tier_window") + to_next
+    close = to_next <= s.tier_nudge_share * threshold
+    if s.tier_nudge_max_points is not None:
+        close &= to_next <= s.tier_nudge_max_points
+    tenure = g("tenure_days")
+    onboarding_stage = tenure < s.onboarding_days
+    n_buys = g("n_purchases_total")
+    idle = g("days_since_last_purchase")
+    return {
+        "birthday": birthday,
+        "anniversary": anniversary,
+        "tier_nudge": close & (to_next > 0),
+        "onboarding": onboarding_stage
+        & ((tenure <= s.welcome_days) | np.isin(n_buys, np.asarray(s.onboarding_purchases))),
+        "win_back": (idle >= s.lapse_risk_days) & (idle <= s.lapse_max_days),
+        "milestone": g("purchases_to_next_milestone") <= s.milestone_within,
+        "streak": g("purchase_streak_weeks") >= s.streak_weeks,
+    }

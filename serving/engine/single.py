@@ -33,7 +33,7 @@ from serving.engine.engine import DecisionEngine
 from serving.engine.errors import EngineInputError
 from serving.engine.fallback import FallbackTables
 from serving.engine.members import MemberTable
-from serving.engine.moments import DETECTED_MOMENTS, detect_moments
+from serving.engine.moments import DETECTED_MOMENTS, Moments, basket_moments, detect_moments
 from serving.engine.phrases import MemberView, explain_one
 from serving.engine.scoring import score
 from serving.engine.settings import GLOBAL_POPULAR, PERSONALISED, SEGMENT_POPULAR
@@ -143,19 +143,25 @@ class SingleDecider:
         context: DecisionContext,
         budget_left: np.ndarray | None = None,
         model_versions: dict[str, str] | None = None,
+        member_mask: np.ndarray | None = None,
+        member_flags: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """The decision for the one member of ``member`` (a one-row table) as a dict:
         ``decision_id``, ``fallback``, ``held_out``, ``explored``, ``moments`` and ``offers``
         (slot order; each with ``offer_id``, ``name``, ``kind``, ``reward_value``, ``rank``,
         ``score`` (EIV), ``propensity``, ``explanation``, ``reasons``, ``cost``, ``surprise``,
-        ``moment``). Raises ``_Defer`` internally and answers through the engine when budgets
-        bind for this member."""
+        ``moment``). Answers through the engine when budgets bind for this member.
+
+        ``member_mask`` (m,) and ``member_flags`` (len(DETECTED_MOMENTS),): this member's
+        ``eligibility.member_eligibility`` and ``moments.member_moments``, precomputed (the
+        serving bundle computes them once per snapshot member); computed here when absent."""
         if member.n != 1:
             raise EngineInputError(f"single decision: {member.n} members, expected 1")
         try:
             return self._decide(
-                member, p_redeem, incremental_spend, has_row, context, budget_left, model_versions
-            )
+                member, p_redeem, incremental_spend, has_row, context, budget_left,
+                model_versions, member_mask, member_flags,
+            )  # fmt: skip
         except _Defer:
             return self._via_engine(
                 member, p_redeem, incremental_spend, has_row, context, budget_left, model_versions
@@ -175,7 +181,7 @@ class SingleDecider:
         )
         return decision_dicts(self.engine, batch.rows, [str(member.ids[0])], context.k)[0]
 
-    def _decide(self, member, p_in, s_in, has_row, context, budget_left, versions):  # type: ignore[no-untyped-def]
+    def _decide(self, member, p_in, s_in, has_row, context, budget_left, versions, own, flags0):  # type: ignore[no-untyped-def]
         eng, st, o = self.engine, self.engine.settings, self.engine.offers
         m = o.n
         member_id = str(member.ids[0])
@@ -185,12 +191,18 @@ class SingleDecider:
         held = st.holdout.share > 0 and unit_one(member_id, "holdout/" + st.holdout.salt) < (
             st.holdout.share
         )
-        moments = detect_moments(member, st.moments)
+        if flags0 is None:
+            moments = detect_moments(member, st.moments)
+        elif np.isfinite(member.num["basket_total"][0]) or member.basket_is_milestone[0]:
+            moments = Moments(flags0[None, :] | basket_moments(member, st.moments).flags)
+        else:
+            moments = Moments(np.asarray(flags0, dtype=bool)[None, :])
         if budget_left is None:
             budgets, left = self._full_budgets, o.budget
         else:
             budgets, left = eng.budgets(budget_left), np.asarray(budget_left, np.float64)
-        el = eligibility(member, o, self._state, context, moments, left, st)
+        own_mask = None if own is None else np.asarray(own, dtype=bool)[None, :]
+        el = eligibility(member, o, self._state, context, moments, left, st, member_mask=own_mask)
         slots = 0 if held else int(el.slots[0])
         mask = el.mask[0] & (slots > 0)
         sc = score(p[None, :], s[None, :], member, o, st.scoring, eng.boosts_, context.channel)

@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from features.catalog import default_catalog_path, load_catalog
 from features.schema import LIFECYCLE_STAGES, TIERS
 from serving.engine import DecisionContext, DecisionEngine, EngineSettings, FallbackTables
+from serving.engine.eligibility import member_eligibility
 from serving.engine.hashing import decision_ids, hash64, unit_interval
+from serving.engine.moments import member_moments
 from serving.engine.scoring import ScoreInputs
 from serving.engine.single import (
     SingleDecider,
@@ -108,10 +110,15 @@ def test_single_equals_engine_batch_of_one(seed, channel, eps, holdout, k, baske
     left = exhausted if seed % 2 else None
     ctx = DecisionContext(channel, pd.Timestamp("2026-11-20 10:00"), f"req-{seed}", k=k)
     n_offers = n_surprise = n_explored = 0
+    # as the serving bundle does: the member-only rules and moments computed once for all
+    everyone = engine.member_table(frame)
+    own = member_eligibility(everyone, engine.offers)
+    flags = member_moments(everyone, engine.settings.moments).flags
     for i in range(len(frame)):
         b = float(rng.gamma(2, 30)) if basket else None
         table = _table(engine, frame, i, b)
-        one = single.decide(table, p[i], s[i], bool(has_row[i]), ctx, budget_left=left)
+        pre = {"member_mask": own[i], "member_flags": flags[i]} if i % 2 else {}
+        one = single.decide(table, p[i], s[i], bool(has_row[i]), ctx, budget_left=left, **pre)
         inputs = ScoreInputs(p[[i]], s[[i]], has_row=has_row[[i]])
         batch = engine.decide(table, inputs, ctx, budget_left=left, fallback_tables=tables)
         want = decision_dicts(engine, batch.rows, [frame["member_id"][i]], k)[0]
