@@ -176,8 +176,14 @@ def demo(
     quiet_mlflow()
     uri = tracking_uri or local_tracking_uri(home)
     t0 = time.perf_counter()
-    with console.status("training") as status:
-        trained = train_and_promote(data_dir, home, uri, seed=seed, step=status.update)
+    from training.affinity_eval import EvalInputError
+    from training.uplift_fit import UpliftTrainError
+
+    try:
+        with console.status("training") as status:
+            trained = train_and_promote(data_dir, home, uri, seed=seed, step=status.update)
+    except (EvalInputError, UpliftTrainError) as exc:
+        fail(f"training on {members:,} simulated members failed: {exc} (try more --members)")
     for model in trained.values():
         how = "gate promoted it" if model.gate_promoted else "forced by the demo"
         value = f"{model.value:.4f}" if model.value is not None else "n/a"
