@@ -2,18 +2,25 @@
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.score [--members 1000000] [--offers 30]
         [--k 3] [--chunk-size 100000] [--price-sample 100000] [--spark-members 100000]
-        [--no-spark] [--seed 0]
+        [--no-spark] [--no-onnx] [--uplift-program-members 4000] [--seed 0]
 
 Simulated send: ``serving.batch.synthetic`` members and catalog (a third of the offers with a
 count budget, a sixth with a money budget, sized to bind), scores from
 ``SyntheticScorer`` (P(redeem) from member x offer factors, incremental spend from a linear
-uplift head: the trained ONNX uplift model is not used here), ``offers_per_member = k``,
-holdout 5%, exploration 5%. Stages, each timed end to end (price solve on the sample, chunks,
-part files, the assembled Parquet; the store is not written):
+uplift head; the ``onnx_uplift`` stage uses the trained ONNX uplift model instead),
+``offers_per_member = k``, holdout 5%, exploration 5%. Stages, each timed end to end (price
+solve on the sample, chunks, part files, the assembled Parquet; the store is not written):
 
 * ``baseline``: a plain factor dot product + top-k over the same members and offers (factors
   already in memory), chunked: the reference the issue compares against;
 * ``local``: ``run_local`` over ``--members``;
+* ``onnx_uplift``: the same send scored with the REAL uplift model: a program of
+  ``--uplift-program-members`` is simulated (``features.simulate``), the uplift model fitted on
+  it by the training code (S-learner, LightGBM, 30 trees; ``training.uplift_fit``), exported to
+  ONNX and saved as pyfunc artifacts (training time printed, not counted); the members are the
+  program's member features as of its end (computed with the model's feature configuration),
+  repeated to ``--members`` rows under new ids; incremental spend comes from the ONNX model
+  (per offer kind), P(redeem) from the synthetic factors (``UpliftHeadScorer``);
 * ``spark``: ``run_spark`` over ``--spark-members`` on ``local[2]`` (two passes: demand, then
   decisions).
 
@@ -34,12 +41,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import psutil
 from rich.console import Console
 from rich.table import Table
 
 from serving.batch import SendPlan, SyntheticScorer, parse_campaign, run_local
 from serving.batch.synthetic import synthetic_catalog, synthetic_members
+
+UPLIFT_TREES = {"n_estimators": 30, "learning_rate": 0.1, "min_child_samples": 100}
+MEMBER_ID = "member_id"
 
 console = Console()
 
@@ -141,6 +152,92 @@ def local(args: argparse.Namespace, work: Path) -> dict[str, float]:
     return _figures(r, plan, n, secs, mem.peak)
 
 
+def train_uplift_onnx(args: argparse.Namespace, work: Path) -> tuple[Path, pd.DataFrame, dict]:
+    """Simulate a program, fit the uplift model (S-learner, LightGBM, few trees) with the
+    project's training code, export it to ONNX and save its pyfunc artifacts. Returns the
+    artifact directory, the program's member features as of its end (with the model's
+    feature configuration) and what was trained."""
+    from features.pipeline import load_tables, member_features
+    from features.simulate import SimConfig, simulate
+    from models.uplift.pyfunc import save_artifacts
+    from training.uplift_data import build_training_set
+    from training.uplift_fit import UpliftTrainSettings, fit_uplift
+
+    t0 = time.perf_counter()
+    data = work / "program"
+    config = SimConfig(campaign_share=1.0)
+    program = simulate(args.uplift_program_members, seed=args.seed, config=config)
+    program.write(data)
+    settings = UpliftTrainSettings(base_params=UPLIFT_TREES, seed=args.seed)
+    ts = build_training_set(data, settings.training_set_config())
+    fitted = fit_uplift(ts, settings)
+    meta = {
+        "outcomes": list(settings.outcomes),
+        "treatments": fitted.treatments,
+        "control": ts.control,
+        "treatment_grain": settings.treatment,
+        "learner": settings.learner,
+        "feature_config": json.loads(ts.feature_config.model_dump_json()),
+    }
+    arts = work / "uplift-model"
+    save_artifacts(fitted.onnx, fitted.encoder, meta, arts)
+    end = program.transactions["ts"].max().normalize() + pd.Timedelta(days=1)
+    feats = member_features(load_tables(data), end, ts.feature_config).to_pandas()
+    info = {
+        "program_members": args.uplift_program_members,
+        "training_rows": int(fitted.metrics.get("rows.train", 0)),
+        "treatments": fitted.treatments,
+        "onnx_max_abs_diff": max(fitted.parity.values()),
+        "train_seconds": time.perf_counter() - t0,
+    }
+    return arts, feats, info
+
+
+def write_member_features(path: Path, feats: pd.DataFrame, n: int, block: int = 250_000) -> None:
+    """``n`` member-feature rows: the program's members repeated, with new ids ``m<8 digits>``
+    (their P(redeem) comes from the synthetic factors keyed on the id)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    for start in range(0, n, block):
+        rows = np.arange(start, min(start + block, n)) % len(feats)
+        frame = feats.iloc[rows].reset_index(drop=True)
+        frame[MEMBER_ID] = [f"m{i:08d}" for i in range(start, start + len(rows))]
+        t = pa.Table.from_pandas(frame, preserve_index=False)
+        writer = writer or pq.ParquetWriter(path, t.schema)
+        writer.write_table(t)
+    if writer is not None:
+        writer.close()
+
+
+def onnx_uplift(args: argparse.Namespace, work: Path) -> dict[str, float]:
+    """``run_local`` over ``--members`` scored with the trained ONNX uplift model."""
+    from serving.batch.scorers import UpliftHeadScorer, load_model_dir
+
+    arts, feats, info = train_uplift_onnx(args, work)
+    console.print(
+        f"uplift model: {info['training_rows']:,} training rows from "
+        f"{info['program_members']:,} simulated members, treatments {info['treatments']}, "
+        f"ONNX max |diff| {info['onnx_max_abs_diff']:.1e}, trained in "
+        f"{info['train_seconds']:.0f} s"
+    )
+    n = args.members
+    path = work / "onnx-members.parquet"
+    write_member_features(path, feats, n)
+    del feats
+    camp = campaign(args.k, args.price_sample)
+    plan = SendPlan.create(camp, synthetic_catalog(args.offers, n, args.seed))
+    scorer = UpliftHeadScorer(load_model_dir("uplift", arts))
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        r = run_local(
+            camp, plan, scorer, path, work / "onnx-out.parquet", chunk_size=args.chunk_size
+        )
+        secs = time.perf_counter() - t0
+    return _figures(r, plan, n, secs, mem.peak) | {"train_seconds": info["train_seconds"]}
+
+
 def spark(args: argparse.Namespace, work: Path) -> dict[str, float]:
     from features.pipeline.engines import spark_session
     from serving.batch.spark import run_spark
@@ -193,6 +290,8 @@ def main() -> None:
     ap.add_argument("--price-sample", type=int, default=100_000)
     ap.add_argument("--spark-members", type=int, default=100_000)
     ap.add_argument("--no-spark", action="store_true")
+    ap.add_argument("--no-onnx", action="store_true", help="skip the trained ONNX uplift stage")
+    ap.add_argument("--uplift-program-members", type=int, default=4000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     results: dict[str, dict[str, float]] = {}
@@ -202,11 +301,16 @@ def main() -> None:
             args.members, args.offers, args.k, args.chunk_size, args.seed
         )
         results["local"] = local(args, work)
+        if not args.no_onnx:
+            results["onnx_uplift"] = onnx_uplift(args, work)
         if not args.no_spark:
             results["spark"] = spark(args, work)
-    ratio = results["local"]["members_per_s"] / results["baseline"]["members_per_s"]
+    base = results["baseline"]["members_per_s"]
+    ratio = results["local"]["members_per_s"] / base
+    ratios = {k: v["members_per_s"] / base for k, v in results.items() if k != "baseline"}
     t = Table(title=f"batch scoring, {args.offers} offers, k={args.k}")
-    for c in ("stage", "members", "seconds", "members/s", "peak GiB", "worst budget use"):
+    cols = ("stage", "members", "seconds", "members/s", "ratio to baseline", "peak GiB")
+    for c in (*cols, "worst budget use"):
         t.add_column(c, justify="left" if c == "stage" else "right")
     for name, f in results.items():
         t.add_row(
@@ -214,12 +318,23 @@ def main() -> None:
             f"{f['members']:,}",
             f"{f['seconds']:.1f}",
             f"{f['members_per_s']:,.0f}",
+            "1" if name == "baseline" else f"{ratios[name]:.4f}",
             f"{f['peak_gib']:.2f}",
             f"{f.get('worst_budget_use', float('nan')):.4f}",
         )
     console.print(t)
     console.print(f"local / baseline throughput: {ratio:.4f}")
-    print(json.dumps({"args": vars(args), "results": results, "local_over_baseline": ratio}))
+    print(
+        json.dumps(
+            {
+                "args": vars(args),
+                "results": results,
+                "local_over_baseline": ratio,
+                "over_baseline": ratios,
+                "load_average": os.getloadavg(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -246,6 +246,11 @@ def load_model_dir(name: str, path: Path | str) -> Any:
 def _load_artifact_dir(name: str, path: Path) -> Any:
     """Raw artifacts (``*.npz`` for affinity, ``*.onnx`` + ``*.json`` for uplift)."""
     files = {p.stem: str(p) for p in path.iterdir() if p.is_file()}
+    for p in path.iterdir():  # the names models.uplift.pyfunc.save_artifacts writes
+        if p.suffix == ".onnx":
+            files.setdefault("onnx_" + p.stem.removeprefix("uplift_"), str(p))
+        elif p.name == "uplift_meta.json":
+            files.setdefault("meta", str(p))
     if name == "affinity":
         from models.affinity.pyfunc import AffinityPyfunc
 
