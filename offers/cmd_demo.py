@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -70,6 +71,16 @@ def demo_key(home: Path) -> str:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _drop_stale_copies(lkg_dir: Path, trained: dict) -> None:
+    """Remove last-known-good copies named like the versions just registered: those numbers are
+    new in this registry, so such a copy came from an earlier store (e.g. a deleted mlflow.db)
+    and the server, which keys its copies by version number only, would serve it."""
+    for key, model in trained.items():
+        stale = lkg_dir / key / f"v{model.version}"
+        if stale.exists():
+            shutil.rmtree(stale)
 
 
 def _timed(label: str, t0: float) -> None:
@@ -204,6 +215,7 @@ def demo(
         mlflow_tracking_uri=uri,
     )
     config = BundleConfig(home=home, catalog=data_dir / "catalog.yaml", member_features=snapshot)
+    _drop_stale_copies(config.lkg_path(), trained)
     server = DemoServer(settings, config, host, port)
     t0 = time.perf_counter()
     try:
