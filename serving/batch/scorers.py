@@ -133,12 +133,12 @@ class ModelScorer:
         )
         if self.segment_column in members:
             pairs["segment"] = np.repeat(members[self.segment_column].astype(str).to_numpy(), m)
-        a = self.affinity.predict(pairs)
+        a = _predict(self.affinity, pairs)
         p = np.asarray(a["p_redeem"], dtype=np.float64).reshape(n, m)
         if np.isnan(p).all():
             raise ScorerError("affinity model: no calibrator (p_redeem is NaN); cannot score")
         p = np.nan_to_num(p, nan=0.0)
-        spend = effect_matrix(self.uplift.predict(members), offers, self.outcome)
+        spend = effect_matrix(_predict(self.uplift, members), offers, self.outcome)
         return ScoreInputs(p, spend, has_row=np.ones(n, bool), model_versions=dict(self.versions))
 
 
@@ -190,6 +190,16 @@ def _python_model(loaded: Any) -> Any:
         except Exception:  # not a python_function model: no stored config
             return None
     return loaded
+
+
+def _predict(loaded: Any, frame: pd.DataFrame) -> pd.DataFrame:
+    """Predict with the PythonModel itself when there is one (as the API does): MLflow's input
+    schema enforcement refuses float columns for integer features, and member features read
+    from Parquet chunks are float wherever a column has nulls."""
+    model = _python_model(loaded)
+    if model is not None and model is not loaded and hasattr(model, "predict"):
+        return model.predict(None, frame)
+    return loaded.predict(frame)
 
 
 def scorer_feature_config(scorer: Scorer) -> FeatureConfig | None:
