@@ -93,7 +93,7 @@ def show(console: Console, who: str, reply: Reply) -> None:
         (str(reply.status), style),
         f" ({reply.ms:.0f} ms)",
     )
-    console.print(head)
+    console.print(head, soft_wrap=True)
     bodies = reply.body if isinstance(reply.body, list) else [reply.body]
     for body in bodies:
         line = json.dumps(_short(body), separators=(",", ":"), ensure_ascii=False)

@@ -21,8 +21,6 @@ import pytest
 
 from features.validate import validate_dir
 
-pytestmark = pytest.mark.integration
-
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -106,6 +104,7 @@ def _check_run(out: str) -> dict[str, str]:
     return versions
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_offers_demo_end_to_end_and_again(tmp_path: Path) -> None:
     home = tmp_path / "home"
@@ -136,6 +135,7 @@ def test_offers_demo_end_to_end_and_again(tmp_path: Path) -> None:
     assert (home / "demo_api_key").read_text().strip() == key
 
 
+@pytest.mark.integration
 def test_port_in_use_fails_fast_with_a_clear_message(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -145,3 +145,54 @@ def test_port_in_use_fails_fast_with_a_clear_message(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert f"port {port} on 127.0.0.1 is already in use" in proc.stderr
     assert not (tmp_path / "home" / "data").exists(), "nothing simulated before the port check"
+
+
+def test_demo_key_is_reused_and_only_its_digest_is_in_the_keys_file(tmp_path: Path) -> None:
+    from offers.cmd_demo import demo_key
+    from serving.auth import hash_key
+    from serving.settings import SCOPES
+
+    key = demo_key(tmp_path)
+    assert key.startswith("demo-") and len(key) > 30
+    assert (tmp_path / "demo_api_key").stat().st_mode & 0o777 == 0o600
+    assert demo_key(tmp_path) == key
+    keys = json.loads((tmp_path / "api_keys.json").read_text())
+    assert keys == {f"sha256:{hash_key(key)}": list(SCOPES)}
+    assert key not in (tmp_path / "api_keys.json").read_text()
+
+
+def test_copies_named_like_new_versions_are_dropped(tmp_path: Path) -> None:
+    from offers.cmd_demo import _drop_stale_copies
+    from offers.demo_pipeline import TrainedModel
+
+    for rel in ("affinity/v3", "affinity/v2", "uplift/v1"):
+        (tmp_path / rel).mkdir(parents=True)
+    trained = {
+        "affinity": TrainedModel("offers-affinity", "3", True, "", "ndcg@10", 0.5),
+        "uplift": TrainedModel("offers-uplift", "2", True, "", "qini", 0.1),
+    }
+    _drop_stale_copies(tmp_path, trained)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/v*"))
+    assert left == ["affinity/v2", "uplift/v1"]
+
+
+def test_printed_responses_stay_whole_json_lines_on_a_narrow_console() -> None:
+    import io
+
+    from rich.console import Console
+
+    from offers.demo_requests import Reply, show
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=40, force_terminal=False)
+    body = [
+        {"member_id": f"m{i}", "explanation": "x" * 200, "reasons": ["a"], "score": 1.234567}
+        for i in range(2)
+    ]
+    show(console, "e-mail tooling", Reply("POST", "/v1/offers/batch", 200, body, 12.3))
+    calls = _exchanges(buf.getvalue())
+    assert calls[0][:2] == ("POST /v1/offers/batch", 200)
+    lines = calls[0][2]
+    assert [x["member_id"] for x in lines] == ["m0", "m1"]
+    assert all("reasons" not in x and x["score"] == 1.2346 for x in lines)
+    assert all(len(x["explanation"]) == 60 and x["explanation"].endswith("…") for x in lines)
