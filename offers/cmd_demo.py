@@ -184,6 +184,8 @@ def demo(
     _timed(f"member feature snapshot as of {end.date()} -> {snapshot}", t0)
     _summary(data_dir, tables, frame)
 
+    import mlflow  # noqa: F401  (mlflow sets its loggers up on import: quiet them after)
+
     quiet_mlflow()
     uri = tracking_uri or local_tracking_uri(home)
     t0 = time.perf_counter()
