@@ -2,9 +2,11 @@
 
 A grant request is a sequence of :class:`ReservationItem` (one per offer to grant, in order):
 the member's cap for the item (a surprise's yearly cap) is counted first, then the offer's
-budget. Each count is its own conditional UPDATE, exactly as ``reserve_member_cap`` and
-``reserve_budget`` do, so no counter can pass its limit whatever else shares the transaction;
-only the commit (one fsync for the whole group) is shared.
+budget. On SQLite each count is its own conditional UPDATE, exactly as ``reserve_member_cap``
+and ``reserve_budget`` do; on PostgreSQL the group's rows are locked first and the same
+predicates are applied to the locked values (see :func:`_run_group_pg`). Either way no counter
+can pass its limit whatever else shares the transaction or runs on another replica; only the
+commit (one fsync for the whole group) is shared.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, select, tuple_
+from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
-from serving.store.tables import budgets, member_caps
+from serving.store.tables import member_caps
 
 __all__ = ["CapKey", "GrantOutcome", "ReservationItem", "reserve_grants"]
 
@@ -78,7 +80,7 @@ _BUDGET_BUMP = (
     f"WHERE offer_id = {{p}} AND spent + {{p}} <= budget + {_EPS!r}"
 )
 _BUDGET_EXISTS = "SELECT 1 FROM budgets WHERE offer_id = {p}"
-_PARAM = {"sqlite": "?", "postgresql": "%s"}
+_PARAM = {"sqlite": "?"}
 
 
 def _sql(dialect: str) -> tuple[str, str, str]:
@@ -89,19 +91,10 @@ def _sql(dialect: str) -> tuple[str, str, str]:
 def _run_group(
     connection: Connection, insert: Any, requests: Sequence[Sequence[ReservationItem]], now: Any
 ) -> list[GrantOutcome]:
+    """SQLite: one conditional UPDATE per count, in request order (statements are in-process
+    calls of a few microseconds; the database has one writer at a time)."""
     from serving.store.store import UnknownBudgetError
 
-    if connection.dialect.name == "postgresql":
-        # Lock the group's budget rows in one sorted order first: two replicas' writers then
-        # queue on the hot rows instead of deadlocking on them.
-        offer_ids = sorted({i.offer_id for r in requests for i in r if i.amount and i.amount > 0})
-        if offer_ids:
-            connection.execute(
-                select(budgets.c.offer_id)
-                .where(budgets.c.offer_id.in_(offer_ids))
-                .order_by(budgets.c.offer_id)
-                .with_for_update()
-            )
     cap_rows = {
         (i.cap.member_id, i.cap.cap_key, i.cap.period)
         for r in requests
@@ -119,18 +112,9 @@ def _run_group(
                 for m, k, p in sorted(cap_rows)
             ],
         )
-    if cap_rows and connection.dialect.name == "postgresql":
-        # The same for the members' cap rows (ON CONFLICT DO NOTHING locks none of them).
-        key = tuple_(member_caps.c.member_id, member_caps.c.cap_key, member_caps.c.period)
-        connection.execute(
-            select(member_caps.c.member_id)
-            .where(key.in_(sorted(cap_rows)))
-            .order_by(member_caps.c.member_id, member_caps.c.cap_key, member_caps.c.period)
-            .with_for_update()
-        )
     cap_sql, budget_sql, exists_sql = _sql(connection.dialect.name)
-    # SQLite stores DateTime as text in SQLAlchemy's format; PostgreSQL takes the datetime.
-    stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f") if connection.dialect.name == "sqlite" else now
+    # SQLite stores DateTime as text in SQLAlchemy's format.
+    stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f")
     cursor = connection.connection.cursor()  # the DBAPI cursor, inside the same transaction
     try:
         outcomes = []
@@ -161,6 +145,110 @@ def _run_group(
     return outcomes
 
 
+_PG_LOCK_BUDGETS = (
+    "SELECT offer_id, budget, spent FROM budgets WHERE offer_id = ANY(%s) "
+    "ORDER BY offer_id FOR UPDATE"
+)
+_PG_CREATE_CAPS = (
+    "INSERT INTO member_caps (member_id, cap_key, period, used, updated_at) "
+    "SELECT v.m, v.k, v.p, 0, %s FROM unnest(%s::text[], %s::text[], %s::text[]) AS v(m, k, p) "
+    "ORDER BY v.m, v.k, v.p ON CONFLICT (member_id, cap_key, period) DO NOTHING"
+)
+_PG_LOCK_CAPS = (
+    "SELECT c.member_id, c.cap_key, c.period, c.used FROM member_caps AS c "
+    "JOIN unnest(%s::text[], %s::text[], %s::text[]) AS v(m, k, p) "
+    "ON c.member_id = v.m AND c.cap_key = v.k AND c.period = v.p "
+    "ORDER BY c.member_id, c.cap_key, c.period FOR UPDATE OF c"
+)
+_PG_WRITE_BUDGETS = (
+    "UPDATE budgets AS b SET spent = v.spent, updated_at = %s "
+    "FROM unnest(%s::text[], %s::float8[], %s::float8[]) AS v(offer_id, old, spent) "
+    "WHERE b.offer_id = v.offer_id AND b.spent = v.old"
+)
+_PG_WRITE_CAPS = (
+    "UPDATE member_caps AS c SET used = v.used, updated_at = %s "
+    "FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[]) "
+    "AS v(m, k, p, old, used) "
+    "WHERE c.member_id = v.m AND c.cap_key = v.k AND c.period = v.p AND c.used = v.old"
+)
+
+
+class LostUpdateError(RuntimeError):
+    """A locked counter changed under the group (never expected; the group is rolled back)."""
+
+
+def _run_group_pg(
+    connection: Connection, requests: Sequence[Sequence[ReservationItem]], now: Any
+) -> list[GrantOutcome]:
+    """PostgreSQL: a constant number of round trips per group, whatever its size.
+
+    The group's budget rows, then its member cap rows, are locked in sorted order
+    (``SELECT ... FOR UPDATE``: no other transaction on any replica can change them until the
+    commit, and two replicas' writers queue instead of deadlocking); the counts are then applied
+    request by request in Python with the same predicates as the conditional UPDATEs
+    (``spent + amount <= budget``, ``used < cap``), and the new values are written with one
+    UPDATE per table that also checks the values read (compare-and-set).
+    """
+    from serving.store.store import UnknownBudgetError
+
+    cursor = connection.connection.cursor()
+    try:
+        offer_ids = sorted({i.offer_id for r in requests for i in r if i.amount and i.amount > 0})
+        spent: dict[str, float] = {}
+        limit: dict[str, float] = {}
+        if offer_ids:
+            cursor.execute(_PG_LOCK_BUDGETS, (offer_ids,))
+            for offer_id, budget, used in cursor.fetchall():
+                limit[offer_id], spent[offer_id] = float(budget), float(used)
+        cap_keys = sorted(
+            {(i.cap.member_id, i.cap.cap_key, i.cap.period) for r in requests for i in r if i.cap}
+        )
+        used: dict[tuple[str, str, str], int] = {}
+        if cap_keys:
+            columns = [list(c) for c in zip(*cap_keys, strict=True)]
+            cursor.execute(_PG_CREATE_CAPS, (now, *columns))
+            cursor.execute(_PG_LOCK_CAPS, columns)
+            used = {(m, k, p): int(n) for m, k, p, n in cursor.fetchall()}
+        spent0, used0 = dict(spent), dict(used)
+        outcomes = []
+        for request in requests:
+            outcome = GrantOutcome()
+            for index, item in enumerate(request):
+                cap = item.cap
+                if cap is not None:
+                    key = (cap.member_id, cap.cap_key, cap.period)
+                    if not used[key] < cap.cap:
+                        continue
+                    used[key] += 1
+                if item.amount is not None and item.amount > 0:
+                    if item.offer_id not in spent:
+                        outcome.error = UnknownBudgetError(item.offer_id)
+                        break
+                    total = spent[item.offer_id] + float(item.amount)
+                    if not total <= limit[item.offer_id] + _EPS:
+                        outcome.exhausted.append(item.offer_id)
+                        continue
+                    spent[item.offer_id] = total
+                outcome.granted.append(index)
+            outcomes.append(outcome)
+        changed = [o for o in spent if spent[o] != spent0[o]]
+        if changed:
+            old, new = [spent0[o] for o in changed], [spent[o] for o in changed]
+            cursor.execute(_PG_WRITE_BUDGETS, (now, changed, old, new))
+            if cursor.rowcount != len(changed):
+                raise LostUpdateError(f"budgets changed under the group: {changed}")
+        bumped = [k for k in used if used[k] != used0[k]]
+        if bumped:
+            m, k, p = (list(c) for c in zip(*bumped, strict=True))
+            before, after = [used0[b] for b in bumped], [used[b] for b in bumped]
+            cursor.execute(_PG_WRITE_CAPS, (now, m, k, p, before, after))
+            if cursor.rowcount != len(bumped):
+                raise LostUpdateError("member caps changed under the group")
+    finally:
+        cursor.close()
+    return outcomes
+
+
 def reserve_grants(store: Any, requests: Sequence[Sequence[ReservationItem]]) -> list[GrantOutcome]:
     """Run every request's reservations in one transaction and commit once; one outcome each.
 
@@ -174,6 +262,8 @@ def reserve_grants(store: Any, requests: Sequence[Sequence[ReservationItem]]) ->
     for attempt in range(RETRIES + 1):
         try:
             with store.engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    return _run_group_pg(connection, requests, utcnow())
                 return _run_group(connection, store._insert, requests, utcnow())
         except OperationalError as exc:
             code = getattr(exc.orig, "sqlstate", None)

@@ -277,7 +277,8 @@ def test_reserve_grants_retries_a_deadlock_and_raises_other_errors(store, monkey
     import serving.store.reserve as reserve
 
     store.set_budget("o1", 5.0, unit="count")
-    real = reserve._run_group
+    name = "_run_group_pg" if store.dialect == "postgresql" else "_run_group"
+    real = getattr(reserve, name)
     calls: list[int] = []
 
     class _Deadlock(Exception):
@@ -290,7 +291,7 @@ def test_reserve_grants_retries_a_deadlock_and_raises_other_errors(store, monkey
             raise OperationalError("UPDATE budgets ...", {}, _Deadlock())
         return outcomes
 
-    monkeypatch.setattr(reserve, "_run_group", flaky)
+    monkeypatch.setattr(reserve, name, flaky)
     (outcome,) = store.reserve_grants([[Item("o1", amount=1.0)]])
     assert outcome.granted == [0] and len(calls) == 2
     assert store.budget("o1")["spent"] == pytest.approx(1.0)  # once: the first try rolled back
@@ -298,6 +299,6 @@ def test_reserve_grants_retries_a_deadlock_and_raises_other_errors(store, monkey
     def broken(*args, **kwargs):
         raise OperationalError("UPDATE budgets ...", {}, RuntimeError("disk I/O error"))
 
-    monkeypatch.setattr(reserve, "_run_group", broken)
+    monkeypatch.setattr(reserve, name, broken)
     with pytest.raises(OperationalError):
         store.reserve_grants([[Item("o1", amount=1.0)]])
