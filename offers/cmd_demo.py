@@ -87,7 +87,7 @@ def _timed(label: str, t0: float) -> None:
     console.print(f"[bold]{label}[/] ({time.perf_counter() - t0:.1f} s)")
 
 
-def _summary(data_dir: Path, tables: dict, frame: pd.DataFrame) -> None:
+def _summary(tables: dict, frame: pd.DataFrame) -> None:
     stages = frame.set_index("member_id")["lifecycle_stage"]
     summary = summarize(tables, lifecycle=stages)
     console.print(
@@ -132,6 +132,60 @@ def _how_to(url: str, key: str, home: Path, member: str, serve_cmd: str) -> None
     console.print(f"  {serve_cmd}", soft_wrap=True, markup=False, highlight=False)
 
 
+def _data_and_snapshot(members: int, seed: int, data_dir: Path, snapshot: Path) -> pd.DataFrame:
+    """Simulate, validate, write the member feature snapshot and print the summary."""
+    from features.simulate import simulate
+    from offers.demo_pipeline import write_snapshot
+
+    t0 = time.perf_counter()
+    with console.status(f"simulating {members:,} members (seed {seed})"):
+        program = simulate(n_members=members, seed=seed)
+        program.write(data_dir)
+    _timed(f"simulated {members:,} members -> {data_dir}", t0)
+
+    with console.status("validating"):
+        result = validate_dir(data_dir)
+    render_validation(result)
+    if not result.ok:
+        raise typer.Exit(code=1)
+
+    tables = result.tables
+    end = tables["transactions"]["ts"].max().normalize() + pd.Timedelta(days=1)
+    t0 = time.perf_counter()
+    with console.status("computing member features as of the end of the data"):
+        frame = write_snapshot(data_dir, end, snapshot)
+    _timed(f"member feature snapshot as of {end.date()} -> {snapshot}", t0)
+    _summary(tables, frame)
+    return frame
+
+
+def _train(data_dir: Path, home: Path, uri: str, members: int, seed: int) -> dict:
+    """Train, register and promote both models; print what the gates did."""
+    import mlflow  # noqa: F401  (mlflow sets its loggers up on import: quiet them after)
+
+    from offers.demo_pipeline import train_and_promote
+    from offers.registry_cli import fail, quiet_mlflow
+    from training.affinity_eval import EvalInputError
+    from training.uplift_fit import UpliftTrainError
+
+    quiet_mlflow()
+    t0 = time.perf_counter()
+    try:
+        with console.status("training") as status:
+            trained = train_and_promote(data_dir, home, uri, seed=seed, step=status.update)
+    except (EvalInputError, UpliftTrainError) as exc:
+        fail(f"training on {members:,} simulated members failed: {exc} (try more --members)")
+    for model in trained.values():
+        how = "gate promoted it" if model.gate_promoted else "forced by the demo"
+        value = f"{model.value:.4f}" if model.value is not None else "n/a"
+        console.print(
+            f"registered [bold]{model.name} v{model.version}[/] ({model.metric} {value}) -> "
+            f"champion ({how}; gate: {model.gate_reason})"
+        )
+    _timed(f"trained and promoted both models in {uri}", t0)
+    return trained
+
+
 def demo(
     members: Annotated[int, typer.Option(help="members to simulate", min=100)] = 10_000,
     seed: Annotated[int, typer.Option(help="simulation and training seed")] = 42,
@@ -149,72 +203,29 @@ def demo(
     ] = None,
 ) -> None:
     """Simulate, train, register, serve and call the API: the whole product on one machine."""
-    from features.simulate import simulate
-    from offers.demo_pipeline import local_tracking_uri, train_and_promote, write_snapshot
+    from offers.demo_pipeline import local_tracking_uri
     from offers.demo_requests import DemoClient, run_samples
     from offers.demo_server import DemoServer, DemoServerError, check_port
-    from offers.registry_cli import fail, quiet_mlflow
+    from offers.registry_cli import fail
+    from serving.api.bundle import DEFAULT_MODELS, BundleConfig
+    from serving.settings import SCOPES, ServingSettings
 
     started = time.perf_counter()
     home = get_settings().home
     data_dir = out or get_settings().demo_data_dir
+    snapshot = home / "features" / "member_features.parquet"
     try:
-        check_port(host, port)  # fail before minutes of work, not after
+        check_port(host, port)  # fail before the work, not after
     except DemoServerError as exc:
         fail(str(exc))
 
-    t0 = time.perf_counter()
-    with console.status(f"simulating {members:,} members (seed {seed})"):
-        program = simulate(n_members=members, seed=seed)
-        program.write(data_dir)
-    _timed(f"simulated {members:,} members -> {data_dir}", t0)
-
-    with console.status("validating"):
-        result = validate_dir(data_dir)
-    render_validation(result)
-    if not result.ok:
-        raise typer.Exit(code=1)
-
-    tables = result.tables
-    end = tables["transactions"]["ts"].max().normalize() + pd.Timedelta(days=1)
-    snapshot = home / "features" / "member_features.parquet"
-    t0 = time.perf_counter()
-    with console.status("computing member features as of the end of the data"):
-        frame = write_snapshot(data_dir, end, snapshot)
-    _timed(f"member feature snapshot as of {end.date()} -> {snapshot}", t0)
-    _summary(data_dir, tables, frame)
-
-    import mlflow  # noqa: F401  (mlflow sets its loggers up on import: quiet them after)
-
-    quiet_mlflow()
+    frame = _data_and_snapshot(members, seed, data_dir, snapshot)
     uri = tracking_uri or local_tracking_uri(home)
-    t0 = time.perf_counter()
-    from training.affinity_eval import EvalInputError
-    from training.uplift_fit import UpliftTrainError
-
-    try:
-        with console.status("training") as status:
-            trained = train_and_promote(data_dir, home, uri, seed=seed, step=status.update)
-    except (EvalInputError, UpliftTrainError) as exc:
-        fail(f"training on {members:,} simulated members failed: {exc} (try more --members)")
-    for model in trained.values():
-        how = "gate promoted it" if model.gate_promoted else "forced by the demo"
-        value = f"{model.value:.4f}" if model.value is not None else "n/a"
-        console.print(
-            f"registered [bold]{model.name} v{model.version}[/] ({model.metric} {value}) -> "
-            f"champion ({how}; gate: {model.gate_reason})"
-        )
-    _timed(f"trained and promoted both models in {uri}", t0)
-
-    from serving.api.bundle import DEFAULT_MODELS, BundleConfig
-    from serving.settings import SCOPES, ServingSettings
+    trained = _train(data_dir, home, uri, members, seed)
 
     key = demo_key(home)
     settings = ServingSettings(
-        home=home,
-        models=DEFAULT_MODELS,
-        api_keys={key: list(SCOPES)},
-        mlflow_tracking_uri=uri,
+        home=home, models=DEFAULT_MODELS, api_keys={key: list(SCOPES)}, mlflow_tracking_uri=uri
     )
     config = BundleConfig(home=home, catalog=data_dir / "catalog.yaml", member_features=snapshot)
     _drop_stale_copies(config.lkg_path(), trained)
@@ -229,6 +240,7 @@ def demo(
     _timed(f"serving on {server.url} (store: {store})", t0)
 
     ids = sorted(frame["member_id"].astype(str))
+    samples = None
     try:
         samples = run_samples(DemoClient(server.url, key), ids, console)
         console.rule()
@@ -238,13 +250,8 @@ def demo(
             "duplicate event stored once: "
             + ("[green]yes[/]" if samples.duplicate_stored_once else "[red]no[/]")
         )
-        _how_to(
-            server.url,
-            key,
-            home,
-            ids[0],
-            serve_command(home, uri, config.catalog_path(), snapshot, port),
-        )
+        serve_cmd = serve_command(home, uri, config.catalog_path(), snapshot, port)
+        _how_to(server.url, key, home, ids[0], serve_cmd)
         console.print(f"[bold]demo ready[/] in {time.perf_counter() - started:.1f} s")
         if not samples.ok:
             console.print("[red]some sample requests failed (see above)[/]")
@@ -257,7 +264,7 @@ def demo(
     finally:
         server.stop()
     console.print("server stopped")
-    if not samples.ok or not samples.duplicate_stored_once:
+    if samples is None or not samples.ok or not samples.duplicate_stored_once:
         raise typer.Exit(code=1)
 
 

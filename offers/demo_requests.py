@@ -28,7 +28,8 @@ _MAX_TEXT = 60
 
 @dataclass
 class Reply:
-    """One HTTP exchange: status, decoded body (JSON, or a list for NDJSON) and wall time."""
+    """One HTTP exchange: status (0: no answer), decoded body (JSON, or a list for NDJSON) and
+    wall time."""
 
     method: str
     path: str
@@ -59,6 +60,9 @@ class DemoClient:
                 status, raw, ctype = resp.status, resp.read(), resp.headers.get("content-type", "")
         except urllib.error.HTTPError as exc:
             status, raw, ctype = exc.code, exc.read(), exc.headers.get("content-type", "")
+        except OSError as exc:  # no answer: status 0, the error as the body
+            ms = 1000 * (time.perf_counter() - t0)
+            return Reply(method, path, 0, {"error": f"{type(exc).__name__}: {exc}"}, ms)
         ms = 1000 * (time.perf_counter() - t0)
         text = raw.decode("utf-8", "replace")
         if "ndjson" in ctype:
@@ -86,7 +90,8 @@ def _short(value: Any) -> Any:
 def show(console: Console, who: str, reply: Reply) -> None:
     """``who  METHOD path -> status (ms)`` then the body as compact JSON, one line per
     NDJSON line; lines are never wrapped (``soft_wrap``) so they stay valid JSON."""
-    style = "green" if reply.status < 300 else "red"
+    good = 200 <= reply.status < 300
+    style = "green" if good else "red"
     head = Text.assemble(
         (f"{who:<16}", "bold cyan"),
         f"{reply.method} {reply.path} -> ",
@@ -97,9 +102,7 @@ def show(console: Console, who: str, reply: Reply) -> None:
     bodies = reply.body if isinstance(reply.body, list) else [reply.body]
     for body in bodies:
         line = json.dumps(_short(body), separators=(",", ":"), ensure_ascii=False)
-        console.print(
-            Text("  " + line, style="dim" if reply.status < 300 else "red"), soft_wrap=True
-        )
+        console.print(Text("  " + line, style="dim" if good else "red"), soft_wrap=True)
 
 
 @dataclass
@@ -113,7 +116,7 @@ class SampleResults:
 
     @property
     def ok(self) -> bool:
-        return all(r.status < 300 for r in self.replies)
+        return all(200 <= r.status < 300 for r in self.replies)
 
 
 def _find_moment_member(client: DemoClient, members: list[str], tries: int) -> Reply | None:
