@@ -109,7 +109,7 @@ def _check_run(out: str) -> dict[str, str]:
 def test_offers_demo_end_to_end_and_again(tmp_path: Path) -> None:
     home = tmp_path / "home"
     port = _free_port()
-    proc = _run_demo(home, "--members", "1500", "--seed", "7", "--no-serve", "--port", str(port))
+    proc = _run_demo(home, "--members", "1000", "--seed", "7", "--no-serve", "--port", str(port))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     out = proc.stdout
     for heading in (
@@ -122,13 +122,13 @@ def test_offers_demo_end_to_end_and_again(tmp_path: Path) -> None:
     first = _check_run(out)
     data_dir = home / "data" / "demo"
     result = validate_dir(data_dir)
-    assert result.ok and result.counts["members"].kept == 1500
+    assert result.ok and result.counts["members"].kept == 1000
     assert (data_dir / "truth").is_dir()
     assert (home / "features" / "member_features.parquet").exists()
     key = (home / "demo_api_key").read_text().strip()
 
     # again on the same home: new versions registered, promoted and served; same key
-    again = _run_demo(home, "--members", "1500", "--seed", "7", "--no-serve", "--port", str(port))
+    again = _run_demo(home, "--members", "1000", "--seed", "7", "--no-serve", "--port", str(port))
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
     second = _check_run(again.stdout)
     assert second == {k: str(int(v) + 1) for k, v in first.items()}
