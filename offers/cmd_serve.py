@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -12,6 +13,14 @@ __all__ = ["register"]
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address (default OFFERS_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default OFFERS_PORT)")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="worker processes (each loads the models; they share the SQL store)",
+        ),
+    ] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve the offers API (settings from OFFERS_* environment variables)."""
@@ -21,16 +30,33 @@ def serve(
     from serving.settings import get_settings
 
     settings = get_settings()
-    app = create_app(settings)
+    bind_host, bind_port = host or settings.host, port or settings.port
     typer.echo(
-        f"serving on http://{host or settings.host}:{port or settings.port} "
-        f"(store: {settings.resolved_database_url().split('://', 1)[0]})"
+        f"serving on http://{bind_host}:{bind_port} "
+        f"(store: {settings.resolved_database_url().split('://', 1)[0]}, workers: {workers})"
     )
     # No access log: request paths carry member ids.
+    if workers == 1:
+        uvicorn.run(
+            create_app(settings),
+            host=bind_host,
+            port=bind_port,
+            log_level=log_level,
+            access_log=False,
+        )
+        return
+    from serving.api.app import prepare_shared_state
+
+    # What must happen once, not once per worker: migrations, the last-known-good model
+    # copies and the budget counters. The workers then skip them.
+    prepare_shared_state(settings)
+    os.environ["OFFERS_MIGRATE_ON_START"] = "false"
     uvicorn.run(
-        app,
-        host=host or settings.host,
-        port=port or settings.port,
+        "serving.api.app:create_app",
+        factory=True,
+        workers=workers,
+        host=bind_host,
+        port=bind_port,
         log_level=log_level,
         access_log=False,
     )

@@ -21,7 +21,7 @@ from serving.auth import ApiKeyRing
 from serving.settings import ServingSettings, get_settings
 from serving.store import DecisionLogWriter, open_store
 
-__all__ = ["create_app", "run_server"]
+__all__ = ["create_app", "prepare_shared_state", "run_server"]
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +128,33 @@ def run_server(
         log_level=log_level,
         access_log=False,
     )
+
+
+def prepare_shared_state(
+    settings: ServingSettings | None = None, bundle_config: BundleConfig | None = None
+) -> None:
+    """Before starting several workers on one store: migrate the store, fetch the models'
+    last-known-good copies and create the budget counters, once (workers racing on them
+    would fail or duplicate work). Failures are logged; each worker still reports readiness.
+    """
+    from types import SimpleNamespace
+
+    from features.catalog import load_catalog
+    from serving.engine import DecisionEngine
+
+    settings = settings or get_settings()
+    bundle_config = bundle_config or BundleConfig(home=settings.home)
+    store = open_store(settings.resolved_database_url(), migrate_schema=settings.migrate_on_start)
+    try:
+        loader = lkg_loader(settings.mlflow_tracking_uri, bundle_config.lkg_path())
+        for name, uri in settings.models.items():
+            try:
+                loader(name, uri)
+            except Exception as exc:
+                log.error("model %s not prepared: %s: %s", name, type(exc).__name__, exc)
+        catalog = bundle_config.catalog_path()
+        if catalog.exists():
+            engine = DecisionEngine(load_catalog(catalog), bundle_config.engine)
+            seed_budgets(store, SimpleNamespace(engine=engine))
+    finally:
+        store.close()

@@ -44,6 +44,8 @@ from serving.engine import (
     MemberTable,
     ScoreInputs,
 )
+from serving.engine.eligibility import member_eligibility
+from serving.engine.moments import member_moments
 from serving.engine.single import SingleDecider
 
 __all__ = [
@@ -143,7 +145,7 @@ def _fetch(name: str, uri: str, tracking_uri: str | None, lkg: Path) -> tuple[Pa
 def _write_current(lkg: Path, name: str, uri: str, path: Path, version: str | None) -> None:
     record = {"uri": uri, "version": version, "path": str(path)}
     target = lkg / name / "current.json"
-    tmp = target.with_suffix(".tmp")
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")  # workers may write it at once
     tmp.write_text(json.dumps(record))
     os.replace(tmp, target)
 
@@ -199,6 +201,8 @@ class ServingBundle:
     snapshot_as_of: pd.Timestamp | None
     single: SingleDecider | None = None  # the real-time path (built with the bundle)
     _cold_row: MemberTable | None = None  # a one-row cold-start member (id replaced per call)
+    member_mask: np.ndarray | None = None  # (n, m) member-only eligibility rules, per member
+    member_flags: np.ndarray | None = None  # (n, moments) moments of the snapshot, per member
 
     @property
     def offer_ids(self) -> tuple[str, ...]:
@@ -245,15 +249,19 @@ class ServingBundle:
             row = -1
         ids = np.array([member_id], dtype=object)
         m = self.engine.offers.n
+        pre: dict[str, np.ndarray] = {}
         if row >= 0:
             table = replace(self.members.take(np.array([row])), ids=ids)
             p, s, has = self.p_redeem[row], self.spend[row], bool(self.has_row[row])
+            if self.member_mask is not None and self.member_flags is not None:
+                pre = {"member_mask": self.member_mask[row], "member_flags": self.member_flags[row]}
         else:
             table = replace(self._cold_row, ids=ids)
             p, s, has = np.zeros(m, np.float32), np.zeros(m, np.float32), False
         if basket_total is not None:
             table = _with_basket(table, basket_total)
-        return self.single.decide(table, p, s, has, context, budget_left=self._left(exhausted))
+        left = self._left(exhausted)
+        return self.single.decide(table, p, s, has, context, budget_left=left, **pre)
 
     def _left(self, exhausted: frozenset[str]) -> np.ndarray | None:
         """Budgets left with the store-exhausted offers at 0 (cached per exhausted set)."""
@@ -425,6 +433,8 @@ def build_bundle(models: ModelSet, config: BundleConfig) -> ServingBundle:
         versions=models.versions(),
         snapshot_as_of=as_of,
         single=SingleDecider(engine, tables),
+        member_mask=member_eligibility(members, engine.offers),
+        member_flags=member_moments(members, config.engine.moments).flags,
         _cold_row=_blank_unknown(
             members.take(np.array([0])) if members.n else _cold(1), np.array([True])
         ),

@@ -59,6 +59,29 @@ class ApiMetrics:
             registry=self.registry,
         )
 
+        self._decision_children: dict[tuple[str, str], Any] = {}
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, method: str, route: str, code: int, seconds: float) -> None:
+        """One request's latency and status (label children cached per route and status)."""
+        key = (method, route, code)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.latency.labels(method, route),
+                self.requests.labels(method, route, str(code)),
+            )
+        children[0].observe(seconds)
+        children[1].inc()
+
+    def count_decision(self, offer_id: str, fallback: str) -> None:
+        """One decided offer (children cached: ``labels()`` costs tens of microseconds)."""
+        key = (offer_id, fallback)
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self._decision_children[key] = self.decisions.labels(offer_id, fallback)
+        child.inc()
+
     def set_models(self, versions: dict[str, str]) -> None:
         self.model_info.clear()
         for model, version in versions.items():
@@ -101,8 +124,7 @@ class MetricsMiddleware:
         finally:
             route = _route(scope)
             method = scope["method"]
-            self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
-            self.metrics.requests.labels(method, route, str(status["code"])).inc()
+            self.metrics.observe(method, route, status["code"], time.perf_counter() - start)
 
 
 def _route(scope: Scope) -> str:
