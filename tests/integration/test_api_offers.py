@@ -111,13 +111,21 @@ def _free_port() -> int:
 class Server:
     """``uvicorn serving.api:create_app --factory`` as a child process on loopback."""
 
-    def __init__(self, home: Path, program: dict, tracking_uri: str, db_url: str | None = None):
+    def __init__(
+        self,
+        home: Path,
+        program: dict,
+        tracking_uri: str,
+        db_url: str | None = None,
+        workers: int = 1,
+    ):
         self.home, self.program, self.tracking_uri, self.db_url = (
             home,
             program,
             tracking_uri,
             db_url,
         )
+        self.workers = workers
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -140,10 +148,14 @@ class Server:
         env.pop("OFFERS_DATABASE_URL", None)
         if self.db_url:
             env["OFFERS_DATABASE_URL"] = self.db_url
+        cmd = [sys.executable, "-m", "uvicorn", "serving.api:create_app", "--factory",
+               "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"]  # fmt: skip
+        if self.workers > 1:  # the CLI: prepares the store and models once, then N workers
+            cmd = [sys.executable, "-m", "offers", "serve", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--workers", str(self.workers)]  # fmt: skip
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "serving.api:create_app", "--factory",
-                 "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"],
+                cmd,
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         deadline = time.monotonic() + 120
@@ -363,7 +375,11 @@ def database_url(request, tmp_path: Path):
     admin.dispose()
 
 
-def test_200_concurrent_checkouts_against_budget_50_grant_exactly_50(world, database_url) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_200_concurrent_checkouts_against_budget_50_grant_exactly_50(
+    world, database_url, workers
+) -> None:
+    """One server process, or ``offers serve --workers 2`` (two processes sharing the store)."""
     from features.catalog import load_catalog
     from serving.store import open_store
 
@@ -375,7 +391,14 @@ def test_200_concurrent_checkouts_against_budget_50_grant_exactly_50(world, data
     for offer in load_catalog(world["program"]["catalog"]).offers:
         store.set_budget(offer.offer_id, 50.0 if offer.offer_id == target else 0.0, unit="count")
     store.close()
-    srv = Server(world["home"], world["program"], world["registry"].tracking_uri, url).start()
+    srv = Server(
+        world["home"], world["program"], world["registry"].tracking_uri, url, workers=workers
+    ).start()
+    if workers > 1:
+        import psutil
+
+        spawned = psutil.Process(srv.proc.pid).children(recursive=True)
+        assert sum("spawn_main" in " ".join(p.cmdline()) for p in spawned) == workers
     basket = [{"category": "grocery", "quantity": 4, "unit_price": 20.0}]
     try:
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
