@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11, pip and make:
-#   make demo   simulate -> validate -> summary (later: features -> train -> registry -> serve)
+#   make demo   simulate -> features -> train -> MLflow registry -> serve -> sample requests
 #   make test   the whole test suite
 PYTHON ?= python3.11
 VENV ?= .venv
