@@ -4,9 +4,9 @@ artifacts under the test's directory), a PostgreSQL server, and ``offers serve``
 The models are trained and registered against the tracking server through the CLI
 (``offers features``, ``offers train affinity``, ``offers train uplift``, ``offers promote``);
 ``offers serve`` loads ``@champion`` from it and keeps its store in PostgreSQL. Every endpoint
-is called with auth, feedback is sent (a retry stored once, checked in PostgreSQL), then a new
-affinity version is trained, registered and promoted, and after ``POST /v1/admin/reload`` the
-responses name it.
+is called with auth, feedback is sent (a retry stored once, checked in PostgreSQL), then new
+versions of both models are trained, registered and promoted, and after
+``POST /v1/admin/reload`` the responses name them.
 """
 
 from __future__ import annotations
@@ -249,20 +249,24 @@ def test_every_endpoint_with_auth_and_feedback(world) -> None:
 
 
 def test_new_version_registered_promoted_and_reloaded(world) -> None:
-    env, old = world["env"], world["versions"]
-    _done(
-        _cli("train", "affinity", "--data", str(world["data"]), "--als-trials", "1",
-             "--bpr-trials", "1", "--seed", "1", env=env)
+    env, old, data = world["env"], world["versions"], str(world["data"])
+    _done(  # new versions of both models, side by side
+        _cli("train", "affinity", "--data", data, "--als-trials", "1", "--bpr-trials", "1",
+             "--seed", "1", env=env),
+        _cli("train", "uplift", "--data", data, "--base-params",
+             json.dumps({**UPLIFT_PARAMS, "n_estimators": 20}), "--seed", "1", env=env),
     )  # fmt: skip
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=world["tracking_uri"], registry_uri=world["tracking_uri"])
-    latest = max(int(v.version) for v in client.search_model_versions("name='offers-affinity'"))
-    new = str(latest)
-    assert new != old["affinity"]
-    _done(_cli("promote", "offers-affinity", "--version", new, env=env))
-    assert _champion(world["tracking_uri"], "offers-affinity") == new
-    expected = {**old, "affinity": new}
+    expected = {}
+    for key in ("affinity", "uplift"):
+        name = f"offers-{key}"
+        new = str(max(int(v.version) for v in client.search_model_versions(f"name='{name}'")))
+        assert new != old[key]
+        _done(_cli("promote", name, "--version", new, env=env))
+        assert _champion(world["tracking_uri"], name) == new
+        expected[key] = new
 
     member = world["members"][5]
     with _client(world) as c:
