@@ -187,7 +187,9 @@ def _train(data_dir: Path, home: Path, uri: str, members: int, seed: int) -> dic
 
 
 def demo(
-    members: Annotated[int, typer.Option(help="members to simulate", min=100)] = 10_000,
+    members: Annotated[
+        int, typer.Option(help="members to simulate (the models need 500 or more)", min=500)
+    ] = 10_000,
     seed: Annotated[int, typer.Option(help="simulation and training seed")] = 42,
     out: Annotated[
         Path | None, typer.Option(help="data directory (default: $OFFERS_HOME/data/demo)")
