@@ -170,10 +170,32 @@ def run_local(
         if on_chunk is not None:
             on_chunk(k, done_rows)
 
+    done_before = set(manifest["chunks"])
+    chunks_iter = enumerate(read_chunks(features, chunk_size))
+
+    def prepare() -> tuple[int, pd.DataFrame | None, Any, Any] | None:
+        """Read the next chunk and score it (runs in the background while the chunk before
+        it is decided: scoring does not depend on the budgets)."""
+        got = next(chunks_iter, None)
+        if got is None:
+            return None
+        k, chunk = got
+        if str(k) in done_before:
+            return k, None, None, None
+        state = None
+        if events is not None:
+            ids = chunk[MEMBER_ID].astype(str).to_numpy(dtype=object)
+            state = state_from_events(events, ids, plan.engine.offers, plan.context.as_of)
+        return k, chunk, state, scorer.score(chunk, plan.engine.offers)
+
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-reader")
     try:
-        for k, chunk in enumerate(read_chunks(features, chunk_size)):
+        ahead = reader.submit(prepare)
+        while (item := ahead.result()) is not None:
+            ahead = reader.submit(prepare)
+            k, chunk, state, inputs = item
             part = pdir / f"part-{k:06d}.parquet"
-            if str(k) in manifest["chunks"]:
+            if chunk is None:
                 writer.submit_part(part)
                 continue
             left = np.where(
@@ -182,12 +204,11 @@ def run_local(
                 plan.budget_left,
             )
             total_left = None if plan.total_money is None else max(plan.total_money - money, 0.0)
-            state = None
-            if events is not None:
-                ids = chunk[MEMBER_ID].astype(str).to_numpy(dtype=object)
-                state = state_from_events(events, ids, plan.engine.offers, plan.context.as_of)
             s_left = None if surprise_budget is None else surprise_budget - surprise
-            batch = plan.decide(chunk, scorer, left, total_left, state, surprise_left=s_left)
+            batch = plan.decide(
+                chunk, scorer, left, total_left, state, surprise_left=s_left, inputs=inputs
+            )
+            del inputs
             u, mo = usage(batch.rows, plan.engine)
             su = surprise_spend(batch.rows)
             frame = output_frame(batch.rows)
@@ -210,6 +231,7 @@ def run_local(
             record(pending)
         rows = writer.finish()
     finally:
+        reader.shutdown(wait=True, cancel_futures=True)
         writer.close()
     chunks = sorted(int(c) for c in manifest["chunks"])
     limit = np.where(np.isfinite(plan.budget_left), plan.budget_left, np.nan)

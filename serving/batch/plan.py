@@ -29,6 +29,7 @@ from serving.engine import (
     DecisionEngine,
     EngineSettings,
     MemberOfferState,
+    ScoreInputs,
 )
 from serving.engine.hashing import unit_interval
 
@@ -131,14 +132,19 @@ class SendPlan:
         state: MemberOfferState | None = None,
         prices: dict[str, float] | None = None,
         surprise_left: float | None = None,
+        frame: bool = True,
+        inputs: ScoreInputs | None = None,
     ) -> DecisionBatch:
         """Decisions for one chunk at the plan's prices with what is left of each budget.
 
         ``surprise_left``: what is left of the settings' surprise budget (a per-send amount the
         engine applies per call): the chunk is decided by an engine with that amount, and the
-        rows keep the send's policy fingerprint.
+        rows keep the send's policy fingerprint. ``frame=False``: only what budget usage needs
+        (see ``DecisionEngine.decide``). ``inputs``: the chunk's scores when
+        already computed (e.g. in the background), else ``scorer`` scores it.
         """
-        inputs = scorer.score(members, self.engine.offers)
+        if inputs is None:
+            inputs = scorer.score(members, self.engine.offers)
         engine = self.engine
         st = engine.settings
         if surprise_left is not None and st.surprise.budget is not None:
@@ -152,8 +158,9 @@ class SendPlan:
             budget_left=self.budget_left if left is None else left,
             total_money=self.total_money if total_left is None else total_left,
             prices=self.prices if prices is None else prices,
+            frame=frame,
         )
-        if engine is not self.engine:
+        if engine is not self.engine and frame:
             batch.rows["policy"] = st.fingerprint()
         return batch
 
@@ -174,8 +181,9 @@ class SendPlan:
         left = np.where(np.isfinite(self.budget_left), self.budget_left * rate, self.budget_left)
         total = None if self.total_money is None else self.total_money * rate
         inputs = scorer.score(sample, self.engine.offers)
+        table = self.engine.member_table(sample)  # validated once for every pass below
         batch = self.engine.decide(
-            sample, inputs, self.context, budget_left=left, total_money=total, frame=False
+            table, inputs, self.context, budget_left=left, total_money=total, frame=False
         )
         lam = {k: float(v) for k, v in batch.prices.items()}
         names = list(lam)
@@ -186,7 +194,7 @@ class SendPlan:
 
         def over(prices: dict[str, float]) -> np.ndarray:
             rows = self.engine.decide(
-                sample,
+                table,
                 inputs,
                 self.context,
                 budget_left=unlimited,

@@ -37,6 +37,7 @@ __all__ = [
     "load_model_dir",
     "load_scorer",
     "scorer_feature_config",
+    "uplift_effects",
 ]
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,9 @@ class ModelScorer:
         if np.isnan(p).all():
             raise ScorerError("affinity model: no calibrator (p_redeem is NaN); cannot score")
         p = np.nan_to_num(p, nan=0.0)
-        spend = effect_matrix(_predict(self.uplift, members), offers, self.outcome)
+        spend = effect_matrix(
+            uplift_effects(self.uplift, members, self.outcome), offers, self.outcome
+        )
         return ScoreInputs(p, spend, has_row=np.ones(n, bool), model_versions=dict(self.versions))
 
 
@@ -170,7 +173,9 @@ class UpliftHeadScorer:
 
     def score(self, members: pd.DataFrame, offers: OfferTable) -> ScoreInputs:
         base = self.synthetic.score(members, offers)
-        spend = effect_matrix(self.uplift.predict(members), offers, self.outcome)
+        spend = effect_matrix(
+            uplift_effects(self.uplift, members, self.outcome), offers, self.outcome
+        )
         return ScoreInputs(
             base.p_redeem,
             spend,
@@ -200,6 +205,26 @@ def _predict(loaded: Any, frame: pd.DataFrame) -> pd.DataFrame:
     if model is not None and model is not loaded and hasattr(model, "predict"):
         return model.predict(None, frame)
     return loaded.predict(frame)
+
+
+def uplift_effects(
+    loaded: Any, members: pd.DataFrame, outcome: str = "spend", rows: int = 20_000
+) -> pd.DataFrame:
+    """The uplift model's effects on ``outcome`` only (``<outcome>:<treatment>`` columns), in
+    blocks of ``rows`` members: the ONNX pyfunc's encoder and session of that outcome, as its
+    ``predict`` would (the other outcomes are not computed, and the S-learner's stacked inputs
+    stay small). Other models: their whole ``predict`` output."""
+    model = _python_model(loaded)
+    sessions = getattr(model, "sessions_", None)
+    encoder = getattr(model, "encoder_", None)
+    if not sessions or encoder is None or outcome not in sessions:
+        return _predict(loaded, members)
+    columns = [f"{outcome}:{t}" for t in model.treatments_]
+    out = np.empty((len(members), len(columns)))
+    for a in range(0, len(members), rows):
+        X = encoder.transform(members.iloc[a : a + rows])
+        out[a : a + rows] = sessions[outcome].predict(X)
+    return pd.DataFrame(out, columns=columns)
 
 
 def scorer_feature_config(scorer: Scorer) -> FeatureConfig | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,6 +123,19 @@ class DecisionEngine:
         self.categories = sorted({c for c in self.offers.category if c})
 
     # ---- inputs ---------------------------------------------------------------------------
+    def _encoded(self, ids: np.ndarray) -> EncodedTexts:
+        """``encode_texts(ids)``, remembered for the last ids array (the same member table is
+        decided several times when budget prices are solved)."""
+        last = getattr(self, "_last_encoded", None)
+        if last is not None and last[0]() is ids:
+            return last[1]
+        enc = encode_texts(ids)
+        try:
+            self._last_encoded = (weakref.ref(ids), enc)
+        except TypeError:  # not weak-referenceable: no memory
+            self._last_encoded = None
+        return enc
+
     def member_table(self, frame: pd.DataFrame | MemberTable) -> MemberTable:
         """Validate a member-feature frame (or pass a table through)."""
         if isinstance(frame, MemberTable):
@@ -181,7 +195,7 @@ class DecisionEngine:
             fallback_tables,
             st.fallback_chain,
         )
-        enc = encode_texts(mt.ids)
+        enc = self._encoded(mt.ids)
         held = in_holdout(enc, st.holdout)
         moments = detect_moments(mt, st.moments)
         budgets = self.budgets(budget_left, total_money)

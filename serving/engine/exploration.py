@@ -90,17 +90,21 @@ def explore(
             ok = (g < 0) & (gq >= 0) & cand[rows, np.maximum(gq, 0)]
             g[ok] = gq[ok]
         nc = cand.sum(axis=1)
+        pos = np.zeros(n, dtype=np.int64)
         if epsilon > 0:
             coin, u = _draws(keys, salt, first_slot + r)
             go = (coin < epsilon) & (nc > 0)
-            target = np.floor(u * nc).astype(np.int64)  # the target-th candidate (0-based)
-            pos = np.argmax(np.cumsum(cand, axis=1) > target[:, None], axis=1)
+            sub = np.flatnonzero(go)  # only the exploring rows need their drawn candidate
+            target = np.floor(u[sub] * nc[sub]).astype(np.int64)  # the target-th (0-based)
+            pos[sub] = np.argmax(np.cumsum(cand[sub], axis=1) > target[:, None], axis=1)
         else:
             go = np.zeros(n, dtype=bool)
-            pos = np.zeros(n, dtype=np.int64)
         o = np.where(go, pos, g)
         has = o >= 0
-        p = slot_probabilities(g, cand, epsilon)[rows, np.maximum(o, 0)]
+        # slot_probabilities(g, cand, epsilon)[rows, o], for the shown offer only
+        safe = np.maximum(o, 0)
+        p = np.where(cand[rows, safe], epsilon / np.maximum(nc, 1), 0.0)
+        p = np.where((g >= 0) & (g == o), p + (1 - epsilon), p)
         shown[has, r] = o[has]
         prop[has, r] = p[has]
         explored[:, r] = go
