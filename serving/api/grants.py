@@ -128,8 +128,9 @@ class GrantService:
                 raise GrantServiceClosed("grant service is shutting down")
             self._pending.append(_Pending(items, loop, future))
             self._cond.notify()
-        # Shielded: once queued the reservation will be committed, so a cancelled request
-        # still waits for the answer (as a worker thread would) instead of losing track of it.
+        # Once queued, the reservation is committed whatever happens to the caller; a cancelled
+        # request (client gone) only stops waiting, the future stays for the writer to settle.
+        # As with a worker thread, such a reward is reserved but never returned.
         return await asyncio.shield(future)
 
     async def grant(

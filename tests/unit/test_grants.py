@@ -248,3 +248,29 @@ def test_offers_without_reservations_need_no_transaction(store: OffersStore):
     finally:
         service.close()
     assert [x["offer_id"] for x in got] == ["free"] and service.stats.commits == 0
+
+
+def test_groups_are_bounded_by_max_group(store: OffersStore):
+    store.set_budget("count", 1000.0, unit="count")
+    gated = _Gated(store)
+    service = GrantService(gated, max_group=4)  # type: ignore[arg-type]
+
+    async def main() -> list:
+        first = asyncio.ensure_future(service.reserve([ReservationItem("count", amount=1.0)]))
+        await _wait_until(gated.entered.is_set)
+        rest = [
+            asyncio.ensure_future(service.reserve([ReservationItem("count", amount=1.0)]))
+            for _ in range(10)
+        ]
+        await _wait_until(lambda: service.pending == 10)
+        gated.release.set()
+        return await asyncio.gather(first, *rest)
+
+    try:
+        outcomes = asyncio.run(main())
+    finally:
+        service.close()
+    assert gated.groups == [1, 4, 4, 2]
+    assert all(o.granted == [0] for o in outcomes)
+    with pytest.raises(ValueError, match="max_group"):
+        GrantService(store, max_group=0)
