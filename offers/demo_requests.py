@@ -178,7 +178,8 @@ def run_samples(
         {"category": "grocery", "quantity": 3, "unit_price": 12.0},
     ]
     total = sum(x["quantity"] * x["unit_price"] for x in basket)
-    for who in (res.moment_member or members[1], members[2], COLD_MEMBER):
+    regular = next(m for m in members[1:3] if m != res.moment_member)
+    for who in (res.moment_member or members[1], regular, COLD_MEMBER):
         call(
             "checkout",
             "POST",
