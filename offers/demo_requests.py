@@ -178,8 +178,9 @@ def run_samples(
         {"category": "grocery", "quantity": 3, "unit_price": 12.0},
     ]
     total = sum(x["quantity"] * x["unit_price"] for x in basket)
-    regular = next(m for m in members[1:3] if m != res.moment_member)
-    for who in (res.moment_member or members[1], regular, COLD_MEMBER):
+    first_member = res.moment_member or members[1]
+    regular = next(m for m in members[1:3] if m != first_member)
+    for who in (first_member, regular, COLD_MEMBER):
         call(
             "checkout",
             "POST",
