@@ -4,9 +4,10 @@
         --key KEY --features $OFFERS_HOME/features/member_features.parquet \\
         [--rates 250,500,1000,2000] [--seconds 30] [--concurrency 256] [--procs 1]
 
-    # or start the server too (a trained OFFERS_HOME: feature snapshot, models reachable via
-    # OFFERS_MODELS / MLFLOW_TRACKING_URI or their last-known-good copy under OFFERS_HOME):
-    OFFERS_HOME=... OFFERS_MODELS=... .venv/bin/python bench/load.py --start-server --home ...
+    # or start the server too, on a home trained by `offers demo --no-serve` (or any trained
+    # OFFERS_HOME with OFFERS_MODELS, OFFERS_CATALOG, ... in the environment); --setup-demo N
+    # runs that demo first:
+    .venv/bin/python bench/load.py --start-server --home /tmp/bench-home --setup-demo 5000
 
 For each rate and each endpoint (``GET /healthz`` as the trivial FastAPI endpoint,
 ``GET /v1/members/{id}/offers``, ``POST /v1/checkout/rewards``) it sends requests open-loop
@@ -429,16 +430,51 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _offers_command() -> list[str]:
+    offers = Path(sys.executable).with_name("offers")
+    return [str(offers)] if offers.exists() else [sys.executable, "-m", "offers.cli"]
+
+
+def demo_env(home: Path) -> dict[str, str]:
+    """Serving settings of a home trained by ``offers demo`` (as its ``serve_command``), or {}
+    when ``home`` does not hold a demo."""
+    catalog = home / "data" / "demo" / "catalog.yaml"
+    if not catalog.exists():
+        return {}
+    root = str(Path(__file__).resolve().parents[1])
+    if sys.path[0] != root:  # bench/features.py must not shadow the features package
+        sys.path.insert(0, root)
+    from offers.demo_pipeline import local_tracking_uri
+    from serving.api.bundle import DEFAULT_MODELS
+
+    return {
+        "OFFERS_MODELS": json.dumps(DEFAULT_MODELS),
+        "OFFERS_CATALOG": str(catalog),
+        "OFFERS_MEMBER_FEATURES": str(home / "features" / "member_features.parquet"),
+        "MLFLOW_TRACKING_URI": local_tracking_uri(home),
+    }
+
+
+def setup_demo(home: Path, members: int) -> None:
+    """``offers demo --no-serve``: simulate, train and register into ``home`` (minutes)."""
+    env = dict(os.environ, OFFERS_HOME=str(home))
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    command = [*_offers_command(), "demo", "--no-serve", "--members", str(members)]
+    subprocess.run([*command, "--port", str(_free_port())], env=env, check=True)
+
+
 def start_server(home: Path, key: str, port: int, wait: float = 180.0) -> subprocess.Popen:
     """``offers serve`` on 127.0.0.1:``port`` with ``OFFERS_HOME=home`` and a bench API key;
-    returns once ``/readyz`` answers 200 (models loaded)."""
+    returns once ``/readyz`` answers 200 (models loaded). Settings not in the environment come
+    from the demo layout when ``home`` holds one (:func:`demo_env`)."""
     env = dict(os.environ, OFFERS_HOME=str(home))
+    if "OFFERS_MODELS" not in env:
+        env.update({k: v for k, v in demo_env(home).items() if k not in env})
     env["OFFERS_API_KEYS"] = json.dumps({key: ["offers:read", "checkout:write"]})
+    env.pop("OFFERS_API_KEYS_FILE", None)
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    offers = Path(sys.executable).with_name("offers")
-    command = [str(offers)] if offers.exists() else [sys.executable, "-m", "offers.cli"]
-    command += ["serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(command, env=env)
+    command = [*_offers_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen([*command, "--log-level", "warning"], env=env)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -527,6 +563,13 @@ def main(argv: list[str] | None = None) -> None:
         "generated key; stop it at the end",
     )
     parser.add_argument("--home", help="OFFERS_HOME of the started server (trained)")
+    parser.add_argument(
+        "--setup-demo",
+        type=int,
+        metavar="MEMBERS",
+        help="with --start-server: first run `offers demo --no-serve --members MEMBERS` into "
+        "--home (simulate, train, register)",
+    )
     args = parser.parse_args(argv)
     host = urlparse(args.url).hostname
     if host not in LOOPBACK:
@@ -539,12 +582,18 @@ def main(argv: list[str] | None = None) -> None:
     server = None
     if args.start_server:
         home = Path(args.home or os.environ.get("OFFERS_HOME", ""))
+        if args.setup_demo and str(home):
+            setup_demo(home, args.setup_demo)
         if not str(home) or not home.is_dir():
-            parser.error("--start-server needs --home (or OFFERS_HOME): a trained data home")
+            parser.error(
+                "--start-server needs --home (or OFFERS_HOME): a trained data home "
+                "(or add --setup-demo MEMBERS)"
+            )
         args.key = args.key or secrets.token_urlsafe(24)
         args.features = (
             args.features
             or os.environ.get("OFFERS_MEMBER_FEATURES")
+            or demo_env(home).get("OFFERS_MEMBER_FEATURES")
             or str(home / "features" / "member_features.parquet")
         )
         port = _free_port()
