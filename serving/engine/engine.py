@@ -122,6 +122,12 @@ class DecisionEngine:
         self.boosts_ = lifecycle_boosts(self.offers, self.settings.lifecycle)
         self.categories = sorted({c for c in self.offers.category if c})
 
+    def __getstate__(self) -> dict[str, object]:
+        """Pickle without the encoding cache (Spark broadcasts the engine)."""
+        state = self.__dict__.copy()
+        state.pop("_last_encoded", None)
+        return state
+
     # ---- inputs ---------------------------------------------------------------------------
     def _encoded(self, ids: np.ndarray) -> EncodedTexts:
         """``encode_texts(ids)``, remembered for the last ids array (the same member table is

@@ -232,3 +232,14 @@ def test_hash64_of_encoded_texts_with_a_prefix(texts, prefix):
     assert np.array_equal(hash64(enc.with_prefix(prefix), "s"), _ref_hash64(joined, "s"))
     assert np.array_equal(hash64(enc, "s"), _ref_hash64(texts, "s"))
     assert list(decision_ids(enc.with_prefix(prefix))) == list(decision_ids(joined))
+
+
+def test_engine_pickles_after_deciding_and_decides_the_same():
+    import pickle
+
+    engine, frame, inputs, ctx, tables = program(200, 0)
+    first = engine.decide(frame, inputs, ctx, fallback_tables=tables).rows
+    again = engine.decide(frame, inputs, ctx, fallback_tables=tables).rows  # cached encoding
+    copy = pickle.loads(pickle.dumps(engine))  # Spark broadcasts the engine
+    third = copy.decide(frame, inputs, ctx, fallback_tables=tables).rows
+    assert digest(first) == digest(again) == digest(third)
