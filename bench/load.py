@@ -14,7 +14,8 @@ For each rate and each endpoint (``GET /healthz`` as the trivial FastAPI endpoin
 (on a fixed schedule, whether earlier ones have answered or not; at most ``--concurrency`` in
 flight, the rest counted as ``dropped``) for ``--seconds`` and prints p50/p99/p99.9 latency in
 ms, the achieved rate, errors (non-2xx, broken connections, timeouts; timeouts also counted
-alone) and dropped requests. Bounded: loopback URLs only, at most 5,000 requests/s and 120 s
+alone; the JSON line also breaks them down by status code, ``broken``, ``connect`` and
+``timeout``) and dropped requests. Bounded: loopback URLs only, at most 5,000 requests/s and 120 s
 per step. Latency is measured from the scheduled send time, so a client that falls behind shows
 up as latency, not as a lower rate.
 
@@ -42,6 +43,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -141,6 +143,7 @@ class StepCounts:
 
     latencies_ms: list[float] = field(default_factory=list)
     errors: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)  # "503", "broken", "connect", "timeout"
     timeouts: int = 0
     dropped: int = 0
     end: float = 0.0
@@ -232,7 +235,7 @@ class Generator:
     def finished(self, conn: _Conn, status: int, scheduled: float, keep: bool) -> None:
         self.counts.latencies_ms.append((time.perf_counter() - scheduled) * 1000.0)
         if status >= 300:
-            self.counts.errors += 1
+            self._error(str(status))
         if keep:
             self.idle.append(conn)
         else:
@@ -241,9 +244,13 @@ class Generator:
         self._done_one()
 
     def failed(self, conn: _Conn, *, timeout: bool) -> None:
-        self.counts.errors += 1
+        self._error("timeout" if timeout else "broken")
         self.counts.timeouts += timeout
         self._done_one()
+
+    def _error(self, kind: str) -> None:
+        self.counts.errors += 1
+        self.counts.kinds[kind] = self.counts.kinds.get(kind, 0) + 1
 
     def discard(self, conn: _Conn) -> None:
         if conn in self.idle:
@@ -261,7 +268,7 @@ class Generator:
         try:
             conn = await self._connect()
         except OSError:
-            self.counts.errors += 1
+            self._error("connect")
             self._done_one()
             return
         conn.send(data, scheduled)
@@ -327,7 +334,7 @@ def worker(conn: mp.connection.Connection, host: str, port: int, concurrency: in
             counts = await gen.step(requests, start, interval)
             lat = np.asarray(counts.latencies_ms, dtype=np.float64)
             conn.send((lat.tobytes(), counts.errors, counts.timeouts, counts.dropped,
-                       counts.end, time.process_time() - cpu0))  # fmt: skip
+                       counts.end, time.process_time() - cpu0, counts.kinds))  # fmt: skip
 
     asyncio.run(serve())
 
@@ -343,7 +350,8 @@ def summarize(
     dropped: int,
     elapsed: float,
     client_cpu_s: float = float("nan"),
-) -> dict[str, float | str | int]:
+    error_kinds: dict[str, int] | None = None,
+) -> dict[str, Any]:
     """The printed row of one step."""
     lat = np.asarray(latencies_ms, dtype=np.float64)
     pct = np.percentile(lat, [50, 99, 99.9]) if len(lat) else [float("nan")] * 3
@@ -359,6 +367,7 @@ def summarize(
         "timeouts": timeouts,
         "dropped": dropped,
         "client_cpu_s": round(client_cpu_s, 2),
+        "error_kinds": dict(sorted((error_kinds or {}).items())),
     }
 
 
@@ -386,7 +395,7 @@ class Workers:
         *,
         timeout: float = 10.0,
         warm: int = 16,
-    ) -> dict[str, float | str | int]:
+    ) -> dict[str, Any]:
         n_proc = len(self.pipes)
         total = int(rate * seconds)
         picks = np.random.default_rng(0).integers(0, len(requests), total).astype(np.int32)
@@ -412,6 +421,9 @@ class Workers:
             dropped=sum(p[3] for p in parts),
             elapsed=max(p[4] for p in parts) - start,
             client_cpu_s=sum(p[5] for p in parts),
+            error_kinds={
+                k: sum(p[6].get(k, 0) for p in parts) for k in set().union(*(p[6] for p in parts))
+            },
         )
 
     def close(self) -> None:
@@ -463,7 +475,9 @@ def setup_demo(home: Path, members: int) -> None:
     subprocess.run([*command, "--port", str(_free_port())], env=env, check=True)
 
 
-def start_server(home: Path, key: str, port: int, wait: float = 180.0) -> subprocess.Popen:
+def start_server(
+    home: Path, key: str, port: int, wait: float = 180.0, workers: int = 1
+) -> subprocess.Popen:
     """``offers serve`` on 127.0.0.1:``port`` with ``OFFERS_HOME=home`` and a bench API key;
     returns once ``/readyz`` answers 200 (models loaded). Settings not in the environment come
     from the demo layout when ``home`` holds one (:func:`demo_env`)."""
@@ -474,6 +488,8 @@ def start_server(home: Path, key: str, port: int, wait: float = 180.0) -> subpro
     env.pop("OFFERS_API_KEYS_FILE", None)
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     command = [*_offers_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if workers > 1:
+        command += ["--workers", str(workers)]
     proc = subprocess.Popen([*command, "--log-level", "warning"], env=env)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
@@ -564,6 +580,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--home", help="OFFERS_HOME of the started server (trained)")
     parser.add_argument(
+        "--server-workers", type=int, default=1, help="with --start-server: offers serve --workers"
+    )
+    parser.add_argument(
         "--setup-demo",
         type=int,
         metavar="MEMBERS",
@@ -579,6 +598,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"bounded: 0 < rates <= {MAX_RATE}/s and --seconds <= {MAX_SECONDS}")
     if not 1 <= args.procs <= 4:
         parser.error(f"--procs {args.procs}: between 1 and 4")
+    if not 1 <= args.server_workers <= 8:
+        parser.error(f"--server-workers {args.server_workers}: between 1 and 8")
     server = None
     if args.start_server:
         home = Path(args.home or os.environ.get("OFFERS_HOME", ""))
@@ -598,7 +619,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         port = _free_port()
         args.url = f"http://127.0.0.1:{port}"
-        server = start_server(home, args.key, port)
+        server = start_server(home, args.key, port, workers=args.server_workers)
     elif not args.key or not args.features:
         parser.error("--key and --features are required unless --start-server")
     print(f"event loop: {_install_uvloop()} x {args.procs} process(es)", file=sys.stderr)
@@ -607,7 +628,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if server is not None:
             stop_server(server)
-    cols = list(rows[0]) if rows else []
+    cols = [c for c in rows[0] if c != "error_kinds"] if rows else []
     print(" ".join(f"{c:>12}" for c in cols))
     for row in rows:
         print(" ".join(f"{row[c]!s:>12}" for c in cols))

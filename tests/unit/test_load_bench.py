@@ -27,6 +27,9 @@ class _Handler(BaseHTTPRequestHandler):
         body_in = self.rfile.read(length) if length else b""
         if self.path.startswith("/slow"):
             time.sleep(1.0)
+        if self.path.startswith("/drop"):  # hang up without an answer
+            self.close_connection = True
+            return
         status = 503 if self.path.startswith("/fail") else 200
         body = b'{"ok":true,"echo":' + str(len(body_in)).encode() + b"}"
         head = f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
@@ -94,10 +97,26 @@ def test_generator_counts_answers_errors_timeouts_and_drops(server):
 
     first, second, opened = asyncio.run(main())
     assert len(first.latencies_ms) == 30 and first.errors == 10 and first.dropped == 0
+    assert first.kinds == {"503": 10}
     assert first.timeouts == 0 and min(first.latencies_ms) > 0
     assert opened < 30  # keep-alive: connections were reused
     assert second.timeouts == 4 and second.errors == 4 and second.dropped == 3
+    assert second.kinds == {"timeout": 4}
     assert second.latencies_ms == []
+
+
+def test_a_connection_closed_without_an_answer_is_a_broken_error(server):
+    host, port = server
+    ok = load.encode_request("GET", "/ok", f"{host}:{port}", "k", None)
+    drop = load.encode_request("GET", "/drop", f"{host}:{port}", "k", None)
+
+    async def main() -> load.StepCounts:
+        gen = load.Generator(host, port, concurrency=8, timeout=5.0)
+        return await gen.step([ok, drop, ok, drop, ok], time.perf_counter() + 0.01, 0.005)
+
+    counts = asyncio.run(main())
+    assert len(counts.latencies_ms) == 3 and counts.kinds == {"broken": 2}
+    assert counts.errors == 2 and counts.timeouts == 0
 
 
 def test_summary_percentiles_rate_and_counts():
@@ -109,10 +128,12 @@ def test_summary_percentiles_rate_and_counts():
         timeouts=1,
         dropped=3,
         elapsed=2.0,
+        error_kinds={"timeout": 1, "503": 1},
     )
     assert row["p50_ms"] == 50.5 and row["p99_ms"] == 99.01 and row["p99_9_ms"] == 99.9
     assert row["achieved_rps"] == 50.0 and row["requests"] == 100
     assert (row["errors"], row["timeouts"], row["dropped"]) == (2, 1, 3)
+    assert row["error_kinds"] == {"503": 1, "timeout": 1}
     empty = load.summarize("x", 1.0, np.array([]), errors=0, timeouts=0, dropped=0, elapsed=1.0)
     assert np.isnan(empty["p99_ms"]) and empty["requests"] == 0
 
@@ -126,6 +147,7 @@ def test_two_generator_processes_share_one_schedule(server):
     finally:
         workers.close()
     assert row["requests"] == 100 and row["errors"] == 0 and row["dropped"] == 0, str(row)
+    assert row["error_kinds"] == {}
     assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["p99_9_ms"]
 
 
