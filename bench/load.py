@@ -53,6 +53,7 @@ MAX_RATE = 5_000
 MAX_SECONDS = 120
 KINDS = ("trivial", "offers", "checkout")
 POOL = 4096  # distinct pre-encoded requests per endpoint
+IDLE_MAX = 3.0  # s: keep-alive connections idle longer are closed, not reused
 
 
 # -- requests ------------------------------------------------------------------------------
@@ -159,6 +160,7 @@ class _Conn(asyncio.Protocol):
         self.scheduled = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.busy = False
+        self.last_used = time.perf_counter()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -227,7 +229,11 @@ class Generator:
         return conn
 
     async def warm(self, n: int) -> None:
-        """Open ``n`` idle connections ahead of a step."""
+        """Have ``n`` fresh idle connections open ahead of a step."""
+        now = time.perf_counter()
+        for conn in [c for c in self.idle if now - c.last_used >= IDLE_MAX]:
+            self.discard(conn)
+            conn.transport.close()  # type: ignore[union-attr]
         n = min(n, self.concurrency) - self.open
         if n > 0:
             self.idle.extend(await asyncio.gather(*(self._connect() for _ in range(n))))
@@ -237,6 +243,7 @@ class Generator:
         if status >= 300:
             self._error(str(status))
         if keep:
+            conn.last_used = time.perf_counter()
             self.idle.append(conn)
         else:
             self.discard(conn)
@@ -258,6 +265,19 @@ class Generator:
         if conn.transport is not None and not getattr(conn, "_counted_closed", False):
             conn._counted_closed = True  # type: ignore[attr-defined]
             self.open -= 1
+
+    def _take_idle(self) -> _Conn | None:
+        """The most recently used idle connection; those idle longer than ``IDLE_MAX`` are
+        closed instead (the server may be closing them right now: uvicorn's keep-alive is 5 s,
+        and a request written into that race would count as a broken connection)."""
+        now = time.perf_counter()
+        while self.idle:
+            conn = self.idle.pop()
+            if now - conn.last_used < IDLE_MAX:
+                return conn
+            self.discard(conn)
+            conn.transport.close()  # type: ignore[union-attr]
+        return None
 
     def _done_one(self) -> None:
         self.inflight -= 1
@@ -286,8 +306,9 @@ class Generator:
                 self.counts.dropped += 1
                 continue
             self.inflight += 1
-            if self.idle:
-                self.idle.pop().send(data, due)
+            conn = self._take_idle()
+            if conn is not None:
+                conn.send(data, due)
             elif self.open < self.concurrency:
                 task = asyncio.ensure_future(self._send_new(data, due))
                 pending.add(task)

@@ -119,6 +119,26 @@ def test_a_connection_closed_without_an_answer_is_a_broken_error(server):
     assert counts.errors == 2 and counts.timeouts == 0
 
 
+def test_connections_idle_too_long_are_replaced_not_reused(server, monkeypatch):
+    host, port = server
+    ok = load.encode_request("GET", "/ok", f"{host}:{port}", "k", None)
+    monkeypatch.setattr(load, "IDLE_MAX", 0.2)
+
+    async def main() -> tuple[int, int, load.StepCounts]:
+        gen = load.Generator(host, port, concurrency=8, timeout=5.0)
+        await gen.warm(3)
+        stale = list(gen.idle)
+        await asyncio.sleep(0.3)
+        await gen.warm(3)  # the three stale ones closed, three new ones opened
+        fresh, still_open = list(gen.idle), gen.open
+        counts = await gen.step([ok] * 4, time.perf_counter() + 0.01, 0.005)
+        return len(set(stale) & set(fresh)), still_open, counts
+
+    shared, still_open, counts = asyncio.run(main())
+    assert shared == 0 and still_open == 3
+    assert len(counts.latencies_ms) == 4 and counts.errors == 0
+
+
 def test_summary_percentiles_rate_and_counts():
     row = load.summarize(
         "offers",
