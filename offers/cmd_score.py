@@ -163,7 +163,15 @@ def score(
 
             with console.status("scoring on Spark"):
                 result = run_spark(
-                    spark_session(), camp, plan, scorer, feats, out, store, events=events
+                    spark_session(),
+                    camp,
+                    plan,
+                    scorer,
+                    feats,
+                    out,
+                    store,
+                    events=events,
+                    resume=resume,
                 )
     except (ResumeError, EngineInputError) as exc:
         console.print(f"[red]error:[/red] {exc}")

@@ -23,12 +23,13 @@ the feature columns. Memory per task is one partition: use enough partitions
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,14 @@ import pyarrow.parquet as pq
 
 from features.schema import MEMBER_ID
 from serving.batch.campaign import Campaign
-from serving.batch.local import BatchResult, parts_dir, price_sample
+from serving.batch.local import (
+    MANIFEST,
+    BatchResult,
+    ResumeError,
+    _write_json,
+    parts_dir,
+    price_sample,
+)
 from serving.batch.output import (
     OUTPUT_COLUMNS,
     assemble,
@@ -122,7 +130,7 @@ def partition_demand(
     ``[per offer..., money, surprise, members]``."""
     left, total, surprise = _unlimited(plan)
     state = _state(frame, plan, events)
-    rows = plan.decide(frame, scorer, left, total, state, surprise_left=surprise).rows
+    rows = plan.decide(frame, scorer, left, total, state, surprise_left=surprise, frame=False).rows
     per, money = usage(rows, plan.engine)
     return np.concatenate([per, [money, surprise_spend(rows), len(frame)]])
 
@@ -181,74 +189,176 @@ def run_spark(
     partition_rows: int = 100_000,
     partitions: int | None = None,
     events: pd.DataFrame | None = None,
+    resume: bool = False,
+    ranges: int = 4,
+    on_range: Callable[[int, int], None] | None = None,
 ) -> BatchResult:
     """Score the members of ``features`` on Spark into ``out`` (see the module docstring).
 
     ``events``: canonical ``offer_events`` for the per-member caps (broadcast with the plan).
+    Pass 2 runs as ``ranges`` Spark jobs over consecutive partition ranges, each written to
+    ``<out>.parts/spark/range-<lo>-<hi>/`` and then recorded in the manifest (with the prices
+    and quotas); ``resume`` skips the recorded ranges (see docs/batch.md). ``on_range(k,
+    members_done)`` is called after range ``k`` is recorded (tests raise from it).
     """
     output_format(out)
+    if ranges < 1:
+        raise ValueError(f"ranges: {ranges} must be >= 1")
     n = pq.ParquetFile(features).metadata.num_rows
-    sample, rate = price_sample(features, n, campaign.price_sample)
-    plan.solve_prices(sample, rate, scorer)
-    del sample
-    df = spark.read.parquet(str(features))
     want = partitions or max(1, math.ceil(n / partition_rows))
+    pdir = parts_dir(out) / "spark"
+    manifest_path = pdir / MANIFEST
+    key = {
+        "campaign": json.loads(campaign.fingerprint()),
+        "members": n,
+        "partitions": want,
+        "policy": plan.engine.settings.fingerprint(),
+        "versions": scorer.versions,
+    }
+    manifest: dict[str, Any] | None = None
+    if manifest_path.is_file():
+        if not resume:
+            raise ResumeError(f"{pdir} holds an earlier run: pass --resume or delete it")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest["key"] != key:
+            raise ResumeError(
+                f"{pdir}: the earlier run had other settings (campaign, partitions, members, "
+                "policy or model versions); delete it to start over"
+            )
+        plan.prices = manifest["prices"]
+    elif pdir.exists():
+        shutil.rmtree(pdir)  # an earlier run that did not get past pass 1
+    df = spark.read.parquet(str(features))
     sc = spark.sparkContext
     if not os.environ.get("PYSPARK_PYTHON") and sc.master.startswith("local"):
         # local workers run this interpreter (its packages); on a cluster set PYSPARK_PYTHON
         sc.pythonExec = sys.executable
-    df = df.repartition(want, MEMBER_ID)  # hash partitioning: the same partitions in both passes
-    shared = sc.broadcast((plan, scorer, events))
-
-    def whole(batches: Iterator[pd.DataFrame]) -> pd.DataFrame:
-        parts = list(batches)
-        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
-    def demand(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        frame = whole(batches)
-        if len(frame):
-            plan_, scorer_, events_ = shared.value
-            d = partition_demand(frame, plan_, scorer_, events_)
-            yield pd.DataFrame({"pid": [_partition_id()], "demand": [d.tolist()]})
-
-    got = df.mapInPandas(demand, schema="pid int, demand array<double>").collect()
-    split = sc.broadcast(quotas(plan, {r["pid"]: np.asarray(r["demand"]) for r in got}))
-
-    def decide(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        frame = whole(batches)
-        if len(frame):
-            plan_, scorer_, events_ = shared.value
-            quota = split.value[_partition_id()]
-            yield decide_partition(frame, plan_, scorer_, quota, events_)
-
-    pdir = parts_dir(out) / "spark"
-    if pdir.exists():
-        shutil.rmtree(pdir)
-    df.mapInPandas(decide, schema=SPARK_SCHEMA).write.parquet(str(pdir))
-    shared.unpersist()
-    split.unpersist()
-    files = sorted(pdir.glob("part-*.parquet"))
-    m = plan.engine.offers.n
-    used, money, surprise, stored = np.zeros(m), 0.0, 0.0, 0
-    for f in files:
-        frame = pd.read_parquet(f)
-        u, mo = usage(frame, plan.engine)
-        used += u
-        money += mo
-        surprise += surprise_spend(frame)
-        if store is not None:
-            stored += store.log_decisions(store_records(frame, plan.context.channel))
+    # hash partitioning: the same partitions in both passes and in a resumed run
+    df = df.repartition(want, MEMBER_ID).persist()
+    shared = None
+    try:
+        if manifest is None:
+            sample, rate = price_sample(features, n, campaign.price_sample)
+            plan.solve_prices(sample, rate, scorer)
+            del sample
+            shared = sc.broadcast((plan, scorer, events))
+            split_q = _pass1(df, shared, plan)
+            pdir.mkdir(parents=True, exist_ok=True)
+            manifest = {
+                "key": key,
+                "prices": plan.prices,
+                "sample_rate": rate,
+                "quotas": {str(p): q.tolist() for p, q in split_q.items()},
+                "ranges": {},
+            }
+            _write_json(manifest_path, manifest)
+        else:
+            shared = sc.broadcast((plan, scorer, events))
+        split = sc.broadcast({int(p): np.asarray(q) for p, q in manifest["quotas"].items()})
+        m = plan.engine.offers.n
+        used, money, surprise, stored = np.zeros(m), 0.0, 0.0, 0
+        for rec in manifest["ranges"].values():
+            used += np.asarray(rec["used"])
+            money += rec["money"]
+            surprise += rec["surprise"]
+        resumed = len(manifest["ranges"])
+        step = math.ceil(want / min(ranges, want))
+        files: list[Path] = []
+        done = sum(r["members"] for r in manifest["ranges"].values())
+        for k, lo in enumerate(range(0, want, step)):
+            hi = min(lo + step, want)
+            name = f"range-{lo:05d}-{hi:05d}"
+            rdir = pdir / name
+            if name in manifest["ranges"]:
+                files += [rdir / f for f in manifest["ranges"][name]["files"]]
+                continue
+            if rdir.exists():
+                shutil.rmtree(rdir)
+            _pass2(df, shared, split, lo, hi).write.parquet(str(rdir))
+            got = [  # Spark may leave empty files for the partitions out of the range
+                f
+                for f in sorted(rdir.glob("part-*.parquet"))
+                if pq.ParquetFile(f).metadata.num_rows > 0
+            ]
+            rec = {"files": [f.name for f in got], "rows": 0, "members": 0, "money": 0.0}
+            r_used, r_surprise = np.zeros(m), 0.0
+            for f in got:
+                frame = pd.read_parquet(f)
+                u, mo = usage(frame, plan.engine)
+                r_used += u
+                rec["money"] += mo
+                r_surprise += surprise_spend(frame)
+                rec["rows"] += len(frame)
+                rec["members"] += int(frame[MEMBER_ID].nunique())
+                if store is not None:
+                    stored += store.log_decisions(store_records(frame, plan.context.channel))
+            rec |= {"used": r_used.tolist(), "surprise": r_surprise}
+            used += r_used
+            money += rec["money"]
+            surprise += r_surprise
+            manifest["ranges"][name] = rec
+            _write_json(manifest_path, manifest)
+            files += got
+            done += rec["members"]
+            if on_range is not None:
+                on_range(k, done)
+        split.unpersist()
+    finally:
+        if shared is not None:
+            shared.unpersist()
+        df.unpersist()
     rows = assemble(files, out)
     limit = np.where(np.isfinite(plan.budget_left), plan.budget_left, np.nan)
     return BatchResult(
         members=n,
         rows=rows,
         chunks=len(files),
-        resumed_chunks=0,
+        resumed_chunks=resumed,
         prices=dict(plan.prices or {}),
         budget_used=used.tolist(),
         budget_left=(limit - used).tolist(),
         money_used=money,
         stored=stored,
-        extra={"sample_rate": rate, "partitions": want, "surprise": surprise},
+        extra={
+            "sample_rate": manifest.get("sample_rate"),
+            "partitions": want,
+            "surprise": surprise,
+            "parts": str(pdir),
+        },
     )
+
+
+def _whole(batches: Iterator[pd.DataFrame]) -> pd.DataFrame:
+    parts = list(batches)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _pass1(df: Any, shared: Any, plan: SendPlan) -> dict[int, np.ndarray]:
+    """Every partition's demand at the fixed prices -> per-partition quotas."""
+
+    def demand(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        frame = _whole(batches)
+        if len(frame):
+            plan_, scorer_, events_ = shared.value
+            d = partition_demand(frame, plan_, scorer_, events_)
+            yield pd.DataFrame({"pid": [_partition_id()], "demand": [d.tolist()]})
+
+    got = df.mapInPandas(demand, schema="pid int, demand array<double>").collect()
+    return quotas(plan, {r["pid"]: np.asarray(r["demand"]) for r in got})
+
+
+def _pass2(df: Any, shared: Any, split: Any, lo: int, hi: int) -> Any:
+    """Decisions of the partitions ``lo <= id < hi`` (the others yield nothing)."""
+
+    def decide(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        pid = _partition_id()
+        if not lo <= pid < hi:
+            for _ in batches:
+                pass
+            return
+        frame = _whole(batches)
+        if len(frame):
+            plan_, scorer_, events_ = shared.value
+            yield decide_partition(frame, plan_, scorer_, split.value[pid], events_)
+
+    return df.mapInPandas(decide, schema=SPARK_SCHEMA)
