@@ -285,3 +285,5 @@ def test_new_version_registered_promoted_and_reloaded(world) -> None:
         models = c.get("/v1/models").json()["models"]
         assert {m["name"]: m["version"] for m in models} == expected
         assert _model_info(c.get("/metrics").text) == expected
+    log = world["server"].log.read_text()
+    assert "Traceback" not in log, log[-3000:]
