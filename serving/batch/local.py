@@ -2,17 +2,20 @@
 
 Steps (see docs/batch.md):
 
-1. member features are read chunk by chunk from a Parquet file (``iter_batches``);
+1. member features are read chunk by chunk from a Parquet file (``iter_batches``), and scored,
+   one chunk ahead in a background thread (scores do not depend on the budgets);
 2. the budget prices are solved once on the price sample (``SendPlan.solve_prices``);
 3. each chunk is decided at those prices with *what is left* of every budget after the chunks
    before it (a global count carried across chunks): the engine's final budget pass keeps the
    chunk within what is left, in the order of adjusted value, so the send never exceeds a budget;
-4. each chunk is written to ``<out>.parts/part-<k>.parquet`` (temporary file + rename), its
-   decisions are bulk-inserted into the store (a repeated decision id is skipped: ids are
-   deterministic from campaign id + member id), and then the manifest records the chunk and the
-   budget it used (atomic rename). A resumed run skips the chunks in the manifest and restores
-   the budget left from it, so a crash anywhere re-does at most one chunk, identically.
-5. the parts are concatenated into the output file.
+4. a writer thread writes each chunk to ``<out>.parts/part-<k>.parquet`` (temporary file +
+   rename) and appends it to the output's temporary file; the chunk's decisions are
+   bulk-inserted into the store (a repeated decision id is skipped: ids are deterministic from
+   campaign id + member id), and once the part is on disk the manifest records the chunk and
+   the budget it used (atomic rename). A resumed run appends the recorded parts and decides the
+   rest with the budget left restored from the manifest, so a crash anywhere re-does at most
+   two chunks, identically.
+5. the output's temporary file is renamed to ``out`` (a reader never sees half a file).
 """
 
 from __future__ import annotations
