@@ -34,6 +34,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import re
 import secrets
 import signal
 import socket
@@ -54,6 +55,11 @@ MAX_SECONDS = 120
 KINDS = ("trivial", "offers", "checkout")
 POOL = 4096  # distinct pre-encoded requests per endpoint
 IDLE_MAX = 3.0  # s: keep-alive connections idle longer are closed, not reused
+SWEEP = 0.05  # s: how often in-flight requests are checked against the timeout
+_STATUS = re.compile(rb"HTTP/1\.([01]) (\d{3})(?: |$)")
+_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
+_CHUNKED = re.compile(rb"\r\ntransfer-encoding:[^\r]*chunked", re.IGNORECASE)
+_CLOSE = re.compile(rb"\r\nconnection:[ \t]*close", re.IGNORECASE)
 
 
 # -- requests ------------------------------------------------------------------------------
@@ -96,7 +102,7 @@ class ResponseParser:
         self._keep = True
 
     def feed(self, data: bytes) -> list[tuple[int, bool]]:
-        self._buf += data
+        self._buf = self._buf + data if self._buf else data
         done = []
         while True:
             if self._need < 0:
@@ -120,21 +126,15 @@ class ResponseParser:
             self._need = -1
 
     def _head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise ValueError(f"bad status line {lines[0][:80]!r}")
-        self._status = int(parts[1])
-        self._need, self._chunked, self._keep = 0, False, parts[0] != b"HTTP/1.0"
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                self._need = int(value.strip())
-            elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                self._chunked = True
-            elif name == b"connection":
-                self._keep = value.strip().lower() != b"close"
+        status = _STATUS.match(head)
+        if status is None:
+            first = head.split(b"\r\n", 1)[0]
+            raise ValueError(f"bad status line {first[:80]!r}")
+        self._status = int(status.group(2))
+        length = _LENGTH.search(head)
+        self._need = int(length.group(1)) if length else 0
+        self._chunked = _CHUNKED.search(head) is not None
+        self._keep = status.group(1) == b"1" and _CLOSE.search(head) is None
 
 
 # -- generator -----------------------------------------------------------------------------
@@ -158,7 +158,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = ResponseParser()
         self.scheduled = 0.0
-        self.timer: asyncio.TimerHandle | None = None
+        self.sent = 0.0
         self.busy = False
         self.last_used = time.perf_counter()
 
@@ -171,7 +171,8 @@ class _Conn(asyncio.Protocol):
     def send(self, data: bytes, scheduled: float) -> None:
         self.busy = True
         self.scheduled = scheduled
-        self.timer = self.gen.loop.call_later(self.gen.timeout, self._timed_out)
+        self.sent = time.perf_counter()
+        self.gen.inflight_conns.add(self)
         self.transport.write(data)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
@@ -185,17 +186,13 @@ class _Conn(asyncio.Protocol):
                 self._fail(timeout=False)  # a response nobody asked for
                 return
             self.busy = False
-            self.timer.cancel()  # type: ignore[union-attr]
+            self.gen.inflight_conns.discard(self)
             self.gen.finished(self, status, self.scheduled, keep)
-
-    def _timed_out(self) -> None:
-        self._fail(timeout=True)
 
     def _fail(self, *, timeout: bool) -> None:
         if self.busy:
             self.busy = False
-            if self.timer is not None:
-                self.timer.cancel()
+            self.gen.inflight_conns.discard(self)
             self.gen.failed(self, timeout=timeout)
         self.gen.discard(self)
         if self.transport is not None:
@@ -214,10 +211,12 @@ class Generator:
         self.timeout = timeout
         self.loop = asyncio.get_running_loop()
         self.idle: list[_Conn] = []
+        self.inflight_conns: set[_Conn] = set()
         self.open = 0  # connections open or opening
         self.inflight = 0
         self.counts = StepCounts()
         self._drained: asyncio.Event | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def _connect(self) -> _Conn:
         self.open += 1
@@ -266,6 +265,14 @@ class Generator:
             conn._counted_closed = True  # type: ignore[attr-defined]
             self.open -= 1
 
+    def _sweep(self) -> None:
+        """Fail the requests in flight for longer than ``timeout`` (checked every SWEEP s:
+        one timer for the step instead of one per request)."""
+        limit = time.perf_counter() - self.timeout
+        for conn in [c for c in self.inflight_conns if c.sent < limit]:
+            conn._fail(timeout=True)
+        self._sweeper = self.loop.call_later(SWEEP, self._sweep)
+
     def _take_idle(self) -> _Conn | None:
         """The most recently used idle connection; those idle longer than ``IDLE_MAX`` are
         closed instead (the server may be closing them right now: uvicorn's keep-alive is 5 s,
@@ -297,6 +304,7 @@ class Generator:
         """Send ``requests[i]`` at ``start + i * interval`` (perf_counter clock); wait for all."""
         self.counts = StepCounts()
         pending: set[asyncio.Task] = set()
+        self._sweeper = self.loop.call_later(SWEEP, self._sweep)
         for i, data in enumerate(requests):
             due = start + i * interval
             delay = due - time.perf_counter()
@@ -316,10 +324,13 @@ class Generator:
             else:  # every connection is busy (or still opening)
                 self.inflight -= 1
                 self.counts.dropped += 1
-        if self.inflight:
-            self._drained = asyncio.Event()
-            await self._drained.wait()
-            self._drained = None
+        try:
+            if self.inflight:
+                self._drained = asyncio.Event()
+                await self._drained.wait()
+                self._drained = None
+        finally:
+            self._sweeper.cancel()
         self.counts.end = time.perf_counter()
         return self.counts
 
