@@ -302,3 +302,14 @@ def test_reserve_grants_retries_a_deadlock_and_raises_other_errors(store, monkey
     monkeypatch.setattr(reserve, name, broken)
     with pytest.raises(OperationalError):
         store.reserve_grants([[Item("o1", amount=1.0)]])
+
+
+def test_reserve_grants_fractional_amounts_match_reserve_budget(store: OffersStore):
+    store.set_budget("o2", 0.3, unit="money")
+    outcomes = store.reserve_grants(
+        [[Item("o2", amount=0.1)], [Item("o2", amount=0.2)], [Item("o2", amount=0.1)]]
+    )
+    assert [o.granted for o in outcomes] == [[0], [0], []]  # 0.1 + 0.2 > 0.3 in floating point
+    assert outcomes[2].exhausted == ["o2"]
+    assert store.budget("o2")["spent"] == pytest.approx(0.3)
+    assert not store.reserve_budget("o2", 0.01)  # both paths see the same spend
