@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import shlex
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -71,16 +70,6 @@ def demo_key(home: Path) -> str:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-def _drop_stale_copies(lkg_dir: Path, trained: dict) -> None:
-    """Remove last-known-good copies named like the versions just registered: those numbers are
-    new in this registry, so such a copy came from an earlier store (e.g. a deleted mlflow.db)
-    and the server, which keys its copies by version number only, would serve it."""
-    for key, model in trained.items():
-        stale = lkg_dir / key / f"v{model.version}"
-        if stale.exists():
-            shutil.rmtree(stale)
 
 
 def _timed(label: str, t0: float) -> None:
@@ -223,14 +212,13 @@ def demo(
 
     frame = _data_and_snapshot(members, seed, data_dir, snapshot)
     uri = tracking_uri or local_tracking_uri(home)
-    trained = _train(data_dir, home, uri, members, seed)
+    _train(data_dir, home, uri, members, seed)
 
     key = demo_key(home)
     settings = ServingSettings(
         home=home, models=DEFAULT_MODELS, api_keys={key: list(SCOPES)}, mlflow_tracking_uri=uri
     )
     config = BundleConfig(home=home, catalog=data_dir / "catalog.yaml", member_features=snapshot)
-    _drop_stale_copies(config.lkg_path(), trained)
     server = DemoServer(settings, config, host, port)
     t0 = time.perf_counter()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Annotated
 
@@ -30,6 +31,11 @@ def serve(
     from serving.settings import get_settings
 
     settings = get_settings()
+    if not settings.models:  # the service decides with the champions unless told otherwise
+        from serving.api.bundle import DEFAULT_MODELS
+
+        settings = settings.model_copy(update={"models": dict(DEFAULT_MODELS)})
+        os.environ["OFFERS_MODELS"] = json.dumps(DEFAULT_MODELS)  # for --workers processes
     bind_host, bind_port = host or settings.host, port or settings.port
     typer.echo(
         f"serving on http://{bind_host}:{bind_port} "

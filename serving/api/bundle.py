@@ -14,6 +14,7 @@ starts and serves from that copy when the tracking server is down.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -126,11 +127,16 @@ def _fetch(name: str, uri: str, tracking_uri: str | None, lkg: Path) -> tuple[Pa
         mlflow.set_tracking_uri(tracking_uri)
     if not _reachable(tracking_uri):
         raise ConnectionError(f"tracking server {tracking_uri} does not answer")
-    version = None
+    version, tag = None, ""
     if uri.startswith("models:/") and "@" in uri:
         registered, alias = uri.removeprefix("models:/").split("@", 1)
-        version = str(mlflow.MlflowClient().get_model_version_by_alias(registered, alias).version)
-    dest = lkg / name / f"v{version}" if version else lkg / name / "latest"
+        mv = mlflow.MlflowClient().get_model_version_by_alias(registered, alias)
+        version = str(mv.version)
+        # The run (or source) in the folder name: a recreated registry numbers from 1 again,
+        # and its version 1 must not be served from an older copy named v1.
+        origin = mv.run_id or mv.source or ""
+        tag = "-" + hashlib.sha256(origin.encode()).hexdigest()[:12]
+    dest = lkg / name / f"v{version}{tag}" if version else lkg / name / "latest"
     if version is None or not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))

@@ -161,21 +161,6 @@ def test_demo_key_is_reused_and_only_its_digest_is_in_the_keys_file(tmp_path: Pa
     assert key not in (tmp_path / "api_keys.json").read_text()
 
 
-def test_copies_named_like_new_versions_are_dropped(tmp_path: Path) -> None:
-    from offers.cmd_demo import _drop_stale_copies
-    from offers.demo_pipeline import TrainedModel
-
-    for rel in ("affinity/v3", "affinity/v2", "uplift/v1"):
-        (tmp_path / rel).mkdir(parents=True)
-    trained = {
-        "affinity": TrainedModel("offers-affinity", "3", True, "", "ndcg@10", 0.5),
-        "uplift": TrainedModel("offers-uplift", "2", True, "", "qini", 0.1),
-    }
-    _drop_stale_copies(tmp_path, trained)
-    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/v*"))
-    assert left == ["affinity/v2", "uplift/v1"]
-
-
 def test_printed_responses_stay_whole_json_lines_on_a_narrow_console() -> None:
     import io
 
