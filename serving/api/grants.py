@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -48,12 +49,14 @@ class GrantCommitError(RuntimeError):
 
 @dataclass
 class GrantStats:
-    """Counters since start: requests answered, transactions committed, failed groups."""
+    """Counters since start: requests answered, transactions committed, failed groups, the
+    largest group and the seconds spent in group transactions (commit included)."""
 
     requests: int = 0
     commits: int = 0
     failed_groups: int = 0
     largest_group: int = 0
+    transaction_seconds: float = 0.0
 
 
 def plan_grant(
@@ -171,6 +174,7 @@ class GrantService:
 
     def _commit(self, group: list[_Pending]) -> None:
         results: list[GrantOutcome | BaseException]
+        started = time.perf_counter()
         try:
             results = list(self.store.reserve_grants([p.items for p in group]))
         except Exception as exc:
@@ -179,6 +183,7 @@ class GrantService:
             message = f"reservation commit failed ({type(exc).__name__})"
             results = [GrantCommitError(message) for _ in group]
         else:
+            self.stats.transaction_seconds += time.perf_counter() - started
             self.stats.commits += 1
             self.stats.largest_group = max(self.stats.largest_group, len(group))
             exhausted = {o for r in results if isinstance(r, GrantOutcome) for o in r.exhausted}

@@ -155,6 +155,7 @@ def test_requests_waiting_on_a_commit_share_the_next_transaction(store: OffersSt
     assert gated.groups == [1, 10]
     assert all(len(r) == 1 for r in results)
     assert service.stats.commits == 2 and service.stats.largest_group == 10
+    assert service.stats.transaction_seconds > 0
 
 
 def test_a_failed_commit_fails_every_waiting_request_and_reserves_nothing(store: OffersStore):
