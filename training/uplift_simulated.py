@@ -128,9 +128,9 @@ def truth_metrics(
 
 
 def _row(name: str, g: pd.DataFrame) -> dict[str, Any]:
-    corr = float(np.corrcoef(g["pred"], g["true"])[0, 1]) if len(g) > 2 else float("nan")
-    if not np.isfinite(corr):  # a constant prediction or truth
-        corr = float("nan")
+    varies = len(g) > 2 and g["pred"].std() > 0 and g["true"].std() > 0
+    # a constant prediction or truth has no correlation (and numpy would warn dividing by 0)
+    corr = float(np.corrcoef(g["pred"], g["true"])[0, 1]) if varies else float("nan")
     ate_pred, ate_true = float(g["pred"].mean()), float(g["true"].mean())
     return {
         "treatment": name,
