@@ -40,7 +40,7 @@ from serving.batch.campaign import Campaign
 from serving.batch.output import OUTPUT_COLUMNS, output_format, output_frame, store_records
 from serving.batch.plan import SendPlan, in_price_sample, surprise_spend, usage
 from serving.batch.scorers import Scorer
-from serving.engine import state_from_events
+from serving.engine import MemberTable, state_from_events
 
 __all__ = ["BatchResult", "ResumeError", "parts_dir", "read_chunks", "run_local"]
 
@@ -176,9 +176,9 @@ def run_local(
     done_before = set(manifest["chunks"])
     chunks_iter = enumerate(read_chunks(features, chunk_size))
 
-    def prepare() -> tuple[int, pd.DataFrame | None, Any, Any] | None:
-        """Read the next chunk and score it (runs in the background while the chunk before
-        it is decided: scoring does not depend on the budgets)."""
+    def prepare() -> tuple[int, MemberTable | None, Any, Any] | None:
+        """Read the next chunk, score it and validate its members (runs in the background
+        while the chunk before it is decided: none of this depends on the budgets)."""
         got = next(chunks_iter, None)
         if got is None:
             return None
@@ -189,7 +189,8 @@ def run_local(
         if events is not None:
             ids = chunk[MEMBER_ID].astype(str).to_numpy(dtype=object)
             state = state_from_events(events, ids, plan.engine.offers, plan.context.as_of)
-        return k, chunk, state, scorer.score(chunk, plan.engine.offers)
+        inputs = scorer.score(chunk, plan.engine.offers)
+        return k, plan.engine.member_table(chunk), state, inputs
 
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-reader")
     try:
@@ -227,7 +228,7 @@ def run_local(
             used += u
             money += mo
             surprise += su
-            rec = {"members": len(chunk), "rows": len(frame), "used": u.tolist(), "money": mo}
+            rec = {"members": chunk.n, "rows": len(frame), "used": u.tolist(), "money": mo}
             rec["surprise"] = su
             pending = (k, fut, rec)
         if pending is not None:

@@ -29,6 +29,7 @@ from serving.engine import (
     DecisionEngine,
     EngineSettings,
     MemberOfferState,
+    MemberTable,
     ScoreInputs,
 )
 from serving.engine.hashing import unit_interval
@@ -125,7 +126,7 @@ class SendPlan:
 
     def decide(
         self,
-        members: pd.DataFrame,
+        members: pd.DataFrame | MemberTable,
         scorer: Scorer,
         left: np.ndarray | None = None,
         total_left: float | None = None,
@@ -144,6 +145,8 @@ class SendPlan:
         already computed (e.g. in the background), else ``scorer`` scores it.
         """
         if inputs is None:
+            if isinstance(members, MemberTable):
+                raise TypeError("members: a MemberTable needs its inputs (scores) given")
             inputs = scorer.score(members, self.engine.offers)
         engine = self.engine
         st = engine.settings
