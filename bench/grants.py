@@ -88,10 +88,23 @@ async def open_loop(mode, store, service, items, rate: float, seconds: float) ->
     return latencies
 
 
-async def measure(store, mode: str, load: str, level: float, items: int, seconds: float) -> dict:
+async def busy_loop(share: float) -> None:
+    """Keep the event loop busy ``share`` of the time in 1 ms slices of pure-Python work (as
+    request handling does in the server), competing with the writer thread for the GIL."""
+    while True:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.001 * share:
+            pass
+        await asyncio.sleep(0.001 * (1 - share))
+
+
+async def measure(
+    store, mode: str, load: str, level: float, items: int, seconds: float, busy: float = 0.0
+) -> dict:
     service = GrantService(store)
     plan = _items(items)
     commits0 = 0
+    spinner = asyncio.ensure_future(busy_loop(busy)) if busy > 0 else None
     try:
         t0 = time.perf_counter()
         if load == "closed":
@@ -101,6 +114,8 @@ async def measure(store, mode: str, load: str, level: float, items: int, seconds
         elapsed = time.perf_counter() - t0
         commits = service.stats.commits - commits0 if mode == "grouped" else len(lat) * items
     finally:
+        if spinner is not None:
+            spinner.cancel()
         service.close()
     ms = np.asarray(lat) * 1000.0
     return {
@@ -124,6 +139,16 @@ def main() -> None:
     parser.add_argument("--rates", default="500,1000")
     parser.add_argument("--items", type=int, default=1, help="reservations per grant")
     parser.add_argument(
+        "--busy",
+        type=float,
+        default=0.0,
+        help="share of the event loop's time spent in pure-Python work (0-0.9), as in a loaded "
+        "server: the writer thread then competes for the GIL",
+    )
+    parser.add_argument(
+        "--switch-interval", type=float, help="sys.setswitchinterval (s; Python's default 0.005)"
+    )
+    parser.add_argument(
         "--synchronous",
         choices=("FULL", "NORMAL"),
         default="FULL",
@@ -133,6 +158,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.seconds > 30 or args.runs > 10:
         parser.error("bounded: --seconds <= 30 and --runs <= 10")
+    if not 0 <= args.busy <= 0.9:
+        parser.error(f"--busy {args.busy}: between 0 and 0.9")
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     tmp = tempfile.TemporaryDirectory(prefix="grants-bench-")
     url = args.url or f"sqlite:///{Path(tmp.name) / 'offers.db'}"
     extra = {"sqlite_synchronous": args.synchronous} if url.startswith("sqlite") else {}
@@ -147,7 +176,9 @@ def main() -> None:
         for _ in range(args.runs):
             for load, level in steps:
                 for mode in ("single", "grouped"):
-                    row = asyncio.run(measure(store, mode, load, level, args.items, args.seconds))
+                    row = asyncio.run(
+                        measure(store, mode, load, level, args.items, args.seconds, args.busy)
+                    )
                     print(json.dumps(row), flush=True)
                     rows.append(row)
     finally:
