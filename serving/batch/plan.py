@@ -58,8 +58,8 @@ def in_price_sample(member_ids: np.ndarray, rate: float) -> np.ndarray:
 
 def surprise_spend(batch_rows: pd.DataFrame) -> float:
     """Expected cost of the surprises among decided rows (what the surprise budget counts)."""
-    rows = batch_rows.loc[(batch_rows["status"] == "offers") & batch_rows["is_surprise"]]
-    return float(rows["expected_cost"].sum())
+    keep = ((batch_rows["status"] == "offers") & batch_rows["is_surprise"]).to_numpy()
+    return float(batch_rows["expected_cost"].loc[keep].sum())
 
 
 def usage(batch_rows: pd.DataFrame, engine: DecisionEngine) -> tuple[np.ndarray, float]:
@@ -68,7 +68,10 @@ def usage(batch_rows: pd.DataFrame, engine: DecisionEngine) -> tuple[np.ndarray,
     Spend follows the engine's budget basis: expected redemptions (P(redeem)) or every send.
     """
     o = engine.offers
-    shown = batch_rows.loc[batch_rows["status"] == "offers"]
+    cols = [OFFER_ID] + (
+        ["p_redeem"] if engine.settings.allocation.budget_basis == "expected" else []
+    )
+    shown = batch_rows[cols].loc[(batch_rows["status"] == "offers").to_numpy()]
     j = _offer_index(shown[OFFER_ID], o.ids)
     if engine.settings.allocation.budget_basis == "expected":
         base = shown["p_redeem"].to_numpy(dtype=np.float64)
