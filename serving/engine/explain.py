@@ -182,20 +182,21 @@ def explain(
     offer = np.asarray(offer)
     cur = settings.currency
     out = np.zeros(n, dtype=_STR)
-    moment = np.asarray(moment, dtype=object)
+    # moment codes: position in DETECTED_MOMENTS, -1 for none (compared as ints below)
+    code = pd.Index(DETECTED_MOMENTS).get_indexer(np.asarray(moment, dtype=object))
     # Moment of a surprise; a close next tier for bonus-points offers.
-    for name in DETECTED_MOMENTS:
-        hit = moment == name
+    for c, name in enumerate(DETECTED_MOMENTS):
+        hit = code == c
         if hit.any():
             out[hit] = _phrase(name, members, rows[hit], moment_settings, cur)
     tags = offers.tags
     has = {t: np.array([t in tags[j] for j in range(offers.n)], dtype=bool)[offer] for t in _TAGS}
     close = moments.flags[rows, DETECTED_MOMENTS.index("tier_nudge")]
-    hit = has["bonus_points"] & close & (moment != "tier_nudge")
+    hit = has["bonus_points"] & close & (code != DETECTED_MOMENTS.index("tier_nudge"))
     _append(out, hit, _phrase("tier_nudge", members, rows[hit], moment_settings, cur))
     _append(out, has["onboarding"] & (members.stage[rows] == 0), "welcome offer for new members")
     idle = members.num["days_since_last_purchase"][rows]
-    hit = has["win_back"] & (moment != "win_back") & np.isfinite(idle)
+    hit = has["win_back"] & (code != DETECTED_MOMENTS.index("win_back")) & np.isfinite(idle)
     _append(
         out, hit, "we miss you: " + _phrase("win_back", members, rows[hit], moment_settings, cur)
     )
