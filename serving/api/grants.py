@@ -22,6 +22,7 @@ Usage (in the app lifespan)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -170,13 +171,22 @@ class GrantService:
                     return  # closing and drained
                 n = min(self.max_group, len(self._pending))
                 group = [self._pending.popleft() for _ in range(n)]
-            self._commit(group)
+            try:
+                self._commit(group)
+            except Exception:  # never leave a request waiting forever
+                log.exception("grant writer failed on a group of %d", len(group))
+                failure = [(p, GrantCommitError("grant writer failed")) for p in group]
+                for p, exc in failure:
+                    with contextlib.suppress(RuntimeError):
+                        p.loop.call_soon_threadsafe(_settle, [(p.future, exc)])
 
     def _commit(self, group: list[_Pending]) -> None:
         results: list[GrantOutcome | BaseException]
         started = time.perf_counter()
         try:
             results = list(self.store.reserve_grants([p.items for p in group]))
+            if len(results) != len(group):
+                raise RuntimeError(f"{len(results)} outcomes for {len(group)} requests")
         except Exception as exc:
             log.error("grant group of %d failed: %s", len(group), type(exc).__name__)
             self.stats.failed_groups += 1

@@ -275,3 +275,32 @@ def test_groups_are_bounded_by_max_group(store: OffersStore):
     assert all(o.granted == [0] for o in outcomes)
     with pytest.raises(ValueError, match="max_group"):
         GrantService(store, max_group=0)
+
+
+def test_a_broken_store_answer_fails_the_group_and_the_writer_keeps_going(store: OffersStore):
+    store.set_budget("count", 10.0, unit="count")
+
+    class _Short:
+        calls = 0
+
+        def reserve_grants(self, requests):
+            _Short.calls += 1
+            if _Short.calls == 1:
+                return []  # a store answering the wrong number of outcomes
+            return store.reserve_grants(requests)
+
+    service = GrantService(_Short())  # type: ignore[arg-type]
+
+    async def main() -> tuple:
+        first = await asyncio.gather(
+            service.reserve([ReservationItem("count", amount=1.0)]), return_exceptions=True
+        )
+        second = await service.reserve([ReservationItem("count", amount=1.0)])
+        return first[0], second
+
+    try:
+        first, second = asyncio.run(main())
+    finally:
+        service.close()
+    assert isinstance(first, GrantCommitError)
+    assert second.granted == [0]
