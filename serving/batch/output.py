@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -95,12 +94,27 @@ def output_frame(rows: pd.DataFrame) -> pd.DataFrame:
 def store_records(out: pd.DataFrame, channel: str) -> list[dict[str, Any]]:
     """One decision record per member (holdout and no-offer members too, with no offers)."""
     shown = out.loc[
-        out["status"] == "offers", ["decision_id", OFFER_ID, "rank", "eiv", "propensity"]
+        (out["status"] == "offers").to_numpy(),
+        ["decision_id", OFFER_ID, "rank", "eiv", "propensity"],
     ]
-    offers: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for d, o, r, s, p in shown.itertuples(index=False, name=None):
-        offers[d].append({"offer_id": o, "rank": int(r), "score": float(s), "propensity": float(p)})
-    first = out.drop_duplicates("decision_id")
+    offers: dict[str, list[dict[str, Any]]] = {}
+    for d, o, r, s, p in zip(
+        shown["decision_id"].tolist(),
+        shown[OFFER_ID].tolist(),
+        shown["rank"].astype(np.int64).tolist(),
+        shown["eiv"].astype(np.float64).tolist(),
+        shown["propensity"].astype(np.float64).tolist(),
+        strict=True,
+    ):
+        rec = {"offer_id": o, "rank": r, "score": s, "propensity": p}
+        got = offers.get(d)
+        if got is None:
+            offers[d] = [rec]
+        else:
+            got.append(rec)
+    first = out[["decision_id", MEMBER_ID, "model_versions", "fallback"]].drop_duplicates(
+        "decision_id"
+    )
     versions = {v: json.loads(v) for v in first["model_versions"].unique()}
     return [
         {
@@ -112,10 +126,10 @@ def store_records(out: pd.DataFrame, channel: str) -> list[dict[str, Any]]:
             "fallback": f,
         }
         for d, m, v, f in zip(
-            first["decision_id"],
-            first[MEMBER_ID],
-            first["model_versions"],
-            first["fallback"],
+            first["decision_id"].tolist(),
+            first[MEMBER_ID].tolist(),
+            first["model_versions"].tolist(),
+            first["fallback"].tolist(),
             strict=True,
         )
     ]
