@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 # Run as a script, bench/ comes first on sys.path and bench/features.py would shadow the
 # features package: put the repository root first.
@@ -130,9 +132,32 @@ async def measure(
     }
 
 
+def start_durable_postgres(root: Path) -> tuple[str, Any]:
+    """A PostgreSQL cluster like ``tests/integration/pg_fixtures.py`` starts, but durable
+    (the fixture turns fsync off for speed). Returns its URL and a handle with ``stop()``."""
+    from tests.integration.pg_fixtures import _bin_dir, _Cluster
+
+    bin_dir = _bin_dir()
+    if bin_dir is None or not (bin_dir / "initdb").exists():
+        raise SystemExit("--postgres: PostgreSQL server binaries (initdb, pg_ctl) not found")
+    cluster = _Cluster(bin_dir, root)  # root: a directory of its own (chowned under root)
+    cluster._run(str(bin_dir / "initdb"), "-D", str(cluster.data), "-U", "offers",
+                 "--auth=trust", "--encoding=UTF8")  # fmt: skip
+    options = f"-h 127.0.0.1 -p {cluster.port} -k {root} -c max_connections=100"
+    cluster._run(str(bin_dir / "pg_ctl"), "-D", str(cluster.data), "-l", str(root / "log"),
+                 "-o", options, "-w", "start")  # fmt: skip
+    return f"postgresql+psycopg://offers@127.0.0.1:{cluster.port}/postgres", cluster
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="store URL (default: a fresh SQLite file, synchronous=FULL)")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="start a throwaway PostgreSQL cluster on loopback with fsync and synchronous_commit "
+        "on (the test fixture's binaries and user handling) and use it",
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", default="1,64")
@@ -163,26 +188,35 @@ def main() -> None:
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
     tmp = tempfile.TemporaryDirectory(prefix="grants-bench-")
+    cluster = None
     url = args.url or f"sqlite:///{Path(tmp.name) / 'offers.db'}"
-    extra = {"sqlite_synchronous": args.synchronous} if url.startswith("sqlite") else {}
-    store = open_store(url, pool_size=45, **extra)
-    for offer_id in OFFERS:
-        store.set_budget(offer_id, 1e12, unit="count")
     steps = [("closed", float(c)) for c in args.concurrency.split(",") if c] + [
         ("open", float(r)) for r in args.rates.split(",") if r
     ]
     rows: list[dict] = []
     try:
-        for _ in range(args.runs):
-            for load, level in steps:
-                for mode in ("single", "grouped"):
-                    row = asyncio.run(
-                        measure(store, mode, load, level, args.items, args.seconds, args.busy)
-                    )
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
+        if args.postgres:
+            root = Path(tempfile.mkdtemp(prefix="grants-bench-pg-"))
+            url, cluster = start_durable_postgres(root)
+        extra = {"sqlite_synchronous": args.synchronous} if url.startswith("sqlite") else {}
+        store = open_store(url, pool_size=45, **extra)
+        try:
+            for offer_id in OFFERS:
+                store.set_budget(offer_id, 1e12, unit="count")
+            for _ in range(args.runs):
+                for load, level in steps:
+                    for mode in ("single", "grouped"):
+                        row = asyncio.run(
+                            measure(store, mode, load, level, args.items, args.seconds, args.busy)
+                        )
+                        print(json.dumps(row), flush=True)
+                        rows.append(row)
+        finally:
+            store.close()
     finally:
-        store.close()
+        if cluster is not None:
+            cluster.stop()
+            shutil.rmtree(cluster.root, ignore_errors=True)
         tmp.cleanup()
     sync = f" synchronous={args.synchronous}" if extra else ""
     print(
