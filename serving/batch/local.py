@@ -9,12 +9,12 @@ Steps (see docs/batch.md):
    before it (a global count carried across chunks): the engine's final budget pass keeps the
    chunk within what is left, in the order of adjusted value, so the send never exceeds a budget;
 4. a writer thread writes each chunk to ``<out>.parts/part-<k>.parquet`` (temporary file +
-   rename) and appends it to the output's temporary file; the chunk's decisions are
-   bulk-inserted into the store (a repeated decision id is skipped: ids are deterministic from
-   campaign id + member id), and once the part is on disk the manifest records the chunk and
-   the budget it used (atomic rename). A resumed run appends the recorded parts and decides the
-   rest with the budget left restored from the manifest, so a crash anywhere re-does at most
-   two chunks, identically.
+   rename) and appends it to the output's temporary file; a store thread bulk-inserts the
+   chunk's decisions once the chunk before it is recorded (a repeated decision id is skipped:
+   ids are deterministic from campaign id + member id), and once the part is on disk and the
+   decisions stored, the manifest records the chunk and the budget it used (atomic rename).
+   A resumed run appends the recorded parts and decides the rest with the budget left
+   restored from the manifest, so a crash anywhere re-does at most two chunks, identically.
 5. the output's temporary file is renamed to ``out`` (a reader never sees half a file).
 """
 
@@ -160,13 +160,19 @@ def run_local(
     stored = 0
     done_rows = sum(r["members"] for r in manifest["chunks"].values())
     writer = _OutputWriter(out)
-    pending: tuple[int, Future[None], dict[str, Any]] | None = None
+    pending: tuple[int, Future[None], Future[int] | None, dict[str, Any]] | None = None
+    # the store insert of chunk k runs in its own thread, started once chunk k - 1 is recorded
+    # (so the order part k -> store k -> manifest k, and manifest k - 1 -> store k, is kept)
+    inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-store")
 
-    def record(p: tuple[int, Future[None], dict[str, Any]]) -> None:
-        """Chunk k is durable once its part file is written: record it in the manifest."""
-        nonlocal done_rows
-        k, fut, rec = p
+    def record(p: tuple[int, Future[None], Future[int] | None, dict[str, Any]]) -> None:
+        """Chunk k is durable once its part file is written and its decisions stored: record
+        it in the manifest."""
+        nonlocal done_rows, stored
+        k, fut, stored_fut, rec = p
         fut.result()
+        if stored_fut is not None:
+            stored += stored_fut.result()
         manifest["chunks"][str(k)] = rec
         _write_json(manifest_path, manifest)
         done_rows += rec["members"]
@@ -223,19 +229,23 @@ def run_local(
             if pending is not None:
                 record(pending)
                 pending = None
+            stored_fut = None
             if store is not None:
-                stored += store.log_decisions(store_records(frame, plan.context.channel))
+                stored_fut = inserter.submit(
+                    lambda f=frame: store.log_decisions(store_records(f, plan.context.channel))
+                )
             used += u
             money += mo
             surprise += su
             rec = {"members": chunk.n, "rows": len(frame), "used": u.tolist(), "money": mo}
             rec["surprise"] = su
-            pending = (k, fut, rec)
+            pending = (k, fut, stored_fut, rec)
         if pending is not None:
             record(pending)
         rows = writer.finish()
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
+        inserter.shutdown(wait=True)
         writer.close()
     chunks = sorted(int(c) for c in manifest["chunks"])
     limit = np.where(np.isfinite(plan.budget_left), plan.budget_left, np.nan)
