@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from features.simulate import SimConfig, simulate
+from tests.integration.server_fixtures import mlflow_server  # noqa: F401  (real tracking server)
 from tests.integration.test_registry_mlflow import server  # noqa: F401  (real mlflow server)
 from training.registry import CHALLENGER, CHAMPION, ModelRegistry
 from training.uplift_data import TREATMENT, UpliftTrainingSet, build_training_set, time_split
