@@ -76,7 +76,9 @@ def create_app(
                 state.metrics.set_models(loaded.versions())
                 if state.bundle is not None:
                     bundle = await to_thread.run_sync(state.bundle.build, loaded)
-                    counters, spent = await to_thread.run_sync(seed_budgets, state.store, bundle)
+                    counters, spent = await to_thread.run_sync(
+                        seed_budgets, state.store, bundle.engine.offers
+                    )
                     state.budget_counters = counters
                     state.bundle.mark_exhausted(spent)
             except ModelLoadError as exc:
@@ -137,8 +139,6 @@ def prepare_shared_state(
     last-known-good copies and create the budget counters, once (workers racing on them
     would fail or duplicate work). Failures are logged; each worker still reports readiness.
     """
-    from types import SimpleNamespace
-
     from features.catalog import load_catalog
     from serving.engine import DecisionEngine
 
@@ -155,6 +155,6 @@ def prepare_shared_state(
         catalog = bundle_config.catalog_path()
         if catalog.exists():
             engine = DecisionEngine(load_catalog(catalog), bundle_config.engine)
-            seed_budgets(store, SimpleNamespace(engine=engine))
+            seed_budgets(store, engine.offers)
     finally:
         store.close()

@@ -22,7 +22,7 @@ import shutil
 import socket
 import tempfile
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -43,6 +43,7 @@ from serving.engine import (
     EngineSettings,
     FallbackTables,
     MemberTable,
+    OfferTable,
     ScoreInputs,
 )
 from serving.engine.eligibility import member_eligibility
@@ -207,8 +208,11 @@ class ServingBundle:
     snapshot_as_of: pd.Timestamp | None
     single: SingleDecider | None = None  # the real-time path (built with the bundle)
     _cold_row: MemberTable | None = None  # a one-row cold-start member (id replaced per call)
-    member_mask: np.ndarray | None = None  # (n, m) member-only eligibility rules, per member
-    member_flags: np.ndarray | None = None  # (n, moments) moments of the snapshot, per member
+    member_mask: np.ndarray | None = None  # (n + 1, m) member-only eligibility rules per
+    member_flags: np.ndarray | None = None  # (n + 1, moments) snapshot moments; last: cold row
+    _left_cache: dict[frozenset[str], np.ndarray] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def offer_ids(self) -> tuple[str, ...]:
@@ -255,31 +259,29 @@ class ServingBundle:
             row = -1
         ids = np.array([member_id], dtype=object)
         m = self.engine.offers.n
-        pre: dict[str, np.ndarray] = {}
         if row >= 0:
             table = replace(self.members.take(np.array([row])), ids=ids)
             p, s, has = self.p_redeem[row], self.spend[row], bool(self.has_row[row])
-            if self.member_mask is not None and self.member_flags is not None:
-                pre = {"member_mask": self.member_mask[row], "member_flags": self.member_flags[row]}
         else:
             table = replace(self._cold_row, ids=ids)
             p, s, has = np.zeros(m, np.float32), np.zeros(m, np.float32), False
+        pre: dict[str, np.ndarray] = {}
+        if self.member_mask is not None and self.member_flags is not None:
+            pre = {"member_mask": self.member_mask[row], "member_flags": self.member_flags[row]}
         if basket_total is not None:
             table = _with_basket(table, basket_total)
         left = self._left(exhausted)
         return self.single.decide(table, p, s, has, context, budget_left=left, **pre)
 
     def _left(self, exhausted: frozenset[str]) -> np.ndarray | None:
-        """Budgets left with the store-exhausted offers at 0 (cached per exhausted set)."""
+        """Budgets left with the store-exhausted offers at 0 (one array per exhausted set)."""
         if not exhausted:
             return None
-        cached = _LEFT_CACHE.get((id(self), exhausted))
+        cached = self._left_cache.get(exhausted)
         if cached is None:
             cached = self.engine.offers.budget.copy()
             cached[np.isin(np.asarray(self.offer_ids, dtype=object), list(exhausted))] = 0.0
-            if len(_LEFT_CACHE) > 64:
-                _LEFT_CACHE.clear()
-            _LEFT_CACHE[(id(self), exhausted)] = cached
+            self._left_cache[exhausted] = cached  # exhausted sets only grow: a few entries
         return cached
 
     def decide(
@@ -302,9 +304,6 @@ class ServingBundle:
         return self.engine.decide(
             table, inputs, context, budget_left=left, fallback_tables=self.fallback_tables
         )
-
-
-_LEFT_CACHE: dict[tuple[int, frozenset[str]], np.ndarray] = {}
 
 
 def _cold(n: int) -> MemberTable:
@@ -427,6 +426,7 @@ def build_bundle(models: ModelSet, config: BundleConfig) -> ServingBundle:
     segments = frame[seg_col].to_numpy(dtype=object) if seg_col in frame else members.segment
     known = has_row if has_row.any() else np.ones(len(frame), dtype=bool)
     tables = FallbackTables.from_scores(p, s, segments, known)
+    cold = _blank_unknown(members.take(np.array([0])) if members.n else _cold(1), np.array([True]))
     as_of = pd.Timestamp(frame["as_of"].max()) if "as_of" in frame and len(frame) else None
     bundle = ServingBundle(
         engine=engine,
@@ -439,11 +439,16 @@ def build_bundle(models: ModelSet, config: BundleConfig) -> ServingBundle:
         versions=models.versions(),
         snapshot_as_of=as_of,
         single=SingleDecider(engine, tables),
-        member_mask=member_eligibility(members, engine.offers),
-        member_flags=member_moments(members, config.engine.moments).flags,
-        _cold_row=_blank_unknown(
-            members.take(np.array([0])) if members.n else _cold(1), np.array([True])
+        member_mask=np.vstack(
+            [member_eligibility(members, engine.offers), member_eligibility(cold, engine.offers)]
         ),
+        member_flags=np.vstack(
+            [
+                member_moments(members, config.engine.moments).flags,
+                member_moments(cold, config.engine.moments).flags,
+            ]
+        ),
+        _cold_row=cold,
     )
     log.info(
         "bundle: %d members, %d offers, models %s", members.n, engine.offers.n, bundle.versions
@@ -474,11 +479,11 @@ class BundleHolder:
             self._exhausted = self._exhausted | frozenset(offer_ids)
 
 
-def seed_budgets(store: Any, bundle: ServingBundle) -> tuple[frozenset[str], set[str]]:
+def seed_budgets(store: Any, offers: OfferTable) -> tuple[frozenset[str], set[str]]:
     """Create a store budget counter for every catalog offer with a budget that has none yet
     (existing counters, and what they spent, are kept). Returns (offers with a counter, offers
     whose counter is already spent)."""
-    o = bundle.engine.offers
+    o = offers
     have = store.budgets()
     for j, offer_id in enumerate(o.ids):
         if offer_id not in have and np.isfinite(o.budget[j]):

@@ -34,6 +34,7 @@ import pandas as pd
 
 from features.schema import CHANNELS
 from serving.engine.context import DecisionContext
+from serving.engine.errors import EngineInputError
 from serving.engine.members import MemberTable
 from serving.engine.moments import DETECTED_MOMENTS, Moments
 from serving.engine.offers import OfferTable
@@ -102,7 +103,7 @@ def eligibility(
         _member_rules(members, offers, apply)
     else:
         if np.shape(member_mask) != (n, m):
-            raise ValueError(f"member_mask: shape {np.shape(member_mask)}, expected {(n, m)}")
+            raise EngineInputError(f"member_mask: shape {np.shape(member_mask)}, expected {(n, m)}")
         mask = np.array(member_mask, dtype=bool)
     ch = CHANNELS.index(context.channel)
     apply("channel", offers.channel_ok[:, ch][None, :])
@@ -162,20 +163,8 @@ def _member_rules(members: MemberTable, offers: OfferTable, apply) -> None:  # t
         )
 
 
-_SMALL = 8
-
-
 def _segment_ok(segment: np.ndarray, offers: OfferTable) -> np.ndarray:
     """(n, m) bool: the offer has no segment list or lists the member's segment."""
-    if len(segment) <= _SMALL:  # real time (one member): plain lookups beat a factorisation
-        segs = offers.segments
-        return np.array(
-            [
-                [allowed is None or (not pd.isna(s) and str(s) in allowed) for allowed in segs]
-                for s in segment
-            ],
-            dtype=bool,
-        ).reshape(len(segment), offers.n)
     codes, uniques = _factorize(segment)
     table = np.ones((len(uniques) + 1, offers.n), dtype=bool)  # last row: unknown segment
     for j, allowed in enumerate(offers.segments):

@@ -11,6 +11,7 @@ incremental spend, and the decision records that name. The tables are plain arra
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,11 @@ class FallbackTables:
     segment_s: np.ndarray  # (len(segments), m)
     global_p: np.ndarray  # (m,)
     global_s: np.ndarray  # (m,)
+
+    @cached_property
+    def segment_row(self) -> dict[str, int]:
+        """Row of each segment in ``segment_p`` / ``segment_s``."""
+        return {s: r for r, s in enumerate(self.segments)}
 
     @classmethod
     def from_scores(
@@ -94,11 +100,15 @@ def fill(
         if not todo.any():
             break
         if step == SEGMENT_POPULAR:
-            lookup = pd.Index(list(tables.segments))
-            row = lookup.get_indexer(pd.Series(np.asarray(segments, dtype=object)).astype(object))
-            hit = todo & (row >= 0)
-            p[hit] = tables.segment_p[row[hit]]
-            s[hit] = tables.segment_s[row[hit]]
+            # look up only the members still to fill (few: cold starts), by dict
+            idx = np.flatnonzero(todo)
+            seg = np.asarray(segments, dtype=object)[idx]
+            row = np.array([tables.segment_row.get(x, -1) for x in seg], dtype=np.int64)
+            found = row >= 0
+            hit = np.zeros_like(todo)
+            hit[idx[found]] = True
+            p[idx[found]] = tables.segment_p[row[found]]
+            s[idx[found]] = tables.segment_s[row[found]]
         else:  # GLOBAL_POPULAR
             hit = todo.copy()
             p[hit] = tables.global_p[None, :]

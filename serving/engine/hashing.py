@@ -17,10 +17,13 @@ import pandas as pd
 __all__ = [
     "EncodedTexts",
     "decision_id_matrix",
+    "decision_id_one",
     "decision_ids",
     "encode_texts",
     "hash64",
+    "hash64_one",
     "unit_interval",
+    "unit_one",
 ]
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
@@ -28,11 +31,51 @@ _FNV_PRIME = np.uint64(0x100000001B3)
 _SEP = 0x1F
 
 
-def _absorb(h: np.ndarray | np.uint64, data: bytes) -> np.uint64:
-    out = np.uint64(h)
+_MASK = (1 << 64) - 1
+
+
+def _absorb_int(h: int, data: bytes) -> int:
+    """FNV-1a over ``data`` from state ``h`` (Python ints: one text at a time)."""
+    prime = int(_FNV_PRIME)
     for b in data:
-        out = np.uint64((int(out) ^ b) * int(_FNV_PRIME) & 0xFFFFFFFFFFFFFFFF)
-    return out
+        h = ((h ^ b) * prime) & _MASK
+    return h
+
+
+def _absorb(h: np.ndarray | np.uint64, data: bytes) -> np.uint64:
+    return np.uint64(_absorb_int(int(h), data))
+
+
+def _fmix64_int(h: int) -> int:
+    h ^= h >> 33
+    h = (h * 0xFF51AFD7ED558CCD) & _MASK
+    h ^= h >> 33
+    h = (h * 0xC4CEB9FE1A85EC53) & _MASK
+    return h ^ (h >> 33)
+
+
+_SALT_START: dict[str, int] = {}
+
+
+def hash64_one(text: str, salt: str) -> int:
+    """:func:`hash64` of one text (the same bits, as a Python int; the real-time path)."""
+    start = _SALT_START.get(salt)
+    if start is None:
+        start = _SALT_START[salt] = int(_absorb(_absorb(_FNV_OFFSET, salt.encode()), bytes([_SEP])))
+    return _fmix64_int(_absorb_int(start, text.encode("utf-8")))
+
+
+def unit_one(text: str, salt: str) -> float:
+    """:func:`unit_interval` of one text."""
+    return (hash64_one(text, salt) >> 11) * 2.0**-53
+
+
+def decision_id_one(key: str) -> str:
+    """:func:`decision_ids` of one key."""
+    hi = (hash64_one(key, "decision-id/hi") & ~0xF000 & _MASK) | 0x8000
+    lo = (hash64_one(key, "decision-id/lo") & ~0xC000000000000000 & _MASK) | (1 << 63)
+    h = f"{hi:016x}{lo:016x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _fmix64(h: np.ndarray) -> np.ndarray:

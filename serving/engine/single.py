@@ -31,59 +31,17 @@ from serving.engine.context import DecisionContext
 from serving.engine.eligibility import eligibility
 from serving.engine.engine import DecisionEngine
 from serving.engine.errors import EngineInputError
-from serving.engine.fallback import FallbackTables
+from serving.engine.fallback import FallbackTables, fill
+from serving.engine.hashing import decision_id_one, unit_one
 from serving.engine.members import MemberTable
 from serving.engine.moments import DETECTED_MOMENTS, Moments, basket_moments, detect_moments
 from serving.engine.phrases import MemberView, explain_one
-from serving.engine.scoring import score
-from serving.engine.settings import GLOBAL_POPULAR, PERSONALISED, SEGMENT_POPULAR
+from serving.engine.scoring import ScoreInputs, score
 from serving.engine.state import MemberOfferState
 
-__all__ = ["SingleDecider", "decision_dicts", "decision_id", "hash64_one", "unit_one"]
+__all__ = ["SingleDecider", "decision_dicts"]
 
-_MASK = (1 << 64) - 1
-_FNV_OFFSET = 0xCBF29CE484222325
-_FNV_PRIME = 0x100000001B3
-_SEP = 0x1F
 _NEG = np.float32(-np.inf)
-
-
-def _fmix64(h: int) -> int:
-    h ^= h >> 33
-    h = (h * 0xFF51AFD7ED558CCD) & _MASK
-    h ^= h >> 33
-    h = (h * 0xC4CEB9FE1A85EC53) & _MASK
-    return h ^ (h >> 33)
-
-
-def _absorb(h: int, data: bytes) -> int:
-    for b in data:
-        h = ((h ^ b) * _FNV_PRIME) & _MASK
-    return h
-
-
-_SALT_START: dict[str, int] = {}
-
-
-def hash64_one(text: str, salt: str) -> int:
-    """``serving.engine.hashing.hash64`` of one text (same bits, as a Python int)."""
-    start = _SALT_START.get(salt)
-    if start is None:
-        start = _SALT_START[salt] = _absorb(_absorb(_FNV_OFFSET, salt.encode()), bytes([_SEP]))
-    return _fmix64(_absorb(start, text.encode("utf-8")))
-
-
-def unit_one(text: str, salt: str) -> float:
-    """``serving.engine.hashing.unit_interval`` of one text."""
-    return (hash64_one(text, salt) >> 11) * 2.0**-53
-
-
-def decision_id(key: str) -> str:
-    """``serving.engine.hashing.decision_ids`` of one key (a UUIDv8 string)."""
-    hi = (hash64_one(key, "decision-id/hi") & ~0xF000 & _MASK) | 0x8000
-    lo = (hash64_one(key, "decision-id/lo") & ~0xC000000000000000 & _MASK) | (1 << 63)
-    h = f"{hi:016x}{lo:016x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class _Defer(Exception):
@@ -97,41 +55,11 @@ class SingleDecider:
         self.engine = engine
         self.tables = fallback_tables
         o = engine.offers
-        self._segment_row = (
-            {s: r for r, s in enumerate(fallback_tables.segments)} if fallback_tables else {}
-        )
         self._state = MemberOfferState.empty(1, o.n)
         self._kind_names = [OFFER_KINDS[k] for k in o.kind]
         self._moment = [m or "" for m in o.moment]
         self._n_kinds = int(o.kind.max()) + 1 if o.n else 1
         self._full_budgets = engine.budgets()
-
-    # ---- inputs -----------------------------------------------------------------------------
-    def _fill(
-        self, p: np.ndarray, s: np.ndarray, has_row: bool, segment: Any
-    ) -> tuple[np.ndarray, np.ndarray, str]:
-        if has_row:
-            return p.astype(np.float32), s.astype(np.float32), PERSONALISED
-        t = self.tables
-        if t is None:
-            raise EngineInputError(
-                "score inputs: 1 member(s) without a model row and no fallback tables"
-            )
-        for step in self.engine.settings.fallback_chain:
-            if step == SEGMENT_POPULAR:
-                row = self._segment_row.get(segment) if segment is not None else None
-                if row is not None:
-                    return (
-                        t.segment_p[row].astype(np.float32),
-                        t.segment_s[row].astype(np.float32),
-                        step,
-                    )
-            else:
-                return t.global_p.astype(np.float32), t.global_s.astype(np.float32), step
-        raise EngineInputError(
-            f"fallback_chain {list(self.engine.settings.fallback_chain)}: 1 member(s) not "
-            f"covered, e.g. row 0 (segment {segment!r}); end the chain with {GLOBAL_POPULAR!r}"
-        )
 
     # ---- the decision -------------------------------------------------------------------------
     def decide(
@@ -168,8 +96,6 @@ class SingleDecider:
             )
 
     def _via_engine(self, member, p, s, has_row, context, budget_left, versions):  # type: ignore[no-untyped-def]
-        from serving.engine.scoring import ScoreInputs
-
         inputs = ScoreInputs(
             np.asarray(p, dtype=np.float64)[None, :],
             np.asarray(s, dtype=np.float64)[None, :],
@@ -185,9 +111,15 @@ class SingleDecider:
         eng, st, o = self.engine, self.engine.settings, self.engine.offers
         m = o.n
         member_id = str(member.ids[0])
-        p, s, fallback = self._fill(
-            np.asarray(p_in), np.asarray(s_in), bool(has_row), member.segment[0]
+        p2, s2, names = fill(
+            np.asarray(p_in)[None, :],
+            np.asarray(s_in)[None, :],
+            np.array([bool(has_row)]),
+            member.segment,
+            self.tables,
+            st.fallback_chain,
         )
+        p, s, fallback = p2[0], s2[0], str(names[0])
         held = st.holdout.share > 0 and unit_one(member_id, "holdout/" + st.holdout.salt) < (
             st.holdout.share
         )
@@ -341,7 +273,7 @@ class SingleDecider:
                 }
             )
         return {
-            "decision_id": decision_id(key),
+            "decision_id": decision_id_one(key),
             "fallback": fallback,
             "held_out": bool(held),
             "explored": explored_any,

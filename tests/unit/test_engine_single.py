@@ -17,16 +17,17 @@ from features.catalog import default_catalog_path, load_catalog
 from features.schema import LIFECYCLE_STAGES, TIERS
 from serving.engine import DecisionContext, DecisionEngine, EngineSettings, FallbackTables
 from serving.engine.eligibility import member_eligibility
-from serving.engine.hashing import decision_ids, hash64, unit_interval
-from serving.engine.moments import member_moments
-from serving.engine.scoring import ScoreInputs
-from serving.engine.single import (
-    SingleDecider,
-    decision_dicts,
-    decision_id,
+from serving.engine.hashing import (
+    decision_id_one,
+    decision_ids,
+    hash64,
     hash64_one,
+    unit_interval,
     unit_one,
 )
+from serving.engine.moments import member_moments
+from serving.engine.scoring import ScoreInputs
+from serving.engine.single import SingleDecider, decision_dicts
 
 CATEGORIES = ["coffee", "bakery", "grocery", "apparel"]
 SEGMENTS = ["commuter", "casual", "family", "premium", None]
@@ -177,4 +178,4 @@ def test_single_rejects_more_than_one_member():
 def test_scalar_hash_equals_vectorised(text, salt):
     assert hash64_one(text, salt) == int(hash64([text], salt)[0])
     assert unit_one(text, salt) == float(unit_interval([text], salt)[0])
-    assert decision_id(text) == decision_ids([text])[0]
+    assert decision_id_one(text) == decision_ids([text])[0]
