@@ -22,6 +22,7 @@ import shutil
 import socket
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from serving.engine import (
 from serving.engine.eligibility import member_eligibility
 from serving.engine.moments import member_moments
 from serving.engine.single import SingleDecider
+from serving.engine.state import PastGrant
 
 __all__ = [
     "AFFINITY",
@@ -248,9 +250,14 @@ class ServingBundle:
         *,
         basket_total: float | None = None,
         exhausted: frozenset[str] = frozenset(),
+        history: Sequence[PastGrant] = (),
     ) -> dict[str, Any]:
         """The decision for one member as the API's dict (``serving.engine.single``): the same
-        decision as :meth:`decide` for a batch of one, in well under a millisecond."""
+        decision as :meth:`decide` for a batch of one, in well under a millisecond.
+
+        ``history``: the member's grants in the serving store (not released), applied with the
+        snapshot's own history: per-offer caps, channel frequency caps, active offers and the
+        last surprise."""
         if self.single is None or self._cold_row is None:
             raise BundleError("bundle built without the single-member path")
         try:

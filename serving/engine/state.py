@@ -10,6 +10,8 @@ each offer's budget.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -18,9 +20,20 @@ from features import schema as S
 from serving.engine.errors import EngineInputError
 from serving.engine.offers import OfferTable
 
-__all__ = ["MemberOfferState", "remaining_budgets", "state_from_events"]
+__all__ = ["MemberOfferState", "PastGrant", "remaining_budgets", "state_from_events"]
 
 DAY = np.timedelta64(86_400_000_000, "us")
+
+
+class PastGrant(NamedTuple):
+    """One reward the service granted a member and did not release (the serving store's
+    ``grants`` rows): counted as a send of ``offer_id`` on ``channel`` at ``granted_at``."""
+
+    offer_id: str
+    channel: str
+    granted_at: datetime
+    surprise: bool
+    redeemed: bool = False
 
 
 @dataclass(frozen=True)
