@@ -29,15 +29,36 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from serving.store import CapKey, GrantOutcome, OffersStore, ReservationItem, utcnow
+import numpy as np
 
-__all__ = ["GrantCommitError", "GrantService", "GrantServiceClosed", "GrantStats", "plan_grant"]
+from serving.store import (
+    CapKey,
+    GrantOutcome,
+    GrantRequest,
+    OffersStore,
+    ReservationItem,
+    utcnow,
+)
+
+__all__ = [
+    "GrantCommitError",
+    "GrantService",
+    "GrantServiceClosed",
+    "GrantStats",
+    "frequency_period",
+    "plan_grant",
+    "valid_until",
+]
 
 log = logging.getLogger(__name__)
 
 SURPRISE_CAP_KEY = "surprise"
+NO_CAP = 2**31 - 1  # OfferTable.per_member_cap of an offer without a cap
+_EPOCH = datetime(1970, 1, 1)
+_NO_END = np.datetime64("2999-01-01", "D")  # OfferTable's far-future validity: none
 
 
 class GrantServiceClosed(RuntimeError):
@@ -60,6 +81,28 @@ class GrantStats:
     transaction_seconds: float = 0.0
 
 
+def frequency_period(now: datetime, period_days: float) -> str:
+    """The channel frequency cap's bucket holding ``now``: fixed windows of ``period_days``
+    counted from 1970-01-01 00:00 UTC (7 days: Thursday to Wednesday), e.g. ``"7d-2946"``.
+    A grant counts in the bucket of its grant time; a new bucket starts from zero."""
+    days = (now - _EPOCH).total_seconds() / 86_400.0
+    return f"{period_days:g}d-{int(days // period_days)}"
+
+
+def valid_until(offers: Any, j: int, granted_at: datetime) -> datetime | None:
+    """When the grant of offer ``j`` at ``granted_at`` stops being redeemable: the end of the
+    offer's validity (``valid_to`` inclusive) or ``duration_days`` after the grant, whichever
+    is first; None when the offer has neither."""
+    ends = []
+    to = getattr(offers, "valid_to", None)
+    if to is not None and to[j] < _NO_END:
+        ends.append(datetime.fromisoformat(str(to[j] + np.timedelta64(1, "D"))))
+    duration = getattr(offers, "duration_days", None)
+    if duration is not None and np.isfinite(duration[j]):
+        ends.append(granted_at + timedelta(days=float(duration[j])))
+    return min(ends) if ends else None
+
+
 def plan_grant(
     member_id: str,
     offers: Sequence[dict[str, Any]],
@@ -67,31 +110,51 @@ def plan_grant(
     bundle: Any,
     counters: Iterable[str] | frozenset[str],
     period: str | None = None,
+    channel: str | None = None,
+    now: datetime | None = None,
 ) -> list[ReservationItem]:
     """The reservations granting ``offers`` needs, one item per offer in order.
 
     ``bundle`` is the serving bundle whose engine decided the offers (catalog costs, budget
-    units and the yearly surprise cap); ``counters`` the offer ids with a budget counter in the
-    store; ``period`` the cap period (default: this UTC year).
+    units, per-member caps, the yearly surprise cap and the channel frequency caps);
+    ``counters`` the offer ids with a budget counter in the store; ``period`` the surprise cap
+    period (default: this UTC year). Caps counted per item: the yearly surprise cap (``cap``),
+    the offer's lifetime ``per_member_cap`` (cap key ``offer:<id>``, period ``all``) and, for
+    ``channel``, ``caps.per_channel[channel]`` per :func:`frequency_period` bucket.
     """
     o = bundle.engine.offers
-    cap = int(bundle.engine.settings.surprise.yearly_cap)
-    period = period or str(utcnow().year)
+    settings = bundle.engine.settings
+    cap = int(settings.surprise.yearly_cap)
+    now = now or utcnow()
+    period = period or str(now.year)
+    per_member = getattr(o, "per_member_cap", None)
+    caps_settings = getattr(settings, "caps", None)
+    channel_cap = None
+    if channel is not None and caps_settings is not None:
+        limit = caps_settings.per_channel.get(channel)
+        if limit is not None:
+            bucket = frequency_period(now, float(caps_settings.period_days))
+            channel_cap = CapKey(member_id, f"channel:{channel}", bucket, int(limit))
     items = []
     for x in offers:
         offer_id = x["offer_id"]
         j = o.ids.index(offer_id)
         cap_key = CapKey(member_id, SURPRISE_CAP_KEY, period, cap) if x["surprise"] else None
+        more: list[CapKey] = []
+        if per_member is not None and int(per_member[j]) < NO_CAP:
+            more.append(CapKey(member_id, f"offer:{offer_id}", "all", int(per_member[j])))
+        if channel_cap is not None:
+            more.append(channel_cap)
         amount = None
         if offer_id in counters:
             amount = float(o.cost[j]) if o.budget_unit[j] == "money" else 1.0
-        items.append(ReservationItem(offer_id, cap=cap_key, amount=amount))
+        items.append(ReservationItem(offer_id, cap=cap_key, amount=amount, caps=tuple(more)))
     return items
 
 
 @dataclass(slots=True)
 class _Pending:
-    items: Sequence[ReservationItem]
+    items: GrantRequest
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[GrantOutcome]
 
@@ -123,18 +186,21 @@ class GrantService:
         self._thread.start()
 
     # -- request side (event loop) --------------------------------------------------------
-    async def reserve(self, items: Sequence[ReservationItem]) -> GrantOutcome:
-        """Queue one request's reservations and wait for its group's commit."""
+    async def reserve(self, items: GrantRequest | Sequence[ReservationItem]) -> GrantOutcome:
+        """Queue one request's reservations (with its checkout session, if any) and wait for
+        its group's commit."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[GrantOutcome] = loop.create_future()
+        request = items if isinstance(items, GrantRequest) else GrantRequest(tuple(items))
         with self._cond:
             if self._closing:
                 raise GrantServiceClosed("grant service is shutting down")
-            self._pending.append(_Pending(items, loop, future))
+            self._pending.append(_Pending(request, loop, future))
             self._cond.notify()
         # Once queued, the reservation is committed whatever happens to the caller; a cancelled
         # request (client gone) only stops waiting, the future stays for the writer to settle.
-        # As with a worker thread, such a reward is reserved but never returned.
+        # Such a reward is reserved and its session stored: the till's retry with the same
+        # transaction id gets it, or the sweep releases it.
         return await asyncio.shield(future)
 
     async def grant(
@@ -154,7 +220,7 @@ class GrantService:
         if not offers:
             return []
         items = plan_grant(member_id, offers, bundle=bundle, counters=counters)
-        if all(i.cap is None and not (i.amount and i.amount > 0) for i in items):
+        if not any(i.reserves for i in items):
             return list(offers)  # nothing to reserve: no transaction
         outcome = await self.reserve(items)
         if outcome.error is not None:

@@ -15,12 +15,21 @@ from typing import Any
 from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from serving.store import sessions
 from serving.store.connect import make_engine
+from serving.store.feedback import EventConflict, EventConflictError, differing
 from serving.store.migrate import migrate
-from serving.store.reserve import GrantOutcome, ReservationItem, reserve_grants
+from serving.store.reserve import GrantOutcome, GrantRequest, ReservationItem, reserve_grants
 from serving.store.tables import budgets, decisions, feedback_events, member_caps
 
-__all__ = ["EventResult", "OffersStore", "UnknownBudgetError", "open_store", "utcnow"]
+__all__ = [
+    "EventConflictError",
+    "EventResult",
+    "OffersStore",
+    "UnknownBudgetError",
+    "open_store",
+    "utcnow",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,22 +95,33 @@ class OffersStore:
     def record_events(self, events: Sequence[Mapping[str, Any]]) -> EventResult:
         """Insert feedback events idempotently by ``event_id`` (first write wins).
 
-        Returns after the commit; ids already stored (or repeated in ``events``) come back as
-        duplicates and are not written again.
+        Returns after the commit; ids already stored (or repeated in ``events``) with the same
+        contents come back as duplicates and are not written again. An id already stored, or
+        repeated, with other contents raises :class:`EventConflictError` (naming each one) and
+        nothing of the call is stored. Database errors propagate with nothing stored.
         """
-        seen: set[str] = set()
+        first: dict[str, tuple[int, dict[str, Any]]] = {}
+        given_ts: set[str] = set()
         rows: list[dict[str, Any]] = []
         repeated: list[str] = []
+        conflicts: list[EventConflict] = []
         received = utcnow()
-        for event in events:
+        for index, event in enumerate(events):
             event_id = event["event_id"]
-            if event_id in seen:
+            row = {c: event.get(c) for c in EVENT_COLUMNS}
+            if event_id in first:
+                earlier = first[event_id][1]
+                both_ts = event_id in given_ts and row["ts"] is not None
+                fields = differing(earlier, row, both_ts)
+                if fields:
+                    conflicts.append(EventConflict(index, event_id, fields))
                 repeated.append(event_id)
                 continue
-            seen.add(event_id)
-            row = {c: event.get(c) for c in EVENT_COLUMNS}
+            if row["ts"] is not None:
+                given_ts.add(event_id)
             row["ts"] = row["ts"] or received
             row["received_at"] = received
+            first[event_id] = (index, row)
             rows.append(row)
         if not rows:
             return EventResult(stored=[], duplicates=repeated)
@@ -112,9 +132,37 @@ class OffersStore:
         )
         with self.engine.begin() as connection:
             stored = set(connection.execute(statement, rows).scalars().all())
+            known = [r["event_id"] for r in rows if r["event_id"] not in stored]
+            if known:
+                existing = connection.execute(
+                    select(feedback_events).where(feedback_events.c.event_id.in_(known))
+                ).mappings()
+                for old in existing:
+                    index, row = first[old["event_id"]]
+                    fields = differing(old, row, old["event_id"] in given_ts)
+                    if fields:
+                        conflicts.append(EventConflict(index, old["event_id"], fields))
+            if conflicts:  # raising inside the transaction rolls the whole call back
+                raise EventConflictError(sorted(conflicts, key=lambda c: c.index))
         ordered = [r["event_id"] for r in rows if r["event_id"] in stored]
         duplicates = [r["event_id"] for r in rows if r["event_id"] not in stored] + repeated
         return EventResult(stored=ordered, duplicates=duplicates)
+
+    def check_writable(self) -> None:
+        """Raise when the store cannot take a write now (down, write lock held past the lock
+        wait, read-only file): a probe row is inserted and rolled back."""
+        probe = self._insert(feedback_events).on_conflict_do_nothing(index_elements=["event_id"])
+        now = utcnow()
+        with self.engine.connect() as connection:
+            transaction = connection.begin()
+            try:
+                connection.execute(
+                    probe,
+                    {"event_id": "~readyz-probe", "member_id": "~", "event": "probe",
+                     "ts": now, "received_at": now},
+                )  # fmt: skip
+            finally:
+                transaction.rollback()
 
     def event_ids(self) -> set[str]:
         """Every stored feedback event id (tests and audits; not for the hot path)."""
@@ -256,14 +304,50 @@ class OffersStore:
             connection.execute(create)
             return connection.execute(bump).rowcount == 1
 
-    def reserve_grants(self, requests: Sequence[Sequence[ReservationItem]]) -> list[GrantOutcome]:
-        """Many grant requests' cap and budget reservations in ONE transaction (one commit).
+    def reserve_grants(
+        self, requests: Sequence[GrantRequest | Sequence[ReservationItem]]
+    ) -> list[GrantOutcome]:
+        """Many grant requests' sessions, cap and budget reservations and grant rows in ONE
+        transaction (one commit).
 
         Each count is its own conditional UPDATE, as in :meth:`reserve_member_cap` and
         :meth:`reserve_budget`; see :mod:`serving.store.reserve`. Raises, committing nothing,
         when the database fails.
         """
         return reserve_grants(self, requests)
+
+    # -- checkout sessions and grants (serving.store.sessions) ----------------------------
+    def get_session(self, transaction_id: str) -> dict[str, Any] | None:
+        """The checkout session row (state, member, decision id, stored answer) or None."""
+        return sessions.get_session(self.engine, transaction_id)
+
+    def close_session(self, transaction_id: str) -> sessions.SessionChange:
+        """open -> closed; see :func:`serving.store.sessions.close_session`."""
+        return sessions.close_session(self.engine, transaction_id, utcnow())
+
+    def cancel_session(
+        self, transaction_id: str, offer_ids: Sequence[str] | None = None
+    ) -> sessions.SessionChange:
+        """Void a transaction or some of its rewards, releasing what they reserved."""
+        return sessions.cancel_session(self.engine, transaction_id, utcnow(), offer_ids)
+
+    def sweep_sessions(self, open_seconds: float, now: datetime | None = None) -> Any:
+        """Release expired grants and abandoned open sessions (:func:`sessions.sweep`)."""
+        return sessions.sweep(self.engine, now or utcnow(), open_seconds)
+
+    def member_grants(self, member_id: str) -> list[Any]:
+        """The member's grants not released, as ``serving.engine.state.PastGrant``."""
+        return sessions.member_grants(self.engine, member_id)
+
+    def mark_redeemed(
+        self, redemptions: Sequence[tuple[str, str, str | None]]
+    ) -> list[tuple[str, str]]:
+        """Mark grants redeemed from (member_id, offer_id, decision_id) feedback."""
+        return sessions.mark_redeemed(self.engine, redemptions, utcnow())
+
+    def grant_counts(self) -> dict[str, dict[str, int]]:
+        """Grant rows per offer and state."""
+        return sessions.grant_counts(self.engine)
 
     def cap_usage(self, member_id: str, period: str) -> dict[str, int]:
         """Grants counted per cap key for one member in one period."""

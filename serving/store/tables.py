@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -17,9 +18,18 @@ from sqlalchemy import (
     Table,
 )
 
-__all__ = ["budgets", "decisions", "feedback_events", "member_caps", "metadata"]
+__all__ = [
+    "budgets",
+    "checkout_sessions",
+    "decisions",
+    "feedback_events",
+    "grants",
+    "member_caps",
+    "metadata",
+]
 
 ID_LEN = 64
+CAP_KEY_LEN = 80  # "offer:" + an id
 
 metadata = MetaData()
 
@@ -65,8 +75,48 @@ member_caps = Table(
     "member_caps",
     metadata,
     Column("member_id", String(ID_LEN), primary_key=True),
-    Column("cap_key", String(ID_LEN), primary_key=True),  # an offer id, or "surprise"
+    # "surprise", "offer:<offer_id>" (lifetime per_member_cap) or "channel:<channel>"
+    Column("cap_key", String(CAP_KEY_LEN), primary_key=True),
     Column("period", String(16), primary_key=True),  # e.g. "2026", "2026-W47", "all"
     Column("used", Integer, nullable=False, default=0),
     Column("updated_at", DateTime, nullable=False),
+)
+
+# A checkout transaction (the till's id): its decision, the stored answer and its state
+# (open -> closed -> cancelled / partially_returned; see serving.store.sessions).
+checkout_sessions = Table(
+    "checkout_sessions",
+    metadata,
+    Column("transaction_id", String(ID_LEN), primary_key=True),
+    Column("member_id", String(ID_LEN), nullable=False),
+    Column("decision_id", String(ID_LEN), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("state", String(24), nullable=False),
+    Column("response", JSON, nullable=True),  # the answer given (and given again on a retry)
+    Column("client_ts", DateTime, nullable=True),  # the till's clock, recorded only
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Index("ix_checkout_sessions_state_created", "state", "created_at"),
+)
+
+# One row per granted reward: what it reserved (budget amount, cap counters) so a cancel or the
+# sweep can give back exactly that.
+grants = Table(
+    "grants",
+    metadata,
+    Column("transaction_id", String(ID_LEN), primary_key=True),
+    Column("offer_id", String(ID_LEN), primary_key=True),
+    Column("member_id", String(ID_LEN), nullable=False),
+    Column("decision_id", String(ID_LEN), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("surprise", Boolean, nullable=False),
+    Column("amount", Float, nullable=True),  # reserved on the offer's budget; None: none
+    Column("caps", JSON, nullable=False),  # [[cap_key, period], ...] counted
+    Column("state", String(16), nullable=False),  # granted | redeemed | released
+    Column("granted_at", DateTime, nullable=False),
+    Column("valid_until", DateTime, nullable=True),  # None: the offer never expires
+    Column("redeemed_at", DateTime, nullable=True),
+    Column("released_at", DateTime, nullable=True),
+    Index("ix_grants_member", "member_id"),
+    Index("ix_grants_state_valid", "state", "valid_until"),
 )

@@ -1,0 +1,347 @@
+"""Checkout session state changes, grant releases, the sweep and member history reads.
+
+A session is written ``open`` with its grants and reservations by the group commit
+(:mod:`serving.store.reserve`). Its states (after Talon.One customer sessions)::
+
+    open --close--> closed --cancel--> cancelled
+      |                \\--cancel offer_ids--> partially_returned --cancel--> ...
+      \\--cancel--> cancelled            (the sweep cancels sessions left open too long)
+
+A cancel releases the budget amount and every cap counter each of its rewards reserved,
+exactly (the ``grants`` row says what), unless the reward was redeemed: a redeemed reward
+stays counted. Every change is one transaction that re-checks the state it changes (a
+conditional UPDATE), so repeating it or running it on two replicas at once changes nothing
+twice. Illegal transitions raise :class:`IllegalTransition` naming the current state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, select, update
+
+from serving.store.tables import budgets, checkout_sessions, grants, member_caps
+
+__all__ = [
+    "IllegalTransition",
+    "SessionChange",
+    "SweepResult",
+    "UnknownOffers",
+    "UnknownSession",
+    "cancel_session",
+    "close_session",
+    "get_session",
+    "mark_redeemed",
+    "member_grants",
+    "sweep",
+]
+
+log = logging.getLogger(__name__)
+
+STATES = ("open", "closed", "cancelled", "partially_returned")
+
+
+class UnknownSession(KeyError):
+    """No checkout session has this transaction id."""
+
+    def __str__(self) -> str:
+        return f"transaction_id {self.args[0]!r} is unknown"
+
+
+class IllegalTransition(RuntimeError):
+    """The session's current state does not allow the change (the message names the state)."""
+
+    def __init__(self, transaction_id: str, state: str, action: str) -> None:
+        super().__init__(f"transaction_id {transaction_id!r} is {state}: cannot {action}")
+        self.transaction_id, self.state, self.action = transaction_id, state, action
+
+
+class UnknownOffers(ValueError):
+    """A partial cancel names offers the transaction did not grant."""
+
+    def __init__(self, transaction_id: str, offer_ids: Sequence[str]) -> None:
+        super().__init__(
+            f"offer_ids {sorted(offer_ids)} were not granted in transaction_id {transaction_id!r}"
+        )
+        self.offer_ids = list(offer_ids)
+
+
+@dataclass
+class SessionChange:
+    """A state change's result: the state now and the offers released by this call."""
+
+    transaction_id: str
+    member_id: str
+    state: str
+    released: list[str] = field(default_factory=list)
+    kept_redeemed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SweepResult:
+    """Grants released because their validity ended; sessions cancelled because they were left
+    open (the answer never confirmed by the till) past the limit."""
+
+    expired_grants: int = 0
+    abandoned_sessions: int = 0
+    released_grants: int = 0
+    members: set[str] = field(default_factory=set)
+
+
+def _lock(connection: Connection, query: Any) -> Any:
+    return query.with_for_update() if connection.dialect.name == "postgresql" else query
+
+
+def _write_lock(connection: Connection) -> None:
+    """SQLite: take the database's write lock before the first read of the transaction (a
+    read-then-write transaction whose snapshot went stale would fail instead of waiting);
+    PostgreSQL locks the rows it reads instead."""
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("UPDATE checkout_sessions SET state = state WHERE 0")
+
+
+def get_session(engine: Any, transaction_id: str) -> dict[str, Any] | None:
+    """The session row (``response`` decoded) or None."""
+    with engine.connect() as connection:
+        row = connection.execute(
+            select(checkout_sessions).where(checkout_sessions.c.transaction_id == transaction_id)
+        ).first()
+    return None if row is None else dict(row._mapping)
+
+
+def _release(connection: Connection, rows: Iterable[Any], now: datetime) -> list[str]:
+    """Release granted grant rows: state -> released (only from granted), then give back the
+    budget amount and the cap counts each one reserved. Returns the released offer ids."""
+    released = []
+    floor = func.max if connection.dialect.name == "sqlite" else func.greatest
+    for g in rows:
+        done = connection.execute(
+            update(grants)
+            .where(grants.c.transaction_id == g.transaction_id)
+            .where(grants.c.offer_id == g.offer_id)
+            .where(grants.c.state == "granted")
+            .values(state="released", released_at=now)
+        ).rowcount
+        if done != 1:
+            continue  # released or redeemed meanwhile
+        if g.amount is not None and g.amount > 0:
+            connection.execute(
+                update(budgets)
+                .where(budgets.c.offer_id == g.offer_id)
+                .values(spent=floor(budgets.c.spent - float(g.amount), 0.0), updated_at=now)
+            )
+        for cap_key, period in g.caps or []:
+            connection.execute(
+                update(member_caps)
+                .where(member_caps.c.member_id == g.member_id)
+                .where(member_caps.c.cap_key == cap_key)
+                .where(member_caps.c.period == period)
+                .where(member_caps.c.used > 0)
+                .values(used=member_caps.c.used - 1, updated_at=now)
+            )
+        released.append(g.offer_id)
+    return released
+
+
+def _session_for_change(connection: Connection, transaction_id: str) -> Any:
+    _write_lock(connection)
+    row = connection.execute(
+        _lock(
+            connection,
+            select(checkout_sessions.c.member_id, checkout_sessions.c.state).where(
+                checkout_sessions.c.transaction_id == transaction_id
+            ),
+        )
+    ).first()
+    if row is None:
+        raise UnknownSession(transaction_id)
+    return row
+
+
+def _set_state(connection: Connection, transaction_id: str, old: str, new: str, now: datetime):
+    if old == new:
+        return
+    done = connection.execute(
+        update(checkout_sessions)
+        .where(checkout_sessions.c.transaction_id == transaction_id)
+        .where(checkout_sessions.c.state == old)
+        .values(state=new, updated_at=now)
+    ).rowcount
+    if done != 1:  # changed by another transaction since read (SQLite: no row lock)
+        raise IllegalTransition(transaction_id, "changed concurrently", f"go {old} -> {new}")
+
+
+def close_session(engine: Any, transaction_id: str, now: datetime) -> SessionChange:
+    """open -> closed (the till confirms it got the answer); closed again: no change."""
+    with engine.begin() as connection:
+        s = _session_for_change(connection, transaction_id)
+        if s.state not in ("open", "closed"):
+            raise IllegalTransition(transaction_id, s.state, "close")
+        _set_state(connection, transaction_id, s.state, "closed", now)
+    return SessionChange(transaction_id, s.member_id, "closed")
+
+
+def cancel_session(
+    engine: Any, transaction_id: str, now: datetime, offer_ids: Sequence[str] | None = None
+) -> SessionChange:
+    """Void the whole transaction (``offer_ids`` None) or some of its rewards (a partial
+    return: the session must be closed first). Rewards not redeemed are released; redeemed ones
+    stay counted. A cancelled session cancelled again changes nothing."""
+    with engine.begin() as connection:
+        s = _session_for_change(connection, transaction_id)
+        if s.state == "cancelled":
+            return SessionChange(transaction_id, s.member_id, "cancelled")
+        if offer_ids is not None and s.state == "open":
+            raise IllegalTransition(transaction_id, s.state, "return part of it before close")
+        rows = connection.execute(
+            _lock(connection, select(grants).where(grants.c.transaction_id == transaction_id))
+        ).all()
+        if offer_ids is not None:
+            unknown = set(offer_ids) - {g.offer_id for g in rows}
+            if unknown:
+                raise UnknownOffers(transaction_id, sorted(unknown))
+        chosen = [g for g in rows if offer_ids is None or g.offer_id in set(offer_ids)]
+        released = _release(connection, [g for g in chosen if g.state == "granted"], now)
+        redeemed = [g.offer_id for g in chosen if g.state == "redeemed"]
+        remaining = [g for g in rows if g.state == "granted" and g.offer_id not in set(released)]
+        new = "cancelled" if offer_ids is None or not remaining else "partially_returned"
+        _set_state(connection, transaction_id, s.state, new, now)
+    return SessionChange(transaction_id, s.member_id, new, released, redeemed)
+
+
+def sweep(engine: Any, now: datetime, open_seconds: float, limit: int = 10_000) -> SweepResult:
+    """Release grants whose validity ended unredeemed, and cancel (releasing their rewards)
+    sessions still open ``open_seconds`` after they were created. At most ``limit`` of each
+    per call; concurrent sweeps on several replicas release nothing twice."""
+    result = SweepResult()
+    with engine.begin() as connection:
+        _write_lock(connection)
+        expired = connection.execute(
+            _lock(
+                connection,
+                select(grants)
+                .where(grants.c.state == "granted")
+                .where(grants.c.valid_until.is_not(None))
+                .where(grants.c.valid_until < now)
+                .limit(limit),
+            )
+        ).all()
+        result.expired_grants = len(_release(connection, expired, now))
+        result.members.update(g.member_id for g in expired)
+    cutoff = now - timedelta(seconds=open_seconds)
+    with engine.connect() as connection:
+        stale = (
+            connection.execute(
+                select(checkout_sessions.c.transaction_id)
+                .where(checkout_sessions.c.state == "open")
+                .where(checkout_sessions.c.created_at < cutoff)
+                .limit(limit)
+            )
+            .scalars()
+            .all()
+        )
+    for transaction_id in stale:
+        with engine.begin() as connection:
+            s = _session_for_change(connection, transaction_id)
+            if s.state != "open":
+                continue  # closed or cancelled meanwhile
+            rows = connection.execute(
+                _lock(
+                    connection,
+                    select(grants)
+                    .where(grants.c.transaction_id == transaction_id)
+                    .where(grants.c.state == "granted"),
+                )
+            ).all()
+            result.released_grants += len(_release(connection, rows, now))
+            _set_state(connection, transaction_id, "open", "cancelled", now)
+            result.abandoned_sessions += 1
+            result.members.add(s.member_id)
+    if result.expired_grants or result.abandoned_sessions:
+        log.info(
+            "sweep: %d expired grants released, %d abandoned sessions cancelled (%d grants)",
+            result.expired_grants,
+            result.abandoned_sessions,
+            result.released_grants,
+        )
+    return result
+
+
+def member_grants(engine: Any, member_id: str) -> list[Any]:
+    """The member's grants not released, oldest first, as engine history."""
+    from serving.engine.state import PastGrant  # the engine package is heavy: import on use
+
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(
+                grants.c.offer_id,
+                grants.c.channel,
+                grants.c.granted_at,
+                grants.c.surprise,
+                grants.c.state,
+            )
+            .where(grants.c.member_id == member_id)
+            .where(grants.c.state != "released")
+            .order_by(grants.c.granted_at, grants.c.offer_id)
+        ).all()
+    return [
+        PastGrant(r.offer_id, r.channel, r.granted_at, bool(r.surprise), r.state == "redeemed")
+        for r in rows
+    ]
+
+
+def mark_redeemed(
+    engine: Any, redemptions: Sequence[tuple[str, str, str | None]], now: datetime
+) -> list[tuple[str, str]]:
+    """Mark granted rewards redeemed from ``(member_id, offer_id, decision_id)`` feedback:
+    the grant of that decision, or (no decision id) the member's latest grant of the offer
+    still granted. Returns the (transaction_id, offer_id) marked."""
+    marked: list[tuple[str, str]] = []
+    if not redemptions:
+        return marked
+    with engine.begin() as connection:
+        _write_lock(connection)
+        for member_id, offer_id, decision_id in redemptions:
+            where = and_(
+                grants.c.member_id == member_id,
+                grants.c.offer_id == offer_id,
+                grants.c.state == "granted",
+            )
+            if decision_id is not None:
+                where = and_(where, grants.c.decision_id == decision_id)
+            row = connection.execute(
+                select(grants.c.transaction_id)
+                .where(where)
+                .order_by(grants.c.granted_at.desc())
+                .limit(1)
+            ).first()
+            if row is None:
+                continue
+            done = connection.execute(
+                update(grants)
+                .where(grants.c.transaction_id == row.transaction_id)
+                .where(grants.c.offer_id == offer_id)
+                .where(grants.c.state == "granted")
+                .values(state="redeemed", redeemed_at=now)
+            ).rowcount
+            if done == 1:
+                marked.append((row.transaction_id, offer_id))
+    return marked
+
+
+def grant_counts(engine: Any) -> dict[str, dict[str, int]]:
+    """Grant rows per offer and state (audits and tests: reserved = delivered + released)."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(grants.c.offer_id, grants.c.state, func.count()).group_by(
+                grants.c.offer_id, grants.c.state
+            )
+        ).all()
+    out: dict[str, dict[str, int]] = {}
+    for offer_id, state, n in rows:
+        out.setdefault(offer_id, {})[state] = int(n)
+    return out
