@@ -71,6 +71,8 @@ REGION = "region"
 SEGMENT = "segment"
 EMAIL_OPT_IN = "email_opt_in"
 APP_OPT_IN = "app_opt_in"
+# Consent per channel: a member whose column is False never gets an offer on that channel.
+CONSENT_COLUMNS: dict[str, str] = {"email": EMAIL_OPT_IN, "app": APP_OPT_IN}
 
 OFFER_ID = "offer_id"
 NAME = "name"

@@ -59,6 +59,7 @@ _COMMAND_MODULES = (
     "offers.cmd_score",
     "offers.cmd_benchmark",
     "offers.cmd_serve",
+    "offers.cmd_sessions",
 )
 
 

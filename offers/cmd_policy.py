@@ -379,11 +379,7 @@ def run_policy_evaluation(
 
     say("send at the data end")
     feats = member_features(load_tables(data), end, train.feature_config).to_pandas()
-    opt = S.EMAIL_OPT_IN if channel == "email" else S.APP_OPT_IN
-    members_tab = tables["members"].set_index(S.MEMBER_ID)
-    if opt in members_tab and channel in ("email", "app"):
-        keep = members_tab[opt].reindex(feats[S.MEMBER_ID]).fillna(False).to_numpy(dtype=bool)
-        feats = feats.loc[keep].reset_index(drop=True)
+    # Consent is the engine's own rule (``consent``); every policy acts on the engine's mask.
     ids = feats[S.MEMBER_ID].to_numpy(dtype=object)
     a = aff_end.score(ids, offer_ids)
     s = up_end.effects(feats, offers)

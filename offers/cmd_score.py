@@ -54,20 +54,16 @@ def write_features(
     data: Path, send_date: object, path: Path, channel: str, config: FeatureConfig | None = None
 ) -> int:
     """Member features as of the send date to ``path`` (Parquet, computed by DuckDB without a
-    pandas copy of the whole base); members who opted out of the channel are left out.
+    pandas copy of the whole base). Every member is kept: the engine's ``consent`` rule decides
+    who may be contacted on ``channel`` (an opted-out member gets a ``no_offer`` row).
 
     ``config``: the feature configuration the models were trained with (None: the default)."""
-    import ibis
-
     from features.pipeline import load_tables, member_features
-    from features.schema import APP_OPT_IN, EMAIL_OPT_IN, MEMBER_ID
+    from features.schema import MEMBER_ID
 
+    del channel  # consent is the engine's rule, applied per decision
     tables = load_tables(data)
     feats = member_features(tables, send_date, config)
-    opt = {"email": EMAIL_OPT_IN, "app": APP_OPT_IN}.get(channel)
-    if opt is not None:
-        out = tables.members.filter(tables.members[opt] == ibis.literal(False))
-        feats = feats.anti_join(out.select(MEMBER_ID), MEMBER_ID)
     feats = feats.order_by(MEMBER_ID)
     tmp = path.with_name(path.name + ".tmp")
     feats.to_parquet(tmp)

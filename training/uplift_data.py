@@ -179,7 +179,8 @@ def build_training_set(
     pairs = arms[[S.MEMBER_ID, S.TS]].drop_duplicates()
     feats = features_at(tables, pairs, fcfg, time_col=S.TS).to_pandas()
     feats[S.TS] = feats[S.TS].astype("datetime64[us]")
-    feature_columns = tuple(c for c in feats.columns if c not in (S.MEMBER_ID, S.TS))
+    skip = (S.MEMBER_ID, S.TS, *S.CONSENT_COLUMNS.values())  # consent is a rule, not a feature
+    feature_columns = tuple(c for c in feats.columns if c not in skip)
     clash = sorted(set(feature_columns) & set(arms.columns))
     if clash:
         raise UpliftDataError(f"feature columns clash with training-set columns: {clash}")

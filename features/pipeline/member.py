@@ -126,6 +126,9 @@ def _profile(j: ir.Table) -> dict[str, ir.Value]:
         "income": j[S.INCOME],
         "region": j[S.REGION],
         "segment": j[S.SEGMENT],
+        # consent, for the decision (not a model feature: training leaves these out)
+        S.EMAIL_OPT_IN: j[S.EMAIL_OPT_IN],
+        S.APP_OPT_IN: j[S.APP_OPT_IN],
     }
 
 

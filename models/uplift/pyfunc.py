@@ -135,11 +135,24 @@ class UpliftPyfunc(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        """Effects per outcome and treatment for every input row (see the module docstring)."""
+        """Effects per outcome and treatment for every input row (see the module docstring).
+
+        ``params={"outcomes": [...]}`` computes only those outcomes (their columns, in the
+        model's order); an outcome the model does not have is an error naming it."""
         if not isinstance(model_input, pd.DataFrame):
             raise UpliftInputError(f"input must be a DataFrame, got {type(model_input).__name__}")
+        outcomes = self.outcomes_
+        if params and params.get("outcomes") is not None:
+            wanted = [str(o) for o in params["outcomes"]]
+            unknown = sorted(set(wanted) - set(self.outcomes_))
+            if unknown:
+                raise UpliftInputError(
+                    f"params.outcomes: {unknown} not among the model's {self.outcomes_}"
+                )
+            outcomes = [o for o in self.outcomes_ if o in wanted]
+        columns = [effect_column(o, t) for o in outcomes for t in self.treatments_]
         if len(model_input) == 0:
-            return pd.DataFrame({c: np.zeros(0) for c in self.columns_})
+            return pd.DataFrame({c: np.zeros(0) for c in columns})
         X = self.encoder_.transform(model_input)
-        blocks = [self.sessions_[o].predict(X) for o in self.outcomes_]
-        return pd.DataFrame(np.hstack(blocks), columns=self.columns_)
+        blocks = [self.sessions_[o].predict(X) for o in outcomes]
+        return pd.DataFrame(np.hstack(blocks), columns=columns)

@@ -11,12 +11,14 @@ from anyio import to_thread
 from fastapi import FastAPI
 
 from serving.api.bundle import BundleConfig, BundleHolder, lkg_loader, seed_budgets
+from serving.api.checkout import InFlight, start_sweeper, stop_sweeper
 from serving.api.deps import AppState
 from serving.api.errors import install_error_handlers
 from serving.api.grants import GrantService
+from serving.api.history import MemberHistory
 from serving.api.metrics import ApiMetrics, MetricsMiddleware
 from serving.api.modelset import Loader, ModelHolder, ModelLoadError
-from serving.api.routes import decisions, events, health, models
+from serving.api.routes import checkout, decisions, events, health, models
 from serving.auth import ApiKeyRing
 from serving.settings import ServingSettings, get_settings
 from serving.store import DecisionLogWriter, open_store
@@ -70,6 +72,12 @@ def create_app(
             state.store,
             on_exhausted=state.bundle.mark_exhausted if state.bundle is not None else None,
         )
+        state.history = MemberHistory(
+            state.store.member_grants,
+            max_members=settings.history_max_members,
+            ttl_seconds=settings.history_ttl_seconds,
+        )
+        state.checkouts = InFlight()
         if settings.models:
             try:
                 loaded = await to_thread.run_sync(state.models.reload)
@@ -85,9 +93,13 @@ def create_app(
                 log.error("models not loaded at startup (not ready): %s", exc)
             except Exception as exc:
                 log.error("decision bundle not built (not ready): %s: %s", type(exc).__name__, exc)
+        sweeping = start_sweeper(
+            state, settings.checkout_sweep_seconds, settings.checkout_open_seconds
+        )
         try:
             yield
         finally:
+            await stop_sweeper(sweeping)
             await to_thread.run_sync(state.grants.close)
             await to_thread.run_sync(state.decision_log.close)
             state.store.close()
@@ -106,6 +118,7 @@ def create_app(
     app.include_router(events.router)
     app.include_router(models.router)
     app.include_router(decisions.router)
+    app.include_router(checkout.router)
     return app
 
 

@@ -43,6 +43,8 @@ class AppState:
     bundle: Any = None  # serving.api.bundle.BundleHolder when decisions are served
     budget_counters: frozenset[str] = field(default_factory=frozenset)
     grants: Any = None  # serving.api.grants.GrantService
+    history: Any = None  # serving.api.history.MemberHistory: members' grants (cached)
+    checkouts: Any = None  # serving.api.checkout.InFlight: checkouts being decided
 
 
 async def get_state(request: Request) -> AppState:

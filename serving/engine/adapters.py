@@ -1,95 +1,149 @@
-"""Thin adapters from the models' outputs to :class:`ScoreInputs` (plain arrays).
+"""The one adapter from the served models' outputs to the engine's inputs (plain arrays).
 
-* the affinity pyfunc (``models.affinity.pyfunc``) returns one row per (member, offer) with
-  ``p_redeem`` and ``fallback``: :func:`affinity_matrix` pivots it to members x offers, and a
-  member has a model row when every one of its rows was served ``personalised``;
-* an uplift learner (``models.uplift``, or its ONNX predictor) returns ``(n, n_treatments)``
-  effects whose columns are ``treatments_`` (offer ids, or offer kinds):
-  :func:`uplift_matrix` maps them to the catalog's offers (offers without an arm get
-  ``missing``).
+Every path that decides (the API's bundle at load time, ``offers score`` per chunk, policy
+evaluation) turns model outputs into :class:`ScoreInputs` here, with one set of rules:
 
-The engine itself never imports a model package.
+* **affinity** (the pyfunc of ``models.affinity.pyfunc``), called through ``predict`` on every
+  (member, offer) pair (with the member's ``segment`` when the frame has it): P(redeem) is the
+  model's calibrated ``p_redeem``; where it is NaN (a model without a calibrator) the logistic
+  of its ``score`` stands in; an offer the model has never seen (NaN score) gets 0. The model
+  answers for every member it is given (its own fallback chain scores members without history
+  by segment or global popularity), and the member's ``fallback`` name is the one it served:
+  ``personalised`` when any pair was personalised, else the most common of its pairs' names.
+  The engine's own fallback tables are only for members with no model row at all (a member
+  the snapshot does not hold). An output without a ``fallback`` column counts as personalised.
+* **uplift** (``models.uplift.pyfunc``), called through ``predict`` with
+  ``params={"outcomes": [outcome]}`` (only that outcome is computed): each offer takes its own
+  column ``<outcome>:<offer_id>``, else its kind's ``<outcome>:<kind>``, else no effect (0).
+
+The engine never imports a model package: it only calls ``predict`` on what it is given.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from features import schema as S
-from features.schema import OFFER_KINDS
-from serving.engine.errors import EngineInputError
 from serving.engine.offers import OfferTable
 from serving.engine.scoring import ScoreInputs
-from serving.engine.settings import PERSONALISED
+from serving.engine.settings import GLOBAL_POPULAR, PERSONALISED, SEGMENT_POPULAR
 
-__all__ = ["affinity_matrix", "score_inputs", "uplift_matrix"]
+__all__ = ["affinity_matrix", "model_inputs", "predict_frame", "uplift_matrix"]
+
+SPEND_OUTCOME = "spend"
+UPLIFT_BLOCK_ROWS = 20_000  # members per uplift predict call (bounded memory at 1M members)
+
+
+def _python_model(loaded: Any) -> Any:
+    """The PythonModel behind a loaded MLflow pyfunc (or the object itself)."""
+    unwrap = getattr(loaded, "unwrap_python_model", None)
+    if unwrap is not None:
+        try:
+            return unwrap()
+        except Exception:  # not a python_function model with a PythonModel: use it as is
+            return loaded
+    inner = getattr(loaded, "model", None)  # a local artifact model bound to predict(frame)
+    return inner if inner is not None and hasattr(inner, "predict") else loaded
+
+
+def predict_frame(
+    loaded: Any, frame: pd.DataFrame, params: dict[str, Any] | None = None
+) -> pd.DataFrame:
+    """``predict`` of a model: the PythonModel's own (``predict(None, frame, params)``) when
+    there is one, else ``loaded.predict(frame)``.
+
+    Why the PythonModel: MLflow's input schema enforcement refuses float columns for integer
+    features, and member features read from Parquet are float wherever a column has nulls."""
+    model = _python_model(loaded)
+    if model is not loaded:
+        try:
+            return model.predict(None, frame, params)
+        except TypeError:  # a PythonModel without params
+            return model.predict(None, frame)
+    return loaded.predict(frame)
 
 
 def affinity_matrix(
-    frame: pd.DataFrame, member_ids: np.ndarray, offers: OfferTable
+    model: Any, members: pd.DataFrame, offers: OfferTable, segment_column: str = "segment"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(members x offers) P(redeem) (nan where absent) and whether each member has a model row."""
-    for col in (S.MEMBER_ID, S.OFFER_ID, "p_redeem"):
-        if col not in frame.columns:
-            raise EngineInputError(f"affinity output: missing column {col!r}")
-    rows = pd.Index(np.asarray(member_ids, dtype=object)).get_indexer(
-        frame[S.MEMBER_ID].astype(str).to_numpy(dtype=object)
+    """(P(redeem) (n, m) float64 in [0, 1], fallback name per member (n,) object); see the
+    module docstring."""
+    ids = members[S.MEMBER_ID].astype(str).to_numpy(dtype=object)
+    n, m = len(ids), offers.n
+    if n == 0:
+        return np.zeros((0, m)), np.zeros(0, dtype=object)
+    pairs = pd.DataFrame(
+        {
+            S.MEMBER_ID: np.repeat(ids, m),
+            S.OFFER_ID: np.tile(np.asarray(offers.ids, dtype=object), n),
+        }
     )
-    cols = pd.Index(list(offers.ids)).get_indexer(
-        frame[S.OFFER_ID].astype(str).to_numpy(dtype=object)
-    )
-    ok = (rows >= 0) & (cols >= 0)
-    p = np.full((len(member_ids), offers.n), np.nan)
-    p[rows[ok], cols[ok]] = frame["p_redeem"].to_numpy(dtype=np.float64)[ok]
-    has_row = np.isfinite(p).all(axis=1)
-    if "fallback" in frame.columns:
-        cold = np.zeros(len(member_ids), dtype=bool)
-        served = frame["fallback"].astype(str).to_numpy(dtype=object)
-        np.logical_or.at(cold, rows[ok], served[ok] != PERSONALISED)
-        has_row &= ~cold
-    return p, has_row
+    if segment_column in members:
+        seg = members[segment_column].astype(object).to_numpy()
+        pairs["segment"] = np.repeat(seg, m)
+    out = predict_frame(model, pairs)
+    if "p_redeem" not in out:
+        raise ValueError(f"affinity model output has no p_redeem column (has {list(out)})")
+    p = out["p_redeem"].to_numpy(dtype=np.float64)
+    if "score" in out:
+        score = out["score"].to_numpy(dtype=np.float64)
+        with np.errstate(over="ignore"):
+            logistic = 1.0 / (1.0 + np.exp(-np.nan_to_num(score)))
+        p = np.where(np.isnan(p), np.where(np.isnan(score), 0.0, logistic), p)
+    p = np.clip(np.nan_to_num(p, nan=0.0), 0.0, 1.0).reshape(n, m)
+    names = np.full(n, PERSONALISED, dtype=object)
+    if "fallback" in out:
+        served = out["fallback"].to_numpy(dtype=object).reshape(n, m)
+        personal = (served == PERSONALISED).any(axis=1)
+        for name in (GLOBAL_POPULAR, SEGMENT_POPULAR):  # the most common wins; ties: segment
+            count = (served == name).sum(axis=1)
+            other = served == (SEGMENT_POPULAR if name == GLOBAL_POPULAR else GLOBAL_POPULAR)
+            names = np.where(~personal & (count > 0) & (count >= other.sum(axis=1)), name, names)
+    return p, names
 
 
 def uplift_matrix(
-    effects: np.ndarray,
-    treatments: list[str] | tuple[str, ...],
+    model: Any,
+    members: pd.DataFrame,
     offers: OfferTable,
-    grain: str = "kind",
-    missing: float = np.nan,
+    outcome: str = SPEND_OUTCOME,
+    block_rows: int = UPLIFT_BLOCK_ROWS,
 ) -> np.ndarray:
-    """(n, n_offers) effects: each offer takes its own arm (``grain="offer"``) or its kind's."""
-    eff = np.asarray(effects, dtype=np.float64)
-    if eff.ndim != 2 or eff.shape[1] != len(treatments):
-        raise EngineInputError(
-            f"uplift effects: shape {eff.shape} for {len(treatments)} treatments"
-        )
-    if grain not in ("kind", "offer"):
-        raise EngineInputError(f"uplift grain: {grain!r} is not 'kind' or 'offer'")
-    arm = {str(t): j for j, t in enumerate(treatments)}
-    keys = list(offers.ids) if grain == "offer" else [OFFER_KINDS[k] for k in offers.kind]
-    out = np.full((eff.shape[0], offers.n), missing, dtype=np.float64)
-    for j, key in enumerate(keys):
-        if key in arm:
-            out[:, j] = eff[:, arm[key]]
-    return out
+    """(n, m) effect on ``outcome`` per member and offer (see the module doc), in blocks."""
+    n = len(members)
+    out = np.zeros((n, offers.n), dtype=np.float64)
+    keys = list(zip(offers.ids, offers.kind_names(), strict=True))
+    for a in range(0, n, block_rows):
+        block = members.iloc[a : a + block_rows]
+        effects = predict_frame(model, block, {"outcomes": [outcome]})
+        for j, (offer_id, kind) in enumerate(keys):
+            for col in (f"{outcome}:{offer_id}", f"{outcome}:{kind}"):
+                if col in effects.columns:
+                    out[a : a + len(block), j] = effects[col].to_numpy(dtype=np.float64)
+                    break
+    return np.nan_to_num(out)
 
 
-def score_inputs(
-    affinity: pd.DataFrame,
-    effects: np.ndarray,
-    treatments: list[str] | tuple[str, ...],
-    member_ids: np.ndarray,
+def model_inputs(
+    affinity: Any,
+    uplift: Any,
+    members: pd.DataFrame,
     offers: OfferTable,
-    grain: str = "kind",
+    *,
+    segment_column: str = "segment",
+    outcome: str = SPEND_OUTCOME,
     model_versions: dict[str, str] | None = None,
 ) -> ScoreInputs:
-    """Both models' outputs as engine inputs; offers without an uplift arm get no effect (0)."""
-    p, has_row = affinity_matrix(affinity, member_ids, offers)
-    s = uplift_matrix(effects, treatments, offers, grain, missing=0.0)
+    """Both models' outputs for ``members`` x the catalog's ``offers`` as engine inputs."""
+    p, names = affinity_matrix(affinity, members, offers, segment_column)
+    s = uplift_matrix(uplift, members, offers, outcome)
     return ScoreInputs(
-        np.where(has_row[:, None], np.nan_to_num(p, nan=0.0), np.nan),
-        np.where(has_row[:, None], s, np.nan),
-        has_row=has_row,
+        p,
+        s,
+        has_row=np.ones(len(p), dtype=bool),
         model_versions=dict(model_versions or {}),
+        fallback=names,
     )

@@ -32,7 +32,15 @@ import numpy as np
 
 from serving.engine.errors import EngineInputError
 
-__all__ = ["Allocation", "Budgets", "allocate", "greedy_slate", "repair"]
+__all__ = [
+    "Allocation",
+    "Budgets",
+    "allocate",
+    "budget_cut",
+    "greedy_one",
+    "greedy_slate",
+    "repair",
+]
 
 log = logging.getLogger(__name__)
 NEG = np.float32(-np.inf)
@@ -256,7 +264,7 @@ def _price_ceiling(value: np.ndarray, base: np.ndarray, W: np.ndarray) -> np.nda
     return np.maximum(out, 1e-6)
 
 
-def _cut(
+def budget_cut(
     picks: np.ndarray,
     order_value: np.ndarray,
     spend: np.ndarray,
@@ -305,7 +313,7 @@ def repair(
     safe = np.maximum(picks, 0)
     spend = np.where(picks >= 0, base[rows, safe], 0.0).astype(np.float64)
     adj = np.where(picks >= 0, value[rows, safe] - spend * unit_price[safe], -np.inf)
-    keep = _cut(picks, adj, spend, W, B)
+    keep = budget_cut(picks, adj, spend, W, B)
     dropped = int(((picks >= 0) & ~keep).sum())
     picks = np.where(keep, picks, -1)
     added = 0
@@ -334,7 +342,7 @@ def repair(
         new_spend = np.where(new >= 0, base[cand_rows[:, None], np.maximum(new, 0)], 0.0)
         sub_rows = np.arange(len(cand_rows))[:, None]
         new_adj = np.where(new >= 0, adj_sub[sub_rows, np.maximum(new, 0)], -np.inf)
-        keep_new = _cut(new, new_adj, new_spend, W, room)
+        keep_new = budget_cut(new, new_adj, new_spend, W, room)
         new = np.where(keep_new, new, -1)
         n_new = int((new >= 0).sum())
         if n_new == 0:
@@ -358,3 +366,33 @@ def _sort_by(picks: np.ndarray, value: np.ndarray) -> np.ndarray:
     v = np.where(picks >= 0, value[rows, np.maximum(picks, 0)], -np.inf)
     order = np.argsort(-v, axis=1, kind="stable")
     return np.take_along_axis(picks, order, axis=1)
+
+
+def greedy_one(
+    rank: np.ndarray,
+    allowed: np.ndarray,
+    kind: np.ndarray,
+    max_per_kind: int,
+    kind_count: np.ndarray,
+    k: int,
+    min_value: float,
+) -> list[int]:
+    """:func:`greedy_slate` for ONE member at prices 0 (the real-time path): up to ``k`` offer
+    indices, best ``rank`` first, among ``allowed`` offers whose rank is above ``min_value``,
+    at most ``max_per_kind`` per kind counting ``kind_count`` (kinds already shown)."""
+    picks: list[int] = []
+    if k <= 0:
+        return picks
+    val = np.where(allowed & (rank > min_value), rank, -np.inf).astype(np.float32)
+    counts = kind_count.copy()
+    val[counts[kind] >= max_per_kind] = -np.inf
+    for _ in range(k):
+        j = int(np.argmax(val))
+        if not np.isfinite(val[j]):
+            break
+        picks.append(j)
+        val[j] = -np.inf
+        counts[kind[j]] += 1
+        if counts[kind[j]] >= max_per_kind:
+            val[kind == kind[j]] = -np.inf
+    return picks

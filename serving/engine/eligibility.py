@@ -11,6 +11,8 @@ rule                an offer passes for a member when
 ``segment``         no segment list, or the member's segment is in it (unknown segment: no)
 ``min_points``      no minimum, or ``points_balance >= min_points`` (unknown balance: no)
 ``channel``         the offer has no channel list, or the decision's channel is in it
+``consent``         e-mail and app: the member has not opted out of the channel (unknown consent:
+                    ``consent.unknown``)
 ``validity``        the decision date is within ``[valid_from, valid_to]``
 ``min_spend``       at checkout: the current basket is at least the offer's ``min_spend``
 ``per_member_cap``  the member received it fewer than ``per_member_cap`` times
@@ -35,13 +37,20 @@ import pandas as pd
 from features.schema import CHANNELS
 from serving.engine.context import DecisionContext
 from serving.engine.errors import EngineInputError
-from serving.engine.members import MemberTable
+from serving.engine.members import CONSENT_CHANNELS, MemberTable
 from serving.engine.moments import DETECTED_MOMENTS, Moments
 from serving.engine.offers import OfferTable
 from serving.engine.settings import EngineSettings
 from serving.engine.state import MemberOfferState
 
-__all__ = ["MEMBER_RULES", "RULES", "Eligibility", "eligibility", "member_eligibility"]
+__all__ = [
+    "MEMBER_RULES",
+    "RULES",
+    "Eligibility",
+    "consent_ok",
+    "eligibility",
+    "member_eligibility",
+]
 
 RULES: tuple[str, ...] = (
     "tier",
@@ -49,6 +58,7 @@ RULES: tuple[str, ...] = (
     "segment",
     "min_points",
     "channel",
+    "consent",
     "validity",
     "min_spend",
     "per_member_cap",
@@ -107,6 +117,7 @@ def eligibility(
         mask = np.array(member_mask, dtype=bool)
     ch = CHANNELS.index(context.channel)
     apply("channel", offers.channel_ok[:, ch][None, :])
+    apply("consent", consent_ok(members, context.channel, settings)[:, None])
     day = np.datetime64(context.as_of, "D")
     apply("validity", ((offers.valid_from <= day) & (day <= offers.valid_to))[None, :])
     if context.channel == "checkout":
@@ -133,6 +144,14 @@ def eligibility(
     if cap is not None:
         slots = np.clip(cap - state.channel_recent[:, ch], 0, k)
     return Eligibility(mask=mask, slots=slots, rules=rules)
+
+
+def consent_ok(members: MemberTable, channel: str, settings: EngineSettings) -> np.ndarray:
+    """(n,) bool: the member may be contacted on ``channel`` (see the ``consent`` rule)."""
+    if channel not in CONSENT_CHANNELS or members.consent is None:
+        return np.ones(members.n, dtype=bool)
+    value = members.consent[:, CONSENT_CHANNELS.index(channel)]
+    return (value == 1) | ((value < 0) & (settings.consent.unknown == "allow"))
 
 
 MEMBER_RULES: tuple[str, ...] = ("tier", "lifecycle_stage", "segment", "min_points")

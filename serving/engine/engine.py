@@ -29,7 +29,7 @@ from pandas.arrays import ArrowStringArray
 from features import schema as S
 from features.catalog import Catalog
 from features.schema import OFFER_KINDS
-from serving.engine.allocation import Budgets, _cut, allocate, offer_prices
+from serving.engine.allocation import Budgets, allocate, budget_cut, offer_prices
 from serving.engine.context import DecisionContext
 from serving.engine.eligibility import eligibility
 from serving.engine.errors import EngineInputError
@@ -200,6 +200,7 @@ class DecisionEngine:
             mt.segment,
             fallback_tables,
             st.fallback_chain,
+            inputs.fallback,
         )
         enc = self._encoded(mt.ids)
         held = in_holdout(enc, st.holdout)
@@ -336,7 +337,7 @@ class DecisionEngine:
         order_value[:, 0] = 1e31
         if budgets.n:
             spend = np.where(shown >= 0, base[r_, safe], 0.0).astype(np.float64)
-            keep = _cut(shown, order_value, spend, budgets.weights, budgets.limits)
+            keep = budget_cut(shown, order_value, spend, budgets.weights, budgets.limits)
             stats["final_dropped"] = int(((shown >= 0) & ~keep).sum())
             shown = np.where(keep, shown, -1)
         stats["budget_usage"] = _usage_dict(shown, base, budgets)

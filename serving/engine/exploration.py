@@ -16,13 +16,14 @@ earlier slots; a slate's probability is the product over its slots.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from serving.engine.hashing import unit_interval
+from serving.engine.hashing import unit_interval, unit_one
 
-__all__ = ["Slate", "explore", "slot_probabilities"]
+__all__ = ["Slate", "explore", "explore_one", "slot_probabilities"]
 
 
 @dataclass
@@ -112,3 +113,50 @@ def explore(
         used[rows[has], o[has]] = True
         counts[rows[has], kind[o[has]]] += 1
     return Slate(shown, prop, explored, n_cand)
+
+
+def explore_one(
+    greedy: list[int],
+    candidates: np.ndarray,
+    kind: np.ndarray,
+    max_per_kind: int,
+    slots: int,
+    epsilon: float,
+    key: str,
+    salt: str,
+    kind_count: np.ndarray,
+) -> tuple[list[int], list[float], list[bool], list[int]]:
+    """:func:`explore` for ONE member (the real-time path): per slot ``0..K-1`` (``K`` =
+    ``max(len(greedy), 1)``), the shown offer (-1: none), its propensity (nan: none), whether
+    it was explored and the number of candidates; the same draws (hash of ``key``)."""
+    K = max(len(greedy), 1)
+    counts = kind_count.copy()
+    used = np.zeros(len(candidates), dtype=bool)
+    shown: list[int] = []
+    prop: list[float] = []
+    expl: list[bool] = []
+    ncand: list[int] = []
+    for r in range(K):
+        cand = candidates & ~used & (counts[kind] < max_per_kind) & (slots > r)
+        g = next((q for q in greedy if q >= 0 and cand[q]), -1)
+        nc = int(cand.sum())
+        go, pick = False, -1
+        if epsilon > 0 and nc > 0:
+            go = unit_one(key, f"{salt}/coin/{r}") < epsilon
+            if go:
+                target = math.floor(unit_one(key, f"{salt}/pick/{r}") * nc)
+                pick = int(np.flatnonzero(cand)[target])
+        choice = pick if go else g
+        shown.append(choice)
+        expl.append(go)
+        ncand.append(nc)
+        if choice >= 0:
+            p = (epsilon / max(nc, 1) if cand[choice] else 0.0) + (
+                1 - epsilon if g >= 0 and choice == g else 0.0
+            )
+            prop.append(p)
+            used[choice] = True
+            counts[kind[choice]] += 1
+        else:
+            prop.append(math.nan)
+    return shown, prop, expl, ncand

@@ -81,14 +81,18 @@ def fill(
     segments: np.ndarray,
     tables: FallbackTables | None,
     chain: tuple[str, ...],
+    served: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(P(redeem), incremental spend, fallback name per member) with missing rows filled.
 
-    Raises when a member without a model row is not covered by any fallback of the chain.
+    ``served``: the name the models' own fallback chain gave each model row (default
+    ``personalised``). Raises when a member without a model row is not covered by any
+    fallback of the chain.
     """
     p = np.array(p_redeem, dtype=np.float32)
     s = np.array(incremental_spend, dtype=np.float32)
-    name = np.where(has_row, PERSONALISED, "").astype(object)
+    own = PERSONALISED if served is None else np.asarray(served, dtype=object)
+    name = np.where(has_row, own, "").astype(object)
     todo = ~np.asarray(has_row, dtype=bool)
     if not todo.any():
         return p, s, name

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.schema import LIFECYCLE_STAGES, MEMBER_ID, TIERS
+from features.schema import CONSENT_COLUMNS, LIFECYCLE_STAGES, MEMBER_ID, TIERS
 from serving.engine.errors import EngineInputError, MissingColumnError
 
-__all__ = ["REQUIRED_COLUMNS", "MemberTable"]
+__all__ = ["CONSENT_CHANNELS", "REQUIRED_COLUMNS", "MemberTable"]
+
+CONSENT_CHANNELS: tuple[str, ...] = tuple(CONSENT_COLUMNS)  # columns of MemberTable.consent
 
 REQUIRED_COLUMNS: tuple[str, ...] = (MEMBER_ID, "lifecycle_stage")
 _FLOAT_COLUMNS: tuple[str, ...] = (
@@ -50,6 +52,7 @@ class MemberTable:
     shares: dict[str, np.ndarray]  # category -> share of spend (nan = null)
     basket_reaches_next_tier: np.ndarray  # bool
     basket_is_milestone: np.ndarray  # bool
+    consent: np.ndarray | None = None  # (n, len(CONSENT_CHANNELS)) int8: 1 yes, 0 no, -1 unknown
 
     @property
     def n(self) -> int:
@@ -71,6 +74,7 @@ class MemberTable:
             shares={k: v[rows] for k, v in self.shares.items()},
             basket_reaches_next_tier=self.basket_reaches_next_tier[rows],
             basket_is_milestone=self.basket_is_milestone[rows],
+            consent=None if self.consent is None else self.consent[rows],
         )
 
     @classmethod
@@ -129,6 +133,9 @@ class MemberTable:
             shares=shares,
             basket_reaches_next_tier=_flag(frame, "basket_reaches_next_tier", n),
             basket_is_milestone=_flag(frame, "basket_is_milestone", n),
+            consent=np.column_stack(
+                [_consent(frame, CONSENT_COLUMNS[ch], n) for ch in CONSENT_CHANNELS]
+            ),
         )
 
 
@@ -148,3 +155,14 @@ def _flag(frame: pd.DataFrame, col: str, n: int) -> np.ndarray:
     if col not in frame:
         return np.zeros(n, dtype=bool)
     return frame[col].fillna(False).to_numpy(dtype=bool)
+
+
+def _consent(frame: pd.DataFrame, col: str, n: int) -> np.ndarray:
+    """1 opted in, 0 opted out, -1 unknown (null or no column)."""
+    if col not in frame:
+        return np.full(n, -1, dtype=np.int8)
+    v = frame[col].astype("object")
+    out = np.full(n, -1, dtype=np.int8)
+    known = v.notna().to_numpy()
+    out[known] = v[known].astype(bool).to_numpy().astype(np.int8)
+    return out

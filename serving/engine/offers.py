@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 
 import numpy as np
 
@@ -52,9 +53,14 @@ class OfferTable:
     def n(self) -> int:
         return len(self.ids)
 
+    @cached_property
+    def index_of(self) -> dict[str, int]:
+        """Column of each offer id."""
+        return {o: j for j, o in enumerate(self.ids)}
+
     def index(self, offer_ids: list[str] | np.ndarray) -> np.ndarray:
         """Column index of each offer id; raises on an unknown id."""
-        lookup = {o: j for j, o in enumerate(self.ids)}
+        lookup = self.index_of
         bad = [o for o in offer_ids if o not in lookup]
         if bad:
             raise EngineInputError(f"offer_id: {bad[:5]} not in the catalog")

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.engine.allocation import Budgets, _cut, allocate
+from serving.engine.allocation import Budgets, allocate, budget_cut
 from serving.engine.context import DecisionContext
 from serving.engine.engine import DecisionBatch, DecisionEngine, Prepared
 from serving.engine.exploration import explore
@@ -90,7 +90,7 @@ def _keep_budgets(picks: np.ndarray, order: np.ndarray, base: np.ndarray, b: Bud
         return picks
     rows = np.arange(len(picks))[:, None]
     spend = np.where(picks >= 0, base[rows, np.maximum(picks, 0)], 0.0).astype(np.float64)
-    keep = _cut(picks, order, spend, b.weights, b.limits)
+    keep = budget_cut(picks, order, spend, b.weights, b.limits)
     return np.where(keep, picks, -1)
 
 

@@ -30,7 +30,15 @@ from features.schema import LIFECYCLE_STAGES
 from serving.engine.errors import EngineInputError
 from serving.engine.members import MemberTable
 from serving.engine.offers import OfferTable
-from serving.engine.settings import LifecyclePolicy, ScoringSettings
+from serving.engine.settings import (
+    GLOBAL_POPULAR,
+    PERSONALISED,
+    SEGMENT_POPULAR,
+    LifecyclePolicy,
+    ScoringSettings,
+)
+
+FALLBACK_NAMES = (PERSONALISED, SEGMENT_POPULAR, GLOBAL_POPULAR)
 
 __all__ = ["ScoreInputs", "Scores", "lifecycle_boosts", "score"]
 
@@ -49,6 +57,7 @@ class ScoreInputs:
     incremental_spend: np.ndarray
     has_row: np.ndarray | None = None
     model_versions: dict[str, str] = field(default_factory=dict)
+    fallback: np.ndarray | None = None  # (n,) the models' own fallback name per model row
 
     def check(self, n_members: int, n_offers: int) -> None:
         """Validate shapes and values (raises :class:`EngineInputError` naming the field)."""
@@ -68,6 +77,19 @@ class ScoreInputs:
             raise EngineInputError(
                 f"score inputs: has_row has shape {self.has_row.shape}, expected ({n_members},)"
             )
+        if self.fallback is not None:
+            self.fallback = np.asarray(self.fallback, dtype=object)
+            if self.fallback.shape != (n_members,):
+                raise EngineInputError(
+                    f"score inputs: fallback has shape {self.fallback.shape}, "
+                    f"expected ({n_members},)"
+                )
+            bad = set(self.fallback[self.has_row].tolist()) - set(FALLBACK_NAMES)
+            if bad:
+                raise EngineInputError(
+                    f"score inputs: fallback names {sorted(map(str, bad))} are not one of "
+                    f"{list(FALLBACK_NAMES)}"
+                )
         p = np.asarray(self.p_redeem)[self.has_row]
         s = np.asarray(self.incremental_spend)[self.has_row]
         if not (np.isfinite(p).all() and np.isfinite(s).all()):

@@ -21,6 +21,7 @@ from features.schema import CHANNELS, LIFECYCLE_STAGES
 __all__ = [
     "AllocationSettings",
     "CapSettings",
+    "ConsentSettings",
     "EngineSettings",
     "ExplanationSettings",
     "ExplorationSettings",
@@ -172,6 +173,16 @@ class CapSettings(_Group):
         return v
 
 
+class ConsentSettings(_Group):
+    """Channel consent (``email_opt_in``, ``app_opt_in``): an explicit opt-out always excludes
+    the channel; ``unknown`` says what a missing value (null, or a source without the column)
+    means."""
+
+    unknown: Literal["allow", "deny"] = Field(
+        "allow", description="a member whose consent for the channel is not known"
+    )
+
+
 class HoldoutSettings(_Group):
     """Program holdout: a salted hash of the member id (``serving.engine.holdout``)."""
 
@@ -220,6 +231,7 @@ class EngineSettings(BaseSettings):
     moments: MomentSettings = MomentSettings()
     surprise: SurpriseSettings = SurpriseSettings()
     caps: CapSettings = CapSettings()
+    consent: ConsentSettings = ConsentSettings()
     holdout: HoldoutSettings = HoldoutSettings()
     exploration: ExplorationSettings = ExplorationSettings()
     allocation: AllocationSettings = AllocationSettings()

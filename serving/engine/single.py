@@ -4,9 +4,10 @@
 then an output frame); for one member its fixed cost (tens of milliseconds of frame and string
 work) dominates. :class:`SingleDecider` gives the same decision for a batch of one without that
 cost: it reuses the engine's own vectorised rules on a one-row table (moments, eligibility,
-score parts: one definition of every rule) and does the rest (fallback fill, holdout, surprise,
-the greedy slate with diversity, exploration, the final budget check, explanations and the
-decision id) on the member's offer vector in plain numpy/Python.
+score parts: one definition of every rule) and, for the rest, the one-member paths that live in
+each rule's own module: ``fallback.fill``, ``surprise.pick_surprise_one``,
+``allocation.greedy_one`` and ``budget_cut``, ``exploration.explore_one`` and
+``explain.explain_one``, on the member's offer vector.
 
 When budgets would bind for this one member (an allocation price, a repair or a final cut), it
 defers to :meth:`DecisionEngine.decide`, so the answer is always the engine's.
@@ -26,22 +27,22 @@ import pandas as pd
 
 from features import schema as S
 from features.schema import OFFER_KINDS
-from serving.engine.allocation import _cut
+from serving.engine.allocation import budget_cut, greedy_one
 from serving.engine.context import DecisionContext
 from serving.engine.eligibility import eligibility
 from serving.engine.engine import DecisionEngine
 from serving.engine.errors import EngineInputError
+from serving.engine.explain import MemberView, explain_one
+from serving.engine.exploration import explore_one
 from serving.engine.fallback import FallbackTables, fill
 from serving.engine.hashing import decision_id_one, unit_one
 from serving.engine.members import MemberTable
 from serving.engine.moments import DETECTED_MOMENTS, Moments, basket_moments, detect_moments
-from serving.engine.phrases import MemberView, explain_one
 from serving.engine.scoring import ScoreInputs, score
 from serving.engine.state import MemberOfferState
+from serving.engine.surprise import pick_surprise_one
 
 __all__ = ["SingleDecider", "decision_dicts"]
-
-_NEG = np.float32(-np.inf)
 
 
 class _Defer(Exception):
@@ -55,7 +56,7 @@ class SingleDecider:
         self.engine = engine
         self.tables = fallback_tables
         o = engine.offers
-        self._state = MemberOfferState.empty(1, o.n)
+        self._empty = MemberOfferState.empty(1, o.n)
         self._kind_names = [OFFER_KINDS[k] for k in o.kind]
         self._moment = [m or "" for m in o.moment]
         self._n_kinds = int(o.kind.max()) + 1 if o.n else 1
@@ -73,6 +74,8 @@ class SingleDecider:
         model_versions: dict[str, str] | None = None,
         member_mask: np.ndarray | None = None,
         member_flags: np.ndarray | None = None,
+        state: MemberOfferState | None = None,
+        served: str | None = None,
     ) -> dict[str, Any]:
         """The decision for the one member of ``member`` (a one-row table) as a dict:
         ``decision_id``, ``fallback``, ``held_out``, ``explored``, ``moments`` and ``offers``
@@ -82,34 +85,41 @@ class SingleDecider:
 
         ``member_mask`` (m,) and ``member_flags`` (len(DETECTED_MOMENTS),): this member's
         ``eligibility.member_eligibility`` and ``moments.member_moments``, precomputed (the
-        serving bundle computes them once per snapshot member); computed here when absent."""
+        serving bundle computes them once per snapshot member); computed here when absent.
+        ``state``: the member's history (a 1-row :class:`MemberOfferState`; none: empty).
+        ``served``: the models' own fallback name for a model row (default personalised)."""
         if member.n != 1:
             raise EngineInputError(f"single decision: {member.n} members, expected 1")
+        state = state if state is not None else self._empty
         try:
             return self._decide(
                 member, p_redeem, incremental_spend, has_row, context, budget_left,
-                model_versions, member_mask, member_flags,
+                member_mask, member_flags, state, served,
             )  # fmt: skip
         except _Defer:
             return self._via_engine(
-                member, p_redeem, incremental_spend, has_row, context, budget_left, model_versions
-            )
+                member, p_redeem, incremental_spend, has_row, context, budget_left,
+                model_versions, state, served,
+            )  # fmt: skip
 
-    def _via_engine(self, member, p, s, has_row, context, budget_left, versions):  # type: ignore[no-untyped-def]
+    def _via_engine(self, member, p, s, has_row, context, budget_left, versions, state, served):  # type: ignore[no-untyped-def]
         inputs = ScoreInputs(
             np.asarray(p, dtype=np.float64)[None, :],
             np.asarray(s, dtype=np.float64)[None, :],
             has_row=np.array([has_row]),
             model_versions=dict(versions or {}),
+            fallback=None if served is None else np.array([served], dtype=object),
         )
         batch = self.engine.decide(
-            member, inputs, context, budget_left=budget_left, fallback_tables=self.tables
-        )
+            member, inputs, context, state=state, budget_left=budget_left,
+            fallback_tables=self.tables,
+        )  # fmt: skip
         return decision_dicts(self.engine, batch.rows, [str(member.ids[0])], context.k)[0]
 
-    def _decide(self, member, p_in, s_in, has_row, context, budget_left, versions, own, flags0):  # type: ignore[no-untyped-def]
+    def _decide(
+        self, member, p_in, s_in, has_row, context, budget_left, own, flags0, state, served
+    ):  # type: ignore[no-untyped-def]
         eng, st, o = self.engine, self.engine.settings, self.engine.offers
-        m = o.n
         member_id = str(member.ids[0])
         p2, s2, names = fill(
             np.asarray(p_in)[None, :],
@@ -118,6 +128,7 @@ class SingleDecider:
             member.segment,
             self.tables,
             st.fallback_chain,
+            None if served is None else np.array([served], dtype=object),
         )
         p, s, fallback = p2[0], s2[0], str(names[0])
         held = st.holdout.share > 0 and unit_one(member_id, "holdout/" + st.holdout.salt) < (
@@ -134,27 +145,19 @@ class SingleDecider:
         else:
             budgets, left = eng.budgets(budget_left), np.asarray(budget_left, np.float64)
         own_mask = None if own is None else np.asarray(own, dtype=bool)[None, :]
-        el = eligibility(member, o, self._state, context, moments, left, st, member_mask=own_mask)
+        el = eligibility(member, o, state, context, moments, left, st, member_mask=own_mask)
         slots = 0 if held else int(el.slots[0])
         mask = el.mask[0] & (slots > 0)
         sc = score(p[None, :], s[None, :], member, o, st.scoring, eng.boosts_, context.channel)
         eiv, cost, rank = sc.eiv[0], sc.expected_cost[0], sc.rank_score[0]
         expected = st.allocation.budget_basis == "expected"
-        base = sc.p_redeem[0] if expected else np.ones(m, np.float32)
+        base = sc.p_redeem[0] if expected else np.ones(o.n, np.float32)
         W, limits = budgets.weights, budgets.limits
 
-        # Surprise: the best value per cost among the eligible surprises (pick_surprises).
-        surprise = -1
-        ok = mask & o.surprise & (eiv > st.surprise.min_value)
-        if ok.any():
-            ratio = np.full(m, np.inf, dtype=np.float32)
-            np.divide(eiv, cost, out=ratio, where=cost > 0)
-            j = int(np.argmax(np.where(ok, ratio, -np.inf)))
-            keep = st.surprise.budget is None or float(cost[j]) <= st.surprise.budget + 1e-9
-            if keep and budgets.n:
-                w = W[:, j]
-                keep = bool(np.all((w <= 0) | (float(base[j]) * w <= limits + 1e-9)))
-            surprise = j if keep else -1
+        # Surprise, then the regular slots (the rules' one-member paths).
+        surprise = pick_surprise_one(
+            eiv, cost, mask, o.surprise, st.surprise.min_value, st.surprise.budget, budgets, base
+        )
         kind_count = np.zeros(self._n_kinds, dtype=np.int32)
         reg_limits = limits
         if surprise >= 0:
@@ -164,63 +167,23 @@ class SingleDecider:
         reg_slots = slots - int(surprise >= 0 and st.surprise.takes_slot)
         allowed = mask & ~o.surprise
         k = max(reg_slots, 0)
-
-        # Greedy slate (prices 0: one member never makes a budget bind; if it does, defer).
-        greedy: list[int] = []
-        if k > 0:
-            val = np.where(allowed & (rank > st.scoring.min_value), rank, _NEG)
-            counts = kind_count.copy()
-            val[counts[o.kind] >= st.max_per_kind] = _NEG
-            for _ in range(k):
-                j = int(np.argmax(val))
-                if not np.isfinite(val[j]):
-                    break
-                greedy.append(j)
-                val[j] = _NEG
-                kj = o.kind[j]
-                counts[kj] += 1
-                if counts[kj] >= st.max_per_kind:
-                    val[o.kind == kj] = _NEG
-            if budgets.n and greedy:
-                g = np.asarray(greedy)
-                use = W[:, g] @ base[g].astype(np.float64)
-                if (use > reg_limits).any():
-                    raise _Defer
-        K = max(k, 1)
-        greedy += [-1] * (K - len(greedy))
-
-        # Exploration per slot (serving.engine.exploration for one member).
-        key = f"{context.request_id}|{member_id}"
-        eps = st.exploration.epsilon
+        greedy = greedy_one(
+            rank, allowed, o.kind, st.max_per_kind, kind_count, k, st.scoring.min_value
+        )
+        if budgets.n and greedy:
+            g = np.asarray(greedy)
+            if ((W[:, g] @ base[g].astype(np.float64)) > reg_limits).any():
+                raise _Defer  # prices 0 do not hold for this member: the engine decides
+        greedy += [-1] * (max(k, 1) - len(greedy))
         room = np.all((W <= 0) | (reg_limits[:, None] > 0), axis=0) if budgets.n else True
-        cands = allowed & room
-        counts = kind_count.copy()
-        used = np.zeros(m, dtype=bool)
-        shown, prop, expl, ncand = [surprise], [1.0 if surprise >= 0 else math.nan], [False], []
-        ncand.append(int(surprise >= 0))
-        for r in range(K):
-            cand = cands & ~used & (counts[o.kind] < st.max_per_kind) & (reg_slots > r)
-            g = next((q for q in greedy if q >= 0 and cand[q]), -1)
-            nc = int(cand.sum())
-            go, pick = False, -1
-            if eps > 0 and nc > 0:
-                go = unit_one(key, f"{st.exploration.salt}/coin/{r}") < eps
-                if go:
-                    target = math.floor(unit_one(key, f"{st.exploration.salt}/pick/{r}") * nc)
-                    pick = int(np.flatnonzero(cand)[target])
-            choice = pick if go else g
-            shown.append(choice)
-            expl.append(go)
-            ncand.append(nc)
-            if choice >= 0:
-                pr = (eps / max(nc, 1) if cand[choice] else 0.0) + (
-                    1 - eps if g >= 0 and choice == g else 0.0
-                )
-                prop.append(pr)
-                used[choice] = True
-                counts[o.kind[choice]] += 1
-            else:
-                prop.append(math.nan)
+        key = f"{context.request_id}|{member_id}"
+        slate, prop_r, expl_r, _n = explore_one(
+            greedy, allowed & room, o.kind, st.max_per_kind, reg_slots,
+            st.exploration.epsilon, key, st.exploration.salt, kind_count,
+        )  # fmt: skip
+        shown = [surprise, *slate]
+        prop = [1.0 if surprise >= 0 else math.nan, *prop_r]
+        expl = [False, *expl_r]
 
         # Final budget pass (only when the picks could overspend; then as the engine does).
         picks = np.asarray(shown, dtype=np.int64)
@@ -229,13 +192,11 @@ class SingleDecider:
             pj = picks[valid]
             total = W[:, pj] @ base[pj].astype(np.float64)
             if (total > limits * (1 + 1e-12) + 1e-9).any():
-                unit = np.zeros(m, dtype=np.float32)
                 safe = np.maximum(picks, 0)
-                adj = rank[safe] - base[safe] * unit[safe]
-                order = np.where(np.asarray(expl), 1e30, adj)
+                order = np.where(np.asarray(expl), 1e30, rank[safe])
                 order[0] = 1e31
                 spend = np.where(valid, base[safe], 0.0).astype(np.float64)
-                keep = _cut(picks[None, :], order[None, :], spend[None, :], W, limits)[0]
+                keep = budget_cut(picks[None, :], order[None, :], spend[None, :], W, limits)[0]
                 picks = np.where(keep, picks, -1)
 
         flags = tuple(moments.flags[0].tolist())

@@ -9,6 +9,7 @@ each offer's budget.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -20,7 +21,16 @@ from features import schema as S
 from serving.engine.errors import EngineInputError
 from serving.engine.offers import OfferTable
 
-__all__ = ["MemberOfferState", "PastGrant", "remaining_budgets", "state_from_events"]
+__all__ = [
+    "EventArrays",
+    "MemberHistory",
+    "MemberOfferState",
+    "PastGrant",
+    "grant_arrays",
+    "remaining_budgets",
+    "state_from_arrays",
+    "state_from_events",
+]
 
 DAY = np.timedelta64(86_400_000_000, "us")
 
@@ -80,6 +90,112 @@ class MemberOfferState:
         )
 
 
+SENT, REDEEMED = np.int8(0), np.int8(1)
+
+
+@dataclass(frozen=True)
+class EventArrays:
+    """Offer events as arrays: member row, offer column, channel index (-1 unknown), time
+    (``datetime64[us]``) and kind (``SENT`` or ``REDEEMED``); only known members and offers."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    channel: np.ndarray
+    ts: np.ndarray
+    kind: np.ndarray
+
+    @classmethod
+    def empty(cls) -> EventArrays:
+        i = np.zeros(0, dtype=np.int64)
+        return cls(i, i, np.zeros(0, np.int8), np.zeros(0, "datetime64[us]"), np.zeros(0, np.int8))
+
+    @classmethod
+    def from_events(
+        cls, events: pd.DataFrame, member_ids: np.ndarray, offers: OfferTable
+    ) -> EventArrays:
+        """The ``sent`` and ``redeemed`` rows of canonical ``offer_events`` (any time)."""
+        for col in (S.MEMBER_ID, S.TS, S.EVENT, S.OFFER_ID):
+            if col not in events.columns:
+                raise EngineInputError(f"offer_events: missing column {col!r}")
+        kind_col = events[S.EVENT].to_numpy(dtype=object)
+        keep = ((kind_col == "sent") | (kind_col == "redeemed")) & events[S.OFFER_ID].notna()
+        ev = events.loc[keep]
+        ids = pd.Index(np.asarray(member_ids, dtype=object))
+        rows = ids.get_indexer(ev[S.MEMBER_ID].astype(str).to_numpy(dtype=object))
+        cols = pd.Index(list(offers.ids)).get_indexer(ev[S.OFFER_ID].astype(str))
+        ok = (rows >= 0) & (cols >= 0)
+        ev = ev.loc[ok]
+        if S.CHANNEL in ev.columns:
+            ch = pd.Index(list(S.CHANNELS), dtype=object).get_indexer(ev[S.CHANNEL].astype(object))
+        else:
+            ch = np.full(len(ev), -1)
+        kind = np.where(ev[S.EVENT].to_numpy(dtype=object) == "sent", SENT, REDEEMED)
+        return cls(
+            rows[ok].astype(np.int64),
+            cols[ok].astype(np.int64),
+            ch.astype(np.int8),
+            ev[S.TS].to_numpy(dtype="datetime64[us]"),
+            kind.astype(np.int8),
+        )
+
+    def take_member(self, start: int, stop: int, row: int = 0) -> EventArrays:
+        """Events ``start:stop`` (one member's, when grouped) renumbered to member ``row``."""
+        sl = slice(start, stop)
+        return EventArrays(
+            np.full(stop - start, row, dtype=np.int64),
+            self.cols[sl],
+            self.channel[sl],
+            self.ts[sl],
+            self.kind[sl],
+        )
+
+    def concat(self, other: EventArrays) -> EventArrays:
+        if not len(other.rows):
+            return self
+        if not len(self.rows):
+            return other
+        return EventArrays(
+            *(np.concatenate([getattr(self, f), getattr(other, f)]) for f in _EVENT_FIELDS)
+        )
+
+
+_EVENT_FIELDS = ("rows", "cols", "channel", "ts", "kind")
+
+
+def grant_arrays(grants: Iterable[PastGrant], offers: OfferTable, row: int = 0) -> EventArrays:
+    """A member's store grants as events: a send at ``granted_at`` on its channel, plus a
+    redemption at the same time when it was redeemed (unknown offers are skipped)."""
+    index = offers.index_of
+    cols, ch, ts, kind = [], [], [], []
+    for g in grants:
+        j = index.get(g.offer_id)
+        if j is None:
+            continue
+        c = _CHANNEL_INDEX.get(g.channel, -1)
+        cols.append(j)
+        ch.append(c)
+        ts.append(g.granted_at)
+        kind.append(SENT)
+        if g.redeemed:
+            cols.append(j)
+            ch.append(c)
+            ts.append(g.granted_at)
+            kind.append(REDEEMED)
+    if not cols:
+        return EventArrays.empty()
+    k = len(cols)
+    return EventArrays(
+        np.full(k, row, dtype=np.int64),
+        np.asarray(cols, dtype=np.int64),
+        np.asarray(ch, dtype=np.int8),
+        np.asarray(ts, dtype="datetime64[us]"),
+        np.asarray(kind, dtype=np.int8),
+    )
+
+
+_CHANNEL_INDEX = {c: i for i, c in enumerate(S.CHANNELS)}
+
+
 def state_from_events(
     events: pd.DataFrame,
     member_ids: np.ndarray,
@@ -94,40 +210,45 @@ def state_from_events(
     without a duration) unless the member redeemed that offer after the send. Events of
     members or offers not in the inputs are ignored.
     """
-    for col in (S.MEMBER_ID, S.TS, S.EVENT, S.OFFER_ID):
-        if col not in events.columns:
-            raise EngineInputError(f"offer_events: missing column {col!r}")
-    t = pd.Timestamp(as_of)
-    n, m = len(member_ids), offers.n
+    arrays = EventArrays.from_events(events, member_ids, offers)
+    return state_from_arrays(arrays, len(member_ids), offers, as_of, period_days, open_ended_days)
+
+
+def state_from_arrays(
+    events: EventArrays,
+    n_members: int,
+    offers: OfferTable,
+    as_of: pd.Timestamp | str | np.datetime64,
+    period_days: float = 7.0,
+    open_ended_days: float = 14.0,
+) -> MemberOfferState:
+    """:func:`state_from_events` on :class:`EventArrays` (the one definition of the counters:
+    batch sends and the real-time member path both come here)."""
+    t = np.datetime64(pd.Timestamp(as_of), "us")
+    n, m = n_members, offers.n
     state = MemberOfferState.empty(n, m)
-    ev = events.loc[(events[S.TS] < t) & events[S.OFFER_ID].notna()]
-    rows = pd.Index(np.asarray(member_ids, dtype=object)).get_indexer(ev[S.MEMBER_ID].astype(str))
-    cols = pd.Index(list(offers.ids)).get_indexer(ev[S.OFFER_ID].astype(str))
-    keep = (rows >= 0) & (cols >= 0)
-    ev, rows, cols = ev.loc[keep], rows[keep], cols[keep]
-    ts = ev[S.TS].to_numpy(dtype="datetime64[us]")
-    kind = ev[S.EVENT].to_numpy(dtype=object)
-    sent = kind == "sent"
+    before = events.ts < t
+    rows, cols = events.rows[before], events.cols[before]
+    ts, kind, chan = events.ts[before], events.kind[before], events.channel[before]
+    sent = kind == SENT
     s_rows, s_cols, s_ts = rows[sent], cols[sent], ts[sent]
     np.add.at(state.received, (s_rows, s_cols), 1)
 
     # Active: the latest send of each (member, offer) that has not expired or been redeemed.
-    age_days = (np.datetime64(t, "us") - s_ts) / DAY
+    age_days = (t - s_ts) / DAY
     dur = np.where(np.isnan(offers.duration_days), open_ended_days, offers.duration_days)[s_cols]
     last_send = np.full((n, m), np.datetime64("NaT", "us"))
     live = age_days < dur
     _max_at(last_send, s_rows[live], s_cols[live], s_ts[live])
-    red = kind == "redeemed"
+    red = kind == REDEEMED
     last_red = np.full((n, m), np.datetime64("NaT", "us"))
     _max_at(last_red, rows[red], cols[red], ts[red])
     has_send = ~np.isnat(last_send)
     redeemed_after = ~np.isnat(last_red) & (last_red >= np.where(has_send, last_send, last_red))
     state.active[:] = has_send & ~redeemed_after
 
-    if S.CHANNEL in ev.columns:
-        ch = pd.Index(list(S.CHANNELS), dtype=object).get_indexer(ev[S.CHANNEL].astype(object))
-        recent = sent & (ch >= 0) & (((np.datetime64(t, "us") - ts) / DAY) < period_days)
-        np.add.at(state.channel_recent, (rows[recent], ch[recent]), 1)
+    recent = sent & (chan >= 0) & (((t - ts) / DAY) < period_days)
+    np.add.at(state.channel_recent, (rows[recent], chan[recent].astype(np.int64)), 1)
 
     surprise = offers.surprise[s_cols]
     year = surprise & (age_days < 365)
@@ -138,6 +259,46 @@ def state_from_events(
         last = np.r_[r[1:] != r[:-1], True]  # the latest surprise of each member
         state.last_surprise[r[last]] = c[last]
     return state
+
+
+class MemberHistory:
+    """Past sends and redemptions of a member snapshot, grouped by member (built once at load;
+    :meth:`state_one` is then a slice and a tiny :func:`state_from_arrays`)."""
+
+    def __init__(self, events: EventArrays, n_members: int) -> None:
+        order = np.argsort(events.rows, kind="stable")
+        self.events = EventArrays(*(getattr(events, f)[order] for f in _EVENT_FIELDS))
+        self.offsets = np.searchsorted(self.events.rows, np.arange(n_members + 1))
+
+    @classmethod
+    def from_events(
+        cls, events: pd.DataFrame | None, member_ids: np.ndarray, offers: OfferTable
+    ) -> MemberHistory:
+        arrays = (
+            EventArrays.empty()
+            if events is None
+            else EventArrays.from_events(events, member_ids, offers)
+        )
+        return cls(arrays, len(member_ids))
+
+    def member_events(self, row: int) -> EventArrays:
+        """Row ``row``'s events as member 0 (no events for ``row < 0``: an unknown member)."""
+        if row < 0:
+            return EventArrays.empty()
+        return self.events.take_member(int(self.offsets[row]), int(self.offsets[row + 1]))
+
+    def state_one(
+        self,
+        row: int,
+        offers: OfferTable,
+        as_of: pd.Timestamp | np.datetime64,
+        grants: Iterable[PastGrant] = (),
+        period_days: float = 7.0,
+    ) -> MemberOfferState:
+        """One member's counters (a 1-row state): the snapshot's events and the store's
+        grants, before ``as_of``."""
+        events = self.member_events(row).concat(grant_arrays(grants, offers))
+        return state_from_arrays(events, 1, offers, as_of, period_days)
 
 
 def _max_at(out: np.ndarray, rows: np.ndarray, cols: np.ndarray, ts: np.ndarray) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from serving.engine.allocation import Budgets
 
-__all__ = ["pick_surprises"]
+__all__ = ["pick_surprise_one", "pick_surprises"]
 
 
 def pick_surprises(
@@ -56,3 +56,29 @@ def pick_surprises(
         keep &= ~cover | (use <= budgets.limits[c] + 1e-9)
     pick[i[~keep]] = -1
     return pick
+
+
+def pick_surprise_one(
+    eiv: np.ndarray,
+    expected_cost: np.ndarray,
+    eligible: np.ndarray,
+    is_surprise: np.ndarray,
+    min_value: float,
+    surprise_budget: float | None,
+    budgets: Budgets,
+    base: np.ndarray,
+) -> int:
+    """:func:`pick_surprises` for ONE member (1-d rows): the surprise's offer index or -1."""
+    ok = eligible & is_surprise & (eiv > min_value)
+    if not ok.any():
+        return -1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(expected_cost > 0, eiv / expected_cost, np.inf)
+    j = int(np.argmax(np.where(ok, ratio, -np.inf)))
+    if surprise_budget is not None and float(expected_cost[j]) > surprise_budget + 1e-9:
+        return -1
+    if budgets.n:
+        w = budgets.weights[:, j]
+        if not np.all((w <= 0) | (float(base[j]) * w <= budgets.limits + 1e-9)):
+            return -1
+    return j

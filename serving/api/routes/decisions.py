@@ -1,7 +1,6 @@
-"""Decisions: member offers, checkout rewards (budget reserved at grant time), batch NDJSON
-and moments. Handlers are ``async``; the engine runs on the bundle's in-memory arrays and only
-the store writes that correctness needs (budget and cap reservations) touch the database;
-decision records go to the batched ``DecisionLogWriter``."""
+"""Decisions: member offers, batch NDJSON and moments (checkout rewards: ``routes.checkout``).
+Handlers are ``async``; the engine runs on the bundle's in-memory arrays and decision records
+go to the batched ``DecisionLogWriter``."""
 
 from __future__ import annotations
 
@@ -19,22 +18,18 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 
 from serving.api.bundle import ServingBundle
-from serving.api.deps import CheckoutWriter, OffersReader, StateDep
-from serving.api.grants import GrantCommitError, GrantServiceClosed
+from serving.api.deps import OffersReader, StateDep
 from serving.api.schemas import (
     _ID_PATTERN,
     MAX_K,
     BatchOffersLine,
     BatchOffersRequest,
     Channel,
-    CheckoutRequest,
-    CheckoutResponse,
     ErrorResponse,
     MemberOffersResponse,
     Moment,
     MomentsResponse,
     OfferOut,
-    RewardOut,
 )
 from serving.engine import DETECTED_MOMENTS, DecisionContext, detect_moments
 from serving.engine.single import decision_dicts
@@ -124,48 +119,6 @@ async def member_offers(
         model_versions=bundle.versions,
         held_out=d["held_out"],
         explored=d["explored"],
-    )
-
-
-@router.post(
-    "/checkout/rewards",
-    response_model=CheckoutResponse,
-    responses={**_ERRORS, 422: {"model": ErrorResponse}},
-)
-async def checkout_rewards(
-    body: CheckoutRequest, state: StateDep, _: CheckoutWriter
-) -> CheckoutResponse:
-    """Rewards to grant now for this basket, a surprise when a moment applies; each reward's
-    budget is reserved atomically in the store before it is returned."""
-    bundle = _bundle(state)
-    as_of = pd.Timestamp(body.ts) if body.ts is not None else _now()
-    ctx = DecisionContext(body.channel, as_of, _request_id())
-    d = bundle.decide_one(
-        body.member_id, ctx, basket_total=body.total, exhausted=state.bundle.exhausted
-    )
-    try:
-        granted = await state.grants.grant(
-            body.member_id, d["offers"], bundle=bundle, counters=state.budget_counters
-        )
-    except (GrantCommitError, GrantServiceClosed) as exc:
-        log.error("checkout: reservations not committed: %s", type(exc).__name__)
-        raise HTTPException(
-            status_code=503,
-            detail="budget store unavailable: no reward was reserved, retry",
-            headers={"Retry-After": "1"},
-        ) from None
-    d = {**d, "offers": granted}
-    _record(state, body.member_id, body.channel, d, bundle.versions)
-    rewards = [
-        RewardOut.model_construct(**{k: x[k] for k in RewardOut.model_fields}) for x in granted
-    ]
-    return CheckoutResponse(
-        decision_id=d["decision_id"],
-        member_id=body.member_id,
-        rewards=rewards,
-        moments=d["moments"],
-        fallback=d["fallback"],
-        model_versions=bundle.versions,
     )
 
 
