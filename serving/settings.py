@@ -14,6 +14,11 @@ Environment:
     MLFLOW_TRACKING_URI    MLflow tracking server (also read by mlflow itself)
     OFFERS_MODELS          JSON object: model name -> model URI loaded at startup and on reload
     OFFERS_HOST / OFFERS_PORT
+    OFFERS_HISTORY_TTL_SECONDS / OFFERS_HISTORY_MAX_MEMBERS
+                           member grant history cache per process (30 s, 100,000 members)
+    OFFERS_CHECKOUT_SWEEP_SECONDS   interval of the background checkout sweep (60; 0: off)
+    OFFERS_CHECKOUT_OPEN_SECONDS    a session still open (not closed by the till) this long
+                                    after checkout is cancelled by the sweep (900)
 """
 
 from __future__ import annotations
@@ -56,6 +61,11 @@ class ServingSettings(OffersSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     decision_log_flush_seconds: float = Field(default=0.2, gt=0, le=60)
     decision_log_max_batch: int = Field(default=500, ge=1, le=100_000)
+    # Checkout sessions and member history (docs/serving.md "Checkout sessions").
+    history_ttl_seconds: float = Field(default=30.0, ge=0, le=86_400)
+    history_max_members: int = Field(default=100_000, ge=1, le=10_000_000)
+    checkout_sweep_seconds: float = Field(default=60.0, ge=0, le=86_400)  # 0: no sweeper
+    checkout_open_seconds: float = Field(default=900.0, gt=0, le=30 * 86_400)
 
     @field_validator("api_keys")
     @classmethod

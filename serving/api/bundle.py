@@ -7,26 +7,20 @@ Parquet written by ``offers features``) into a :class:`ServingBundle`: the snaps
 for every (member, offer) precomputed at load time. A request then only indexes arrays, adds the
 basket context and calls the engine: no model call and no I/O on the hot path.
 
-``lkg_loader`` is the model loader of the service: it downloads ``models:/name@alias`` into a
-last-known-good copy under ``OFFERS_HOME/serving/models`` and loads from there, so the service
-starts and serves from that copy when the tracking server is down.
+``lkg_loader`` (re-exported from :mod:`serving.loader`, the one model loader) downloads
+``models:/name@alias`` into a last-known-good copy under ``OFFERS_HOME/serving/models`` and loads
+from there, so the service starts and serves from that copy when the tracking server is down.
+``seed_budgets`` is re-exported from :mod:`serving.api.budgets`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
-import socket
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -36,7 +30,8 @@ from pydantic_settings import SettingsConfigDict
 from features import schema as S
 from features.catalog import load_catalog
 from features.settings import OffersSettings
-from serving.api.modelset import Loader, ModelSet
+from serving.api.budgets import seed_budgets
+from serving.api.modelset import ModelSet
 from serving.engine import (
     DecisionBatch,
     DecisionContext,
@@ -44,13 +39,13 @@ from serving.engine import (
     EngineSettings,
     FallbackTables,
     MemberTable,
-    OfferTable,
     ScoreInputs,
 )
 from serving.engine.eligibility import member_eligibility
 from serving.engine.moments import member_moments
 from serving.engine.single import SingleDecider
 from serving.engine.state import PastGrant
+from serving.loader import lkg_loader
 
 __all__ = [
     "AFFINITY",
@@ -104,94 +99,6 @@ class BundleConfig(OffersSettings):
 
     def lkg_path(self) -> Path:
         return self.lkg_dir or self.home / "serving" / "models"
-
-
-# -- last-known-good model copies ------------------------------------------------------------
-def _reachable(tracking_uri: str | None, timeout: float = 2.0) -> bool:
-    """False when an http(s) tracking server does not accept a connection (fail fast)."""
-    if not tracking_uri:
-        return True
-    url = urlparse(tracking_uri)
-    if url.scheme not in ("http", "https"):
-        return True
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "127.0.0.1", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _fetch(name: str, uri: str, tracking_uri: str | None, lkg: Path) -> tuple[Path, str | None]:
-    """Download ``uri`` into ``lkg/name/v<version>`` (once per version); record it as current."""
-    import mlflow
-
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    if not _reachable(tracking_uri):
-        raise ConnectionError(f"tracking server {tracking_uri} does not answer")
-    version, tag = None, ""
-    if uri.startswith("models:/") and "@" in uri:
-        registered, alias = uri.removeprefix("models:/").split("@", 1)
-        mv = mlflow.MlflowClient().get_model_version_by_alias(registered, alias)
-        version = str(mv.version)
-        # The run (or source) in the folder name: a recreated registry numbers from 1 again,
-        # and its version 1 must not be served from an older copy named v1.
-        origin = mv.run_id or mv.source or ""
-        tag = "-" + hashlib.sha256(origin.encode()).hexdigest()[:12]
-    dest = lkg / name / f"v{version}{tag}" if version else lkg / name / "latest"
-    if version is None or not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
-        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
-        if dest.exists():
-            shutil.rmtree(dest)
-        got.rename(dest)
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest, version
-
-
-def _write_current(lkg: Path, name: str, uri: str, path: Path, version: str | None) -> None:
-    record = {"uri": uri, "version": version, "path": str(path)}
-    target = lkg / name / "current.json"
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")  # workers may write it at once
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, target)
-
-
-def lkg_loader(tracking_uri: str | None, lkg_dir: Path) -> Loader:
-    """Loader that keeps a local last-known-good copy of every model it loads.
-
-    The registry is asked first; when it cannot answer (server down, alias missing) the copy
-    recorded in ``lkg_dir/<name>/current.json`` is loaded instead and a warning is logged. A
-    copy is recorded as current only after it loaded.
-    """
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-
-    def load(name: str, uri: str) -> tuple[Any, str | None]:
-        import mlflow
-
-        try:
-            path, version = _fetch(name, uri, tracking_uri, lkg_dir)
-        except Exception as exc:
-            current = lkg_dir / name / "current.json"
-            if not current.exists():
-                raise
-            record = json.loads(current.read_text())
-            log.warning(
-                "model %s: registry unavailable (%s: %s); serving the last-known-good copy v%s",
-                name,
-                type(exc).__name__,
-                str(exc)[:200],
-                record["version"],
-            )
-            return mlflow.pyfunc.load_model(record["path"]), record["version"]
-        model = mlflow.pyfunc.load_model(str(path))
-        _write_current(lkg_dir, name, uri, path, version)
-        return model, version
-
-    return load
 
 
 # -- the bundle ------------------------------------------------------------------------------
@@ -477,6 +384,13 @@ class BundleHolder:
         self.current = bundle
         return bundle
 
+    def swap(self, bundle: ServingBundle, exhausted: frozenset[str]) -> None:
+        """Serve ``bundle`` with the offers not to offer as the store says now (a reload's
+        budgets may have grown: the old exhausted set does not carry over)."""
+        with self._lock:
+            self.current = bundle
+            self._exhausted = frozenset(exhausted)
+
     @property
     def exhausted(self) -> frozenset[str]:
         return self._exhausted
@@ -484,19 +398,3 @@ class BundleHolder:
     def mark_exhausted(self, offer_ids: set[str] | frozenset[str]) -> None:
         with self._lock:
             self._exhausted = self._exhausted | frozenset(offer_ids)
-
-
-def seed_budgets(store: Any, offers: OfferTable) -> tuple[frozenset[str], set[str]]:
-    """Create a store budget counter for every catalog offer with a budget that has none yet
-    (existing counters, and what they spent, are kept). Returns (offers with a counter, offers
-    whose counter is already spent)."""
-    o = offers
-    have = store.budgets()
-    for j, offer_id in enumerate(o.ids):
-        if offer_id not in have and np.isfinite(o.budget[j]):
-            store.set_budget(offer_id, float(o.budget[j]), unit=o.budget_unit[j] or "count")
-    have = store.budgets()
-    catalog = set(o.ids)
-    counters = frozenset(k for k in have if k in catalog)
-    spent = {k for k in counters if have[k]["spent"] >= have[k]["budget"]}
-    return counters, spent

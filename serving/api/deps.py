@@ -43,6 +43,7 @@ class AppState:
     bundle: Any = None  # serving.api.bundle.BundleHolder when decisions are served
     budget_counters: frozenset[str] = field(default_factory=frozenset)
     grants: Any = None  # serving.api.grants.GrantService
+    problems: dict[str, str] = field(default_factory=dict)  # check -> why not ready (start-up)
     history: Any = None  # serving.api.history.MemberHistory: members' grants (cached)
     checkouts: Any = None  # serving.api.checkout.InFlight: checkouts being decided
 

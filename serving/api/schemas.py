@@ -17,8 +17,12 @@ __all__ = [
     "BasketLine",
     "BatchOffersLine",
     "BatchOffersRequest",
+    "CheckoutCancelRequest",
+    "CheckoutChannel",
     "CheckoutRequest",
     "CheckoutResponse",
+    "CheckoutSessionResponse",
+    "DroppedReward",
     "ErrorResponse",
     "EventsRequest",
     "EventsResponse",
@@ -144,13 +148,23 @@ class BasketLine(_In):
     unit_price: Money
 
 
+CheckoutChannel = Literal["checkout", "store", "web", "app"]
+SessionState = Literal["open", "closed", "cancelled", "partially_returned"]
+DropReason = Literal["per_member_cap", "frequency_cap", "surprise_cap", "budget"]
+
+
 class CheckoutRequest(_In):
+    """One purchase. ``transaction_id`` is the till's id: sending it again returns the same
+    answer and reserves nothing new. The decision is made at server time; ``ts`` (the till's
+    clock) is recorded only."""
+
+    transaction_id: Id
     member_id: Id
     basket: list[BasketLine] = Field(min_length=1, max_length=500)
-    total: Money
+    total: Money = Field(description="must match the sum of quantity x unit_price (1%, 0.01)")
     store_id: Id | None = None
-    channel: Channel = "checkout"
-    ts: UtcTime | None = None
+    channel: CheckoutChannel = "checkout"
+    ts: UtcTime | None = Field(default=None, description="the till's time: recorded, not used")
 
 
 class RewardOut(_Out):
@@ -164,13 +178,43 @@ class RewardOut(_Out):
     explanation: LongText = ""
 
 
+class DroppedReward(_Out):
+    """A reward the decision chose that was not granted: a cap or budget was reached between
+    the decision and the grant."""
+
+    offer_id: Id
+    reason: DropReason
+
+
 class CheckoutResponse(_Out):
+    transaction_id: Id
     decision_id: Id
     member_id: Id
     rewards: list[RewardOut] = Field(max_length=20)
+    dropped: list[DroppedReward] = Field(default_factory=list, max_length=20)
     moments: list[Name] = Field(default_factory=list, max_length=20)
     fallback: Fallback
     model_versions: ModelVersions
+    state: SessionState | None = Field(
+        default="open", description="the checkout session's state; None on a dry run"
+    )
+    dry_run: bool = False
+
+
+class CheckoutCancelRequest(_In):
+    """No ``offer_ids``: void the whole transaction; else return these rewards only."""
+
+    offer_ids: list[Id] | None = Field(default=None, min_length=1, max_length=20)
+
+
+class CheckoutSessionResponse(_Out):
+    transaction_id: Id
+    member_id: Id
+    state: SessionState
+    released: list[Id] = Field(default_factory=list, max_length=20)
+    kept_redeemed: list[Id] = Field(
+        default_factory=list, max_length=20, description="redeemed: stay counted"
+    )
 
 
 # -- batch ----------------------------------------------------------------------------------

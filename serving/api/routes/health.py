@@ -33,6 +33,8 @@ async def readyz(state: StateDep) -> JSONResponse:
     checks["models"] = "ok" if state.models.ready else "not loaded"
     if state.bundle is not None:
         checks["bundle"] = "ok" if state.bundle.current is not None else "not loaded"
+    # what start-up (or the last reload) found wrong, by input (file, field and value)
+    checks.update({check: problem[:1000] for check, problem in state.problems.items()})
     ready = all(v == "ok" for v in checks.values())
     body = ReadyResponse(ready=ready, checks=checks)
     return JSONResponse(status_code=200 if ready else 503, content=body.model_dump())
