@@ -19,6 +19,18 @@ Environment:
     OFFERS_CHECKOUT_SWEEP_SECONDS   interval of the background checkout sweep (60; 0: off)
     OFFERS_CHECKOUT_OPEN_SECONDS    a session still open (not closed by the till) this long
                                     after checkout is cancelled by the sweep (900)
+
+Limits and timeouts of the HTTP surface (docs/serving.md "Limits, timeouts and metrics"):
+    OFFERS_STORE_LOCK_WAIT_SECONDS       SQLite busy timeout of the serving process (0.25)
+    OFFERS_MAX_BODY_BYTES                request body limit, any transfer encoding (4,000,000)
+    OFFERS_HEADER_READ_TIMEOUT_SECONDS   time to send a request's headers (10)
+    OFFERS_BODY_READ_TIMEOUT_SECONDS     time to send a request's body after its headers (10)
+    OFFERS_KEEP_ALIVE_TIMEOUT_SECONDS    idle keep-alive connection lifetime (5)
+    OFFERS_MAX_CONNECTIONS               concurrent connections per process, then 503 (1,000)
+    OFFERS_METRICS_EXPOSURE              ``admin`` (key with the admin scope), ``open``, ``off``
+    OFFERS_EVENT_MAX_AGE_DAYS / OFFERS_EVENT_MAX_AHEAD_SECONDS
+                                         accepted feedback event times: now - 400 days to
+                                         now + 1 day
 """
 
 from __future__ import annotations
@@ -66,6 +78,16 @@ class ServingSettings(OffersSettings):
     history_max_members: int = Field(default=100_000, ge=1, le=10_000_000)
     checkout_sweep_seconds: float = Field(default=60.0, ge=0, le=86_400)  # 0: no sweeper
     checkout_open_seconds: float = Field(default=900.0, gt=0, le=30 * 86_400)
+    # HTTP surface: limits, timeouts, metrics exposure, event time window.
+    store_lock_wait_seconds: float = Field(default=0.25, gt=0, le=60)
+    max_body_bytes: int = Field(default=4_000_000, ge=1_000, le=1_000_000_000)
+    header_read_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    body_read_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    keep_alive_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
+    max_connections: int = Field(default=1_000, ge=1, le=1_000_000)
+    metrics_exposure: Literal["admin", "open", "off"] = "admin"
+    event_max_age_days: float = Field(default=400.0, gt=0, le=36_500)
+    event_max_ahead_seconds: float = Field(default=86_400.0, ge=0, le=31_536_000)
 
     @field_validator("api_keys")
     @classmethod

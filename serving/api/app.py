@@ -15,6 +15,7 @@ from serving.api.checkout import InFlight, start_sweeper, stop_sweeper
 from serving.api.deps import AppState
 from serving.api.errors import install_error_handlers
 from serving.api.grants import GrantService
+from serving.api.limits import LimitsMiddleware, uvicorn_options
 from serving.api.history import MemberHistory
 from serving.api.metrics import ApiMetrics, MetricsMiddleware
 from serving.api.modelset import Loader, ModelHolder, ModelLoadError
@@ -61,6 +62,7 @@ def create_app(
                 settings.resolved_database_url(),
                 migrate_schema=settings.migrate_on_start,
                 sqlite_synchronous=settings.sqlite_synchronous,
+                lock_wait_seconds=settings.store_lock_wait_seconds,
             )
         )
         state.decision_log = DecisionLogWriter(
@@ -113,7 +115,13 @@ def create_app(
     app.state.offers = state
     app.state.keyring = state.keyring  # read by serving.auth.require_scope
     install_error_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(
+        LimitsMiddleware,
+        keyring=state.keyring,
+        max_body_bytes=settings.max_body_bytes,
+        body_read_timeout=settings.body_read_timeout_seconds,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: counts refusals
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(models.router)
@@ -142,6 +150,7 @@ def run_server(
         port=port or settings.port,
         log_level=log_level,
         access_log=False,
+        **uvicorn_options(settings),
     )
 
 

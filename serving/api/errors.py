@@ -1,4 +1,8 @@
-"""Error responses: 422 names each field and reason (never echoes the input); no stack traces."""
+"""Error responses: 422 names each field and reason (never echoes the input); no stack traces.
+
+An integer of more than 4,300 digits makes the JSON parser fail before validation (FastAPI
+answers 400 "error parsing the body"); the handler turns that into a 422 naming the field.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.api.limits import huge_integer_fields
 
 __all__ = ["install_error_handlers"]
 
@@ -19,6 +25,7 @@ _CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     503: "unavailable",
@@ -33,7 +40,13 @@ async def _validation(_request: Request, exc: RequestValidationError) -> JSONRes
     return JSONResponse(status_code=422, content={"error": "validation_error", "detail": detail})
 
 
-async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400 and "integer string conversion" in str(exc.__cause__ or ""):
+        fields = huge_integer_fields(request.scope)
+        if fields:
+            return JSONResponse(
+                status_code=422, content={"error": "validation_error", "detail": fields}
+            )
     code = _CODES.get(exc.status_code, "error")
     return JSONResponse(
         status_code=exc.status_code,

@@ -1,8 +1,8 @@
 """Prometheus metrics of one app (own registry) and the ASGI middleware that records them.
 
 The middleware also turns an unhandled exception into a generic 500 (no stack trace in the
-response, only the exception type and the route template in the log: no member ids) and
-refuses bodies larger than ``max_body_bytes`` with 413.
+response, only the exception type and the route template in the log: no member ids). Body size,
+key-before-body and read timeouts are :mod:`serving.api.limits`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class ApiMetrics:
         )
         self.events = Counter(
             "offers_feedback_events",
-            "Feedback events by kind and result (stored or duplicate)",
+            "Feedback events by kind and result (stored, duplicate or conflict)",
             ["event", "result"],
             registry=self.registry,
         )
@@ -89,12 +89,11 @@ class ApiMetrics:
 
 
 class MetricsMiddleware:
-    """Pure ASGI middleware: latency and status per route template, 500 and 413 guards."""
+    """Pure ASGI middleware: latency and status per route template, 500 guard."""
 
-    def __init__(self, app: ASGIApp, metrics: ApiMetrics, max_body_bytes: int = 4_000_000):
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics):
         self.app = app
         self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,12 +109,7 @@ class MetricsMiddleware:
             await send(message)
 
         try:
-            length = _content_length(scope)
-            if length is not None and length > self.max_body_bytes:
-                await _send_json(send, 413, {"error": "payload_too_large", "detail": None})
-                status["code"] = 413
-            else:
-                await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, send_wrapper)
         except Exception as exc:
             log.error("unhandled %s on %s %s", type(exc).__name__, scope["method"], _route(scope))
             if not status["started"]:
@@ -130,16 +124,6 @@ class MetricsMiddleware:
 def _route(scope: Scope) -> str:
     route: Any = scope.get("route")
     return getattr(route, "path", None) or "unmatched"
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:

@@ -9,7 +9,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 __all__ = [
     "MAX_BATCH_MEMBERS",
@@ -54,7 +61,18 @@ Channel = Literal["email", "checkout", "app", "web", "social", "store"]
 Fallback = Literal["personalised", "segment_popular", "global_popular"]
 FeedbackKind = Literal["viewed", "redeemed", "dismissed"]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-Money = Annotated[float, Field(ge=0.0, le=1e7, allow_inf_nan=False)]
+# Request numbers and flags are strict: "10" and true are not numbers, "true" is not a flag
+# (an integer is still a valid amount). FastAPI validates the parsed JSON in Python mode.
+Money = Annotated[float, Field(strict=True, ge=0.0, le=1e7, allow_inf_nan=False)]
+Count = Annotated[int, Field(strict=True)]
+Flag = Annotated[bool, Field(strict=True)]
+
+
+def _iso_text(value: object) -> object:
+    """Only ISO 8601 text is a time: an epoch number is ambiguous (seconds or milliseconds)."""
+    if not isinstance(value, str | datetime):
+        raise ValueError("give an ISO 8601 date-time string, e.g. 2026-12-02T10:00:00Z")
+    return value
 
 
 def _utc_naive(value: datetime | None) -> datetime | None:
@@ -63,7 +81,7 @@ def _utc_naive(value: datetime | None) -> datetime | None:
     return value
 
 
-UtcTime = Annotated[datetime, AfterValidator(_utc_naive)]
+UtcTime = Annotated[datetime, BeforeValidator(_iso_text), AfterValidator(_utc_naive)]
 ModelVersions = Annotated[dict[Name, ShortText], Field(max_length=10)]
 
 
@@ -96,7 +114,12 @@ class FeedbackEvent(_In):
     event: FeedbackKind
     decision_id: Id | None = None
     channel: Channel | None = None
-    ts: UtcTime | None = Field(default=None, description="when it happened; default: now")
+    ts: UtcTime | None = Field(
+        default=None,
+        description="when it happened (ISO 8601, UTC unless an offset is given); default: "
+        "now. Accepted from now - OFFERS_EVENT_MAX_AGE_DAYS (400) to now + "
+        "OFFERS_EVENT_MAX_AHEAD_SECONDS (1 day); other times are a 422",
+    )
 
 
 class EventsRequest(_In):
@@ -104,7 +127,8 @@ class EventsRequest(_In):
 
 
 class EventsResponse(_Out):
-    """Sent only after the events are committed; ``duplicates`` were stored before."""
+    """Sent only after the events are committed; ``duplicates`` were stored before with the
+    same contents (an id stored with other contents is a 409 and nothing is stored)."""
 
     received: int
     stored: list[str]
@@ -144,7 +168,7 @@ class MemberOffersResponse(_Out):
 class BasketLine(_In):
     sku: Id | None = None
     category: Name | None = None
-    quantity: int = Field(ge=1, le=10_000)
+    quantity: Count = Field(ge=1, le=10_000)
     unit_price: Money
 
 
@@ -221,7 +245,7 @@ class CheckoutSessionResponse(_Out):
 class BatchOffersRequest(_In):
     member_ids: list[Id] = Field(min_length=1, max_length=MAX_BATCH_MEMBERS)
     channel: Channel = "email"
-    k: int = Field(default=3, ge=1, le=MAX_K)
+    k: Count = Field(default=3, ge=1, le=MAX_K)
 
 
 class BatchOffersLine(_Out):
@@ -252,6 +276,9 @@ class ModelInfo(_Out):
     uri: ShortText
     version: ShortText | None = None
     loaded_at: datetime
+    # where it came from: "registry", "local_copy" (reason says why) or "local_dir"
+    source: ShortText | None = None
+    reason: LongText | None = None
 
 
 class ModelsResponse(_Out):
@@ -270,4 +297,4 @@ class HealthResponse(_Out):
 
 class ReadyResponse(_Out):
     ready: bool
-    checks: dict[Name, ShortText] = Field(max_length=20)
+    checks: dict[Name, LongText] = Field(max_length=20)

@@ -67,7 +67,10 @@ def test_reload_swaps_models_and_refuses_a_broken_version(tmp_path):
         refused = c.post("/v1/admin/reload", headers=admin)
         assert refused.status_code == 409 and "offers-uplift" in refused.json()["detail"]
         assert c.get("/v1/models", headers=admin).json()["models"][0]["version"] == "2"
-        assert 'offers_model_info{model="offers-uplift",version="2"} 1.0' in c.get("/metrics").text
+        assert (
+            'offers_model_info{model="offers-uplift",version="2"} 1.0'
+            in c.get("/metrics", headers=admin).text
+        )
 
 
 def test_not_ready_when_configured_models_fail_to_load(tmp_path):

@@ -73,10 +73,12 @@ def test_right_scope_passes_by_header_or_bearer(client):
     assert client.post("/v1/admin/reload", headers=admin).status_code == 200
 
 
-def test_health_and_metrics_are_open(client):
+def test_health_is_open_and_metrics_need_the_admin_scope(client):
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
-    assert client.get("/metrics").status_code == 200
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"X-API-Key": "reader-key"}).status_code == 403
+    assert client.get("/metrics", headers={"X-API-Key": "file-admin-key"}).status_code == 200
 
 
 def test_key_is_never_logged(client, caplog):
