@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["OffersSettings", "get_settings"]
+__all__ = ["OffersSettings", "default_tracking_uri", "get_settings"]
 
 
 class OffersSettings(BaseSettings):
@@ -26,3 +27,17 @@ class OffersSettings(BaseSettings):
 def get_settings() -> OffersSettings:
     """The process-wide settings (cached; tests build their own ``OffersSettings``)."""
     return OffersSettings()
+
+
+def default_tracking_uri(home: Path | None = None) -> str:
+    """The MLflow tracking (and registry) store every command uses: ``MLFLOW_TRACKING_URI`` if
+    set, else the local SQLite file ``sqlite:///<OFFERS_HOME>/mlflow.db`` (created on demand).
+
+    The one definition for training, serving and batch scoring, so that one ``OFFERS_HOME``
+    registers and loads from the same store."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    home = (home or get_settings().home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"

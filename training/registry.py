@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from features.settings import get_settings
+from features.settings import default_tracking_uri, get_settings
 
 __all__ = [
     "CHALLENGER",
@@ -57,16 +56,6 @@ class RegistryError(RuntimeError):
 def metric_key(name: str) -> str:
     """MLflow-safe metric name: ``recall@10`` -> ``recall_at_10``."""
     return name.replace("@", "_at_")
-
-
-def default_tracking_uri(home: Path | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<OFFERS_HOME>/mlflow.db``."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    home = (home or get_settings().home).resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'mlflow.db'}"
 
 
 @dataclass(frozen=True)

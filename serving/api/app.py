@@ -10,19 +10,27 @@ from contextlib import asynccontextmanager
 from anyio import to_thread
 from fastapi import FastAPI
 
-from serving.api.bundle import BundleConfig, BundleHolder, lkg_loader, seed_budgets
+from features.settings import default_tracking_uri
+from serving.api.bundle import BundleConfig, BundleHolder
 from serving.api.checkout import InFlight, start_sweeper, stop_sweeper
 from serving.api.deps import AppState
 from serving.api.errors import install_error_handlers
 from serving.api.grants import GrantService
-from serving.api.limits import LimitsMiddleware, uvicorn_options
 from serving.api.history import MemberHistory
+from serving.api.limits import LimitsMiddleware, uvicorn_options
 from serving.api.metrics import ApiMetrics, MetricsMiddleware
-from serving.api.modelset import Loader, ModelHolder, ModelLoadError
+from serving.api.modelset import Loader, ModelHolder
 from serving.api.routes import checkout, decisions, events, health, models
+from serving.api.startup import (
+    ServingLoadError,
+    StoreOpenError,
+    load_serving,
+    open_store_clearly,
+)
 from serving.auth import ApiKeyRing
+from serving.loader import LoaderSettings, fetch_copy, lkg_loader
 from serving.settings import ServingSettings, get_settings
-from serving.store import DecisionLogWriter, open_store
+from serving.store import DecisionLogWriter
 
 __all__ = ["create_app", "prepare_shared_state", "run_server"]
 
@@ -43,7 +51,10 @@ def create_app(
     """
     settings = settings or get_settings()
     bundle_config = bundle_config or BundleConfig(home=settings.home)
-    loader = model_loader or lkg_loader(settings.mlflow_tracking_uri, bundle_config.lkg_path())
+    loader = model_loader or lkg_loader(
+        settings.mlflow_tracking_uri or default_tracking_uri(settings.home),
+        bundle_config.lkg_path(),
+    )
     state = AppState(
         settings=settings,
         keyring=ApiKeyRing.from_settings(settings),
@@ -57,44 +68,45 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.store = await to_thread.run_sync(
-            lambda: open_store(
-                settings.resolved_database_url(),
-                migrate_schema=settings.migrate_on_start,
-                sqlite_synchronous=settings.sqlite_synchronous,
-                lock_wait_seconds=settings.store_lock_wait_seconds,
+        # Expected start-up failures (store, catalog, snapshot, models) are logged in one line
+        # naming the file, field and value, and kept for /readyz: the process stays up, not
+        # ready, the same way with any number of workers.
+        try:
+            state.store = await to_thread.run_sync(
+                lambda: open_store_clearly(
+                    settings.resolved_database_url(),
+                    migrate_schema=settings.migrate_on_start,
+                    sqlite_synchronous=settings.sqlite_synchronous,
+                )
             )
-        )
-        state.decision_log = DecisionLogWriter(
-            state.store,
-            flush_seconds=settings.decision_log_flush_seconds,
-            max_batch=settings.decision_log_max_batch,
-        )
-        state.grants = GrantService(
-            state.store,
-            on_exhausted=state.bundle.mark_exhausted if state.bundle is not None else None,
-        )
-        state.history = MemberHistory(
-            state.store.member_grants,
-            max_members=settings.history_max_members,
-            ttl_seconds=settings.history_ttl_seconds,
-        )
-        state.checkouts = InFlight()
-        if settings.models:
-            try:
-                loaded = await to_thread.run_sync(state.models.reload)
-                state.metrics.set_models(loaded.versions())
-                if state.bundle is not None:
-                    bundle = await to_thread.run_sync(state.bundle.build, loaded)
-                    counters, spent = await to_thread.run_sync(
-                        seed_budgets, state.store, bundle.engine.offers
-                    )
-                    state.budget_counters = counters
-                    state.bundle.mark_exhausted(spent)
-            except ModelLoadError as exc:
-                log.error("models not loaded at startup (not ready): %s", exc)
-            except Exception as exc:
-                log.error("decision bundle not built (not ready): %s: %s", type(exc).__name__, exc)
+        except StoreOpenError as exc:
+            state.problems["store"] = str(exc)
+            log.error("not ready: %s", exc)
+        if state.store is not None:
+            state.decision_log = DecisionLogWriter(
+                state.store,
+                flush_seconds=settings.decision_log_flush_seconds,
+                max_batch=settings.decision_log_max_batch,
+            )
+            state.grants = GrantService(
+                state.store,
+                on_exhausted=state.bundle.mark_exhausted if state.bundle is not None else None,
+            )
+            state.history = MemberHistory(
+                state.store.member_grants,
+                max_members=settings.history_max_members,
+                ttl_seconds=settings.history_ttl_seconds,
+            )
+            state.checkouts = InFlight()
+            if settings.models:
+                try:
+                    await to_thread.run_sync(load_serving, state)
+                except ServingLoadError as exc:
+                    state.problems[exc.check] = str(exc)
+                    log.error("not ready: %s", exc)
+                except Exception as exc:  # unexpected: keep the traceback for the operator
+                    state.problems["bundle"] = f"{type(exc).__name__}: {exc}"
+                    log.exception("not ready: decision bundle not built")
         sweeping = start_sweeper(
             state, settings.checkout_sweep_seconds, settings.checkout_open_seconds
         )
@@ -102,9 +114,12 @@ def create_app(
             yield
         finally:
             await stop_sweeper(sweeping)
-            await to_thread.run_sync(state.grants.close)
-            await to_thread.run_sync(state.decision_log.close)
-            state.store.close()
+            if state.grants is not None:
+                await to_thread.run_sync(state.grants.close)
+            if state.decision_log is not None:
+                await to_thread.run_sync(state.decision_log.close)
+            if state.store is not None:
+                state.store.close()
 
     app = FastAPI(
         title="loyalty-offers",
@@ -157,26 +172,51 @@ def run_server(
 def prepare_shared_state(
     settings: ServingSettings | None = None, bundle_config: BundleConfig | None = None
 ) -> None:
-    """Before starting several workers on one store: migrate the store, fetch the models'
-    last-known-good copies and create the budget counters, once (workers racing on them
-    would fail or duplicate work). Failures are logged; each worker still reports readiness.
+    """Before starting several workers on one store: migrate the store, download the models'
+    copies and make the budget counters follow the catalog, once (workers racing on them
+    would fail or duplicate work). Failures are logged in one line naming the file, field and
+    value, never raised: each worker then reports the same problem on /readyz. No
+    last-known-good pointer moves here (a worker moves it once its bundle passed its checks).
     """
+    from pathlib import Path
+
     from features.catalog import load_catalog
+    from serving.api.budgets import BudgetSyncError, sync_budgets
+    from serving.api.startup import explain_catalog
     from serving.engine import DecisionEngine
 
     settings = settings or get_settings()
     bundle_config = bundle_config or BundleConfig(home=settings.home)
-    store = open_store(settings.resolved_database_url(), migrate_schema=settings.migrate_on_start)
     try:
-        loader = lkg_loader(settings.mlflow_tracking_uri, bundle_config.lkg_path())
+        store = open_store_clearly(
+            settings.resolved_database_url(), migrate_schema=settings.migrate_on_start
+        )
+    except StoreOpenError as exc:
+        log.error("not ready: %s", exc)
+        return
+    try:
+        tracking = settings.mlflow_tracking_uri or default_tracking_uri(settings.home)
+        timeout = LoaderSettings(home=settings.home).registry_timeout
         for name, uri in settings.models.items():
+            if Path(uri).is_dir():
+                continue  # a local model directory: nothing to download
             try:
-                loader(name, uri)
+                fetch_copy(name, uri, tracking, bundle_config.lkg_path(), timeout)
             except Exception as exc:
-                log.error("model %s not prepared: %s: %s", name, type(exc).__name__, exc)
-        catalog = bundle_config.catalog_path()
-        if catalog.exists():
-            engine = DecisionEngine(load_catalog(catalog), bundle_config.engine)
-            seed_budgets(store, engine.offers)
+                log.warning(
+                    "model %s not downloaded (%s: %s); each worker loads it or its local copy",
+                    name,
+                    type(exc).__name__,
+                    str(exc)[:200],
+                )
+        problem = explain_catalog(bundle_config.catalog_path())
+        if problem is not None:
+            log.error("not ready: %s", problem)
+            return
+        engine = DecisionEngine(load_catalog(bundle_config.catalog_path()), bundle_config.engine)
+        try:
+            sync_budgets(store, engine.offers)
+        except BudgetSyncError as exc:
+            log.error("not ready: %s", exc)
     finally:
         store.close()

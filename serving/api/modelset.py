@@ -2,6 +2,7 @@
 
 A ``ModelSet`` is immutable; ``ModelHolder.current`` is replaced in one assignment, so a
 request that already took the old set finishes on it. A failed load leaves the old set serving.
+Models come from the one loader, :mod:`serving.loader` (each says its source).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from serving.loader import ModelCopy
 from serving.store import utcnow
 
-__all__ = ["LoadedModel", "ModelHolder", "ModelLoadError", "ModelSet", "mlflow_loader"]
+__all__ = ["LoadedModel", "Loader", "ModelHolder", "ModelLoadError", "ModelSet"]
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +28,17 @@ class ModelLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class LoadedModel:
+    """One loaded model: ``source`` is ``registry``, ``local_copy`` (``reason`` says why) or
+    ``local_dir`` (:mod:`serving.loader`); a test loader's models say ``loader``."""
+
     name: str
     uri: str
     version: str | None
     loaded_at: datetime
     model: Any = field(repr=False, compare=False)
+    source: str = "loader"
+    reason: str | None = None
+    copy: ModelCopy | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -40,55 +48,71 @@ class ModelSet:
     def versions(self) -> dict[str, str]:
         return {name: m.version or "unknown" for name, m in self.models.items()}
 
+    def sources(self) -> dict[str, str]:
+        """Model name -> where it came from (``local_copy (<reason>)`` when not the registry)."""
+        return {
+            name: m.source if m.reason is None else f"{m.source} ({m.reason})"
+            for name, m in self.models.items()
+        }
 
-Loader = Callable[[str, str], tuple[Any, str | None]]  # (name, uri) -> (model, version)
 
-
-def mlflow_loader(tracking_uri: str | None) -> Loader:
-    """Load ``uri`` as an MLflow pyfunc; the version comes from the registry alias, if any."""
-
-    def load(name: str, uri: str) -> tuple[Any, str | None]:
-        import mlflow  # heavy: imported only when models are configured
-
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
-        model = mlflow.pyfunc.load_model(uri)
-        version = None
-        if uri.startswith("models:/") and "@" in uri:
-            registered, alias = uri.removeprefix("models:/").split("@", 1)
-            client = mlflow.MlflowClient()
-            version = str(client.get_model_version_by_alias(registered, alias).version)
-        return model, version
-
-    return load
+# (name, uri) -> a ModelCopy (serving.loader) or a (model, version) pair (tests)
+Loader = Callable[[str, str], "ModelCopy | tuple[Any, str | None]"]
 
 
 class ModelHolder:
-    """Holds the current ``ModelSet``; ``reload`` builds a new one and swaps it in."""
+    """Holds the current ``ModelSet``.
+
+    ``load()`` builds a new set without serving it; ``accept(set)`` swaps it in and records
+    its registry copies as last-known-good (call it once the set passed its checks: the API
+    builds the decision bundle first). ``reload()`` does both."""
 
     def __init__(self, configured: Mapping[str, str], loader: Loader) -> None:
         self.configured = dict(configured)
         self.loader = loader
         self.current: ModelSet | None = ModelSet({}) if not configured else None
+        self.error: str | None = None  # why the last load failed (readiness says it)
         self._reload_lock = threading.Lock()
 
     @property
     def ready(self) -> bool:
         return self.current is not None
 
-    def reload(self) -> ModelSet:
-        """Load every configured model; on any failure raise and keep the old set."""
+    def load(self) -> ModelSet:
+        """Load every configured model; on any failure raise :class:`ModelLoadError`."""
         with self._reload_lock:
             loaded: dict[str, LoadedModel] = {}
             for name, uri in self.configured.items():
                 try:
-                    model, version = self.loader(name, uri)
+                    got = self.loader(name, uri)
                 except Exception as exc:
+                    self.error = f"model {name!r} from {uri!r}: {type(exc).__name__}: {exc}"
                     raise ModelLoadError(
                         f"model {name!r} from {uri!r} failed to load: {type(exc).__name__}: {exc}"
                     ) from exc
-                loaded[name] = LoadedModel(name, uri, version, utcnow(), model)
-            new = ModelSet(loaded)
-            self.current = new
-            log.info("models loaded: %s", new.versions())
-            return new
+                loaded[name] = _loaded(name, uri, got)
+            return ModelSet(loaded)
+
+    def accept(self, models: ModelSet) -> None:
+        """Serve ``models`` and move each registry copy's last-known-good pointer to it."""
+        commit = getattr(self.loader, "commit", None)
+        if commit is not None:
+            for m in models.models.values():
+                if m.copy is not None:
+                    commit(m.copy)
+        self.current = models
+        self.error = None
+        log.info("models serving: %s from %s", models.versions(), models.sources())
+
+    def reload(self) -> ModelSet:
+        """``load()`` then ``accept()``: on any failure raise and keep the old set."""
+        new = self.load()
+        self.accept(new)
+        return new
+
+
+def _loaded(name: str, uri: str, got: Any) -> LoadedModel:
+    if isinstance(got, ModelCopy):
+        return LoadedModel(name, uri, got.version, utcnow(), got.model, got.source, got.reason, got)
+    model, version = got
+    return LoadedModel(name, uri, version, utcnow(), model)

@@ -246,30 +246,33 @@ def scorer_feature_config(scorer: Scorer) -> FeatureConfig | None:
 
 
 def _load_one(name: str, uri: str, tracking_uri: str | None) -> tuple[Any, str]:
-    """A pyfunc from a local artifact directory or an MLflow URI; returns (model, version)."""
-    import mlflow
+    """A model from a local directory of raw artifacts, or through the one loader
+    (:func:`serving.loader.load_model`: a local MLflow model directory, or ``models:/...`` from
+    the shared tracking store with its last-known-good copy); returns (model, version)."""
+    from serving.loader import LOCAL_COPY, LOCAL_DIR, load_model
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
     path = Path(uri)
     try:
-        if path.is_dir() and (path / "MLmodel").is_file():
-            return mlflow.pyfunc.load_model(str(path)), f"{name}@{path.name}"
-        if path.is_dir():
+        if path.is_dir() and not (path / "MLmodel").is_file():
             return _load_artifact_dir(name, path), f"{name}@{path.name}"
-        model = mlflow.pyfunc.load_model(uri)
+        copy = load_model(name, uri, tracking_uri=tracking_uri)
     except Exception as exc:
         raise ScorerError(
             f"model {name!r} from {uri!r} failed to load: {type(exc).__name__}: {exc}. "
             "Train and register one (offers train affinity / offers train uplift) or name "
             "local artifact directories under 'models' in the campaign file."
         ) from exc
+    if copy.source == LOCAL_DIR:
+        return copy.model, f"{name}@{path.name}"
+    if copy.source == LOCAL_COPY:
+        log.warning(
+            "model %s: %s; scoring with the local copy v%s", name, copy.reason, copy.version
+        )
     version = uri
     if uri.startswith("models:/") and "@" in uri:
-        registered, alias = uri.removeprefix("models:/").split("@", 1)
-        v = mlflow.MlflowClient().get_model_version_by_alias(registered, alias).version
-        version = f"{registered}/{v}"
-    return model, version
+        registered = uri.removeprefix("models:/").split("@", 1)[0]
+        version = f"{registered}/{copy.version}"
+    return copy.model, version
 
 
 def load_model_dir(name: str, path: Path | str) -> Any:
@@ -308,7 +311,10 @@ class _Bound:
 
 
 def load_scorer(models: dict[str, str], tracking_uri: str | None = None) -> Scorer:
-    """``{"synthetic": "<seed>"}`` or ``{"affinity": uri, "uplift": uri}`` -> a scorer."""
+    """``{"synthetic": "<seed>"}`` or ``{"affinity": uri, "uplift": uri}`` -> a scorer.
+
+    ``tracking_uri`` defaults to the store ``offers train`` registers into
+    (``MLFLOW_TRACKING_URI``, else ``<OFFERS_HOME>/mlflow.db``)."""
     if "synthetic" in models:
         return SyntheticScorer(seed=int(models["synthetic"] or 0))
     missing = [k for k in ("affinity", "uplift") if k not in models]

@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from serving.api.bundle import _fetch
+from serving.loader import fetch_copy as _fetch
 
 pytestmark = pytest.mark.integration
 

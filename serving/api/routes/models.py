@@ -9,8 +9,9 @@ from anyio import to_thread
 from fastapi import APIRouter, HTTPException
 
 from serving.api.deps import Admin, OffersReader, StateDep
-from serving.api.modelset import ModelLoadError, ModelSet
+from serving.api.modelset import ModelSet
 from serving.api.schemas import ErrorResponse, ModelInfo, ModelsResponse, ReloadResponse
+from serving.api.startup import RELOAD_CHECKS, ServingLoadError, load_serving
 
 router = APIRouter(prefix="/v1", tags=["models"])
 log = logging.getLogger(__name__)
@@ -25,7 +26,14 @@ def _infos(models: ModelSet | None) -> list[ModelInfo]:
     if models is None:
         return []
     return [
-        ModelInfo(name=m.name, uri=m.uri, version=m.version, loaded_at=_aware(m.loaded_at))
+        ModelInfo(
+            name=m.name,
+            uri=m.uri,
+            version=m.version,
+            loaded_at=_aware(m.loaded_at),
+            source=m.source,
+            reason=None if m.reason is None else m.reason[:1000],
+        )
         for m in models.models.values()
     ]
 
@@ -44,21 +52,15 @@ async def get_models(state: StateDep, _: OffersReader) -> ModelsResponse:
     responses={409: {"model": ErrorResponse}, 403: {"model": ErrorResponse}},
 )
 async def reload_models(state: StateDep, _: Admin) -> ReloadResponse:
-    """Load the configured models again; on failure the current ones keep serving (409)."""
-    previous = state.models.current
+    """Load the configured models, the catalog and the snapshot again and make the budget
+    counters follow the catalog; swap them in only when all of it passed (else 409 naming the
+    input, and the current ones keep serving). Each model says its source: ``registry`` or
+    ``local_copy`` with the reason."""
     try:
-        loaded = await to_thread.run_sync(state.models.reload)
-    except ModelLoadError as exc:
-        log.warning("reload refused: %s", exc)
-        raise HTTPException(status_code=409, detail=f"reload refused: {exc}") from None
-    if state.bundle is not None:
-        try:
-            await to_thread.run_sync(state.bundle.build, loaded)
-        except Exception as exc:  # the new models do not make a bundle: keep the old ones
-            state.models.current = previous
-            log.warning("reload refused (bundle): %s: %s", type(exc).__name__, exc)
-            raise HTTPException(
-                status_code=409, detail=f"reload refused: {type(exc).__name__}: {exc}"
-            ) from None
-    state.metrics.set_models(loaded.versions())
+        loaded = await to_thread.run_sync(load_serving, state)
+    except ServingLoadError as exc:
+        log.warning("reload refused (%s): %s", exc.check, exc)
+        raise HTTPException(status_code=409, detail=f"reload refused: {exc}"[:1000]) from None
+    for check in RELOAD_CHECKS:
+        state.problems.pop(check, None)  # a start-up problem a good reload has fixed
     return ReloadResponse(reloaded=True, models=_infos(loaded))
