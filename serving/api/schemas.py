@@ -279,9 +279,6 @@ class ModelInfo(_Out):
     # where it came from: "registry", "local_copy" (reason says why) or "local_dir"
     source: ShortText | None = None
     reason: LongText | None = None
-    # where it came from: "registry", "local_copy" (reason says why) or "local_dir"
-    source: ShortText | None = None
-    reason: LongText | None = None
 
 
 class ModelsResponse(_Out):
