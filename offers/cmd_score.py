@@ -133,8 +133,9 @@ def score(
     events = None
     try:
         from features.pipeline import load_tables
+        from serving.batch.history import with_store_grants
 
-        events = load_tables(data).offer_events.to_pandas()
+        events = with_store_grants(load_tables(data).offer_events.to_pandas(), store)
         if engine == "local":
             import pyarrow.parquet as pq
 

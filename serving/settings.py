@@ -36,6 +36,7 @@ Limits and timeouts of the HTTP surface (docs/serving.md "Limits, timeouts and m
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -73,6 +74,9 @@ class ServingSettings(OffersSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     decision_log_flush_seconds: float = Field(default=0.2, gt=0, le=60)
     decision_log_max_batch: int = Field(default=500, ge=1, le=100_000)
+    # Member offers and the batch endpoint decide as of this UTC time instead of the clock
+    # (replays of a past day and cross-path tests); checkout always decides at server time.
+    decision_time: datetime | None = None
     # Checkout sessions and member history (docs/serving.md "Checkout sessions").
     history_ttl_seconds: float = Field(default=30.0, ge=0, le=86_400)
     history_max_members: int = Field(default=100_000, ge=1, le=10_000_000)

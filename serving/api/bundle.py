@@ -29,6 +29,7 @@ from pydantic_settings import SettingsConfigDict
 
 from features import schema as S
 from features.catalog import load_catalog
+from features.io import find_table_file, read_raw, to_canonical_frame
 from features.settings import OffersSettings
 from serving.api.budgets import seed_budgets
 from serving.api.modelset import ModelSet
@@ -41,10 +42,12 @@ from serving.engine import (
     MemberTable,
     ScoreInputs,
 )
+from serving.engine.adapters import model_inputs
 from serving.engine.eligibility import member_eligibility
 from serving.engine.moments import member_moments
+from serving.engine.settings import PERSONALISED
 from serving.engine.single import SingleDecider
-from serving.engine.state import PastGrant
+from serving.engine.state import EventArrays, MemberOfferState, PastGrant, SnapshotHistory
 from serving.loader import lkg_loader
 
 __all__ = [
@@ -68,7 +71,6 @@ DEFAULT_MODELS = {
     AFFINITY: "models:/offers-affinity@champion",
     UPLIFT: "models:/offers-uplift@champion",
 }
-SPEND_OUTCOME = "spend"
 
 
 class BundleError(RuntimeError):
@@ -82,6 +84,9 @@ class BundleConfig(OffersSettings):
     OFFERS_MEMBER_FEATURES   member feature snapshot, Parquet from ``offers features``
                              (default ``$OFFERS_HOME/features/member_features.parquet``)
     OFFERS_LKG_DIR           last-known-good model copies (default ``$OFFERS_HOME/serving/models``)
+    OFFERS_OFFER_EVENTS      canonical ``offer_events`` (Parquet/CSV) the snapshot's members'
+                             history comes from (default: the ``offer_events`` table next to
+                             the catalog; none there: no history before the service's grants)
     """
 
     model_config = SettingsConfigDict(env_prefix="OFFERS_", extra="ignore")
@@ -89,6 +94,7 @@ class BundleConfig(OffersSettings):
     catalog: Path | None = None
     member_features: Path | None = None
     lkg_dir: Path | None = None
+    offer_events: Path | None = None
     engine: EngineSettings = Field(default_factory=EngineSettings)
 
     def catalog_path(self) -> Path:
@@ -100,8 +106,16 @@ class BundleConfig(OffersSettings):
     def lkg_path(self) -> Path:
         return self.lkg_dir or self.home / "serving" / "models"
 
+    def offer_events_path(self) -> Path | None:
+        if self.offer_events is not None:
+            return self.offer_events
+        return find_table_file(self.catalog_path().parent, "offer_events")
+
 
 # -- the bundle ------------------------------------------------------------------------------
+_NO_HISTORY = SnapshotHistory(EventArrays.empty(), 0)
+
+
 @dataclass(frozen=True)
 class ServingBundle:
     """Everything a decision needs, immutable; ``BundleHolder.current`` is swapped whole."""
@@ -111,11 +125,12 @@ class ServingBundle:
     index: pd.Index  # member id -> row
     p_redeem: np.ndarray  # (n, m) float32, affinity P(redeem)
     spend: np.ndarray  # (n, m) float32, uplift incremental spend
-    has_row: np.ndarray  # (n,) bool: the affinity model knows the member
+    served: np.ndarray  # (n,) object: the affinity model's fallback name for the member
     fallback_tables: FallbackTables
     versions: dict[str, str]
     snapshot_as_of: pd.Timestamp | None
     single: SingleDecider | None = None  # the real-time path (built with the bundle)
+    history: SnapshotHistory | None = None  # the snapshot members' past sends and redemptions
     _cold_row: MemberTable | None = None  # a one-row cold-start member (id replaced per call)
     member_mask: np.ndarray | None = None  # (n + 1, m) member-only eligibility rules per
     member_flags: np.ndarray | None = None  # (n + 1, moments) snapshot moments; last: cold row
@@ -145,10 +160,13 @@ class ServingBundle:
         if len(self.members.ids):
             p = np.where(known[:, None], self.p_redeem[safe], 0.0)
             s = np.where(known[:, None], self.spend[safe], 0.0)
-            has = known & self.has_row[safe]
+            served = np.where(known, self.served[safe], PERSONALISED)
         else:
-            p, s, has = np.zeros((len(rows), m)), np.zeros((len(rows), m)), known
-        return table, ScoreInputs(p, s, has_row=has, model_versions=dict(self.versions))
+            p, s, served = np.zeros((len(rows), m)), np.zeros((len(rows), m)), None
+        has = known
+        return table, ScoreInputs(
+            p, s, has_row=has, model_versions=dict(self.versions), fallback=served
+        )
 
     def decide_one(
         self,
@@ -173,9 +191,10 @@ class ServingBundle:
             row = -1
         ids = np.array([member_id], dtype=object)
         m = self.engine.offers.n
+        served = None
         if row >= 0:
             table = replace(self.members.take(np.array([row])), ids=ids)
-            p, s, has = self.p_redeem[row], self.spend[row], bool(self.has_row[row])
+            p, s, has, served = self.p_redeem[row], self.spend[row], True, self.served[row]
         else:
             table = replace(self._cold_row, ids=ids)
             p, s, has = np.zeros(m, np.float32), np.zeros(m, np.float32), False
@@ -185,7 +204,28 @@ class ServingBundle:
         if basket_total is not None:
             table = _with_basket(table, basket_total)
         left = self._left(exhausted)
-        return self.single.decide(table, p, s, has, context, budget_left=left, **pre)
+        state = self.member_state(row, context, history)
+        return self.single.decide(
+            table, p, s, has, context, budget_left=left, state=state, served=served, **pre
+        )
+
+    def member_state(
+        self, row: int, context: DecisionContext, history: Sequence[PastGrant] = ()
+    ) -> MemberOfferState | None:
+        """One member's counters at ``context.as_of`` (snapshot row ``row``, -1 unknown): the
+        snapshot's events and the store's grants; None when there is neither."""
+        events = self.history
+        if not history and (
+            events is None or row < 0 or events.offsets[row] == events.offsets[row + 1]
+        ):
+            return None
+        if events is None:
+            events = SnapshotHistory.from_events(
+                None, np.zeros(0, dtype=object), self.engine.offers
+            )
+            row = -1
+        period = self.engine.settings.caps.period_days
+        return events.state_one(row, self.engine.offers, context.as_of, history, period)
 
     def _left(self, exhausted: frozenset[str]) -> np.ndarray | None:
         """Budgets left with the store-exhausted offers at 0 (one array per exhausted set)."""
@@ -205,10 +245,19 @@ class ServingBundle:
         *,
         basket_total: float | np.ndarray | None = None,
         exhausted: frozenset[str] = frozenset(),
+        histories: Sequence[Sequence[PastGrant]] | None = None,
     ) -> DecisionBatch:
         """The engine's decisions for ``member_ids`` (``basket_total``: checkout context, one
-        value or one per member; NaN = no basket)."""
+        value or one per member; NaN = no basket; ``histories``: each member's store grants,
+        aligned with ``member_ids``)."""
         table, inputs = self.inputs(member_ids)
+        state = (self.history or _NO_HISTORY).state_many(
+            self.rows(member_ids),
+            self.engine.offers,
+            context.as_of,
+            histories,
+            self.engine.settings.caps.period_days,
+        )
         if basket_total is not None:
             table = _with_basket(table, basket_total)
         left = None
@@ -216,7 +265,12 @@ class ServingBundle:
             left = self.engine.offers.budget.copy()
             left[np.isin(np.asarray(self.offer_ids, dtype=object), list(exhausted))] = 0.0
         return self.engine.decide(
-            table, inputs, context, budget_left=left, fallback_tables=self.fallback_tables
+            table,
+            inputs,
+            context,
+            state=state,
+            budget_left=left,
+            fallback_tables=self.fallback_tables,
         )
 
 
@@ -248,6 +302,9 @@ def _blank_unknown(table: MemberTable, unknown: np.ndarray) -> MemberTable:
         shares=shares,
         basket_reaches_next_tier=table.basket_reaches_next_tier & ~unknown,
         basket_is_milestone=table.basket_is_milestone & ~unknown,
+        consent=None
+        if table.consent is None
+        else np.where(unknown[:, None], np.int8(-1), table.consent).astype(np.int8),
     )
 
 
@@ -268,54 +325,6 @@ def _with_basket(table: MemberTable, total: float | np.ndarray) -> MemberTable:
     )
 
 
-def _python_model(model: Any) -> Any:
-    unwrap = getattr(model, "unwrap_python_model", None)
-    return unwrap() if unwrap is not None else model
-
-
-def _affinity_matrix(
-    model: Any, frame: pd.DataFrame, offer_ids: list[str], segment_column: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """(P(redeem) (n, m), has a personalised row (n,)) from the affinity pyfunc, all pairs.
-
-    Without a calibrator the pyfunc's P(redeem) is NaN; the logistic of the score stands in.
-    """
-    n, m = len(frame), len(offer_ids)
-    ids = frame[S.MEMBER_ID].astype(str).to_numpy()
-    pairs = pd.DataFrame(
-        {"member_id": np.repeat(ids, m), "offer_id": np.tile(np.asarray(offer_ids, dtype=str), n)}
-    )
-    if segment_column in frame:
-        seg = frame[segment_column].astype(object).to_numpy()
-        pairs["segment"] = np.repeat(seg, m)
-    out = _python_model(model).predict(None, pairs)
-    p = out["p_redeem"].to_numpy(dtype=np.float64)
-    score = out["score"].to_numpy(dtype=np.float64)
-    p = np.where(np.isnan(p), 1.0 / (1.0 + np.exp(-np.nan_to_num(score))), p)
-    p = np.clip(np.nan_to_num(p), 0.0, 1.0).reshape(n, m)
-    personal = (out["fallback"].to_numpy(dtype=object) == "personalised").reshape(n, m)
-    return p.astype(np.float32), personal.any(axis=1)
-
-
-def _uplift_matrix(model: Any, frame: pd.DataFrame, engine: DecisionEngine) -> np.ndarray:
-    """(n, m) incremental spend per member and offer from the uplift pyfunc (0 where the model
-    has no arm for the offer). The arm is the offer's kind or id (the model's treatment grain)."""
-    py = _python_model(model)
-    meta = getattr(py, "meta_", {}) or {}
-    grain = meta.get("treatment_grain", "kind")
-    outcomes = list(meta.get("outcomes", [SPEND_OUTCOME]))
-    outcome = SPEND_OUTCOME if SPEND_OUTCOME in outcomes else outcomes[0]
-    effects = py.predict(None, frame)
-    o = engine.offers
-    arms = o.kind_names() if grain == "kind" else np.asarray(o.ids, dtype=object)
-    out = np.zeros((len(frame), o.n), dtype=np.float32)
-    for j, arm in enumerate(arms):  # loop over the catalog's offers (tens), not members
-        col = f"{outcome}:{arm}"
-        if col in effects:
-            out[:, j] = effects[col].to_numpy(dtype=np.float32)
-    return np.nan_to_num(out)
-
-
 def build_bundle(models: ModelSet, config: BundleConfig) -> ServingBundle:
     """Load the catalog and the snapshot and precompute both models' outputs (see module doc)."""
     for name in (AFFINITY, UPLIFT):
@@ -333,26 +342,37 @@ def build_bundle(models: ModelSet, config: BundleConfig) -> ServingBundle:
     frame = frame.drop_duplicates(S.MEMBER_ID, keep="last").reset_index(drop=True)
     members = engine.member_table(frame)
     seg_col = config.engine.segment_column
-    p, has_row = _affinity_matrix(
-        models.models[AFFINITY].model, frame, list(engine.offers.ids), seg_col
+    inputs = model_inputs(
+        models.models[AFFINITY].model,
+        models.models[UPLIFT].model,
+        frame,
+        engine.offers,
+        segment_column=seg_col,
+        model_versions=models.versions(),
     )
-    s = _uplift_matrix(models.models[UPLIFT].model, frame, engine)
+    p = inputs.p_redeem.astype(np.float32)
+    s = inputs.incremental_spend.astype(np.float32)
+    served = np.asarray(inputs.fallback, dtype=object)
     segments = frame[seg_col].to_numpy(dtype=object) if seg_col in frame else members.segment
-    known = has_row if has_row.any() else np.ones(len(frame), dtype=bool)
-    tables = FallbackTables.from_scores(p, s, segments, known)
+    personal = served == PERSONALISED
+    tables = FallbackTables.from_scores(
+        p, s, segments, personal if personal.any() else np.ones(len(frame), dtype=bool)
+    )
     cold = _blank_unknown(members.take(np.array([0])) if members.n else _cold(1), np.array([True]))
     as_of = pd.Timestamp(frame["as_of"].max()) if "as_of" in frame and len(frame) else None
+    history = _snapshot_history(config, members, engine)
     bundle = ServingBundle(
         engine=engine,
         members=members,
         index=pd.Index(members.ids, dtype=object),
         p_redeem=p,
         spend=s,
-        has_row=has_row,
+        served=served,
         fallback_tables=tables,
         versions=models.versions(),
         snapshot_as_of=as_of,
         single=SingleDecider(engine, tables),
+        history=history,
         member_mask=np.vstack(
             [member_eligibility(members, engine.offers), member_eligibility(cold, engine.offers)]
         ),
@@ -368,6 +388,33 @@ def build_bundle(models: ModelSet, config: BundleConfig) -> ServingBundle:
         "bundle: %d members, %d offers, models %s", members.n, engine.offers.n, bundle.versions
     )
     return bundle
+
+
+def _snapshot_history(
+    config: BundleConfig, members: MemberTable, engine: DecisionEngine
+) -> SnapshotHistory:
+    """The snapshot members' sends and redemptions from the canonical ``offer_events``."""
+    path = config.offer_events_path()
+    if path is None:
+        log.warning(
+            "bundle: no offer_events next to %s (OFFERS_OFFER_EVENTS): member history is "
+            "only the service's own grants",
+            config.catalog_path(),
+        )
+        return SnapshotHistory.from_events(None, members.ids, engine.offers)
+    try:
+        raw = read_raw(path)
+        events = to_canonical_frame(raw, "offer_events")
+    except Exception as exc:
+        raise BundleError(
+            f"OFFERS_OFFER_EVENTS: {path} cannot be read as offer_events: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    history = SnapshotHistory.from_events(events, members.ids, engine.offers)
+    log.info(
+        "bundle: %d past offer events of snapshot members from %s", len(history.events.rows), path
+    )
+    return history
 
 
 class BundleHolder:

@@ -194,7 +194,10 @@ def run_local(
         state = None
         if events is not None:
             ids = chunk[MEMBER_ID].astype(str).to_numpy(dtype=object)
-            state = state_from_events(events, ids, plan.engine.offers, plan.context.as_of)
+            period = plan.engine.settings.caps.period_days
+            state = state_from_events(
+                events, ids, plan.engine.offers, plan.context.as_of, period_days=period
+            )
         inputs = scorer.score(chunk, plan.engine.offers)
         return k, plan.engine.member_table(chunk), state, inputs
 

@@ -25,6 +25,7 @@ import pandas as pd
 from features.config import FeatureConfig
 from features.schema import MEMBER_ID
 from serving.engine import OfferTable, ScoreInputs
+from serving.engine.adapters import model_inputs, uplift_matrix
 from serving.engine.hashing import hash64
 
 __all__ = [
@@ -33,11 +34,9 @@ __all__ = [
     "ScorerError",
     "SyntheticScorer",
     "UpliftHeadScorer",
-    "effect_matrix",
     "load_model_dir",
     "load_scorer",
     "scorer_feature_config",
-    "uplift_effects",
 ]
 
 log = logging.getLogger(__name__)
@@ -115,7 +114,9 @@ class SyntheticScorer:
 
 @dataclass
 class ModelScorer:
-    """The served models: affinity (P(redeem)) and uplift (incremental spend) pyfuncs."""
+    """The served models: affinity (P(redeem)) and uplift (incremental spend) pyfuncs, turned
+    into engine inputs by the one adapter (:func:`serving.engine.adapters.model_inputs`, as
+    the API's bundle does)."""
 
     affinity: Any
     uplift: Any
@@ -124,38 +125,15 @@ class ModelScorer:
     outcome: str = "spend"
 
     def score(self, members: pd.DataFrame, offers: OfferTable) -> ScoreInputs:
-        ids = members[MEMBER_ID].astype(str).to_numpy(dtype=object)
-        n, m = len(ids), offers.n
-        pairs = pd.DataFrame(
-            {
-                "member_id": np.repeat(ids, m),
-                "offer_id": np.tile(np.asarray(offers.ids, dtype=object), n),
-            }
+        return model_inputs(
+            self.affinity,
+            self.uplift,
+            members,
+            offers,
+            segment_column=self.segment_column,
+            outcome=self.outcome,
+            model_versions=self.versions,
         )
-        if self.segment_column in members:
-            pairs["segment"] = np.repeat(members[self.segment_column].astype(str).to_numpy(), m)
-        a = _predict(self.affinity, pairs)
-        p = np.asarray(a["p_redeem"], dtype=np.float64).reshape(n, m)
-        if np.isnan(p).all():
-            raise ScorerError("affinity model: no calibrator (p_redeem is NaN); cannot score")
-        p = np.nan_to_num(p, nan=0.0)
-        spend = effect_matrix(
-            uplift_effects(self.uplift, members, self.outcome), offers, self.outcome
-        )
-        return ScoreInputs(p, spend, has_row=np.ones(n, bool), model_versions=dict(self.versions))
-
-
-def effect_matrix(effects: pd.DataFrame, offers: OfferTable, outcome: str = "spend") -> np.ndarray:
-    """Uplift pyfunc output -> (n, offers) incremental spend: an offer takes its own column
-    ``<outcome>:<offer_id>``, else its kind's ``<outcome>:<kind>``, else no effect (0)."""
-    n = len(effects)
-    spend = np.zeros((n, offers.n))
-    for j, (oid, kind) in enumerate(zip(offers.ids, offers.kind_names(), strict=True)):
-        for col in (f"{outcome}:{oid}", f"{outcome}:{kind}"):
-            if col in effects.columns:
-                spend[:, j] = effects[col].to_numpy(dtype=np.float64)
-                break
-    return spend
 
 
 @dataclass
@@ -173,9 +151,7 @@ class UpliftHeadScorer:
 
     def score(self, members: pd.DataFrame, offers: OfferTable) -> ScoreInputs:
         base = self.synthetic.score(members, offers)
-        spend = effect_matrix(
-            uplift_effects(self.uplift, members, self.outcome), offers, self.outcome
-        )
+        spend = uplift_matrix(self.uplift, members, offers, self.outcome)
         return ScoreInputs(
             base.p_redeem,
             spend,
@@ -195,36 +171,6 @@ def _python_model(loaded: Any) -> Any:
         except Exception:  # not a python_function model: no stored config
             return None
     return loaded
-
-
-def _predict(loaded: Any, frame: pd.DataFrame) -> pd.DataFrame:
-    """Predict with the PythonModel itself when there is one (as the API does): MLflow's input
-    schema enforcement refuses float columns for integer features, and member features read
-    from Parquet chunks are float wherever a column has nulls."""
-    model = _python_model(loaded)
-    if model is not None and model is not loaded and hasattr(model, "predict"):
-        return model.predict(None, frame)
-    return loaded.predict(frame)
-
-
-def uplift_effects(
-    loaded: Any, members: pd.DataFrame, outcome: str = "spend", rows: int = 20_000
-) -> pd.DataFrame:
-    """The uplift model's effects on ``outcome`` only (``<outcome>:<treatment>`` columns), in
-    blocks of ``rows`` members: the ONNX pyfunc's encoder and session of that outcome, as its
-    ``predict`` would (the other outcomes are not computed, and the S-learner's stacked inputs
-    stay small). Other models: their whole ``predict`` output."""
-    model = _python_model(loaded)
-    sessions = getattr(model, "sessions_", None)
-    encoder = getattr(model, "encoder_", None)
-    if not sessions or encoder is None or outcome not in sessions:
-        return _predict(loaded, members)
-    columns = [f"{outcome}:{t}" for t in model.treatments_]
-    out = np.empty((len(members), len(columns)))
-    for a in range(0, len(members), rows):
-        X = encoder.transform(members.iloc[a : a + rows])
-        out[a : a + rows] = sessions[outcome].predict(X)
-    return pd.DataFrame(out, columns=columns)
 
 
 def scorer_feature_config(scorer: Scorer) -> FeatureConfig | None:

@@ -120,7 +120,8 @@ def _state(frame: pd.DataFrame, plan: SendPlan, events: pd.DataFrame | None) -> 
     if events is None:
         return None
     ids = frame[MEMBER_ID].astype(str).to_numpy(dtype=object)
-    return state_from_events(events, ids, plan.engine.offers, plan.context.as_of)
+    period = plan.engine.settings.caps.period_days
+    return state_from_events(events, ids, plan.engine.offers, plan.context.as_of, period)
 
 
 def partition_demand(

@@ -9,7 +9,7 @@ each offer's budget.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -23,9 +23,9 @@ from serving.engine.offers import OfferTable
 
 __all__ = [
     "EventArrays",
-    "MemberHistory",
     "MemberOfferState",
     "PastGrant",
+    "SnapshotHistory",
     "grant_arrays",
     "remaining_budgets",
     "state_from_arrays",
@@ -261,7 +261,7 @@ def state_from_arrays(
     return state
 
 
-class MemberHistory:
+class SnapshotHistory:
     """Past sends and redemptions of a member snapshot, grouped by member (built once at load;
     :meth:`state_one` is then a slice and a tiny :func:`state_from_arrays`)."""
 
@@ -273,7 +273,7 @@ class MemberHistory:
     @classmethod
     def from_events(
         cls, events: pd.DataFrame | None, member_ids: np.ndarray, offers: OfferTable
-    ) -> MemberHistory:
+    ) -> SnapshotHistory:
         arrays = (
             EventArrays.empty()
             if events is None
@@ -283,7 +283,7 @@ class MemberHistory:
 
     def member_events(self, row: int) -> EventArrays:
         """Row ``row``'s events as member 0 (no events for ``row < 0``: an unknown member)."""
-        if row < 0:
+        if row < 0 or row >= len(self.offsets) - 1:
             return EventArrays.empty()
         return self.events.take_member(int(self.offsets[row]), int(self.offsets[row + 1]))
 
@@ -299,6 +299,39 @@ class MemberHistory:
         grants, before ``as_of``."""
         events = self.member_events(row).concat(grant_arrays(grants, offers))
         return state_from_arrays(events, 1, offers, as_of, period_days)
+
+    def state_many(
+        self,
+        rows: np.ndarray,
+        offers: OfferTable,
+        as_of: pd.Timestamp | np.datetime64,
+        grants: Sequence[Iterable[PastGrant]] | None = None,
+        period_days: float = 7.0,
+    ) -> MemberOfferState:
+        """Counters of the members at snapshot ``rows`` (-1: unknown, no snapshot events),
+        with each member's store ``grants`` (aligned with ``rows``), before ``as_of``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        n = len(rows)
+        known = (rows >= 0) & (rows < len(self.offsets) - 1)
+        safe = np.where(known, rows, 0)
+        if not len(self.offsets) - 1:  # no snapshot members at all
+            known[:] = False
+            safe = np.zeros(n, dtype=np.int64)
+            start = np.zeros(n, dtype=np.int64)
+            count = np.zeros(n, dtype=np.int64)
+        else:
+            start = np.where(known, self.offsets[safe], 0)
+            count = np.where(known, self.offsets[safe + 1] - self.offsets[safe], 0)
+        total = int(count.sum())
+        member = np.repeat(np.arange(n, dtype=np.int64), count)
+        first = np.repeat(np.cumsum(count) - count, count)
+        idx = np.repeat(start, count) + (np.arange(total) - first)
+        e = self.events
+        events = EventArrays(member, e.cols[idx], e.channel[idx], e.ts[idx], e.kind[idx])
+        if grants is not None:
+            for i, member_grants in enumerate(grants):
+                events = events.concat(grant_arrays(member_grants, offers, row=i))
+        return state_from_arrays(events, n, offers, as_of, period_days)
 
 
 def _max_at(out: np.ndarray, rows: np.ndarray, cols: np.ndarray, ts: np.ndarray) -> None:

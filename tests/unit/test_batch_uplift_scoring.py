@@ -6,21 +6,16 @@ from __future__ import annotations
 import importlib.util
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from models.uplift import SLearner
 from models.uplift.encoding import FeatureEncoder
 from models.uplift.onnx_export import export_onnx
 from models.uplift.pyfunc import UpliftPyfunc, save_artifacts
-from serving.batch.scorers import (
-    UpliftHeadScorer,
-    effect_matrix,
-    load_model_dir,
-    uplift_effects,
-)
+from serving.batch.scorers import UpliftHeadScorer, load_model_dir
 from serving.batch.synthetic import synthetic_catalog, synthetic_members
 from serving.engine import OfferTable
+from serving.engine.adapters import predict_frame, uplift_matrix
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("onnxmltools") is None,
@@ -57,10 +52,19 @@ def test_effects_of_one_outcome_in_blocks_equal_the_pyfunc(model_dir):
     assert isinstance(loaded.model, UpliftPyfunc)
     members = synthetic_members(203, seed=9)
     full = loaded.predict(members)
-    got = uplift_effects(loaded, members, "spend", rows=50)
-    assert list(got.columns) == ["spend:bogo", "spend:credit"]
-    np.testing.assert_array_equal(got.to_numpy(), full[list(got.columns)].to_numpy())
-    assert np.abs(got.to_numpy()).max() > 0
+    only = predict_frame(loaded, members, {"outcomes": ["spend"]})
+    assert list(only.columns) == ["spend:bogo", "spend:credit"]
+    np.testing.assert_array_equal(only.to_numpy(), full[list(only.columns)].to_numpy())
+    offers = OfferTable.from_catalog(synthetic_catalog(12, 1000, seed=1))
+    got = uplift_matrix(loaded, members, offers, "spend", block_rows=50)
+    kinds = offers.kind_names()
+    for j in range(offers.n):
+        col = f"spend:{kinds[j]}"
+        want = full[col].to_numpy() if col in full else np.zeros(len(members))
+        np.testing.assert_array_equal(got[:, j], want)
+    assert np.abs(got).max() > 0
+    with pytest.raises(Exception, match="visits"):
+        predict_frame(loaded, members, {"outcomes": ["visits"]})
 
 
 def test_head_scorer_maps_effects_by_kind(model_dir):
@@ -77,5 +81,3 @@ def test_head_scorer_maps_effects_by_kind(model_dir):
         want = effects[col].to_numpy() if col in effects else np.zeros(40)
         np.testing.assert_array_equal(inputs.incremental_spend[:, j], want)
     assert "bogo" in set(kinds) and "credit" in set(kinds)
-    none = pd.DataFrame({"x": [1.0]})
-    assert effect_matrix(none, offers).shape == (1, offers.n)

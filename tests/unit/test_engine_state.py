@@ -9,7 +9,12 @@ import pytest
 from features.schema import CHANNELS
 from serving.engine.errors import EngineInputError
 from serving.engine.offers import OfferTable
-from serving.engine.state import remaining_budgets, state_from_events
+from serving.engine.state import (
+    PastGrant,
+    SnapshotHistory,
+    remaining_budgets,
+    state_from_events,
+)
 from tests.unit.test_engine_fixtures import AS_OF, catalog, col
 
 OFFERS = OfferTable.from_catalog(catalog())
@@ -95,3 +100,66 @@ def test_remaining_budgets_by_unit():
     assert np.isnan(left[col("pts")])
     many = events(*[("a", 3, "redeemed", "welcome", None)] * 12)
     assert remaining_budgets(OFFERS, many)[col("welcome")] == 0.0
+
+
+# ---- one member, many members, store grants: the same counters ------------------------------
+def _random_events(seed: int, members: list[str], n: int = 300) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    ids = list(OFFERS.ids)
+    return pd.DataFrame(
+        {
+            "member_id": rng.choice(members + ["unknown"], n),
+            "ts": AS_OF - pd.to_timedelta(rng.uniform(-3, 400, n), unit="D"),
+            "event": rng.choice(["sent", "sent", "redeemed", "viewed"], n),
+            "offer_id": rng.choice(ids, n),
+            "channel": rng.choice(list(CHANNELS) + [None], n),
+        }
+    )
+
+
+def _assert_same(a, b) -> None:
+    for name in ("received", "active", "channel_recent", "last_surprise", "surprises_year"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_snapshot_history_one_and_many_equal_the_batch_counters(seed):
+    members = [f"m{i}" for i in range(12)]
+    ev = _random_events(seed, members)
+    ids = np.array(members, dtype=object)
+    whole = state_from_events(ev, ids, OFFERS, AS_OF, period_days=7)
+    hist = SnapshotHistory.from_events(ev, ids, OFFERS)
+    assert whole.received.sum() > 0 and whole.last_surprise.max() >= 0
+    for r in range(len(members)):
+        _assert_same(hist.state_one(r, OFFERS, AS_OF, period_days=7), whole.take(np.array([r])))
+    rows = np.array([3, -1, 0, 11, 3])
+    many = hist.state_many(rows, OFFERS, AS_OF, period_days=7)
+    _assert_same(many.take(np.array([0, 2, 3, 4])), whole.take(np.array([3, 0, 11, 3])))
+    assert many.received[1].sum() == 0  # an unknown member has no snapshot history
+
+
+def test_store_grants_count_as_sends_and_redemptions():
+    t = AS_OF.to_pydatetime()
+    grants = [
+        PastGrant("welcome", "checkout", t - pd.Timedelta(days=2), False),
+        PastGrant("pts", "checkout", t - pd.Timedelta(days=1), False, redeemed=True),
+        PastGrant("bday", "checkout", t - pd.Timedelta(days=3), True),
+        PastGrant("no-such-offer", "checkout", t, False),
+    ]
+    as_events = events(
+        ("a", 2, "sent", "welcome", "checkout"),
+        ("a", 1, "sent", "pts", "checkout"),
+        ("a", 1, "redeemed", "pts", "checkout"),
+        ("a", 3, "sent", "bday", "checkout"),
+    )
+    want = state_from_events(as_events, IDS[:1], OFFERS, AS_OF, period_days=7)
+    empty = SnapshotHistory.from_events(None, np.zeros(0, dtype=object), OFFERS)
+    got = empty.state_one(-1, OFFERS, AS_OF, grants, period_days=7)
+    _assert_same(got, want)
+    assert got.received[0, col("welcome")] == 1 and got.active[0, col("welcome")]
+    assert not got.active[0, col("pts")]  # redeemed
+    assert got.last_surprise[0] == col("bday") and got.surprises_year[0] == 1
+    assert got.channel_recent[0, CHANNELS.index("checkout")] == 3
+    many = empty.state_many(np.array([-1, 5]), OFFERS, AS_OF, [grants, []], period_days=7)
+    _assert_same(many.take(np.array([0])), want)
+    assert many.received[1].sum() == 0

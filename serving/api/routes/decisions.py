@@ -60,6 +60,12 @@ def _request_id() -> str:
     return f"{_PROCESS}-{next(_SEQUENCE)}"
 
 
+def _decision_time(state: Any) -> pd.Timestamp:
+    """Now, or the configured ``OFFERS_DECISION_TIME`` (replays and cross-path tests)."""
+    fixed = getattr(state.settings, "decision_time", None)
+    return pd.Timestamp(fixed) if fixed is not None else _now()
+
+
 def _bundle(state: Any) -> ServingBundle:
     holder = state.bundle
     if holder is None or holder.current is None:
@@ -107,8 +113,9 @@ async def member_offers(
 ) -> MemberOffersResponse:
     """Ranked offers with explanations; unknown members get cold-start offers (fallback named)."""
     bundle = _bundle(state)
-    ctx = DecisionContext(channel, _now(), _request_id(), k=k)
-    d = bundle.decide_one(member_id, ctx, exhausted=state.bundle.exhausted)
+    ctx = DecisionContext(channel, _decision_time(state), _request_id(), k=k)
+    history = await state.history.get(member_id) if state.history is not None else ()
+    d = bundle.decide_one(member_id, ctx, exhausted=state.bundle.exhausted, history=history)
     _record(state, member_id, channel, d, bundle.versions)
     return MemberOffersResponse(
         decision_id=d["decision_id"],
@@ -124,7 +131,8 @@ async def member_offers(
 
 def _batch_lines(state: Any, bundle: ServingBundle, ids: list[str], ctx: DecisionContext) -> str:
     """NDJSON lines for one chunk of members (request order)."""
-    batch = bundle.decide(ids, ctx, exhausted=state.bundle.exhausted)
+    histories = [state.history.load(m) for m in ids] if state.history is not None else None
+    batch = bundle.decide(ids, ctx, exhausted=state.bundle.exhausted, histories=histories)
     lines = []
     fields = tuple(OfferOut.model_fields)
     for member_id, d in zip(
@@ -159,7 +167,7 @@ async def batch_offers(
     """Offers for up to 10,000 members as an NDJSON stream (one line per member)."""
     bundle = _bundle(state)
     ids = list(dict.fromkeys(body.member_ids))  # a member asked twice is decided once
-    ctx = DecisionContext(body.channel, _now(), _request_id(), k=body.k)
+    ctx = DecisionContext(body.channel, _decision_time(state), _request_id(), k=body.k)
 
     async def lines() -> AsyncIterator[str]:
         for start in range(0, len(ids), BATCH_CHUNK):
