@@ -180,13 +180,11 @@ def run_samples(
     total = sum(x["quantity"] * x["unit_price"] for x in basket)
     first_member = res.moment_member or members[1]
     regular = next(m for m in members[1:3] if m != first_member)
-    for who in (first_member, regular, COLD_MEMBER):
-        call(
-            "checkout",
-            "POST",
-            "/v1/checkout/rewards",
-            {"member_id": who, "basket": basket, "total": total, "store_id": "store-001"},
-        )
+    till = uuid.uuid4().hex[:8]  # the till's transaction ids: new on every run
+    for n, who in enumerate((first_member, regular, COLD_MEMBER)):
+        body = {"transaction_id": f"demo-{till}-{n + 1}", "member_id": who, "basket": basket,
+                "total": total, "store_id": "store-001"}  # fmt: skip
+        call("checkout", "POST", "/v1/checkout/rewards", body)
 
     console.rule("feedback client: viewed, redeemed, and a retry")
     decision = offers.body if offers.status == 200 else {}

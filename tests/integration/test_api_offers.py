@@ -251,8 +251,10 @@ def test_checkout_moments_and_batch(server, world) -> None:
     with server.client() as c:
         basket = [{"sku": "s1", "category": "coffee", "quantity": 2, "unit_price": 45.0}]
         r = c.post(
-            "/v1/checkout/rewards", json={"member_id": members[2], "basket": basket, "total": 90.0}
-        )
+            "/v1/checkout/rewards",
+            json={"transaction_id": "t-basic", "member_id": members[2], "basket": basket,
+                  "total": 90.0},
+        )  # fmt: skip
         assert r.status_code == 200, r.text
         out = r.json()
         assert out["model_versions"] == world["versions"] and out["decision_id"]
@@ -273,7 +275,8 @@ def test_checkout_moments_and_batch(server, world) -> None:
 
 def test_auth_and_validation(server, world) -> None:
     member = world["program"]["members"][0]
-    checkout = {"member_id": member, "basket": [{"quantity": 1, "unit_price": 5.0}], "total": 5.0}
+    checkout = {"transaction_id": "t-auth", "member_id": member,
+                "basket": [{"quantity": 1, "unit_price": 5.0}], "total": 5.0}  # fmt: skip
     with server.client(key=None) as c:
         assert c.get(f"/v1/members/{member}/offers").status_code == 401
         assert c.post("/v1/checkout/rewards", json=checkout).status_code == 401
@@ -407,7 +410,8 @@ def test_200_concurrent_checkouts_against_budget_50_grant_exactly_50(
         ) as c:
 
             def checkout(member: str) -> httpx.Response:
-                body = {"member_id": member, "basket": basket, "total": 80.0}
+                body = {"transaction_id": f"t-{member}", "member_id": member, "basket": basket,
+                        "total": 80.0}  # fmt: skip
                 return c.post("/v1/checkout/rewards", json=body)
 
             with ThreadPoolExecutor(max_workers=200) as pool:

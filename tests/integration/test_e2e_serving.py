@@ -173,7 +173,7 @@ def test_every_endpoint_with_auth_and_feedback(world) -> None:
     with _client(world, key=KEY_READ) as reader:
         assert reader.get(f"/v1/members/{member}/offers").status_code == 200
         basket = [{"quantity": 1, "unit_price": 5.0}]
-        body = {"member_id": member, "basket": basket, "total": 5.0}
+        body = {"transaction_id": "e2e-t0", "member_id": member, "basket": basket, "total": 5.0}
         assert reader.post("/v1/checkout/rewards", json=body).status_code == 403
         assert reader.post("/v1/admin/reload").status_code == 403
 
@@ -191,7 +191,8 @@ def test_every_endpoint_with_auth_and_feedback(world) -> None:
         ]
         checkouts = {}
         for who in (moment_member, COLD):
-            body = {"member_id": who, "basket": basket, "total": 45.0, "store_id": "s1"}
+            body = {"transaction_id": f"e2e-{who}", "member_id": who, "basket": basket,
+                    "total": 45.0, "store_id": "s1"}  # fmt: skip
             r = c.post("/v1/checkout/rewards", json=body)
             assert r.status_code == 200, r.text
             checkouts[who] = r.json()
@@ -278,7 +279,8 @@ def test_new_version_registered_promoted_and_reloaded(world) -> None:
         after = c.get(f"/v1/members/{member}/offers").json()
         assert after["model_versions"] == expected
         basket = [{"category": "coffee", "quantity": 1, "unit_price": 20.0}]
-        body = {"member_id": member, "basket": basket, "total": 20.0}
+        body = {"transaction_id": "e2e-reload", "member_id": member, "basket": basket,
+                "total": 20.0}  # fmt: skip
         assert c.post("/v1/checkout/rewards", json=body).json()["model_versions"] == expected
         r = c.post("/v1/offers/batch", json={"member_ids": world["members"][:3]})
         assert all(json.loads(x)["model_versions"] == expected for x in r.text.splitlines())
