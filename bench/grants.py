@@ -1,7 +1,7 @@
 """Checkout grant reservations: one commit per reservation (worker threads) vs group commit.
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/grants.py [--url sqlite:///...|postgresql://...]
-        [--runs 3] [--seconds 3] [--concurrency 1,64] [--rates 500,1000] [--items 1]
+        [--runs 3] [--seconds 3] [--concurrency 1,64] [--rates 500,1000] [--items 1] [--sessions]
 
 Each grant reserves ``--items`` offer budgets (amount 1 on a budget that never runs out) for a
 new member. ``single`` is today's route: each grant in an anyio worker thread (40 threads),
@@ -9,7 +9,9 @@ each reservation its own transaction and commit (``OffersStore.reserve_budget``)
 is :class:`serving.api.grants.GrantService`: one writer, one commit per group of waiting
 grants. Loads: closed loop (``--concurrency`` clients, each sending its next grant when the
 last one answered: the throughput ceiling) and open loop (``--rates`` grants/s on a fixed
-schedule, latency from the scheduled time: what checkout sees at that rate). The default store
+schedule, latency from the scheduled time: what checkout sees at that rate). ``--sessions``
+makes each grouped grant what a checkout commits now (a session row, grant rows, two cap
+counters per reward besides the budget). The default store
 is a fresh SQLite file in WAL mode with synchronous=FULL (an fsync per commit). Prints one JSON
 line per run and the medians over ``--runs`` with the grouped/single ratios.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import shutil
 import statistics
@@ -35,7 +38,14 @@ import numpy as np  # noqa: E402
 from anyio import to_thread  # noqa: E402
 
 from serving.api.grants import GrantService  # noqa: E402
-from serving.store import OffersStore, ReservationItem, open_store  # noqa: E402
+from serving.store import (  # noqa: E402
+    CapKey,
+    GrantRequest,
+    OffersStore,
+    ReservationItem,
+    SessionRecord,
+    open_store,
+)
 
 OFFERS = ("o1", "o2", "o3", "o4")
 
@@ -49,11 +59,36 @@ def _items(n: int) -> list[ReservationItem]:
     return [ReservationItem(OFFERS[i % len(OFFERS)], amount=1.0) for i in range(n)]
 
 
+_SEQ = itertools.count()
+
+
+def _checkout(items: list[ReservationItem]) -> GrantRequest:
+    """What a checkout commits since sessions: a new session row, one grant row per reward and,
+    per reward, its lifetime per-member cap and the channel frequency cap besides the budget."""
+    n = next(_SEQ)
+    member = f"m{n}"
+    freq = CapKey(member, "channel:checkout", "7d-2946", 1_000_000)
+    with_caps = tuple(
+        ReservationItem(i.offer_id, amount=i.amount,
+                        caps=(CapKey(member, f"offer:{i.offer_id}", "all", 1_000_000), freq))
+        for i in items
+    )  # fmt: skip
+    rewards = [{"offer_id": i.offer_id} for i in items]
+    session = SessionRecord(
+        f"bench-{n}", member, f"d-{n}", "checkout", {"rewards": rewards},
+        valid_until=(None,) * len(items), surprise=(False,) * len(items),
+    )  # fmt: skip
+    return GrantRequest(with_caps, session)
+
+
+SESSIONS = False  # --sessions
+
+
 async def _one(mode: str, store: OffersStore, service: GrantService, items) -> None:
     if mode == "single":
         await to_thread.run_sync(_single, store, items)
     else:
-        outcome = await service.reserve(items)
+        outcome = await service.reserve(_checkout(items) if SESSIONS else items)
         assert len(outcome.granted) == len(items), outcome
 
 
@@ -164,6 +199,12 @@ def main() -> None:
     parser.add_argument("--rates", default="500,1000")
     parser.add_argument("--items", type=int, default=1, help="reservations per grant")
     parser.add_argument(
+        "--sessions",
+        action="store_true",
+        help="grouped grants as checkout commits them: a session row, grant rows and two cap "
+        "counters (per-member, channel frequency) per reward besides the budget",
+    )
+    parser.add_argument(
         "--busy",
         type=float,
         default=0.0,
@@ -181,6 +222,8 @@ def main() -> None:
         "survives a process crash, not a machine crash",
     )
     args = parser.parse_args()
+    global SESSIONS
+    SESSIONS = args.sessions
     if args.seconds > 30 or args.runs > 10:
         parser.error("bounded: --seconds <= 30 and --runs <= 10")
     if not 0 <= args.busy <= 0.9:
@@ -219,6 +262,7 @@ def main() -> None:
             shutil.rmtree(cluster.root, ignore_errors=True)
         tmp.cleanup()
     sync = f" synchronous={args.synchronous}" if extra else ""
+    sync += ", grouped with sessions and caps" if args.sessions else ""
     print(
         f"\nmedian of {args.runs} runs ({store.dialect}{sync}, {args.items} reservation(s)/grant)"
     )
