@@ -28,6 +28,7 @@ def serve(
     import uvicorn
 
     from serving.api import create_app
+    from serving.api.limits import uvicorn_options
     from serving.settings import get_settings
 
     settings = get_settings()
@@ -41,7 +42,9 @@ def serve(
         f"serving on http://{bind_host}:{bind_port} "
         f"(store: {settings.resolved_database_url().split('://', 1)[0]}, workers: {workers})"
     )
-    # No access log: request paths carry member ids.
+    # Header read timeout, keep-alive timeout and connection limit from the OFFERS_* settings
+    # (docs/serving.md "Limits, timeouts and metrics"). No access log: paths carry member ids.
+    server_options = uvicorn_options(settings)
     if workers == 1:
         uvicorn.run(
             create_app(settings),
@@ -49,6 +52,7 @@ def serve(
             port=bind_port,
             log_level=log_level,
             access_log=False,
+            **server_options,
         )
         return
     from serving.api.app import prepare_shared_state
@@ -65,6 +69,7 @@ def serve(
         port=bind_port,
         log_level=log_level,
         access_log=False,
+        **server_options,
     )
 
 

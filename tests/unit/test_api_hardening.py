@@ -149,10 +149,10 @@ def test_event_time_window_edges_follow_the_settings(tmp_path):
     with TestClient(create_app(settings)) as c:
         ok = [_event("a", ts=_now_iso(-timedelta(days=9))), _event("b", ts=_now_iso())]
         assert c.post("/v1/events", json={"events": ok}, headers=W).status_code == 200
-        old = c.post("/v1/events", json={"events": [_event("c", ts=_now_iso(-timedelta(days=11)))]},
-                     headers=W)  # fmt: skip
-        ahead = c.post("/v1/events", json={"events": [_event("d", ts=_now_iso(timedelta(hours=2)))]},
-                       headers=W)  # fmt: skip
+        too_old = [_event("c", ts=_now_iso(-timedelta(days=11)))]
+        too_far = [_event("d", ts=_now_iso(timedelta(hours=2)))]
+        old = c.post("/v1/events", json={"events": too_old}, headers=W)
+        ahead = c.post("/v1/events", json={"events": too_far}, headers=W)
         assert old.status_code == 422 and ahead.status_code == 422
         assert "body.events.0.ts" in _fields(ahead)
 
@@ -230,3 +230,29 @@ def test_unknown_metrics_exposure_names_the_setting(monkeypatch):
     monkeypatch.setenv("OFFERS_METRICS_EXPOSURE", "public")
     with pytest.raises(ValueError, match="metrics_exposure"):
         ServingSettings()
+
+
+# -- item 7: `offers serve` hands the timeouts and the connection limit to uvicorn ----------
+def test_offers_serve_passes_timeouts_and_connection_limit(monkeypatch, tmp_path):
+    import uvicorn
+
+    from offers import cmd_serve
+    from serving.api.limits import HeaderTimeoutHttpToolsProtocol
+    from serving.settings import get_settings
+
+    calls: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    monkeypatch.setenv("OFFERS_HOME", str(tmp_path))
+    monkeypatch.setenv("OFFERS_MODELS", '{"offers-uplift": "models:/offers-uplift@champion"}')
+    monkeypatch.setenv("OFFERS_HEADER_READ_TIMEOUT_SECONDS", "3")
+    monkeypatch.setenv("OFFERS_KEEP_ALIVE_TIMEOUT_SECONDS", "2")
+    monkeypatch.setenv("OFFERS_MAX_CONNECTIONS", "77")
+    get_settings.cache_clear()
+    try:
+        cmd_serve.serve(host="127.0.0.1", port=8999, workers=1, log_level="warning")
+    finally:
+        get_settings.cache_clear()
+    [kw] = calls
+    assert kw["http"] is HeaderTimeoutHttpToolsProtocol
+    assert HeaderTimeoutHttpToolsProtocol.header_timeout == 3
+    assert (kw["timeout_keep_alive"], kw["limit_concurrency"]) == (2, 77)
