@@ -20,6 +20,7 @@ from features.schema import CHANNELS, EVENTS, LIFECYCLE_STAGES, OFFER_KINDS
 from features.sim import config as C
 from features.sim.config import SimConfig
 from features.sim.members import DAY, Members
+from features.sim.outcomes import Outcome, outcomes, outcomes_hard
 from features.sim.purchases import (
     Lines,
     Purchases,
@@ -27,13 +28,14 @@ from features.sim.purchases import (
     line_amounts,
     sample_categories,
 )
+from features.sim.qualify import category_bits
 from features.sim.response import (
     INDUCED_SIGMA,
+    Context,
     OfferParams,
-    Response,
     baseline_probability,
+    effects,
     redeem_probability,
-    respond,
 )
 
 __all__ = ["CampaignLog", "run_campaigns"]
@@ -51,6 +53,9 @@ class CampaignLog:
     truth: dict[str, list[np.ndarray]] = field(default_factory=dict)
     induced: list[Lines] = field(default_factory=list)
     bonus_points: np.ndarray | None = None
+    sends: np.ndarray | None = None  # per member: offers received over all campaigns
+    removed: np.ndarray | None = None  # basket numbers of baseline baskets that did not happen
+    budget_spent: np.ndarray | None = None  # per offer, in its budget's unit
 
     def add(self, store: dict[str, list[np.ndarray]], **cols: np.ndarray) -> None:
         for k, v in cols.items():
@@ -141,7 +146,8 @@ def _eligible(o: CatalogOffer, s: _State, m: Members, idx: np.ndarray, cfg: SimC
             ok &= np.isin(s.stage, [LIFECYCLE_STAGES.index(x) for x in e.lifecycle_stages])
         if e.segments is not None:
             known = [C.SEGMENTS.index(x) for x in e.segments if x in C.SEGMENTS]
-            ok &= np.isin(m.segment[idx], known)
+            seg = m.segment if m.published_segment is None else m.published_segment
+            ok &= np.isin(seg[idx], known)
         if e.min_points is not None:
             ok &= s.points >= e.min_points
     if o.moment == "birthday":
@@ -174,10 +180,14 @@ def _pool(
     day: date,
     channel: str,
     cfg: SimConfig,
+    open_: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Offers of one campaign: the least used regular offers plus every surprise offer."""
+    """Offers of one campaign: the least used regular offers plus every surprise offer
+    (``open_``: offers whose budget is not used up yet; default all)."""
     n_off = len(offers)
     valid = np.array([_valid_on(o, day, channel) for o in offers])
+    if open_ is not None:
+        valid &= open_
     surprise = np.array([o.surprise for o in offers])
     order = np.lexsort((rng.random(n_off), used))  # least used first, random tie-break
     regular = [i for i in order if valid[i] and not surprise[i]][: cfg.offers_per_campaign]
@@ -197,70 +207,6 @@ def _randomise(
     return control, col, prop
 
 
-@dataclass
-class _Outcome:
-    """What happened after one send to each treated member (see features.sim.response)."""
-
-    r: Response
-    p0_window: np.ndarray
-    p0_duration: np.ndarray
-    induced: np.ndarray
-    induced_ts: np.ndarray
-    redeemed: np.ndarray
-    redeemed_ts: np.ndarray
-    viewed: np.ndarray
-    viewed_ts: np.ndarray
-    dismissed: np.ndarray
-    dismissed_ts: np.ndarray
-
-
-def _outcomes(
-    rng: np.random.Generator,
-    m: Members,
-    p: Purchases,
-    mean_line: np.ndarray,
-    op: OfferParams,
-    cfg: SimConfig,
-    channel: str,
-    mi: np.ndarray,
-    oi: np.ndarray,
-    st: np.ndarray,
-) -> _Outcome:
-    n, w = len(mi), cfg.effect_window_days
-    r = respond(m, mean_line, op, mi, oi)
-    dur = np.minimum(op.duration[oi], w)
-    dur_s = (dur * DAY).astype(np.int64)
-    base_ts = p.first_at_or_after(mi, st)
-    has_base = base_ts < st + dur_s
-    induced = rng.random(n) < r.q
-    delay = np.maximum((dur_s * rng.beta(1.2, 2.5, n)).astype(np.int64), 300)
-    ind_ts = st + np.minimum(delay, dur_s - 1)
-    sure = ~induced & has_base & (rng.random(n) < r.alpha)  # redeemed on a baseline basket
-    redeemed = r.redeemable & (induced | sure)
-    red_ts = np.where(induced, ind_ts, np.where(has_base, base_ts, st))
-    vp = np.clip(m.view_prob[mi] * (1.1 if channel == "app" else 0.95), 0, 0.98)
-    viewed = redeemed | (rng.random(n) < vp)
-    free_view = st + np.minimum(rng.exponential(1.5 * DAY, n).astype(np.int64), w * DAY - 7200)
-    view_ts = np.where(
-        redeemed, st + ((red_ts - st) * rng.uniform(0.05, 0.95, n)).astype(np.int64), free_view
-    )
-    dismissed = viewed & ~redeemed & (rng.random(n) < cfg.dismiss_share)
-    dis_ts = np.minimum(view_ts + rng.exponential(2 * 3600, n).astype(np.int64), st + w * DAY - 1)
-    return _Outcome(
-        r=r,
-        p0_window=baseline_probability(m, mi, st, w),
-        p0_duration=baseline_probability(m, mi, st, dur),
-        induced=induced,
-        induced_ts=ind_ts,
-        redeemed=redeemed,
-        redeemed_ts=red_ts,
-        viewed=viewed,
-        viewed_ts=view_ts,
-        dismissed=dismissed,
-        dismissed_ts=dis_ts,
-    )
-
-
 def _induced_lines(
     rng: np.random.Generator,
     m: Members,
@@ -268,7 +214,7 @@ def _induced_lines(
     cfg: SimConfig,
     mi: np.ndarray,
     oi: np.ndarray,
-    out: _Outcome,
+    out: Outcome,
     first_basket: int,
 ) -> Lines:
     """Induced baskets: one line in the offer's category (or a liked one), >= min_spend."""
@@ -304,10 +250,27 @@ def run_campaigns(
     op: OfferParams,
     cfg: SimConfig,
     first_basket: int,
+    budgets: np.ndarray | None = None,
+    qualify: np.ndarray | None = None,
+    pair_seed: int = 0,
 ) -> CampaignLog:
-    """Run the past campaigns in time order; see the module docstring for the design."""
-    log = CampaignLog(bonus_points=np.zeros(m.n))
+    """Run the past campaigns in time order; see the module docstring for the design.
+
+    Non-easy levels: ``budgets`` (per offer, in the unit of its budget; inf: none) close an
+    offer to later campaigns once its redemptions used it up; ``qualify`` and ``pair_seed``
+    feed the response model (``features.sim.response.Context``).
+    """
+    d = cfg.difficulty
+    log = CampaignLog(bonus_points=np.zeros(m.n), sends=np.zeros(m.n, dtype=np.int32))
     offers = catalog.offers
+    log.budget_spent = np.zeros(len(offers))
+    unit_cost = np.array(
+        [o.cost if o.budget is not None and o.budget.unit == "money" else 1.0 for o in offers]
+    )
+    removed: list[np.ndarray] = []
+    if not d.is_easy:
+        p.basket_no = np.arange(len(p.key))
+        p.cat_bits = category_bits(p.lines.basket, p.lines.category, len(p.key))
     received = np.zeros((m.n, len(offers)), dtype=np.uint8)  # sends per member and offer
     used = np.zeros(len(offers))
     w = cfg.effect_window_days
@@ -340,7 +303,8 @@ def run_campaigns(
         cand = opted & (m.joined_at < t) & (rng.random(m.n) < cfg.campaign_share)
         idx = np.flatnonzero(cand)
         s = _state(m, p, log.induced, log.bonus_points, idx, t, cfg)
-        pool = _pool(rng, offers, used, send_date, channel, cfg)
+        open_ = None if budgets is None else log.budget_spent < budgets
+        pool = _pool(rng, offers, used, send_date, channel, cfg, open_)
         caps = np.array([offers[i].per_member_cap or 255 for i in pool])
         elig = np.column_stack([_eligible(offers[i], s, m, idx, cfg) for i in pool])
         elig &= received[idx][:, pool] < caps[None, :]
@@ -371,7 +335,15 @@ def run_campaigns(
         tr = ~control
         mi, oi, st, n_t = idx[tr], pool[col[tr]], send[tr], int(tr.sum())
         received[mi, oi] += 1
-        out = _outcomes(rng, m, p, mean_line, op, cfg, channel, mi, oi, st)
+        if d.is_easy:
+            out = outcomes(rng, m, p, mean_line, op, cfg, channel, mi, oi, st)
+            tau_c, tau_s = out.r.q * (1 - out.p0_window), out.r.q * out.r.mu
+        else:
+            ctx = Context(d, st, log.sends[mi], pair_seed, qualify)
+            out = outcomes_hard(rng, m, p, mean_line, op, cfg, channel, mi, oi, st, ctx)
+            _, tau_c, tau_s = effects(out.r, m, mi, st, w, d)
+        log.sends[mi] += 1
+        np.add.at(log.budget_spent, oi[out.redeemed], unit_cost[oi[out.redeemed]])
         emit(mi, st, "sent", oi, prop[tr])
         for ev, mask, ts in (
             ("viewed", out.viewed, out.viewed_ts),
@@ -388,8 +360,8 @@ def run_campaigns(
             propensity=prop[tr],
             p_baseline=out.p0_window,
             affinity=redeem_probability(out.r, out.p0_duration),
-            tau_conversion=out.r.q * (1 - out.p0_window),
-            tau_spend=out.r.q * out.r.mu,
+            tau_conversion=tau_c,
+            tau_spend=tau_s,
             treated=np.ones(n_t, bool),
         )
         got = out.redeemed & (op.kind[oi] == bonus_kind)
@@ -397,4 +369,9 @@ def run_campaigns(
         lines = _induced_lines(rng, m, op, cfg, mi, oi, out, next_basket)
         log.induced.append(lines)
         next_basket += len(lines.member)
+        if out.removed is not None and len(out.removed):
+            assert p.basket_no is not None
+            removed.append(p.basket_no[out.removed])
+            p = p.without(out.removed)
+    log.removed = np.concatenate(removed) if removed else np.zeros(0, dtype=np.int64)
     return log

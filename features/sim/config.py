@@ -13,9 +13,12 @@ from features.schema import OFFER_KINDS, TIERS
 
 __all__ = [
     "CATEGORIES",
+    "DIFFICULTIES",
     "KIND_INDEX",
     "SEGMENTS",
+    "Difficulty",
     "SimConfig",
+    "difficulty",
 ]
 
 # ---- product categories: mean price of one line (one unit) and base popularity -----------------
@@ -81,6 +84,70 @@ TXN_CHANNEL_P = np.array([0.80, 0.12, 0.08])
 
 
 @dataclass(frozen=True)
+class Difficulty:
+    """How hard the program's offers make a decision engine's life (docs/simulator.md).
+
+    ``easy`` is the original model: every send helps (q (1 - p0) >= 0), effects follow the
+    latent traits closely, every redemption is viewed, the published segment is the true one
+    and the catalog's budgets are used as written. The other levels switch on the mechanics
+    below; their default values are the ``realistic`` calibration.
+    """
+
+    name: str = "easy"
+    effect_scale: float = 1.0  # multiplier of the persuasion probability q
+    pair_sigma: float = 0.0  # sd of the log-normal per (member, offer) noise on q
+    harm_scale: float = 0.0  # mean chance that a send suppresses a baseline basket
+    pull_forward: float = 0.0  # P(an induced basket removes a baseline basket 14-42 d later)
+    pull_forward_days: int = 28  # length of that later window (after the 14-day window)
+    fatigue: float = 1.0  # response multiplier per earlier receipt (1: none)
+    lapsed_reach: float = 1.0  # persuasion multiplier for members past their lapse time
+    redemption_rules: bool = False  # a redemption needs a basket >= min_spend with the category
+    auto_apply_kinds: tuple[str, ...] = ()  # kinds applied at checkout (no view needed)
+    segment_accuracy: float = 1.0  # share of members whose published segment is the true one
+    budget_rate: float = 0.0  # reward budgets as a share of spend (0: the catalog's budgets)
+    mc_baskets: int = 64  # baskets per member to estimate P(a basket qualifies) (truth)
+
+    @property
+    def is_easy(self) -> bool:
+        return self.name == "easy"
+
+
+_REALISTIC = dict(
+    effect_scale=0.075,
+    pair_sigma=1.1,
+    harm_scale=0.012,
+    pull_forward=0.4,
+    fatigue=0.9,
+    lapsed_reach=0.35,
+    redemption_rules=True,
+    auto_apply_kinds=("bonus_points", "free_shipping"),
+    segment_accuracy=0.6,
+    budget_rate=0.004,
+)
+DIFFICULTIES: dict[str, Difficulty] = {
+    "easy": Difficulty(),
+    "realistic": Difficulty(name="realistic", **_REALISTIC),  # type: ignore[arg-type]
+    "hard": Difficulty(
+        name="hard",
+        **{  # type: ignore[arg-type]
+            **_REALISTIC,
+            "effect_scale": _REALISTIC["effect_scale"] / 2,  # type: ignore[operator]
+            "harm_scale": _REALISTIC["harm_scale"] * 2,  # type: ignore[operator]
+            "pull_forward": min(1.0, _REALISTIC["pull_forward"] * 2),  # type: ignore[operator]
+        },
+    ),
+}
+
+
+def difficulty(name: str) -> Difficulty:
+    """The named difficulty level (easy, realistic, hard); a clear error names a bad value."""
+    try:
+        return DIFFICULTIES[name]
+    except KeyError:
+        raise ValueError(f"difficulty: {name!r} is not one of {', '.join(DIFFICULTIES)}") from None
+
+
+@dataclass(frozen=True)
 class SimConfig:
     """Knobs of the simulation. Defaults give the documented program (docs/simulator.md)."""
 
@@ -110,6 +177,7 @@ class SimConfig:
     catalog_path: Path | None = None  # None: the example catalog shipped with the package
     chunk_rows: int = 2_000_000  # rows per chunk of vectorised work (bounds peak memory)
     tiers: tuple[str, ...] = field(default=TIERS)
+    difficulty: Difficulty = field(default_factory=Difficulty)  # easy | realistic | hard
 
     def __post_init__(self) -> None:
         if len(self.tier_thresholds) != len(self.tiers):
@@ -118,3 +186,5 @@ class SimConfig:
             raise ValueError(f"control_share: {self.control_share} is not in (0, 1)")
         if self.first_campaign_day + self.effect_window_days >= self.history_days:
             raise ValueError("first_campaign_day: no room for campaigns in the history")
+        if isinstance(self.difficulty, str):  # SimConfig(difficulty="realistic")
+            object.__setattr__(self, "difficulty", difficulty(self.difficulty))

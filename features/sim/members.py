@@ -9,7 +9,7 @@ import numpy as np
 from features.sim import config as C
 from features.sim.config import SimConfig
 
-__all__ = ["DAY", "Members", "make_members"]
+__all__ = ["DAY", "Members", "make_members", "publish_segment"]
 
 DAY = 86_400  # seconds
 YEAR_DAYS = 365.25
@@ -44,6 +44,9 @@ class Members:
     log_resp: np.ndarray  # float32 (n, n_kinds) log responsiveness per offer kind
     incr_z: np.ndarray  # float32 member shift of the incrementality logit
     keep_share: np.ndarray  # float32 share of earned points not yet spent
+    # The program's own segment label when it differs from the true ``segment`` (non-easy
+    # levels publish a noisy one; eligibility rules see only the published label).
+    published_segment: np.ndarray | None = None
 
     NO_LAPSE = np.iinfo(np.int64).max
 
@@ -127,3 +130,10 @@ def make_members(rng: np.random.Generator, n: int, cfg: SimConfig, end_s: int) -
         incr_z=incr_z,
         keep_share=keep_share,
     )
+
+
+def publish_segment(rng: np.random.Generator, m: Members, accuracy: float) -> np.ndarray:
+    """A noisy program segment: the true one for ``accuracy`` of the members, otherwise a
+    segment drawn at the population shares (which may coincide with the true one)."""
+    other = rng.choice(len(C.SEGMENTS), size=m.n, p=C.SEGMENT_SHARE).astype(np.int8)
+    return np.where(rng.random(m.n) < accuracy, m.segment, other).astype(np.int8)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,20 @@ from features import schema as S
 from features.catalog import Catalog, default_catalog_path, dump_catalog, load_catalog
 from features.io import to_canonical_frame, write_table
 from features.sim import config as C
+from features.sim import response as R
+from features.sim.budgets import effective_budgets, scale_budgets
 from features.sim.campaigns import CampaignLog, run_campaigns
 from features.sim.config import SimConfig
-from features.sim.members import DAY, Members, make_members
+from features.sim.members import DAY, Members, make_members, publish_segment
 from features.sim.purchases import Lines, make_purchases, mean_line_value
-from features.sim.response import baseline_probability, offer_params, redeem_probability, respond
+from features.sim.qualify import qualify_share
+from features.sim.response import (
+    Context,
+    baseline_probability,
+    offer_params,
+    redeem_probability,
+    respond,
+)
 
 __all__ = ["Program", "simulate"]
 
@@ -39,6 +49,7 @@ class Program:
     catalog: Catalog
     truth: dict[str, pd.DataFrame] = field(default_factory=dict)
     config: SimConfig = field(default_factory=SimConfig)
+    pair_seed: int = 0  # seed of the per-pair noise (non-easy levels; truth/difficulty.json)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The canonical tables by name."""
@@ -58,7 +69,21 @@ class Program:
         (out / "truth").mkdir(parents=True, exist_ok=True)
         for name, df in self.truth.items():
             _write_plain(df, out / "truth" / f"{name}.parquet")
+        (out / "truth" / DIFFICULTY_FILE).write_text(
+            json.dumps(difficulty_record(self.config, self.pair_seed), indent=2) + "\n",
+            encoding="utf-8",
+        )
         return out
+
+
+DIFFICULTY_FILE = "difficulty.json"
+
+
+def difficulty_record(cfg: SimConfig, pair_seed: int) -> dict:
+    """What ``truth/difficulty.json`` holds: the level, its parameters and the pair seed."""
+    d = asdict(cfg.difficulty)
+    d["auto_apply_kinds"] = list(d["auto_apply_kinds"])
+    return {"level": d.pop("name"), "pair_seed": pair_seed, **d}
 
 
 def _write_plain(df: pd.DataFrame, path: Path) -> None:
@@ -142,7 +167,10 @@ def _members_frame(
                 S.GENDER: _take(list(C.GENDERS), m.gender),
                 S.INCOME: m.income,
                 S.REGION: _take(list(C.REGIONS), m.region),
-                S.SEGMENT: _take(list(C.SEGMENTS), m.segment),
+                S.SEGMENT: _take(
+                    list(C.SEGMENTS),
+                    m.segment if m.published_segment is None else m.published_segment,
+                ),
                 S.EMAIL_OPT_IN: m.email_opt_in,
                 S.APP_OPT_IN: m.app_opt_in,
             }
@@ -241,6 +269,7 @@ def _truth(
     end_s: int,
     member_ids: pa.Array,
     log: CampaignLog,
+    ctx: Context | None = None,
 ) -> dict[str, pd.DataFrame]:
     """True affinity and effects of a send at ``end`` for every (member, offer)."""
     n, n_off = m.n, len(op.ids)
@@ -250,11 +279,16 @@ def _truth(
     members = np.arange(n)
     p0_w = baseline_probability(m, members, end_s, cfg.effect_window_days)
     for j in range(n_off):
-        r = respond(m, mean_line, op, members, np.full(n, j))
+        r = respond(m, mean_line, op, members, np.full(n, j), ctx)
         dur = min(op.duration[j], cfg.effect_window_days)
         aff[:, j] = redeem_probability(r, baseline_probability(m, members, end_s, dur))
-        tc[:, j] = r.q * (1 - p0_w)
-        ts_[:, j] = r.q * r.mu
+        if ctx is None:
+            tc[:, j] = r.q * (1 - p0_w)
+            ts_[:, j] = r.q * r.mu
+        else:
+            _, tc[:, j], ts_[:, j] = R.effects(
+                r, m, members, end_s, cfg.effect_window_days, cfg.difficulty
+            )
     mcodes = np.repeat(np.arange(n, dtype=np.int32), n_off)
     ocodes = np.tile(np.arange(n_off, dtype=np.int8 if n_off < 128 else np.int32), n)
     mid = pd.Categorical.from_codes(mcodes, categories=pd.Index(_str(member_ids)), validate=False)
@@ -287,6 +321,8 @@ def _truth(
         latent[f"pref_{c}"] = m.pref[:, i]
     for i, k in enumerate(S.OFFER_KINDS):
         latent[f"resp_{k}"] = np.exp(m.log_resp[:, i])
+    if m.published_segment is not None:  # the true segment is latent at the non-easy levels
+        latent["segment"] = _take(list(C.SEGMENTS), m.segment)
     ct = log.cat(log.truth)
     campaign = pd.DataFrame(
         {
@@ -315,6 +351,7 @@ def simulate(
     if n_members < 1:
         raise ValueError(f"n_members: {n_members} must be at least 1")
     cfg = config or SimConfig()
+    d = cfg.difficulty
     step = progress or (lambda msg: log.info("simulate: %s", msg))
     catalog = load_catalog(cfg.catalog_path or default_catalog_path())
     rng = np.random.default_rng(seed)
@@ -327,7 +364,27 @@ def simulate(
     op = offer_params(catalog, cfg.effect_window_days)
     step("campaigns")
     n_baskets = len(purchases.key)
-    log_ = run_campaigns(rng, m, purchases, mean_line, catalog, op, cfg, n_baskets)
+    budgets = qualify = None
+    pair_seed = int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0])
+    if not d.is_easy:
+        m.published_segment = publish_segment(rng, m, d.segment_accuracy)
+        if d.redemption_rules:
+            qualify = qualify_share(
+                m.pref, m.spend_scale, op.min_spend, op.category, d.mc_baskets, pair_seed
+            )
+        if d.budget_rate > 0:
+            per_year = purchases.cum_amount[-1] / m.n * 365 / cfg.history_days
+            catalog = scale_budgets(catalog, per_year, d.budget_rate)
+            budgets = effective_budgets(catalog, m.n)
+    log_ = run_campaigns(
+        rng, m, purchases, mean_line, catalog, op, cfg, n_baskets, budgets, qualify, pair_seed
+    )
+    if log_.removed is not None and len(log_.removed):  # baseline baskets that did not happen
+        ln = purchases.lines
+        keep = ~np.isin(ln.basket, log_.removed)
+        for f in ("member", "basket", "ts", "category", "sku", "quantity", "amount"):
+            setattr(ln, f, getattr(ln, f)[keep])
+        ln.channel, ln.store = ln.channel[keep], ln.store[keep]
 
     step("tiers and points")
     year_ago = end_s - 365 * DAY
@@ -349,7 +406,11 @@ def simulate(
     del lines
     events = _events_frame(log_, member_ids, list(op.ids))
     step("ground truth")
-    truth = _truth(m, mean_line, catalog, op, cfg, end_s, member_ids, log_)
+    ctx = None
+    if not d.is_easy:
+        assert log_.sends is not None
+        ctx = Context(d, end_s, log_.sends, pair_seed, qualify)
+    truth = _truth(m, mean_line, catalog, op, cfg, end_s, member_ids, log_, ctx)
     return Program(
         members=members,
         offers=offers,
@@ -358,4 +419,5 @@ def simulate(
         catalog=catalog,
         truth=truth,
         config=cfg,
+        pair_seed=pair_seed if not d.is_easy else 0,
     )

@@ -41,6 +41,10 @@ class Purchases:
     key: np.ndarray  # int64 sorted
     cum_amount: np.ndarray  # float64, len(key) + 1
     lines: Lines
+    # Non-easy levels only: basket number and category bit mask of each key position (baskets
+    # removed by harm or pull-forward leave ``key``; their lines are dropped at the end).
+    basket_no: np.ndarray | None = None
+    cat_bits: np.ndarray | None = None
 
     def member_key(self, member: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """Keys of (member, ts) pairs, for searchsorted against ``key``."""
@@ -61,6 +65,33 @@ class Purchases:
         k = self.key[np.maximum(pos, 0)]
         ok = (pos >= 0) & ((k >> self.bits) == member)
         return np.where(ok, (k & ((1 << self.bits) - 1)) + self.origin, -1)
+
+    def first_pos(self, member: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+        """Key position of each member's first basket in [start, stop) (-1 when none)."""
+        pos = np.searchsorted(self.key, self.member_key(member, start), side="left")
+        end = np.searchsorted(self.key, self.member_key(member, stop), side="left")
+        return np.where(pos < end, pos, -1)
+
+    def totals(self, pos: np.ndarray) -> np.ndarray:
+        """Basket totals at key positions."""
+        return self.cum_amount[pos + 1] - self.cum_amount[pos]
+
+    def without(self, pos: np.ndarray) -> Purchases:
+        """The same purchases without the baskets at key positions ``pos``."""
+        keep = np.ones(len(self.key), dtype=bool)
+        keep[pos] = False
+        amounts = np.diff(self.cum_amount)[keep]
+        cum = np.zeros(len(amounts) + 1)
+        np.cumsum(amounts, out=cum[1:])
+        return Purchases(
+            origin=self.origin,
+            bits=self.bits,
+            key=self.key[keep],
+            cum_amount=cum,
+            lines=self.lines,
+            basket_no=None if self.basket_no is None else self.basket_no[keep],
+            cat_bits=None if self.cat_bits is None else self.cat_bits[keep],
+        )
 
     def window(self, member: np.ndarray, start: np.ndarray, stop: np.ndarray) -> tuple:
         """Number and total amount of each member's baskets in [start, stop)."""
