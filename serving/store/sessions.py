@@ -9,7 +9,9 @@ A session is written ``open`` with its grants and reservations by the group comm
 
 A cancel releases the budget amount and every cap counter each of its rewards reserved,
 exactly (the ``grants`` row says what), unless the reward was redeemed: a redeemed reward
-stays counted. Every change is one transaction that re-checks the state it changes (a
+stays counted. Grant states: granted -> redeemed (feedback), released (cancel, return,
+abandoned session) or expired (validity ended unredeemed: budget back, caps still counted).
+Every change is one transaction that re-checks the state it changes (a
 conditional UPDATE), so repeating it or running it on two replicas at once changes nothing
 twice. Illegal transitions raise :class:`IllegalTransition` naming the current state.
 """
@@ -113,9 +115,14 @@ def get_session(engine: Any, transaction_id: str) -> dict[str, Any] | None:
     return None if row is None else dict(row._mapping)
 
 
-def _release(connection: Connection, rows: Iterable[Any], now: datetime) -> list[str]:
+def _release(
+    connection: Connection, rows: Iterable[Any], now: datetime, *, expired: bool = False
+) -> list[str]:
     """Release granted grant rows: state -> released (only from granted), then give back the
-    budget amount and the cap counts each one reserved. Returns the released offer ids."""
+    budget amount and the cap counts each one reserved. Returns the released offer ids.
+
+    ``expired``: the reward reached the member and lapsed unredeemed: state -> expired, the
+    budget is given back but the caps stay counted (the member did receive it)."""
     released = []
     floor = func.max if connection.dialect.name == "sqlite" else func.greatest
     for g in rows:
@@ -124,7 +131,7 @@ def _release(connection: Connection, rows: Iterable[Any], now: datetime) -> list
             .where(grants.c.transaction_id == g.transaction_id)
             .where(grants.c.offer_id == g.offer_id)
             .where(grants.c.state == "granted")
-            .values(state="released", released_at=now)
+            .values(state="expired" if expired else "released", released_at=now)
         ).rowcount
         if done != 1:
             continue  # released or redeemed meanwhile
@@ -134,7 +141,7 @@ def _release(connection: Connection, rows: Iterable[Any], now: datetime) -> list
                 .where(budgets.c.offer_id == g.offer_id)
                 .values(spent=floor(budgets.c.spent - float(g.amount), 0.0), updated_at=now)
             )
-        for cap_key, period in g.caps or []:
+        for cap_key, period in [] if expired else g.caps or []:
             connection.execute(
                 update(member_caps)
                 .where(member_caps.c.member_id == g.member_id)
@@ -214,8 +221,10 @@ def cancel_session(
 
 
 def sweep(engine: Any, now: datetime, open_seconds: float, limit: int = 10_000) -> SweepResult:
-    """Release grants whose validity ended unredeemed, and cancel (releasing their rewards)
-    sessions still open ``open_seconds`` after they were created. At most ``limit`` of each
+    """Expire grants whose validity ended unredeemed (their budget is given back, their caps
+    stay counted: the member received them), and cancel sessions still open ``open_seconds``
+    after they were created (everything their rewards reserved is given back: the answer may
+    never have reached the till). At most ``limit`` of each
     per call; concurrent sweeps on several replicas release nothing twice."""
     result = SweepResult()
     with engine.begin() as connection:
@@ -230,7 +239,7 @@ def sweep(engine: Any, now: datetime, open_seconds: float, limit: int = 10_000) 
                 .limit(limit),
             )
         ).all()
-        result.expired_grants = len(_release(connection, expired, now))
+        result.expired_grants = len(_release(connection, expired, now, expired=True))
         result.members.update(g.member_id for g in expired)
     cutoff = now - timedelta(seconds=open_seconds)
     with engine.connect() as connection:
@@ -272,7 +281,8 @@ def sweep(engine: Any, now: datetime, open_seconds: float, limit: int = 10_000) 
 
 
 def member_grants(engine: Any, member_id: str) -> list[Any]:
-    """The member's grants not released, oldest first, as engine history."""
+    """The member's grants not released (granted, redeemed or expired unredeemed), oldest
+    first, as engine history."""
     from serving.engine.state import PastGrant  # the engine package is heavy: import on use
 
     with engine.connect() as connection:

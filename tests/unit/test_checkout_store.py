@@ -186,17 +186,22 @@ def test_sweep_releases_expired_grants_and_abandoned_open_sessions(store):
     assert store.budget("a")["spent"] == 4.0
     result = store.sweep_sessions(open_seconds=3600)  # nothing open that long
     assert (result.expired_grants, result.abandoned_sessions) == (1, 0)
-    assert store.budget("a")["spent"] == 3.0 and store.cap_usage("m1", "all") == {"offer:a": 0}
+    # the expired reward's budget is back; the member received it: its cap stays counted
+    assert store.budget("a")["spent"] == 3.0 and store.cap_usage("m1", "all") == {"offer:a": 1}
+    assert [(g.offer_id, g.redeemed) for g in store.member_grants("m1")] == [("a", False)]
+    assert store.cap_usage("m3", "all") == {"offer:a": 1}
     result = store.sweep_sessions(open_seconds=0, now=utcnow() + timedelta(seconds=1))
     assert (result.expired_grants, result.abandoned_sessions, result.released_grants) == (0, 1, 1)
     assert result.members == {"m3"}
     assert store.get_session("open")["state"] == "cancelled"
     assert store.get_session("closed")["state"] == "closed"
     assert store.budget("a")["spent"] == 2.0
+    assert store.cap_usage("m3", "all") == {"offer:a": 0}  # never confirmed: all given back
+    assert store.member_grants("m3") == []
     again = store.sweep_sessions(open_seconds=0, now=utcnow() + timedelta(seconds=1))
     assert (again.expired_grants, again.abandoned_sessions) == (0, 0)
     counts = store.grant_counts()["a"]
-    assert counts == {"granted": 2, "released": 2}
+    assert counts == {"granted": 2, "released": 1, "expired": 1}
 
 
 def _offer(offer_id: str) -> dict:
