@@ -180,11 +180,12 @@ def run_samples(
     total = sum(x["quantity"] * x["unit_price"] for x in basket)
     first_member = res.moment_member or members[1]
     regular = next(m for m in members[1:3] if m != first_member)
-    till = uuid.uuid4().hex[:8]  # the till's transaction ids: new on every run
     for n, who in enumerate((first_member, regular, COLD_MEMBER)):
-        body = {"transaction_id": f"demo-{till}-{n + 1}", "member_id": who, "basket": basket,
-                "total": total, "store_id": "store-001"}  # fmt: skip
-        call("checkout", "POST", "/v1/checkout/rewards", body)
+        tid = f"demo-{run_id}-till-{n + 1}"  # the till's transaction id: a retry sends it again
+        body = {"transaction_id": tid, "member_id": who, "basket": basket, "total": total,
+                "store_id": "store-001"}  # fmt: skip
+        if call("checkout", "POST", "/v1/checkout/rewards", body).status == 200:
+            call("checkout", "POST", f"/v1/checkout/{tid}/close")  # the answer reached the till
 
     console.rule("feedback client: viewed, redeemed, and a retry")
     decision = offers.body if offers.status == 200 else {}
