@@ -537,7 +537,9 @@ def _off_policy(engine, tables, train, T, aff, up, truth, margin):
 
 # ---- CLI ---------------------------------------------------------------------------------------
 def evaluate_policy(
-    data: Annotated[Path, typer.Option("--data", help="a simulated program (offers simulate)")],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="a simulated program (offers simulate)")
+    ] = None,
     channel: Annotated[str, typer.Option(help="channel of the send")] = "email",
     k: Annotated[int, typer.Option(min=1, help="offers per member")] = 1,
     budget_scale: Annotated[
@@ -552,12 +554,29 @@ def evaluate_policy(
     als_trials: Annotated[int, typer.Option(min=1, help="ALS configurations tried")] = 3,
     trees: Annotated[int, typer.Option(min=10, help="boosting rounds of the outcome models")] = 200,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="randomised real data instead: hillstrom, starbucks or open-bandit"),
+    ] = None,
+    dataset_set: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="--dataset setting KEY=VALUE (docs/benchmarks.md)"),
+    ] = None,
 ) -> None:
     """Engine vs affinity top-k, random and oracle on a simulated program.
 
     True values of a send at the data end, and off-policy estimates (IPS, SNIPS, DR) from the
-    logged campaigns next to the truth.
+    logged campaigns next to the truth. With --dataset: the engine's send policy valued on a
+    randomised real data set (training.policy).
     """
+    if dataset is not None:
+        from training.policy.cli import evaluate_dataset
+
+        evaluate_dataset(dataset, dataset_set, seed, as_json)
+        return
+    if data is None:
+        console.print("[red]error:[/] --data (a simulated program) or --dataset is required")
+        raise typer.Exit(code=1)
     if grain not in (KIND, OFFER):
         console.print(f"[red]error:[/] --grain: {grain!r} is not 'kind' or 'offer'")
         raise typer.Exit(code=1)
