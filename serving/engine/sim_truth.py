@@ -7,13 +7,17 @@ from those traits (``features.sim.response``), so the true value of *any* offer 
 at *any* time can be computed: what an evaluation needs for counterfactual actions at past
 campaign sends, not only for the offer that was logged. ``tests/integration/test_policy_eval``
 checks that the rebuilt model reproduces ``truth/affinity`` and ``truth/effects``.
+At the non-easy difficulty levels (``truth/difficulty.json``) the response also depends on the
+member's earlier receipts (read from ``offer_events``), a per-pair noise seed and the share of
+baskets that qualify for each offer, all rebuilt here the way the simulator drew them.
 
 Nothing in the decision path may import this module.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +26,14 @@ import pandas as pd
 from features import schema as S
 from features.catalog import Catalog, load_catalog
 from features.sim import config as C
-from features.sim.config import SimConfig
+from features.sim.config import Difficulty, SimConfig
 from features.sim.members import Members
 from features.sim.purchases import mean_line_value
+from features.sim.qualify import qualify_share
 from features.sim.response import (
+    Context,
     baseline_probability,
+    effects,
     offer_params,
     redeem_probability,
     respond,
@@ -44,6 +51,10 @@ class SimulatedTruth:
     members: Members
     catalog: Catalog
     window_days: int
+    difficulty: Difficulty = field(default_factory=Difficulty)
+    pair_seed: int = 0
+    qualify: np.ndarray | None = None  # (members, offers) share of baskets that qualify
+    send_keys: np.ndarray | None = None  # sorted member_row << 32 | send time (s)
 
     @classmethod
     def load(cls, data_dir: Path | str, config: SimConfig | None = None) -> SimulatedTruth:
@@ -92,7 +103,30 @@ class SimulatedTruth:
             keep_share=latent["points_keep_share"].to_numpy(dtype=f32),
         )
         catalog = load_catalog(d / "catalog.yaml")
-        return cls(latent[S.MEMBER_ID].to_numpy(dtype=object), m, catalog, cfg.effect_window_days)
+        ids = latent[S.MEMBER_ID].to_numpy(dtype=object)
+        level, seed = _difficulty(d / "truth" / "difficulty.json")
+        if level.is_easy:
+            return cls(ids, m, catalog, cfg.effect_window_days)
+        op = offer_params(catalog, cfg.effect_window_days)
+        qualify = None
+        if level.redemption_rules:
+            qualify = qualify_share(
+                m.pref, m.spend_scale, op.min_spend, op.category, level.mc_baskets, seed
+            )
+        events = pd.read_parquet(d / "offer_events.parquet", columns=[S.MEMBER_ID, S.TS, S.EVENT])
+        sent = events[events[S.EVENT] == "sent"]
+        rows = pd.Index(ids).get_indexer(sent[S.MEMBER_ID].to_numpy(dtype=object))
+        ts = sent[S.TS].to_numpy(dtype="datetime64[s]").astype(np.int64)
+        keys = np.sort((rows.astype(np.int64) << 32) | ts)
+        return cls(ids, m, catalog, cfg.effect_window_days, level, seed, qualify, keys)
+
+    def receipts_before(self, member_rows: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Offers each member received strictly before ``t`` (the fatigue count)."""
+        if self.send_keys is None:
+            return np.zeros(len(member_rows), dtype=np.int64)
+        lo = np.searchsorted(self.send_keys, member_rows << 32, side="left")
+        hi = np.searchsorted(self.send_keys, (member_rows << 32) | t, side="left")
+        return hi - lo
 
     def rows(self, member_ids: np.ndarray | list[str]) -> np.ndarray:
         """Positions of the given member ids (raises on an unknown id)."""
@@ -116,10 +150,17 @@ class SimulatedTruth:
             np.asarray(at, dtype="datetime64[s]").astype(np.int64), mi.shape
         ).astype(np.int64)
         op = offer_params(self.catalog, self.window_days)
-        r = respond(self.members, mean_line_value(self.members), op, mi, oi)
+        ctx = None
+        if not self.difficulty.is_easy:
+            n_prev = self.receipts_before(mi, t)
+            ctx = Context(self.difficulty, t, n_prev, self.pair_seed, self.qualify)
+        r = respond(self.members, mean_line_value(self.members), op, mi, oi, ctx)
         dur = np.minimum(op.duration[oi], self.window_days)
         p = redeem_probability(r, baseline_probability(self.members, mi, t, dur))
-        return p.astype(np.float64), (r.q * r.mu).astype(np.float64)
+        if ctx is None:
+            return p.astype(np.float64), (r.q * r.mu).astype(np.float64)
+        _, _, tau_s = effects(r, self.members, mi, t, self.window_days, self.difficulty)
+        return p.astype(np.float64), tau_s.astype(np.float64)
 
     def logger_support(
         self,
@@ -181,3 +222,20 @@ class SimulatedTruth:
         oi = np.tile(np.arange(m), len(rows))
         p, s = self.pairs(mi, oi, pd.Timestamp(at))
         return p.reshape(len(rows), m), s.reshape(len(rows), m)
+
+
+def _difficulty(path: Path) -> tuple[Difficulty, int]:
+    """The level and pair seed of ``truth/difficulty.json`` (easy when the file is absent:
+    programs written before the levels existed)."""
+    if not path.is_file():
+        return Difficulty(), 0
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw = dict(raw)
+    seed = int(raw.pop("pair_seed", 0))
+    name = raw.pop("level", "easy")
+    known = set(Difficulty.__dataclass_fields__)
+    unknown = set(raw) - known
+    if unknown:
+        raise EngineInputError(f"{path}: unknown field(s) {sorted(unknown)}")
+    raw["auto_apply_kinds"] = tuple(raw.get("auto_apply_kinds", ()))
+    return Difficulty(name=name, **raw), seed
