@@ -43,6 +43,7 @@ TransactionId = Annotated[str, Path(min_length=1, max_length=64, pattern=_ID_PAT
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse},
     403: {"model": ErrorResponse},
+    404: {"model": ErrorResponse},
     409: {"model": ErrorResponse},
     422: {"model": ErrorResponse},
     503: {"model": ErrorResponse},
