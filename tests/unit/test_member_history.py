@@ -1,0 +1,135 @@
+"""MemberHistory (LRU + TTL cache of store grants) and the grant plan's caps and validity."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from serving.api.checkout import lines_total, total_mismatch
+from serving.api.grants import frequency_period, plan_grant, valid_until
+from serving.api.history import MemberHistory
+from serving.engine.state import PastGrant
+
+T0 = datetime(2026, 12, 2, 10, 0)
+
+
+class _Reads:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.rows: dict[str, list[PastGrant]] = {}
+
+    def __call__(self, member_id: str) -> list[PastGrant]:
+        self.calls.append(member_id)
+        return list(self.rows.get(member_id, []))
+
+
+def _grant(offer: str) -> PastGrant:
+    return PastGrant(offer, "checkout", T0, False)
+
+
+def test_history_hits_the_cache_until_the_ttl_then_reads_the_store_again():
+    reads, now = _Reads(), [0.0]
+    reads.rows["m1"] = [_grant("a")]
+    history = MemberHistory(reads, ttl_seconds=30, clock=lambda: now[0])
+    assert asyncio.run(history.get("m1")) == (_grant("a"),)
+    now[0] = 29.0
+    reads.rows["m1"] = [_grant("a"), _grant("b")]  # another replica granted b
+    assert asyncio.run(history.get("m1")) == (_grant("a"),)  # cached
+    now[0] = 31.0
+    assert asyncio.run(history.get("m1")) == (_grant("a"), _grant("b"))
+    assert reads.calls == ["m1", "m1"] and (history.hits, history.misses) == (1, 2)
+
+
+def test_own_grants_update_the_entry_and_cancels_forget_it():
+    reads = _Reads()
+    history = MemberHistory(reads, ttl_seconds=60, clock=lambda: 0.0)
+    assert asyncio.run(history.get("m1")) == ()
+    history.add("m1", [_grant("a")])
+    assert history.load("m1") == (_grant("a"),) and reads.calls == ["m1"]
+    history.add("m2", [_grant("a")])  # not cached: read from the store when needed
+    assert history.cached("m2") is None
+    reads.rows["m1"] = []  # cancelled in the store
+    history.invalidate(["m1"])
+    assert history.load("m1") == () and reads.calls == ["m1", "m1"]
+
+
+def test_history_is_bounded_least_recently_used_first():
+    history = MemberHistory(_Reads(), max_members=2, clock=lambda: 0.0)
+    for m in ("m1", "m2"):
+        history.load(m)
+    history.load("m1")  # m1 used last
+    history.load("m3")
+    assert len(history) == 2
+    assert history.cached("m2") is None and history.cached("m1") == ()
+    with pytest.raises(ValueError, match="max_members"):
+        MemberHistory(_Reads(), max_members=0)
+
+
+def _bundle() -> SimpleNamespace:
+    offers = SimpleNamespace(
+        ids=("capped", "free", "surprise"),
+        cost=np.array([1.0, 2.0, 3.0]),
+        budget_unit=("count", "money", "count"),
+        per_member_cap=np.array([1, 2**31 - 1, 2**31 - 1]),
+        valid_to=np.array(["2026-12-10", "2999-12-31", "2999-12-31"], dtype="datetime64[D]"),
+        duration_days=np.array([14.0, 3.0, np.nan]),
+    )
+    settings = SimpleNamespace(
+        surprise=SimpleNamespace(yearly_cap=2),
+        caps=SimpleNamespace(per_channel={"checkout": 8}, period_days=7.0),
+    )
+    return SimpleNamespace(engine=SimpleNamespace(offers=offers, settings=settings))
+
+
+def test_plan_counts_the_lifetime_cap_the_channel_frequency_cap_and_the_surprise_cap():
+    offers = [
+        {"offer_id": "capped", "surprise": False},
+        {"offer_id": "free", "surprise": False},
+        {"offer_id": "surprise", "surprise": True},
+    ]
+    items = plan_grant(
+        "m1", offers, bundle=_bundle(), counters={"capped"}, channel="checkout", now=T0
+    )
+    bucket = frequency_period(T0, 7.0)
+    keys = [[(c.cap_key, c.period, c.cap) for c in i.all_caps] for i in items]
+    assert keys == [
+        [("offer:capped", "all", 1), ("channel:checkout", bucket, 8)],
+        [("channel:checkout", bucket, 8)],
+        [("surprise", "2026", 2), ("channel:checkout", bucket, 8)],
+    ]
+    assert [i.amount for i in items] == [1.0, None, None]
+    web = plan_grant("m1", offers[:1], bundle=_bundle(), counters=(), channel="web", now=T0)
+    assert [c.cap_key for c in web[0].all_caps] == ["offer:capped"]  # no cap for web
+
+
+def test_frequency_buckets_are_fixed_windows_from_the_epoch():
+    assert frequency_period(datetime(1970, 1, 7, 23, 59), 7.0) == "7d-0"
+    assert frequency_period(datetime(1970, 1, 8), 7.0) == "7d-1"
+    assert frequency_period(datetime(2026, 12, 2), 7.0) == frequency_period(
+        datetime(2026, 11, 26), 7.0
+    )  # Thursday 26 Nov .. Wednesday 2 Dec
+    assert frequency_period(datetime(2026, 12, 3), 7.0) != frequency_period(
+        datetime(2026, 12, 2), 7.0
+    )
+
+
+def test_valid_until_is_the_validity_end_or_the_duration_whichever_first():
+    o = _bundle().engine.offers
+    assert valid_until(o, 0, T0) == datetime(2026, 12, 11)  # valid_to inclusive, before 14 days
+    assert valid_until(o, 1, T0) == datetime(2026, 12, 5, 10, 0)  # 3 days
+    assert valid_until(o, 2, T0) is None
+
+
+def test_total_must_match_the_lines_within_a_cent_or_one_percent():
+    basket = [
+        SimpleNamespace(quantity=4, unit_price=20.0),
+        SimpleNamespace(quantity=1, unit_price=0.1),
+    ]
+    assert lines_total(basket) == pytest.approx(80.1)
+    assert not total_mismatch(80.1, 80.1) and not total_mismatch(80.9, 80.1)
+    assert total_mismatch(81.0, 80.1) and total_mismatch(1e7, 0.01)
+    assert not total_mismatch(0.02, 0.01) and total_mismatch(0.03, 0.01)
