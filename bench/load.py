@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -80,8 +81,23 @@ def request_for(kind: str, member: str, host: str, key: str) -> bytes:
             "GET", f"/v1/members/{member}/offers?channel=app&k=3", host, key, None
         )
     basket = [{"category": "grocery", "quantity": 2, "unit_price": 15.0}]
-    body = json.dumps({"member_id": member, "basket": basket, "total": 30.0}).encode()
-    return encode_request("POST", "/v1/checkout/rewards", host, key, body)
+    body = {"transaction_id": f"load-{TID_MARK.decode()}", "member_id": member,
+            "basket": basket, "total": 30.0}  # fmt: skip
+    return encode_request("POST", "/v1/checkout/rewards", host, key, json.dumps(body).encode())
+
+
+TID_MARK = b"@" * 16  # replaced by a unique id in every checkout sent (a new transaction each)
+_TIDS = itertools.count()
+
+
+def fresh_transactions(requests: list[bytes]) -> list[bytes]:
+    """The requests with every checkout's transaction id made unique (same length: the
+    Content-Length stays right). Done before a step starts, outside the timed loop."""
+    prefix = f"{os.getpid() % 0xFFFFFF:06x}".encode()
+    return [
+        r.replace(TID_MARK, prefix + f"{next(_TIDS):010x}".encode()) if TID_MARK in r else r
+        for r in requests
+    ]
 
 
 # -- response parsing ----------------------------------------------------------------------
@@ -361,6 +377,7 @@ def worker(conn: mp.connection.Connection, host: str, port: int, concurrency: in
                 continue
             _, pool, picks, start, interval, timeout = message
             requests = [pool[i] for i in np.frombuffer(picks, dtype=np.int32).tolist()]
+            requests = fresh_transactions(requests)
             gen.timeout = timeout
             cpu0 = time.process_time()
             counts = await gen.step(requests, start, interval)

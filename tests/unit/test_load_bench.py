@@ -4,6 +4,7 @@ and the printed statistics."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import threading
 import time
@@ -76,6 +77,15 @@ def test_encoded_requests_carry_key_and_body_length():
     assert b"X-API-Key: secret" in head
     assert f"Content-Length: {len(body)}".encode() in head and b'"member_id": "M1"' in body
     assert load.request_for("offers", "M7", "h:1", "k").startswith(b"GET /v1/members/M7/offers?")
+
+
+def test_every_checkout_sent_is_a_new_transaction_of_the_same_length():
+    data = load.request_for("checkout", "M1", "127.0.0.1:8000", "secret")
+    sent = load.fresh_transactions([data, data, b"GET /healthz"])
+    assert len({sent[0], sent[1]}) == 2 and sent[2] == b"GET /healthz"
+    assert all(len(x) == len(data) and load.TID_MARK not in x for x in sent[:2])
+    body = json.loads(sent[0].partition(b"\r\n\r\n")[2])
+    assert body["transaction_id"].startswith("load-") and len(body["transaction_id"]) == 21
 
 
 def test_generator_counts_answers_errors_timeouts_and_drops(server):
