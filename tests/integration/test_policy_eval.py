@@ -68,15 +68,35 @@ def test_evaluate_policy_json(program_dir):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     policies = report["policies"]
-    assert list(policies) == ["engine", "affinity_top_k", "random", "oracle"]
+    assert list(policies) == [
+        "engine",
+        "affinity_top_k",
+        "random",
+        "oracle",
+        "random_at_engine_spend",
+        "oracle_at_engine_spend",
+    ]
     for name, r in policies.items():
         for key in ("true_incremental_value", "spend", "redemptions", "sends"):
             assert np.isfinite(r[key]), (name, key)
-        assert set(r["off_policy"]) >= {"truth", "ips", "snips", "dr"}
+        if name in ("engine", "affinity_top_k", "random", "oracle"):
+            assert set(r["off_policy"]) >= {"truth", "ips", "snips", "dr"}
         assert r["sends"] <= report["setup"]["members"]  # k = 1
     # the oracle allocates on the true values under the same constraints
-    best_other = max(r["true_incremental_value"] for n, r in policies.items() if n != "oracle")
+    best_other = max(r["true_incremental_value"] for n, r in policies.items() if "oracle" not in n)
     assert policies["oracle"]["true_incremental_value"] >= best_other
+    # equal spend: random and the oracle spend at most what the engine spends (true expected)
+    spend = policies["engine"]["spend"]
+    for name in ("random_at_engine_spend", "oracle_at_engine_spend"):
+        assert policies[name]["spend"] <= spend * (1 + 1e-6) + 1e-6, name
+    at = policies["oracle_at_engine_spend"]["true_incremental_value"]
+    assert at >= policies["random_at_engine_spend"]["true_incremental_value"]
+    assert report["ratios"]["share_of_oracle_at_engine_spend"] is None or (
+        report["ratios"]["share_of_oracle_at_engine_spend"] <= 1.0 + 1e-9
+    )
+    # what ships: versions from the scratch registry, trained before T and to the end
+    assert set(report["models"]["end"]) == {"affinity", "uplift"}
+    assert report["setup"]["held_out_campaign_start"] < report["setup"]["as_of"]
     assert policies["oracle"]["off_policy"]["truth"] >= policies["random"]["off_policy"]["truth"]
     assert report["off_policy_setup"]["contexts"] > 0
     assert set(report["engine_vs_affinity_top_k"]) >= {"value_ratio", "spend_ratio", "goal_met"}

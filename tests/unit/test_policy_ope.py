@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.engine.policy_eval import (
+from training.policy.evaluate import (
     LoggedDecisions,
     off_policy_estimates,
     one_hot,

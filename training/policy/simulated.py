@@ -1,0 +1,449 @@
+"""``offers evaluate policy --data DIR``: the shipped decision path against simple policies on a
+simulated program, whose true effects are known (``truth/``).
+
+What is evaluated is what ships:
+
+* the models are trained by the same code as ``offers train affinity`` / ``offers train
+  uplift`` (:func:`training.affinity_train.train_affinity`,
+  :func:`training.uplift_train.train_uplift`), registered in a scratch MLflow registry and made
+  champion;
+* they are loaded by the service's loader (:func:`serving.loader.load_model`), turned into
+  engine inputs by the one adapter (:func:`serving.engine.adapters.model_inputs`) and decided
+  by the same :class:`~serving.engine.DecisionEngine`, with the members' history
+  (``state_from_events``) and consent, as the API and ``offers score`` do.
+
+Two fits:
+
+* **before T** (T = the start of the latest logged campaign, held out): trained on a copy of
+  the data cut at T; the policies then act on the campaigns logged at or after T, which these
+  models never saw, for the off-policy estimates (IPS, SNIPS, DR) next to the truth;
+* **to the end of the data**: the policies decide a new send at the observation end, scored
+  with the truth. Every ratio is also taken at equal spend: random and the oracle are given
+  the engine's (true expected) spend.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features import schema as S
+from features.catalog import load_catalog
+from features.io import write_table
+from features.pipeline import load_tables, member_features
+from features.validate import load_dir
+from serving.engine import (
+    DecisionContext,
+    DecisionEngine,
+    EngineSettings,
+    FallbackTables,
+    state_from_events,
+)
+from serving.engine.adapters import model_inputs
+from serving.engine.allocation import Budgets, allocate
+from serving.engine.settings import PERSONALISED, ExplorationSettings, HoldoutSettings
+from serving.engine.sim_truth import SimulatedTruth
+from serving.loader import load_model
+from training.policy.evaluate import (
+    LoggedDecisions,
+    baseline_picks,
+    evaluate_send,
+    off_policy_estimates,
+    one_hot,
+    summary,
+    truth_of_picks,
+)
+
+__all__ = ["ShippedModels", "run_policy_evaluation", "train_shipped"]
+
+log = logging.getLogger(__name__)
+Step = Callable[[str], None]
+AFFINITY_URI = "models:/offers-affinity@champion"
+UPLIFT_URI = "models:/offers-uplift@champion"
+QUICK_UPLIFT_PARAMS = {"n_estimators": 60, "learning_rate": 0.1, "min_child_samples": 100}
+
+
+@dataclass
+class ShippedModels:
+    """The champions of a scratch registry, loaded as serving loads them."""
+
+    affinity: Any
+    uplift: Any
+    versions: dict[str, str]
+    feature_config: Any
+
+    def inputs(self, members: pd.DataFrame, engine: DecisionEngine, segment_column: str) -> Any:
+        return model_inputs(
+            self.affinity,
+            self.uplift,
+            members,
+            engine.offers,
+            segment_column=segment_column,
+            model_versions=self.versions,
+        )
+
+
+def train_shipped(
+    data_dir: Path, work: Path, seed: int = 0, als_trials: int = 1, trees: int | None = None
+) -> ShippedModels:
+    """Train both models on ``data_dir`` with the code of ``offers train``, register them in a
+    scratch registry under ``work``, make them champion and load them with serving's loader."""
+    from features.config import FeatureConfig
+    from training.affinity_eval import EvalSettings
+    from training.affinity_search import SearchSettings
+    from training.affinity_train import train_affinity
+    from training.registry import ModelRegistry
+    from training.uplift_fit import UpliftTrainSettings
+    from training.uplift_train import train_uplift
+
+    work.mkdir(parents=True, exist_ok=True)
+    tracking = f"sqlite:///{work / 'mlflow.db'}"
+    registry = ModelRegistry(tracking_uri=tracking, home=work)
+    aff = train_affinity(
+        data_dir,
+        EvalSettings(),
+        SearchSettings(als_trials=als_trials, bpr_trials=1, seed=seed, num_threads=1),
+        registry,
+        dataset=data_dir.name,
+    )
+    params = dict(QUICK_UPLIFT_PARAMS)
+    if trees is not None:
+        params["n_estimators"] = trees
+    upl = train_uplift(data_dir, UpliftTrainSettings(base_params=params, seed=seed), registry)
+    for name, result in (("offers-affinity", aff), ("offers-uplift", upl)):
+        if not result.decision.promoted:
+            registry.promote(name, result.version, reason="policy evaluation (scratch registry)")
+    lkg = work / "lkg"
+    a = load_model("affinity", AFFINITY_URI, tracking_uri=tracking, lkg_dir=lkg, fallback=False)
+    u = load_model("uplift", UPLIFT_URI, tracking_uri=tracking, lkg_dir=lkg, fallback=False)
+    py = u.model.unwrap_python_model() if hasattr(u.model, "unwrap_python_model") else u.model
+    raw = (getattr(py, "meta_", None) or {}).get("feature_config")
+    config = FeatureConfig.model_validate(raw) if raw is not None else None
+    return ShippedModels(
+        a.model, u.model, {"affinity": str(a.version), "uplift": str(u.version)}, config
+    )
+
+
+def _end_of_data(tables: dict[str, pd.DataFrame]) -> pd.Timestamp:
+    last = max(tables["transactions"][S.TS].max(), tables["offer_events"][S.TS].max())
+    return pd.Timestamp(last).normalize() + pd.Timedelta(days=1)
+
+
+def latest_campaign_start(tables: dict[str, pd.DataFrame]) -> pd.Timestamp:
+    """The first send time of the latest logged campaign (the held-out one)."""
+    ev = tables["offer_events"]
+    logged = ev.loc[ev[S.EVENT].isin(["sent", "held_out"]) & ev[S.CAMPAIGN_ID].notna()]
+    if logged.empty:
+        raise ValueError("offer_events: no logged campaign (sent/held_out with a campaign_id)")
+    starts = logged.groupby(S.CAMPAIGN_ID)[S.TS].min()
+    return pd.Timestamp(starts.max())
+
+
+def write_before(data: Path, tables: dict[str, pd.DataFrame], T: pd.Timestamp, out: Path) -> Path:
+    """A copy of the program's canonical tables with nothing at or after ``T``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, frame in tables.items():
+        if name in ("transactions", "offer_events"):
+            frame = frame.loc[frame[S.TS] < T]
+        elif name == "members":
+            frame = frame.loc[frame[S.JOINED_AT] < T]
+        write_table(frame.reset_index(drop=True), out, name)
+    (out / "catalog.yaml").write_text((data / "catalog.yaml").read_text())
+    return out
+
+
+def _logged_rows(train: Any, tables: dict[str, pd.DataFrame], since: pd.Timestamp) -> pd.DataFrame:
+    """Training-set rows (sends and controls) at or after ``since``, with channel and redeemed."""
+    rows = train.frame.loc[train.frame[S.TS] >= since].reset_index(drop=True)
+    ev = tables["offer_events"]
+    channel = ev.set_index(S.EVENT_ID)[S.CHANNEL]
+    rows[S.CHANNEL] = channel.reindex(rows[S.EVENT_ID]).to_numpy()
+    red = ev.loc[ev[S.EVENT] == "redeemed", [S.CAMPAIGN_ID, S.MEMBER_ID, S.OFFER_ID]]
+    red = red.drop_duplicates().assign(redeemed=1)
+    rows = rows.merge(red, on=[S.CAMPAIGN_ID, S.MEMBER_ID, S.OFFER_ID], how="left")
+    rows["redeemed"] = rows["redeemed"].fillna(0).astype(int)
+    return rows
+
+
+def _outcome_model(train: Any, seed: int) -> Any:
+    """E[spend in the window | features] on the training rows: the DR estimator's baseline."""
+    import lightgbm
+
+    from models.uplift.encoding import FeatureEncoder
+    from training.uplift_data import SPEND
+
+    enc = FeatureEncoder().fit(train.features)
+    model = lightgbm.LGBMRegressor(
+        n_estimators=150, learning_rate=0.05, min_child_samples=50, random_state=seed,
+        verbose=-1, n_jobs=1,
+    )  # fmt: skip
+    model.fit(enc.transform(train.features), train.frame[SPEND].to_numpy(dtype=np.float64))
+    cols = list(train.feature_columns)
+    return lambda frame: model.predict(enc.transform(frame[cols]))
+
+
+def matched_spend(
+    engine: DecisionEngine,
+    prepared: Any,
+    true_p: np.ndarray,
+    true_s: np.ndarray,
+    spend: float,
+    keys: np.ndarray,
+    k: int,
+) -> dict[str, dict[str, Any]]:
+    """Random and the oracle given the engine's true expected ``spend``: random in the order
+    of a salted hash until the spend is used; the oracle allocated on the true value with a
+    total budget of ``spend`` on the true expected cost."""
+    o = engine.offers
+    margin = engine.settings.scoring.margin_rate
+    true_eiv = margin * true_s - true_p * o.cost[None, :]
+    rnd = baseline_picks(engine, prepared, np.zeros_like(true_p), true_eiv, keys, k)["random"]
+    i, r = np.nonzero(rnd >= 0)
+    j = rnd[i, r]
+    order = np.argsort(_unit(keys[i], r), kind="stable")
+    fits = np.cumsum((true_p[i, j] * o.cost[j])[order]) <= spend + 1e-9
+    cut = rnd.copy()
+    cut[i[order[~fits]], r[order[~fits]]] = -1
+    b = prepared.budgets
+    total = Budgets(
+        np.vstack([b.weights, o.cost[None, :]]),
+        np.r_[b.limits, max(spend, 0.0)],
+        (*b.names, "matched_spend"),
+    )
+    st = engine.settings
+    oracle = allocate(
+        np.asarray(true_eiv, np.float32), np.asarray(true_p, np.float32), prepared.mask,
+        prepared.slots, o.kind, total, max_per_kind=st.max_per_kind, k=k, min_value=0.0,
+        max_iter=st.allocation.max_iter, tolerance=st.allocation.tolerance,
+        chunk_rows=st.allocation.chunk_rows,
+    ).picks  # fmt: skip
+    return {
+        "random_at_engine_spend": truth_of_picks(cut, true_p, true_s, o.cost, margin),
+        "oracle_at_engine_spend": truth_of_picks(oracle, true_p, true_s, o.cost, margin),
+    }
+
+
+def _unit(keys: np.ndarray, slot: np.ndarray) -> np.ndarray:
+    from serving.engine.hashing import unit_interval
+
+    return unit_interval(np.asarray([f"{a}#{b}" for a, b in zip(keys, slot, strict=True)],
+                                    dtype=object), "matched-random")  # fmt: skip
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The engine's value against each baseline at equal spend (None when undefined)."""
+    eng = results["engine"]["true_incremental_value"]
+
+    def ratio(name: str) -> float | None:
+        v = results.get(name, {}).get("true_incremental_value")
+        return eng / v if v is not None and v > 0 else None
+
+    best_simple = max(
+        results["random_at_engine_spend"]["true_incremental_value"],
+        results["affinity_top_k"]["true_incremental_value"],
+    )
+    return {
+        "vs_random_at_engine_spend": ratio("random_at_engine_spend"),
+        "vs_affinity_top_k": ratio("affinity_top_k"),
+        "vs_best_simple": eng / best_simple if best_simple > 0 else None,
+        "share_of_oracle_at_engine_spend": ratio("oracle_at_engine_spend"),
+        "goal": ">= 1.3 x the best of random (at the engine's spend) and affinity top-k, and "
+        ">= 40% of the oracle at the engine's spend",
+        "goal_met": bool(
+            best_simple > 0
+            and eng >= 1.3 * best_simple
+            and (ratio("oracle_at_engine_spend") or 0.0) >= 0.4
+        ),
+    }
+
+
+def run_policy_evaluation(
+    data: Path,
+    channel: str = "email",
+    k: int = 1,
+    budget_scale: float | None = None,
+    match_spend: bool = False,
+    seed: int = 0,
+    als_trials: int = 1,
+    trees: int | None = None,
+    step: Step | None = None,
+    settings: EngineSettings | None = None,
+) -> dict[str, Any]:
+    """Train what ships (twice: before T and to the data end), decide a send at the data end
+    with every policy and estimate each policy off-policy on the held-out campaigns; returns
+    the report (``policies``, ``ratios``, ``setup``, ``models``, ``off_policy_setup``)."""
+    from training.uplift_data import TrainingSetConfig, build_training_set
+
+    t0 = time.perf_counter()
+    say = step or (lambda msg: log.info("policy evaluation: %s", msg))
+    data = Path(data)
+    truth = SimulatedTruth.load(data)
+    tables = load_dir(data)
+    catalog = load_catalog(data / "catalog.yaml")
+    settings = settings or EngineSettings(
+        k=k, holdout=HoldoutSettings(share=0.0), exploration=ExplorationSettings(epsilon=0.0)
+    )
+    engine = DecisionEngine(catalog, settings)
+    end = _end_of_data(tables)
+    T = latest_campaign_start(tables)
+    with tempfile.TemporaryDirectory(prefix="offers-policy-") as tmp:
+        work = Path(tmp)
+        say(f"training what ships on the data before {T} (the held-out campaign)")
+        before = train_shipped(
+            write_before(data, tables, T, work / "before"), work / "reg-T", seed, als_trials, trees
+        )
+        say("training what ships on all the data")
+        shipped = train_shipped(data, work / "reg-end", seed, als_trials, trees)
+
+        say("send at the data end")
+        feats = member_features(load_tables(data), end, shipped.feature_config).to_pandas()
+        ids = feats[S.MEMBER_ID].to_numpy(dtype=object)
+        inputs = shipped.inputs(feats, engine, settings.segment_column)
+        served = np.asarray(inputs.fallback, dtype=object)
+        segments = feats[settings.segment_column].to_numpy(dtype=object)
+        tables_fb = FallbackTables.from_scores(
+            inputs.p_redeem, inputs.incremental_spend, segments, served == PERSONALISED
+        )
+        state = state_from_events(
+            tables["offer_events"], ids, engine.offers, end, settings.caps.period_days
+        )
+        scale = budget_scale if budget_scale is not None else len(ids) / 1_000_000
+        budget_left = engine.offers.budget * scale
+        true_p, true_s = truth.matrix(ids, end)
+        context = DecisionContext(channel, end, f"policy-eval-{end.date()}", k=k)
+        results, batch = evaluate_send(
+            engine, feats, inputs, context, inputs.p_redeem, true_p, true_s, state,
+            budget_left, tables_fb, match_spend,
+        )  # fmt: skip
+        pr = engine.prepare(feats, inputs, context, state, budget_left, tables_fb)
+        keys = np.asarray([f"{context.request_id}|{m}" for m in ids], dtype=object)
+        results.update(
+            matched_spend(
+                engine, pr, true_p, true_s, results["engine"]["spend"], keys, k or settings.k
+            )
+        )
+
+        say("off-policy estimates on the held-out campaign")
+        train = build_training_set(data, TrainingSetConfig(treatment="kind"))
+        early = train.subset((train.frame[S.TS] + pd.Timedelta(days=14) <= T).to_numpy())
+        ope, ope_info = _off_policy(
+            engine, tables, train, T, before, early, truth, settings.scoring.margin_rate, seed
+        )
+    for name in results:
+        results[name]["off_policy"] = ope.get(name, {})
+    fallback = batch.rows.groupby("fallback")[S.MEMBER_ID].nunique().to_dict()
+    consent = batch.rows.loc[batch.rows["status"] == "no_offer", S.MEMBER_ID].nunique()
+    return {
+        "policies": results,
+        "ratios": ratios(results),
+        "engine_vs_affinity_top_k": summary(results),
+        "setup": {
+            "data": str(data),
+            "as_of": str(end),
+            "held_out_campaign_start": str(T),
+            "channel": channel,
+            "k": k,
+            "members": len(ids),
+            "members_without_offer": int(consent),
+            "budget_scale": scale,
+            "match_spend": match_spend,
+            "margin_rate": settings.scoring.margin_rate,
+            "engine_fallbacks": {str(key): int(v) for key, v in fallback.items()},
+            "engine_budget_prices": {n: v for n, v in batch.prices.items() if v > 0},
+            "seconds": round(time.perf_counter() - t0, 1),
+        },
+        "models": {
+            "what": "trained by offers train's code, loaded by serving's loader, "
+            "decided through the one adapter and the engine",
+            "end": shipped.versions,
+            "before_T": before.versions,
+        },
+        "off_policy_setup": ope_info,
+    }
+
+
+def _off_policy(engine, tables, train, T, models, early, truth, margin, seed):  # type: ignore[no-untyped-def]
+    """Every policy's action at each logged context at or after T, then the estimates."""
+    rows = _logged_rows(train, tables, T)
+    o = engine.offers
+    offer_ids = list(o.ids)
+    cost = o.cost
+    baseline = _outcome_model(early, seed)
+    names = ("engine", "affinity_top_k", "random", "oracle")
+    probs: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    parts = []
+    for cid, g in rows.groupby(S.CAMPAIGN_ID, sort=True):
+        g = g.reset_index(drop=True)
+        t = g[S.TS].min()
+        pool = np.isin(offer_ids, g[S.OFFER_ID].dropna().unique())
+        ids = g[S.MEMBER_ID].to_numpy(dtype=object)
+        inputs = models.inputs(g, engine, engine.settings.segment_column)
+        ctx = DecisionContext(str(g[S.CHANNEL].iloc[0]), t, str(cid), k=1)
+        state = state_from_events(
+            tables["offer_events"], ids, o, t, engine.settings.caps.period_days
+        )
+        left = np.where(pool, np.inf, 0.0)  # only the campaign's offers; no budgets
+        # Every policy acts within what the logger could have drawn (unbiased IPS needs it).
+        support = truth.logger_support(g, t, pool, state.received)
+        left = np.where(support.any(axis=0), left, 0.0)
+        own = engine.prepare(g, inputs, ctx, state, left).mask  # the engine's own rules
+        pr = engine.prepare(g, inputs, ctx, state, left, restrict=support)
+        batch = engine.decide(g, inputs, ctx, state, left, restrict=support)
+        rows_t = truth.rows(ids)
+        tp, ts_ = truth.pairs(np.repeat(rows_t, o.n), np.tile(np.arange(o.n), len(g)), t)
+        true_value = margin * ts_.reshape(len(g), o.n) - tp.reshape(len(g), o.n) * cost
+        keys = np.asarray([f"{cid}|{m}" for m in ids], dtype=object)
+        base = baseline_picks(
+            engine, pr, inputs.p_redeem, np.where(pr.mask, true_value, -1.0), keys, 1
+        )
+        probs["engine"].append(one_hot(batch.picks[:, 0], o.n))
+        probs["affinity_top_k"].append(one_hot(base["affinity_top_k"][:, 0], o.n))
+        probs["oracle"].append(one_hot(base["oracle"][:, 0], o.n))
+        n_el = pr.mask.sum(axis=1, keepdims=True)
+        probs["random"].append(np.where(pr.mask, 1.0 / np.maximum(n_el, 1), 0.0))
+        action = pd.Index(offer_ids).get_indexer(g[S.OFFER_ID].fillna("").to_numpy(dtype=object))
+        b_hat = baseline(g)
+        q = margin * (b_hat[:, None] + inputs.incremental_spend) - inputs.p_redeem * cost[None, :]
+        parts.append(
+            {
+                "action": action,
+                "propensity": g[S.PROPENSITY].to_numpy(dtype=np.float64),
+                "reward": margin * g["spend"].to_numpy(dtype=np.float64)
+                - np.where(action >= 0, cost[np.maximum(action, 0)], 0.0)
+                * g["redeemed"].to_numpy(),
+                "q": np.column_stack([q, margin * b_hat]),
+                "true_value": true_value,
+                "in_support": np.where(
+                    action >= 0, support[np.arange(len(g)), np.maximum(action, 0)], True
+                ),
+                "n_eligible": pr.mask.sum(axis=1),
+                "same_rules": (own == support).all(axis=1),
+            }
+        )
+    if not parts:
+        return {}, {"contexts": 0, "note": f"no logged campaign at or after {T}"}
+    cat = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    logged = LoggedDecisions(cat["action"], cat["propensity"], cat["reward"])
+    policies = {name: np.concatenate(v) for name, v in probs.items()}
+    est = off_policy_estimates(logged, policies, cat["q"], cat["true_value"])
+    treated = cat["action"] >= 0
+    info = {
+        "contexts": len(cat["action"]),
+        "campaigns": sorted(rows[S.CAMPAIGN_ID].unique().tolist()),
+        "treated": int(treated.sum()),
+        "mean_actions": float(cat["n_eligible"].mean()),
+        "logged_offer_in_support": float(cat["in_support"][treated].mean()),
+        "engine_rules_equal_logger_rules": float(cat["same_rules"].mean()),
+        "dr_reward_model": "LightGBM E[spend | features] on training rows before T, plus the "
+        "shipped models' effects and P(redeem) x cost",
+        "value_unit": "incremental value per logged decision (currency)",
+    }
+    return est, info
