@@ -186,3 +186,22 @@ def test_bad_inputs_name_the_field():
         DecisionContext("fax", AS_OF, "r")
     with pytest.raises(ValueError, match="boosts"):
         LifecyclePolicy(boosts={"active": {"experience": 0.0}})
+
+
+def test_consent_rule_per_channel():
+    frame = members(
+        member(email_opt_in=True, app_opt_in=False),
+        member(email_opt_in=False, app_opt_in=True),
+        member(email_opt_in=None, app_opt_in=None),
+        member(),  # no consent columns at all for this row: unknown
+    )
+    email = run(frame, "email")
+    assert rule(email, "consent", "pts") == [True, False, True, True]
+    assert not email.mask[1].any()  # an e-mail opt-out gets no e-mail offer at all
+    app = run(frame, "app")
+    assert rule(app, "consent", "pts") == [False, True, True, True]
+    checkout = run(frame, "checkout")  # the member is at the till: no opt-in needed
+    assert rule(checkout, "consent", "pts") == [True, True, True, True]
+    deny = EngineSettings.model_validate({"consent": {"unknown": "deny"}})
+    strict = run(frame, "email", settings=deny)
+    assert rule(strict, "consent", "pts") == [True, False, False, False]

@@ -76,3 +76,31 @@ def test_summary_goal():
     pricier = summary({"engine": {"true_incremental_value": 150.0, "spend": 60.0},
                        "affinity_top_k": top})  # fmt: skip
     assert not pricier["goal_met"] and pricier["spend_ratio"] == pytest.approx(1.2)
+
+
+def test_every_policy_of_the_evaluation_respects_consent():
+    """Policy evaluation: the engine and every baseline (affinity top-k, random, oracle) act
+    on the engine's eligibility, so an e-mail opt-out gets nothing from any of them."""
+    from serving.engine import DecisionContext, DecisionEngine, EngineSettings, ScoreInputs
+    from serving.engine.settings import ExplorationSettings, HoldoutSettings
+    from tests.unit.test_engine_fixtures import AS_OF, catalog, member, members
+    from training.policy.evaluate import evaluate_send
+
+    rows = [member(email_opt_in=(i % 3 != 0)) for i in range(12)]
+    frame = members(*rows)
+    settings = EngineSettings(
+        k=2, holdout=HoldoutSettings(share=0.0), exploration=ExplorationSettings(epsilon=0.0)
+    )
+    engine = DecisionEngine(catalog(), settings)
+    n, m = len(frame), engine.offers.n
+    rng = np.random.default_rng(0)
+    inputs = ScoreInputs(rng.uniform(0.05, 0.5, (n, m)), rng.normal(20, 5, (n, m)))
+    ctx = DecisionContext("email", AS_OF, "consent-test", k=2)
+    true_p, true_s = rng.uniform(0.05, 0.5, (n, m)), rng.normal(20, 5, (n, m))
+    results, batch = evaluate_send(engine, frame, inputs, ctx, inputs.p_redeem, true_p, true_s)
+    out = np.array([i % 3 == 0 for i in range(n)])
+    assert (batch.picks[out] < 0).all() and (batch.picks[~out] >= 0).any()
+    pr = engine.prepare(frame, inputs, ctx)
+    assert not pr.mask[out].any()  # the mask every baseline allocates on
+    assert results["random"]["members_reached"] <= int((~out).sum())
+    assert results["oracle"]["members_reached"] <= int((~out).sum())
