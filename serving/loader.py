@@ -54,6 +54,7 @@ __all__ = [
     "RegistryUnavailable",
     "fetch_copy",
     "lkg_loader",
+    "load_local_copy",
     "load_model",
     "read_current",
     "write_current",
@@ -221,6 +222,20 @@ def _local_dir(uri: str) -> Path | None:
     return None
 
 
+def load_local_copy(name: str, uri: str, lkg: Path, reason: str) -> ModelCopy:
+    """The last-known-good copy of ``name`` (source ``local_copy`` with ``reason``); raises
+    :class:`ModelSourceError` when there is none."""
+    import mlflow
+
+    record = read_current(lkg, name)
+    if record is None:
+        raise ModelSourceError(f"model {name!r}: no last-known-good copy in {lkg / name}")
+    model = mlflow.pyfunc.load_model(record["path"])
+    return ModelCopy(
+        name, uri, model, record.get("version"), LOCAL_COPY, Path(record["path"]), reason
+    )
+
+
 def load_model(
     name: str,
     uri: str,
@@ -250,28 +265,19 @@ def load_model(
         path, version = fetch_copy(name, uri, tracking, lkg, timeout)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {str(exc)[:300]}"
-        record = read_current(lkg, name) if fallback else None
-        if record is None:
+        if not fallback or read_current(lkg, name) is None:
             raise ModelSourceError(
                 f"model {name!r} from {uri!r} (tracking {tracking}): {reason}; "
                 f"no last-known-good copy in {lkg / name}"
             ) from exc
+        copy = load_local_copy(name, uri, lkg, f"registry unavailable: {reason}")
         log.warning(
             "model %s: registry unavailable (%s); serving the last-known-good copy v%s",
             name,
             reason,
-            record.get("version"),
+            copy.version,
         )
-        model = mlflow.pyfunc.load_model(record["path"])
-        return ModelCopy(
-            name,
-            uri,
-            model,
-            record.get("version"),
-            LOCAL_COPY,
-            Path(record["path"]),
-            f"registry unavailable: {reason}",
-        )
+        return copy
     return ModelCopy(name, uri, mlflow.pyfunc.load_model(str(path)), version, REGISTRY, path)
 
 
@@ -290,6 +296,10 @@ class LkgLoader:
         return load_model(
             name, uri, tracking_uri=self.tracking_uri, lkg_dir=self.lkg_dir, timeout=self.timeout
         )
+
+    def local(self, name: str, uri: str, reason: str) -> ModelCopy:
+        """The last-known-good copy of ``name`` (see :func:`load_local_copy`)."""
+        return load_local_copy(name, uri, self.lkg_dir, reason)
 
     def commit(self, copy: ModelCopy) -> None:
         """Move the pointer to ``copy`` when it came from the registry (a local copy is

@@ -100,7 +100,7 @@ def create_app(
             state.checkouts = InFlight()
             if settings.models:
                 try:
-                    await to_thread.run_sync(load_serving, state)
+                    await to_thread.run_sync(lambda: load_serving(state, at_start=True))
                 except ServingLoadError as exc:
                     state.problems[exc.check] = str(exc)
                     log.error("not ready: %s", exc)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from serving.loader import ModelCopy
+from serving.loader import REGISTRY, ModelCopy
 from serving.store import utcnow
 
 __all__ = ["LoadedModel", "Loader", "ModelHolder", "ModelLoadError", "ModelSet"]
@@ -92,6 +92,27 @@ class ModelHolder:
                     ) from exc
                 loaded[name] = _loaded(name, uri, got)
             return ModelSet(loaded)
+
+    def load_local(self, models: ModelSet, reason: str) -> ModelSet | None:
+        """The last-known-good copies in place of the registry models of ``models`` (their
+        ``reason``: ``reason``), or None when the loader keeps none or one is missing."""
+        local = getattr(self.loader, "local", None)
+        if local is None or not any(m.source == REGISTRY for m in models.models.values()):
+            return None
+        loaded: dict[str, LoadedModel] = {}
+        changed = False
+        for name, m in models.models.items():
+            if m.source != REGISTRY:
+                loaded[name] = m
+                continue
+            try:
+                copy = local(name, m.uri, reason)
+            except Exception as exc:
+                log.warning("model %s: no local copy to fall back to (%s)", name, exc)
+                return None
+            changed = changed or m.copy is None or copy.path != m.copy.path
+            loaded[name] = _loaded(name, m.uri, copy)
+        return ModelSet(loaded) if changed else None  # same copies: nothing else to try
 
     def accept(self, models: ModelSet) -> None:
         """Serve ``models`` and move each registry copy's last-known-good pointer to it."""

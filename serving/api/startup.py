@@ -154,9 +154,14 @@ def _bundle_error(exc: Exception, config: BundleConfig) -> ServingLoadError:
     return ServingLoadError("bundle", f"decision bundle not built: {type(exc).__name__}: {exc}")
 
 
-def load_serving(state: Any) -> ModelSet:
+def load_serving(state: Any, *, at_start: bool = False) -> ModelSet:
     """Load models, build the bundle, sync budget counters, then swap all in and move the
-    last-known-good pointers (see module doc). ``state``: the app's ``AppState``."""
+    last-known-good pointers (see module doc). ``state``: the app's ``AppState``.
+
+    ``at_start``: when the registry's models fail the bundle's checks and the catalog and the
+    snapshot are fine, serve the last-known-good copies instead (source ``local_copy``, the
+    reason naming the refused versions): a restart after a bad registration stays up. A reload
+    keeps what is serving instead."""
     try:
         models = state.models.load()
     except ModelLoadError as exc:
@@ -169,7 +174,19 @@ def load_serving(state: Any) -> ModelSet:
     try:
         bundle = build_bundle(models, holder.config)
     except Exception as exc:
-        raise _bundle_error(exc, holder.config) from exc
+        error = _bundle_error(exc, holder.config)
+        local = None
+        if at_start and error.check == "bundle":
+            refused = ", ".join(f"{k} v{v}" for k, v in models.versions().items())
+            local = state.models.load_local(models, f"registry models ({refused}) refused: {error}")
+        if local is None:
+            raise error from exc
+        log.warning("%s; serving the last-known-good copies %s", error, local.versions())
+        try:
+            bundle = build_bundle(local, holder.config)
+        except Exception:
+            raise error from exc
+        models = local
     if state.store is None:
         raise ServingLoadError("budgets", "store not open: budget counters cannot be synced")
     try:

@@ -126,6 +126,13 @@ def test_refused_reload_keeps_the_pointer_and_a_restart_without_registry_serves_
         listed = c.get("/v1/models", headers=HEADERS).json()["models"]
         versions = {m["name"]: m["version"] for m in listed}
         assert versions["affinity"] == "1" and wrong != "1"
+    # a restart while the registry still names the wrong version serves the checked copy
+    with TestClient(_app(trained, tmp_path, tracking)) as c:
+        assert c.get("/readyz").status_code == 200
+        models = {m["name"]: m for m in c.get("/v1/models", headers=HEADERS).json()["models"]}
+        assert (models["affinity"]["version"], models["affinity"]["source"]) == ("1", "local_copy")
+        assert f"affinity v{wrong}" in models["affinity"]["reason"]
+        assert pointer.read_text() == before
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with TestClient(_app(trained, tmp_path, dead)) as c:
         ready = c.get("/readyz")
@@ -301,3 +308,27 @@ def test_a_bad_catalog_is_named_the_same_way_with_any_number_of_workers(
         assert str(lots) in message and "coffee-20pct" in message and "lots" in message
     assert "Traceback" not in log
     assert f"not ready: OFFERS_CATALOG: catalog {lots}" in log
+
+
+def test_a_silent_tracking_server_delays_start_up_by_the_timeout_only(
+    trained: dict, tmp_path: Path, monkeypatch
+) -> None:
+    """A server that accepts connections and never answers (it held start-up for 46 s):
+    start-up serves the local copies after ``OFFERS_REGISTRY_TIMEOUT``."""
+    import socket
+
+    with TestClient(_app(trained, tmp_path, trained["tracking"])) as c:  # makes the copies
+        assert c.get("/readyz").status_code == 200
+    monkeypatch.setenv("OFFERS_REGISTRY_TIMEOUT", "1")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # the kernel accepts; nobody ever reads or answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        with TestClient(_app(trained, tmp_path, url)) as c:
+            took = time.monotonic() - started
+            assert c.get("/readyz").status_code == 200
+            models = c.get("/v1/models", headers=HEADERS).json()["models"]
+    assert {m["source"] for m in models} == {"local_copy"}
+    assert all("did not answer within 1 s" in m["reason"] for m in models)
+    assert took < 30, f"start-up took {took:.1f} s"  # 2 models x 1 s + loading, not 46 s
