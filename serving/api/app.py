@@ -213,7 +213,17 @@ def prepare_shared_state(
         if problem is not None:
             log.error("not ready: %s", problem)
             return
-        engine = DecisionEngine(load_catalog(bundle_config.catalog_path()), bundle_config.engine)
+        try:
+            catalog = load_catalog(bundle_config.catalog_path())
+            engine = DecisionEngine(catalog, bundle_config.engine)
+        except Exception as exc:  # e.g. engine settings naming offers the catalog lacks
+            log.error(
+                "not ready: OFFERS_CATALOG: catalog %s not usable: %s: %s",
+                bundle_config.catalog_path(),
+                type(exc).__name__,
+                exc,
+            )
+            return
         try:
             sync_budgets(store, engine.offers)
         except BudgetSyncError as exc:
