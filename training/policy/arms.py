@@ -232,7 +232,7 @@ def evaluate_arms(
         "dataset": data.name,
         "rows": int(data.X.shape[0]),
         "arms": list(data.arms),
-        "arm_probability": data.arm_probability.round(6).tolist(),
+        "arm_probability": data.arm_probability.tolist(),
         "propensity_source": data.propensity_source,
         "notes": data.notes,
         "setup": {

@@ -62,12 +62,12 @@ def _causalml_meta(kind: str, params: dict[str, Any], seed: int) -> PeerFit:
         if kind == "S":
             cls = meta.BaseSClassifier if binary else meta.BaseSRegressor
             model = cls(learner=est(), control_name="t00")
-            model.fit(X_tr, t_tr, y_tr)
+            model.fit(X_tr, treatment=t_tr, y=y_tr)
             return np.asarray(model.predict(X_te))
         if kind == "T":
             cls = meta.BaseTClassifier if binary else meta.BaseTRegressor
             model = cls(learner=est(), control_name="t00")
-            model.fit(X_tr, t_tr, y_tr)
+            model.fit(X_tr, treatment=t_tr, y=y_tr)
             return np.asarray(model.predict(X_te))
         if kind == "X":
             if binary:
@@ -76,7 +76,7 @@ def _causalml_meta(kind: str, params: dict[str, Any], seed: int) -> PeerFit:
                 )
             else:
                 model = meta.BaseXRegressor(learner=est(), control_name="t00")
-            model.fit(X_tr, t_tr, y_tr, p=p_tr)
+            model.fit(X_tr, treatment=t_tr, y=y_tr, p=p_tr)
             return np.asarray(model.predict(X_te, p=p_te))
         if kind == "R":
             if binary:
@@ -88,11 +88,11 @@ def _causalml_meta(kind: str, params: dict[str, Any], seed: int) -> PeerFit:
                 model = meta.BaseRRegressor(
                     learner=est(), control_name="t00", n_fold=3, random_state=seed
                 )
-            model.fit(X_tr, t_tr, y_tr, p=p_tr, verbose=False)
+            model.fit(X_tr, treatment=t_tr, y=y_tr, p=p_tr, verbose=False)
             return np.asarray(model.predict(X_te))
         if kind == "DR":
             model = meta.BaseDRRegressor(learner=est("regressor"), control_name="t00")
-            model.fit(X_tr, t_tr, y_tr.astype(np.float64), p=p_tr, seed=seed)
+            model.fit(X_tr, treatment=t_tr, y=y_tr.astype(np.float64), p=p_tr, seed=seed)
             return np.asarray(model.predict(X_te, p=p_te, verbose=False))
         raise ValueError(f"unknown CausalML learner {kind!r}")
 
@@ -108,7 +108,7 @@ def _causalml_forest(trees: int, seed: int) -> PeerFit:
             min_samples_treatment=50, max_features=min(10, X_tr.shape[1]),
             evaluationFunction="KL", random_state=seed, n_jobs=1,
         )  # fmt: skip
-        model.fit(X_tr, _labels(arm_tr), y_tr.astype(np.int64))
+        model.fit(X_tr, treatment=_labels(arm_tr), y=y_tr.astype(np.int64))
         pred = np.asarray(model.predict(X_te), dtype=np.float64)
         return pred.reshape(len(X_te), n_arms - 1)
 
