@@ -26,7 +26,7 @@ from models.affinity.base import (
 from models.affinity.blend import Blend
 from models.affinity.calibration import RedeemCalibrator, brier_score, reliability_curve
 from models.affinity.factorization import ALS, BPR
-from models.affinity.foldin import as_new_members, basket_rows, member_rows
+from models.affinity.foldin import FoldIn, as_new_members, basket_keys, basket_rows, member_rows
 from models.affinity.interactions import (
     ITEM_KINDS,
     AffinityInputError,
@@ -51,6 +51,7 @@ __all__ = [
     "AffinityInputError",
     "AffinityModel",
     "Blend",
+    "FoldIn",
     "InteractionSettings",
     "Interactions",
     "NotFittedError",
@@ -60,6 +61,7 @@ __all__ = [
     "RedeemCalibrator",
     "SegmentPopularity",
     "as_new_members",
+    "basket_keys",
     "basket_rows",
     "brier_score",
     "build_interactions",

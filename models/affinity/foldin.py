@@ -4,17 +4,34 @@ Build one row per member over the model's items from whatever is known at reques
 member's recent canonical events and the categories or products in the basket being paid for),
 then score it as a *new* member: ALS solves the member's factors from that row
 (``recalculate_user``) instead of using the trained ones.
+
+:class:`FoldIn` is the same computation for the request path: built once from a loaded affinity
+pyfunc (its ALS item factors, ``YtY`` plus the regularisation, the BM25 state, the blend
+weights, the training rows and the calibrator), it solves one member's factors in closed form
+with numpy (no implicit, no pandas, no pyfunc call) and gives the pyfunc's ``score`` and
+``p_redeem`` with a ``basket`` column, for the catalog's offers.
+
+Basket entries are bare ids of the model's purchase kind (``coffee`` for a category model) or
+item keys (``category:coffee``, ``product:12345``); entries the model does not know are ignored,
+and a basket with no known entry is no basket.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from models.affinity.base import AffinityModel
+from models.affinity.blend import Blend
+from models.affinity.calibration import RedeemCalibrator
+from models.affinity.factorization import ALS
 from models.affinity.interactions import (
+    ITEM_KINDS,
     AffinityInputError,
     Interactions,
     InteractionSettings,
@@ -22,7 +39,20 @@ from models.affinity.interactions import (
     item_key,
 )
 
-__all__ = ["as_new_members", "basket_rows", "member_rows"]
+__all__ = ["FoldIn", "as_new_members", "basket_keys", "basket_rows", "member_rows"]
+
+_PURCHASE_KINDS = tuple(k for k in ITEM_KINDS if k != "offer")
+
+
+def basket_keys(basket: Sequence[str], kind: str = "category") -> list[str]:
+    """Item keys of a basket's entries, sorted and distinct: an entry that already is a
+    purchase item key (``category:coffee``, ``product:123``) stays as it is, a bare id becomes
+    ``<kind>:<id>``."""
+    keys = set()
+    for x in basket:
+        head, sep, _ = str(x).partition(":")
+        keys.add(str(x) if sep and head in _PURCHASE_KINDS else str(item_key(kind, str(x))))
+    return sorted(keys)
 
 
 def as_new_members(batch: Interactions) -> Interactions:
@@ -53,15 +83,15 @@ def basket_rows(
     kind: str = "category",
     settings: InteractionSettings | None = None,
 ) -> Interactions:
-    """``rows`` plus the current basket of each member (category or product ids), as fresh
-    purchases (weight ``settings.purchase``, age 0). Basket entries the model does not know are
-    ignored."""
+    """``rows`` plus the current basket of each member (``kind`` ids or item keys, see
+    :func:`basket_keys`), as fresh purchases (weight ``settings.purchase``, age 0). Basket
+    entries the model does not know are ignored."""
     settings = settings or InteractionSettings()
     if len(baskets) != rows.n_members:
         raise AffinityInputError(f"baskets: {len(baskets)} baskets for {rows.n_members} members")
-    lengths = [len(set(b)) for b in baskets]
-    member = np.repeat(np.arange(rows.n_members), lengths)
-    keys = [item_key(kind, x) for b in baskets for x in sorted(set(b))]
+    per_member = [basket_keys(b, kind) for b in baskets]
+    member = np.repeat(np.arange(rows.n_members), [len(k) for k in per_member])
+    keys = [k for b in per_member for k in b]
     col = pd.Index(rows.item_ids).get_indexer(pd.Index(keys, dtype=object))
     ok = col >= 0
     member, col = member[ok], col[ok]
@@ -78,4 +108,195 @@ def basket_rows(
         confidence=(rows.confidence + add).tocsr(),
         count=(rows.count + ones).tocsr(),
         last_days=last.tocsr().astype(np.float32),
+    )
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The training rows the fold-in starts from, as CSR arrays (row = a served member)."""
+
+    indptr: np.ndarray  # (n + 1,) into indices/conf/last, one row per member row
+    indices: np.ndarray
+    conf: np.ndarray  # float32 confidence
+    last: np.ndarray  # float32 last_days (0 = never)
+
+
+@dataclass(frozen=True)
+class FoldIn:
+    """Closed-form ALS fold-in of a basket for one member, over a fixed list of offers.
+
+    Built once per loaded model with :meth:`from_pyfunc`; :meth:`predict` gives, for member row
+    ``row`` (a row of the ``member_ids`` it was built for, -1 for a member without history) and
+    a basket, the affinity pyfunc's ``score`` and ``p_redeem`` for each offer as ``predict``
+    with a ``basket`` column would (NaN for offers the model does not know; ``p_redeem`` NaN
+    without a calibrator). Supported models: :class:`ALS` and :class:`Blend`.
+    """
+
+    kind: str  # the kind of bare basket ids
+    purchase: float  # confidence a basket entry adds (InteractionSettings().purchase)
+    item_index: dict[str, int]  # item key -> model column
+    offer_cols: np.ndarray  # (m,) model column per offer, -1 unknown
+    rows: _Rows
+    y: np.ndarray  # (n_items, f) float64 item factors
+    yty_reg: np.ndarray  # (f, f) float64: YtY + regularization x I
+    alpha: float
+    bm25: tuple[float, float, np.ndarray, float] | None  # k1, b, idf (float32), avg length
+    weights: tuple[float, float, float, float]  # freq, ALS, recency, popularity (blend)
+    half_life: float
+    popularity: np.ndarray  # (m,) popularity of each offer (0 where unknown)
+    calibrator: RedeemCalibrator | None
+
+    @classmethod
+    def from_pyfunc(
+        cls,
+        pyfunc: Any,
+        offer_ids: Sequence[str],
+        member_ids: Sequence[str] | np.ndarray | None = None,
+    ) -> FoldIn:
+        """From a loaded :class:`~models.affinity.pyfunc.AffinityPyfunc` (``model_``,
+        ``rows_``, ``calibrator_``, ``basket_kind_``) for ``offer_ids``; ``member_ids`` fixes
+        what ``row`` means (default: the model's training rows)."""
+        model, rows = pyfunc.model_, pyfunc.rows_
+        als, weights = _als_of(model)
+        items = np.asarray(model.item_ids_, dtype=str)
+        index = {k: i for i, k in enumerate(items.tolist())}
+        keys = [str(item_key("offer", str(o))) for o in offer_ids]
+        offer_cols = np.array([index.get(k, -1) for k in keys], dtype=np.int64)
+        members = rows.member_ids if member_ids is None else np.asarray(member_ids, dtype=str)
+        take = rows.take(rows.member_index(members))
+        conf, last = take.confidence.tocsr(), take.last_days.tocsr()
+        conf.sort_indices()
+        last.sort_indices()
+        last_aligned = np.asarray(last[_row_ids(conf), conf.indices]).ravel()
+        y = np.asarray(als.item_factors_, dtype=np.float64)
+        y32 = np.asarray(als.item_factors_, dtype=np.float32)
+        bm25 = None
+        if als.weighting == "bm25":
+            st = als.bm25_
+            bm25 = (float(st.k1), float(st.b), np.asarray(st.idf, np.float32), st.avg_length)
+        elif als.weighting != "none":
+            raise AffinityInputError(f"fold-in: weighting {als.weighting!r} is not supported")
+        pop = np.where(offer_cols >= 0, model.popularity_[np.maximum(offer_cols, 0)], 0.0)
+        half = float(getattr(model, "recency_half_life_days", 30.0))
+        return cls(
+            kind=str(pyfunc.basket_kind_),
+            purchase=float(InteractionSettings().purchase),
+            item_index=index,
+            offer_cols=offer_cols,
+            rows=_Rows(
+                conf.indptr.astype(np.int64),
+                conf.indices.astype(np.int64),
+                conf.data.astype(np.float32),
+                last_aligned.astype(np.float32),
+            ),
+            y=y,
+            # implicit's YtY is float32 (Y.T @ Y of the float32 factors): the same matrix here
+            yty_reg=(y32.T @ y32).astype(np.float64) + als.regularization * np.eye(y.shape[1]),
+            alpha=float(als.alpha),
+            bm25=bm25,
+            weights=weights,
+            half_life=half,
+            popularity=pop.astype(np.float64),
+            calibrator=pyfunc.calibrator_,
+        )
+
+    @property
+    def n_offers(self) -> int:
+        return len(self.offer_cols)
+
+    def columns(self, basket: Sequence[str]) -> np.ndarray:
+        """Model columns of the basket entries the model knows (sorted, distinct)."""
+        cols = {self.item_index.get(k, -1) for k in basket_keys(basket, self.kind)}
+        cols.discard(-1)
+        return np.array(sorted(cols), dtype=np.int64)
+
+    def knows(self, basket: Sequence[str]) -> bool:
+        """Whether any basket entry is an item of the model (else the basket changes nothing)."""
+        return len(self.columns(basket)) > 0
+
+    def predict(self, row: int, basket: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(score, p_redeem), each (m,) float64, for member row ``row`` (-1: no history) with
+        ``basket`` folded in; raises when the basket has no entry the model knows."""
+        add = self.columns(basket)
+        if len(add) == 0:
+            raise AffinityInputError(
+                f"basket: none of {list(basket)[:5]} is an item of the model ({self.kind} ids)"
+            )
+        cols, conf, last = self._row(row, add)
+        user = self._solve(cols, conf)
+        known = self.offer_cols >= 0
+        oc = self.offer_cols[known]
+        w_freq, w_als, w_rec, w_pop = self.weights
+        score = np.full(self.n_offers, np.nan)
+        s = w_als * (self.y[oc] @ user) + w_pop * self.popularity[known]
+        if w_freq or w_rec:
+            pos = np.searchsorted(cols, oc)
+            pos = np.minimum(pos, max(len(cols) - 1, 0))
+            hit = cols[pos] == oc
+            c_o = np.where(hit, conf[pos], 0.0).astype(np.float64)
+            d_o = np.where(hit, last[pos], 0.0).astype(np.float64)
+            s = s + w_freq * np.log1p(c_o)
+            rec = np.where(d_o > 0, np.power(0.5, (d_o - 1.0) / self.half_life), 0.0)
+            s = s + w_rec * rec
+        score[known] = s
+        if self.calibrator is None:
+            return score, np.full(self.n_offers, np.nan)
+        p = self.calibrator.predict(np.nan_to_num(score))
+        return score, np.where(known, p, np.nan)
+
+    def p_redeem(self, row: int, basket: Sequence[str]) -> np.ndarray:
+        """P(redeem) per offer (m,), as the pyfunc's ``predict`` with this ``basket``."""
+        return self.predict(row, basket)[1]
+
+    def _row(self, row: int, add: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The member's (columns, confidence, last_days) with the basket added."""
+        r = self.rows
+        if row >= 0:
+            a, b = r.indptr[row], r.indptr[row + 1]
+            cols, conf, last = r.indices[a:b], r.conf[a:b], r.last[a:b]
+        else:
+            cols = np.zeros(0, np.int64)
+            conf = last = np.zeros(0, np.float32)
+        allc = np.union1d(cols, add)
+        c = np.zeros(len(allc), np.float32)
+        d = np.zeros(len(allc), np.float32)
+        at = np.searchsorted(allc, cols)
+        c[at], d[at] = conf, last
+        at = np.searchsorted(allc, add)
+        c[at] += np.float32(self.purchase)
+        d[at] = 1.0
+        return allc, c, d
+
+    def _solve(self, cols: np.ndarray, conf: np.ndarray) -> np.ndarray:
+        """The ALS user step: (YtY + reg I + Yu^T (Cu - I) Yu) x = Yu^T Cu (implicit's)."""
+        x = conf
+        if self.bm25 is not None:  # models.affinity.weighting.Bm25.transform on one row
+            k1, b, idf, avg = self.bm25
+            norm = np.float32((1.0 - b) + b * float(x.sum(dtype=np.float32)) / avg)
+            x = (x * np.float32(k1 + 1.0) / (np.float32(k1) * norm + x) * idf[cols]).astype(
+                np.float32
+            )
+        if self.alpha != 1.0:
+            x = (x * np.float32(self.alpha)).astype(np.float32)
+        c = x.astype(np.float64)
+        yu = self.y[cols]
+        a = self.yty_reg + (yu.T * np.abs(c) - yu.T) @ yu
+        rhs = yu[c > 0].T @ c[c > 0]
+        return np.linalg.solve(a, rhs)
+
+
+def _row_ids(m: sp.csr_matrix) -> np.ndarray:
+    return np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+
+
+def _als_of(model: AffinityModel) -> tuple[ALS, tuple[float, float, float, float]]:
+    """The ALS inside ``model`` and the blend weights (freq, ALS, recency, popularity)."""
+    if isinstance(model, Blend):
+        pop = model.popularity_weight or 1e-6  # Blend.combine's tie-break weight
+        w = (model.freq_weight, model.als_weight, model.recency_weight, pop)
+        return model.als_, tuple(float(v) for v in w)  # type: ignore[return-value]
+    if isinstance(model, ALS):
+        return model, (0.0, 1.0, 0.0, 0.0)
+    raise AffinityInputError(
+        f"fold-in: model {type(model).__name__} has no closed-form fold-in (ALS or blend only)"
     )

@@ -6,7 +6,9 @@ optionally, ``calibrator`` (score -> P(redeem)).
 
 Input: one row per (member, candidate offer) pair, columns ``member_id`` and ``offer_id``;
 optional ``segment`` (e.g. ``gold|active``, used for members without history) and ``basket``
-(the current basket's categories or products, ``|``-separated: folded in at request time).
+(the current basket's categories or products, ``|``-separated bare ids of the model's purchase
+kind or item keys such as ``category:coffee``: folded in at request time; a basket with no
+entry the model knows changes nothing).
 Output, one row per input row in the same order: ``score``, ``p_redeem`` (NaN without a
 calibrator), ``rank`` (1 = best among the member's candidates) and ``fallback``
 (``personalised``, ``segment_popular``, ``global_popular``, or ``unknown_offer`` for an offer the
@@ -25,7 +27,7 @@ from mlflow.pyfunc import PythonModel
 
 from models.affinity.base import AffinityModel
 from models.affinity.calibration import RedeemCalibrator
-from models.affinity.foldin import as_new_members, basket_rows
+from models.affinity.foldin import as_new_members, basket_keys, basket_rows
 from models.affinity.interactions import AffinityInputError, Interactions, item_key, item_kind
 from models.affinity.persist import load_interactions, load_model, save_interactions, save_model
 
@@ -115,6 +117,7 @@ class AffinityPyfunc(PythonModel):
                 self.calibrator_ = RedeemCalibrator.from_arrays({k: npz[k] for k in npz.files})
         kinds = set(item_kind(self.rows_.item_ids)) - {"offer"}
         self.basket_kind_ = kinds.pop() if len(kinds) == 1 else "category"
+        self.item_set_ = frozenset(self.rows_.item_ids.tolist())
         return self
 
     def predict(
@@ -164,7 +167,11 @@ class AffinityPyfunc(PythonModel):
         if "basket" in df.columns:
             raw = df["basket"].to_numpy(dtype=object)[first]
             baskets = [[] if pd.isna(b) or b == "" else str(b).split("|") for b in raw]
-            has = np.array([len(b) > 0 for b in baskets])
+            # a basket none of whose entries the model knows is no basket
+            items = self.item_set_
+            has = np.array(
+                [any(k in items for k in basket_keys(b, self.basket_kind_)) for b in baskets]
+            )
             if has.any():
                 with_basket = basket_rows(batch, baskets, kind=self.basket_kind_)
                 fold = as_new_members(with_basket)

@@ -115,3 +115,135 @@ def test_member_rows_from_canonical_events():
     assert rows.confidence[0, 2] > 0 and rows.confidence[0, 8] > 0
     model = ALS(factors=4, regularization=0.01, iterations=30, weighting="none").fit(data)
     assert set(model.rank(rows.take(np.array([0])), np.arange(4), k=2).items[0]) == {2, 3}
+
+
+# ---- FoldIn: the request-path fold-in (numpy, closed form) equals the pyfunc's --------------
+
+GROUPS = {  # group -> (categories bought, offers redeemed)
+    "coffee": (["coffee", "bakery"], ["coffee-2for1", "coffee-beans"]),
+    "pet": (["pet-food", "pet-toys"], ["pet-food-10", "pet-treats"]),
+    "fresh": (["produce", "dairy", "bakery"], ["fresh-5", "dairy-bonus"]),
+}
+OFFERS = [o for _, offers in GROUPS.values() for o in offers]
+
+
+def pet_shop(n_per_group: int = 25, seed: int = 5) -> Interactions:
+    """Members of three groups, each buying its categories and redeeming its offers (with
+    noise and a few cross-group purchases); member ``coffee-only`` buys nothing but coffee."""
+    cats = sorted({c for cs, _ in GROUPS.values() for c in cs})
+    items = [f"offer:{o}" for o in OFFERS] + [f"category:{c}" for c in cats]
+    col = {k: i for i, k in enumerate(items)}
+    rng = np.random.default_rng(seed)
+    rows, ids = [], []
+    for g, (gcats, goffers) in GROUPS.items():
+        for i in range(n_per_group):
+            x = np.zeros(len(items), dtype=np.float32)
+            for c in gcats:
+                x[col[f"category:{c}"]] = rng.uniform(1.0, 6.0)
+            for o in goffers:
+                if rng.uniform() < 0.7:
+                    x[col[f"offer:{o}"]] = 5.0 * rng.uniform(0.5, 1.0)
+            other = rng.choice([c for c in cats if c not in gcats])
+            if rng.uniform() < 0.3:
+                x[col[f"category:{other}"]] = rng.uniform(0.5, 1.0)
+            rows.append(x)
+            ids.append(f"{g}{i}")
+    only = np.zeros(len(items), dtype=np.float32)
+    only[col["category:coffee"]] = 4.0
+    rows.append(only)
+    ids.append("coffee-only")
+    return Interactions.from_matrix(np.vstack(rows), member_ids=ids, item_ids=items)
+
+
+@pytest.fixture(scope="module")
+def pyfunc(tmp_path_factory):
+    from models.affinity import RedeemCalibrator
+    from models.affinity.pyfunc import AffinityPyfunc, save_artifacts
+
+    data = pet_shop()
+    als = ALS(factors=5, regularization=0.1, alpha=2.0, iterations=25, weighting="bm25").fit(data)
+    model = Blend.from_als(
+        als, data, freq_weight=0.5, als_weight=1.0, recency_weight=0.3, popularity_weight=0.2
+    )
+    offers = data.items_of_kind("offer")
+    scores = model.score(data, offers).ravel()
+    labels = (data.confidence[:, offers].toarray().ravel() > 0).astype(float)
+    calibrator = RedeemCalibrator("platt").fit(scores, labels)
+    out = tmp_path_factory.mktemp("affinity")
+    return AffinityPyfunc().load(save_artifacts(model, data, out, calibrator))
+
+
+def offline(pyfunc, member: str, basket: list[str] | None, offers=OFFERS) -> pd.DataFrame:
+    frame = pd.DataFrame({"member_id": member, "offer_id": offers})
+    if basket is not None:
+        frame["basket"] = "|".join(basket)
+    return pyfunc.predict(None, frame)
+
+
+def test_foldin_equals_the_pyfunc_with_a_basket_within_1e6(pyfunc):
+    from models.affinity import FoldIn
+
+    catalog = [*OFFERS, "not-in-the-model"]
+    members = ["coffee3", "pet0", "fresh7", "coffee-only", "walk-in"]
+    fold = FoldIn.from_pyfunc(pyfunc, catalog, members)
+    for row, member in enumerate(members):
+        for basket in (["pet-food"], ["coffee", "category:dairy", "?"], ["product:x", "pet-toys"]):
+            want = offline(pyfunc, member if member != "walk-in" else "nobody", basket, catalog)
+            score, p = fold.predict(row if member != "walk-in" else -1, basket)
+            assert np.isnan(score[-1]) and np.isnan(p[-1]) and np.isnan(want["p_redeem"].iloc[-1])
+            # P(redeem) within 1e-6; the pyfunc's scores are float32 (2.4e-7 apart near 2):
+            # relative 1e-6 there
+            np.testing.assert_allclose(p[:-1], want["p_redeem"].to_numpy()[:-1], rtol=0, atol=1e-6)
+            want_score = want["score"].to_numpy()[:-1]
+            np.testing.assert_allclose(score[:-1], want_score, rtol=1e-6, atol=1e-6)
+            assert (want["fallback"].iloc[:-1] == PERSONALISED).all()
+            # the comparison is not vacuous: the basket moves the scores
+            without = offline(pyfunc, member, None, catalog)["score"].to_numpy()[:-1]
+            assert np.abs(without - score[:-1]).max() > 1e-3
+
+
+def test_an_all_coffee_member_with_a_pet_food_basket_ranks_pet_offers_higher(pyfunc):
+    from models.affinity import FoldIn
+
+    fold = FoldIn.from_pyfunc(pyfunc, OFFERS, ["coffee-only"])
+    pet = [OFFERS.index("pet-food-10"), OFFERS.index("pet-treats")]
+    coffee = [OFFERS.index("coffee-2for1"), OFFERS.index("coffee-beans")]
+    before = offline(pyfunc, "coffee-only", None)["p_redeem"].to_numpy()
+    after = fold.p_redeem(0, ["pet-food", "pet-toys"])
+    rank_before = np.argsort(np.argsort(-before))
+    rank_after = np.argsort(np.argsort(-after))
+    assert set(np.argsort(-before)[:2]) == set(coffee)  # history alone: coffee first
+    assert (rank_after[pet] < rank_before[pet]).all()  # each pet offer moves up
+    assert (after[pet] > before[pet]).all()
+
+
+def test_foldin_baskets_the_model_does_not_know(pyfunc):
+    from models.affinity import FoldIn
+
+    fold = FoldIn.from_pyfunc(pyfunc, OFFERS)
+    assert fold.kind == "category"
+    assert not fold.knows(["garden", "product:coffee"]) and fold.knows(["garden", "coffee"])
+    with pytest.raises(AffinityInputError, match="basket: none of \\['garden'\\]"):
+        fold.predict(-1, ["garden"])
+    # offline: a basket of unknown entries is no basket (the member keeps the fallback chain)
+    out = offline(pyfunc, "walk-in", ["garden"])
+    assert (out["fallback"] != PERSONALISED).all()
+    same = offline(pyfunc, "pet3", ["garden"])["score"]
+    np.testing.assert_array_equal(same, offline(pyfunc, "pet3", None)["score"])
+
+
+def test_basket_keys_takes_bare_ids_and_item_keys():
+    from models.affinity import basket_keys
+
+    got = basket_keys(["coffee", "category:coffee", "product:123", "tea:x"], "category")
+    assert got == ["category:coffee", "category:tea:x", "product:123"]
+
+
+def test_foldin_refuses_models_without_a_closed_form(pyfunc, tmp_path):
+    from models.affinity import FoldIn, Popularity
+    from models.affinity.pyfunc import AffinityPyfunc, save_artifacts
+
+    data = pet_shop()
+    pop = AffinityPyfunc().load(save_artifacts(Popularity().fit(data), data, tmp_path))
+    with pytest.raises(AffinityInputError, match="Popularity has no closed-form fold-in"):
+        FoldIn.from_pyfunc(pop, OFFERS)
