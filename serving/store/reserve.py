@@ -32,8 +32,6 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
-from serving.store.tables import member_caps
-
 __all__ = [
     "CapKey",
     "GrantOutcome",
@@ -183,9 +181,11 @@ def _grant_rows(req: GrantRequest, o: GrantOutcome, now: datetime) -> list[tuple
 # Plain SQL on the DBAPI cursor: each reservation is one short statement, and SQLAlchemy's
 # per-execute overhead (~60 us) would dominate a group's time. Same predicates as
 # OffersStore.reserve_member_cap / reserve_budget.
+# One statement per cap count: creates the counter at 1, or adds 1 while under the cap.
 _CAP_BUMP = (
-    "UPDATE member_caps SET used = used + 1, updated_at = ? "
-    "WHERE member_id = ? AND cap_key = ? AND period = ? AND used < ?"
+    "INSERT INTO member_caps (member_id, cap_key, period, used, updated_at) "
+    "VALUES (?, ?, ?, 1, ?) ON CONFLICT (member_id, cap_key, period) "
+    "DO UPDATE SET used = used + 1, updated_at = excluded.updated_at WHERE used < ?"
 )
 _CAP_UNDO = (
     "UPDATE member_caps SET used = used - 1 WHERE member_id = ? AND cap_key = ? AND period = ?"
@@ -214,7 +214,7 @@ def _stamp(t: datetime | None) -> str | None:
 
 
 def _run_group(
-    connection: Connection, insert: Any, requests: Sequence[GrantRequest], now: datetime
+    connection: Connection, requests: Sequence[GrantRequest], now: datetime
 ) -> list[GrantOutcome]:
     """SQLite: one conditional UPDATE per count, in request order (statements are in-process
     calls of a few microseconds; the database has one writer at a time)."""
@@ -235,24 +235,6 @@ def _run_group(
                  stamp, stamp),
             )  # fmt: skip
             fresh.append(cursor.rowcount == 1)
-        cap_rows = {
-            (c.member_id, c.cap_key, c.period)
-            for r, new in zip(requests, fresh, strict=True)
-            if new
-            for i in r.items
-            for c in i.all_caps
-        }
-        if cap_rows:
-            create = insert(member_caps).on_conflict_do_nothing(
-                index_elements=["member_id", "cap_key", "period"]
-            )
-            connection.execute(
-                create,
-                [
-                    {"member_id": m, "cap_key": k, "period": p, "used": 0, "updated_at": now}
-                    for m, k, p in sorted(cap_rows)
-                ],
-            )
         outcomes = []
         grant_rows: list[tuple] = []
         for req, new in zip(requests, fresh, strict=True):
@@ -263,10 +245,12 @@ def _run_group(
             for index, item in enumerate(req.items):
                 counted: list[CapKey] = []
                 for cap in item.all_caps:
-                    cursor.execute(
-                        _CAP_BUMP, (stamp, cap.member_id, cap.cap_key, cap.period, int(cap.cap))
-                    )
-                    if cursor.rowcount != 1:
+                    if cap.cap > 0:
+                        cursor.execute(
+                            _CAP_BUMP,
+                            (cap.member_id, cap.cap_key, cap.period, stamp, int(cap.cap)),
+                        )
+                    if cap.cap <= 0 or cursor.rowcount != 1:
                         outcome.dropped.append((index, cap_reason(cap.cap_key)))
                         break
                     counted.append(cap)
@@ -317,58 +301,69 @@ _PG_LOCK_BUDGETS = (
     "SELECT offer_id, budget, spent FROM budgets WHERE offer_id = ANY(%s) "
     "ORDER BY offer_id FOR UPDATE"
 )
-_PG_CREATE_CAPS = (
+# Creates the missing cap counters at 0 and locks every one of them (the no-op DO UPDATE takes
+# the row lock of an existing row), in sorted order, returning the counts: one round trip.
+_PG_LOCK_CAPS = (
     "INSERT INTO member_caps (member_id, cap_key, period, used, updated_at) "
     "SELECT v.m, v.k, v.p, 0, %s FROM unnest(%s::text[], %s::text[], %s::text[]) AS v(m, k, p) "
-    "ORDER BY v.m, v.k, v.p ON CONFLICT (member_id, cap_key, period) DO NOTHING"
+    "ORDER BY v.m, v.k, v.p ON CONFLICT (member_id, cap_key, period) "
+    "DO UPDATE SET used = member_caps.used RETURNING member_id, cap_key, period, used"
 )
-_PG_LOCK_CAPS = (
-    "SELECT c.member_id, c.cap_key, c.period, c.used FROM member_caps AS c "
-    "JOIN unnest(%s::text[], %s::text[], %s::text[]) AS v(m, k, p) "
-    "ON c.member_id = v.m AND c.cap_key = v.k AND c.period = v.p "
-    "ORDER BY c.member_id, c.cap_key, c.period FOR UPDATE OF c"
+# Every write of the group in one statement (data-modifying CTEs): counters compare-and-set
+# against the values read under lock, grant rows, the sessions' answers.
+_PG_WRITE = """
+WITH b AS (
+    UPDATE budgets AS b SET spent = v.spent, updated_at = %(now)s
+    FROM unnest(%(b_id)s::text[], %(b_old)s::float8[], %(b_new)s::float8[])
+        AS v(offer_id, old, spent)
+    WHERE b.offer_id = v.offer_id AND b.spent = v.old RETURNING 1
+), c AS (
+    UPDATE member_caps AS c SET used = v.used, updated_at = %(now)s
+    FROM unnest(%(c_m)s::text[], %(c_k)s::text[], %(c_p)s::text[], %(c_old)s::int[],
+                %(c_new)s::int[]) AS v(m, k, p, old, used)
+    WHERE c.member_id = v.m AND c.cap_key = v.k AND c.period = v.p AND c.used = v.old
+    RETURNING 1
+), g AS (
+    INSERT INTO grants (transaction_id, offer_id, member_id, decision_id, channel, surprise,
+                        amount, caps, state, granted_at, valid_until)
+    SELECT v.t, v.o, v.m, v.d, v.c, v.s, v.a, v.caps::json, 'granted', %(now)s, v.u
+    FROM unnest(%(g_t)s::text[], %(g_o)s::text[], %(g_m)s::text[], %(g_d)s::text[],
+                %(g_c)s::text[], %(g_s)s::bool[], %(g_a)s::float8[], %(g_caps)s::text[],
+                %(g_u)s::timestamp[]) AS v(t, o, m, d, c, s, a, caps, u)
+    RETURNING 1
+), s AS (
+    UPDATE checkout_sessions AS s SET response = v.r::json
+    FROM unnest(%(s_t)s::text[], %(s_r)s::text[]) AS v(t, r) WHERE s.transaction_id = v.t
+    RETURNING 1
 )
-_PG_WRITE_BUDGETS = (
-    "UPDATE budgets AS b SET spent = v.spent, updated_at = %s "
-    "FROM unnest(%s::text[], %s::float8[], %s::float8[]) AS v(offer_id, old, spent) "
-    "WHERE b.offer_id = v.offer_id AND b.spent = v.old"
-)
-_PG_WRITE_CAPS = (
-    "UPDATE member_caps AS c SET used = v.used, updated_at = %s "
-    "FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[]) "
-    "AS v(m, k, p, old, used) "
-    "WHERE c.member_id = v.m AND c.cap_key = v.k AND c.period = v.p AND c.used = v.old"
-)
-_PG_INSERT_GRANTS = (
-    "INSERT INTO grants (transaction_id, offer_id, member_id, decision_id, channel, surprise, "
-    "amount, caps, state, granted_at, valid_until) "
-    "SELECT v.t, v.o, v.m, v.d, v.c, v.s, v.a, v.caps::json, 'granted', %s, v.u FROM unnest("
-    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bool[], %s::float8[], "
-    "%s::text[], %s::timestamp[]) AS v(t, o, m, d, c, s, a, caps, u)"
-)
-_PG_ANSWER_SESSIONS = (
-    "UPDATE checkout_sessions AS s SET response = v.r::json "
-    "FROM unnest(%s::text[], %s::text[]) AS v(t, r) WHERE s.transaction_id = v.t"
-)
+SELECT (SELECT count(*) FROM b), (SELECT count(*) FROM c)
+"""
 
 
 class LostUpdateError(RuntimeError):
     """A locked counter changed under the group (never expected; the group is rolled back)."""
 
 
+def _columns(rows: Sequence[tuple], n: int) -> list[list]:
+    """Column lists of ``rows`` (``n`` empty lists when there are none)."""
+    return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(n)]
+
+
 def _run_group_pg(
     connection: Connection, requests: Sequence[GrantRequest], now: datetime
 ) -> list[GrantOutcome]:
-    """PostgreSQL: a constant number of round trips per group, whatever its size.
+    """PostgreSQL: a constant number of round trips per group, whatever its size: insert the
+    sessions, lock the budgets, create-and-lock the caps, write everything, commit.
 
     The group's sessions are inserted first (a transaction id stored by another replica waits
     for that commit, then counts as a retry). The budget rows, then the member cap rows, are
-    locked in sorted order (``SELECT ... FOR UPDATE``: no other transaction on any replica can
-    change them until the commit, and two replicas' writers queue instead of deadlocking); the
-    counts are then applied request by request in Python with the same predicates as the
-    conditional UPDATEs (``spent + amount <= budget``, ``used < cap``), and the new values are
-    written with one UPDATE per table that also checks the values read (compare-and-set);
-    grants and answers are written with one statement each.
+    locked in sorted order (``SELECT ... FOR UPDATE``; for caps an upsert whose no-op update
+    locks: no other transaction on any replica can change them until the commit, and two
+    replicas' writers queue instead of deadlocking); the counts are then applied request by
+    request in Python with the same predicates as the conditional UPDATEs
+    (``spent + amount <= budget``, ``used < cap``), and the new values, the grant rows and the
+    answers are written by one statement whose counter updates also check the values read
+    (compare-and-set).
     """
     from serving.store.store import UnknownBudgetError
 
@@ -405,9 +400,7 @@ def _run_group_pg(
         )
         used: dict[tuple[str, str, str], int] = {}
         if cap_keys:
-            columns = [list(c) for c in zip(*cap_keys, strict=True)]
-            cursor.execute(_PG_CREATE_CAPS, (now, *columns))
-            cursor.execute(_PG_LOCK_CAPS, columns)
+            cursor.execute(_PG_LOCK_CAPS, (now, *_columns(cap_keys, 3)))
             used = {(m, k, p): int(n) for m, k, p, n in cursor.fetchall()}
         spent0, used0 = dict(spent), dict(used)
         outcomes = []
@@ -445,23 +438,29 @@ def _run_group_pg(
                 outcome.response = final_response(req.session, req.items, outcome)
                 answers.append((req.session.transaction_id, json.dumps(outcome.response)))
         changed = [o for o in spent if spent[o] != spent0[o]]
-        if changed:
-            old, new_ = [spent0[o] for o in changed], [spent[o] for o in changed]
-            cursor.execute(_PG_WRITE_BUDGETS, (now, changed, old, new_))
-            if cursor.rowcount != len(changed):
-                raise LostUpdateError(f"budgets changed under the group: {changed}")
         bumped = [k for k in used if used[k] != used0[k]]
-        if bumped:
-            m, k, p = (list(c) for c in zip(*bumped, strict=True))
-            before, after = [used0[b] for b in bumped], [used[b] for b in bumped]
-            cursor.execute(_PG_WRITE_CAPS, (now, m, k, p, before, after))
-            if cursor.rowcount != len(bumped):
+        if changed or bumped or grant_rows or answers:
+            g = _columns(grant_rows, 10)
+            c_m, c_k, c_p = _columns(bumped, 3)
+            s_t, s_r = _columns(answers, 2)
+            params = {
+                "now": now,
+                "b_id": changed,
+                "b_old": [spent0[o] for o in changed],
+                "b_new": [spent[o] for o in changed],
+                "c_m": c_m, "c_k": c_k, "c_p": c_p,
+                "c_old": [used0[b] for b in bumped],
+                "c_new": [used[b] for b in bumped],
+                "g_t": g[0], "g_o": g[1], "g_m": g[2], "g_d": g[3], "g_c": g[4], "g_s": g[5],
+                "g_a": g[6], "g_caps": g[7], "g_u": g[9],
+                "s_t": s_t, "s_r": s_r,
+            }  # fmt: skip
+            cursor.execute(_PG_WRITE, params)
+            n_budgets, n_caps = cursor.fetchone()
+            if n_budgets != len(changed):
+                raise LostUpdateError(f"budgets changed under the group: {changed}")
+            if n_caps != len(bumped):
                 raise LostUpdateError("member caps changed under the group")
-        if grant_rows:
-            cols = [list(c) for c in zip(*grant_rows, strict=True)]
-            cursor.execute(_PG_INSERT_GRANTS, (now, *cols[:8], cols[9]))
-        if answers:
-            cursor.execute(_PG_ANSWER_SESSIONS, [list(c) for c in zip(*answers, strict=True)])
     finally:
         cursor.close()
     return outcomes
@@ -486,7 +485,7 @@ def reserve_grants(
             with store.engine.begin() as connection:
                 if connection.dialect.name == "postgresql":
                     return _run_group_pg(connection, group, utcnow())
-                return _run_group(connection, store._insert, group, utcnow())
+                return _run_group(connection, group, utcnow())
         except OperationalError as exc:
             code = getattr(exc.orig, "sqlstate", None)
             if code not in _RETRY_SQLSTATES or attempt == RETRIES:
