@@ -141,23 +141,34 @@ def render_markdown(report: dict[str, Any]) -> str:
         runs = [r for r in report["splits"] if r["outcome"] == outcome]
         chosen = summary["chosen"]
         cost = report["setup"]["send_cost"][outcome]
+        head = "| policy | " + " | ".join(f"split {r['split']}" for r in runs)
+        rule = "|---" * (len(runs) + 2) + "|"
         lines += [
-            f"**{report['dataset']} / {outcome}** (send cost {cost:g}; net incremental value "
-            "per member vs nobody, IPS, 95% interval; one column per split)",
+            f"**{report['dataset']} / {outcome}**: net incremental value per member against "
+            f"sending nothing (IPS on the test rows; send cost {cost:g})",
             "",
-            "| policy | " + " | ".join(f"split {r['split']}" for r in runs) + " | mean |",
-            "|---" * (len(runs) + 2) + "|",
+            head + " | mean |",
+            rule,
         ]
-        shown = ["engine", *[n for n in summary["policies"] if n != "engine"]]
-        for name in shown:
+        for name in ["engine", *[n for n in summary["policies"] if n != "engine"]]:
             mark = " (best fixed)" if name == chosen["best_fixed"] else ""
             mark += " (best peer)" if name == chosen["best_peer"] else ""
-            cells = [_ci(r["policies"][name]["net_incremental"]) for r in runs]
+            cells = [f"{r['policies'][name]['net_incremental']['value']:.4f}" for r in runs]
             mean = summary["policies"][name]["net_incremental_mean"]
             lines.append(f"| {name}{mark} | " + " | ".join(cells) + f" | {mean:.4f} |")
+        lines += ["", f"{report['dataset']} / {outcome}: 95% intervals", "", head + " |",
+                  "|---" * (len(runs) + 1) + "|"]  # fmt: skip
+        for label, name in (("engine", "engine"), ("best fixed", chosen["best_fixed"]),
+                            ("best peer", chosen["best_peer"])):  # fmt: skip
+            if name is None:
+                continue
+            cells = [_ci(r["policies"][name]["net_incremental"]) for r in runs]
+            lines.append(f"| {label} ({name}) | " + " | ".join(cells) + " |")
         for label, rows in summary["engine_contrasts"].items():
+            if label.endswith(("causalml", "sklift")):
+                continue
             cells = [_ci(e) for e in rows]
-            lines.append(f"| *{label.replace('_', ' ')}* | " + " | ".join(cells) + " | |")
+            lines.append(f"| {label.replace('_', ' ')} (paired) | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
