@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ REGISTRY = "registry"  # loaded from the tracking server / registry just now
 LOCAL_COPY = "local_copy"  # the last-known-good copy on disk (registry unavailable)
 LOCAL_DIR = "local_dir"  # a model directory named directly (no registry involved)
 CURRENT = "current.json"
+SILENT_MEMORY_S = 10.0  # after a timeout, the next models of the same load skip the registry
 
 
 class ModelSourceError(RuntimeError):
@@ -291,11 +293,19 @@ class LkgLoader:
         self.tracking_uri = tracking_uri
         self.lkg_dir = lkg_dir
         self.timeout = timeout
+        self._silent_until = 0.0  # a silent server is not asked again for each model
+        self._silent_reason = ""
 
     def __call__(self, name: str, uri: str) -> ModelCopy:
-        return load_model(
+        if time.monotonic() < self._silent_until and read_current(self.lkg_dir, name):
+            return self.local(name, uri, self._silent_reason)
+        copy = load_model(
             name, uri, tracking_uri=self.tracking_uri, lkg_dir=self.lkg_dir, timeout=self.timeout
         )
+        if copy.source == LOCAL_COPY and RegistryUnavailable.__name__ in (copy.reason or ""):
+            self._silent_until = time.monotonic() + SILENT_MEMORY_S
+            self._silent_reason = copy.reason or ""
+        return copy
 
     def local(self, name: str, uri: str, reason: str) -> ModelCopy:
         """The last-known-good copy of ``name`` (see :func:`load_local_copy`)."""
