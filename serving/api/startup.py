@@ -19,6 +19,7 @@ field and the value; nothing is swapped and no pointer moves. The lifespan recor
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,9 @@ def _bundle_error(exc: Exception, config: BundleConfig) -> ServingLoadError:
     return ServingLoadError("bundle", f"decision bundle not built: {type(exc).__name__}: {exc}")
 
 
+_ONE_AT_A_TIME = threading.Lock()  # two reloads must not interleave build, sync and swap
+
+
 def load_serving(state: Any, *, at_start: bool = False) -> ModelSet:
     """Load models, build the bundle, sync budget counters, then swap all in and move the
     last-known-good pointers (see module doc). ``state``: the app's ``AppState``.
@@ -162,6 +166,11 @@ def load_serving(state: Any, *, at_start: bool = False) -> ModelSet:
     snapshot are fine, serve the last-known-good copies instead (source ``local_copy``, the
     reason naming the refused versions): a restart after a bad registration stays up. A reload
     keeps what is serving instead."""
+    with _ONE_AT_A_TIME:
+        return _load_serving(state, at_start)
+
+
+def _load_serving(state: Any, at_start: bool) -> ModelSet:
     try:
         models = state.models.load()
     except ModelLoadError as exc:
