@@ -64,8 +64,21 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 # Request numbers and flags are strict: "10" and true are not numbers, "true" is not a flag
 # (an integer is still a valid amount). FastAPI validates the parsed JSON in Python mode.
 Money = Annotated[float, Field(strict=True, ge=0.0, le=1e7, allow_inf_nan=False)]
-Count = Annotated[int, Field(strict=True)]
 Flag = Annotated[bool, Field(strict=True)]
+
+
+def _whole_number(value: object) -> object:
+    """A JSON number with no fraction (3 or 3.0, as JSON Schema's integer), not text or a flag."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("Input should be a whole number (not text or true/false)")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("Input should be a whole number")
+        return int(value)
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_whole_number)]
 
 
 def _iso_text(value: object) -> object:

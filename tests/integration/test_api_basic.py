@@ -117,7 +117,8 @@ def test_auth_validation_health_metrics_and_idempotent_events(server: Server):
             "received": 2, "stored": ["c"], "duplicates": ["a"]
         }  # fmt: skip
         assert c.get("/v1/models", headers={"X-API-Key": "reader"}).status_code == 200
-        text = c.get("/metrics").text
+        assert c.get("/metrics").status_code == 401  # admin scope by default
+        text = c.get("/metrics", headers={"X-API-Key": "root"}).text
         assert (
             'offers_http_requests_total{method="POST",route="/v1/events",status="403"} 1.0' in text
         )

@@ -59,6 +59,7 @@ def test_basket_quantity_must_be_an_integer(quantity):
     with pytest.raises(ValidationError, match="quantity"):
         BasketLine.model_validate({"quantity": quantity, "unit_price": 1.0})
     assert BasketLine.model_validate({"quantity": 2, "unit_price": 3}).unit_price == 3.0
+    assert BasketLine.model_validate({"quantity": 2.0, "unit_price": 3}).quantity == 2  # JSON
 
 
 def test_batch_k_as_a_string_is_422(client):
