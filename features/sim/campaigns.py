@@ -56,6 +56,9 @@ class CampaignLog:
     sends: np.ndarray | None = None  # per member: offers received over all campaigns
     removed: np.ndarray | None = None  # basket numbers of baseline baskets that did not happen
     budget_spent: np.ndarray | None = None  # per offer, in its budget's unit
+    budget_closed: np.ndarray | None = None  # per offer: left out of a campaign for its budget
+    budget_sends: np.ndarray | None = None  # per offer: sends so far
+    budget_redemptions: np.ndarray | None = None  # per offer: redemptions so far
 
     def add(self, store: dict[str, list[np.ndarray]], **cols: np.ndarray) -> None:
         for k, v in cols.items():
@@ -241,6 +244,31 @@ def _induced_lines(
     )
 
 
+def _within_budget(
+    pool: np.ndarray,
+    elig: np.ndarray,
+    log: CampaignLog,
+    budgets: np.ndarray,
+    unit_cost: np.ndarray,
+    cfg: SimConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pool without the offers whose expected use in this send would overrun what is left
+    of their budget (expected sends x the offer's redemption rate so far, prior 10 %).
+
+    Offers are dropped from the whole campaign (never from some members only), so the logged
+    propensities and the pool a policy evaluation rebuilds from the events stay exact.
+    """
+    assert log.budget_sends is not None and log.budget_redemptions is not None
+    assert log.budget_spent is not None and log.budget_closed is not None
+    k = np.maximum(elig.sum(axis=1, keepdims=True), 1)
+    sends = (elig / k).sum(axis=0) * (1 - cfg.control_share)
+    rate = (log.budget_redemptions[pool] + 1.0) / (log.budget_sends[pool] + 10.0)
+    use = sends * rate * unit_cost[pool]
+    ok = log.budget_spent[pool] + use <= budgets[pool]
+    log.budget_closed[pool[~ok]] = True
+    return pool[ok], elig[:, ok]
+
+
 def run_campaigns(
     rng: np.random.Generator,
     m: Members,
@@ -268,6 +296,9 @@ def run_campaigns(
         [o.cost if o.budget is not None and o.budget.unit == "money" else 1.0 for o in offers]
     )
     removed: list[np.ndarray] = []
+    log.budget_sends = np.zeros(len(offers))
+    log.budget_redemptions = np.zeros(len(offers))
+    log.budget_closed = np.zeros(len(offers), dtype=bool)
     if not d.is_easy:
         p.basket_no = np.arange(len(p.key))
         p.cat_bits = category_bits(p.lines.basket, p.lines.category, len(p.key))
@@ -308,6 +339,8 @@ def run_campaigns(
         caps = np.array([offers[i].per_member_cap or 255 for i in pool])
         elig = np.column_stack([_eligible(offers[i], s, m, idx, cfg) for i in pool])
         elig &= received[idx][:, pool] < caps[None, :]
+        if budgets is not None:  # size the send to what is left of each budget
+            pool, elig = _within_budget(pool, elig, log, budgets, unit_cost, cfg)
         keep = elig.any(axis=1)
         idx, elig = idx[keep], elig[keep]
         send = t + rng.integers(0, 3600, len(idx))
@@ -344,6 +377,8 @@ def run_campaigns(
             _, tau_c, tau_s = effects(out.r, m, mi, st, w, d)
         log.sends[mi] += 1
         np.add.at(log.budget_spent, oi[out.redeemed], unit_cost[oi[out.redeemed]])
+        np.add.at(log.budget_sends, oi, 1)
+        np.add.at(log.budget_redemptions, oi[out.redeemed], 1)
         emit(mi, st, "sent", oi, prop[tr])
         for ev, mask, ts in (
             ("viewed", out.viewed, out.viewed_ts),

@@ -113,16 +113,16 @@ class Difficulty:
 
 
 _REALISTIC = dict(
-    effect_scale=0.075,
-    pair_sigma=1.1,
-    harm_scale=0.012,
+    effect_scale=0.13,
+    pair_sigma=0.6,
+    harm_scale=0.0022,
     pull_forward=0.4,
     fatigue=0.9,
     lapsed_reach=0.35,
     redemption_rules=True,
     auto_apply_kinds=("bonus_points", "free_shipping"),
     segment_accuracy=0.6,
-    budget_rate=0.004,
+    budget_rate=0.00025,
 )
 DIFFICULTIES: dict[str, Difficulty] = {
     "easy": Difficulty(),

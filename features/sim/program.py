@@ -411,6 +411,18 @@ def simulate(
         assert log_.sends is not None
         ctx = Context(d, end_s, log_.sends, pair_seed, qualify)
     truth = _truth(m, mean_line, catalog, op, cfg, end_s, member_ids, log_, ctx)
+    if budgets is not None:
+        closed = log_.budget_closed | (log_.budget_spent >= budgets)
+        has = np.isfinite(budgets)
+        truth["budgets"] = pd.DataFrame(
+            {
+                S.OFFER_ID: np.asarray(op.ids)[has],
+                "unit": [o.budget.unit for o in catalog.offers if o.budget is not None],
+                "budget": budgets[has],
+                "spent": log_.budget_spent[has],
+                "closed": closed[has],
+            }
+        )
     return Program(
         members=members,
         offers=offers,
