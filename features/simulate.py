@@ -42,9 +42,24 @@ The model (details and parameters in ``docs/simulator.md``):
   tau_spend over a 14-day window after a send at ``end``; float32), ``members_latent`` (the
   latent traits) and ``assignments`` (one row per campaign assignment with the send-time
   baseline probability and true effects, for known-answer checks of uplift estimates).
+* **Difficulty** (``SimConfig.difficulty``, ``offers simulate --difficulty``): ``easy`` (the
+  default) is the model above, byte for byte. ``realistic`` is calibrated to real data
+  (docs/simulator.md): persuasion scaled down with per-pair noise, harm (a send can suppress a
+  baseline basket), pull-forward, fatigue, a weaker reach of lapsed members, redemptions only
+  on qualifying baskets, auto-applied offers redeemed without a view, a noisy published
+  segment and budgets in proportion to spend that the logged campaigns respect. ``hard``
+  halves persuasion again and doubles harm. ``truth/difficulty.json`` records the level.
 """
 
-from features.sim.config import CATEGORIES, SEGMENTS, SimConfig
+from features.sim.config import CATEGORIES, DIFFICULTIES, SEGMENTS, Difficulty, SimConfig
 from features.sim.program import Program, simulate
 
-__all__ = ["CATEGORIES", "SEGMENTS", "Program", "SimConfig", "simulate"]
+__all__ = [
+    "CATEGORIES",
+    "DIFFICULTIES",
+    "SEGMENTS",
+    "Difficulty",
+    "Program",
+    "SimConfig",
+    "simulate",
+]

@@ -22,12 +22,25 @@ def simulate_cmd(
     catalog: Annotated[
         Path | None, typer.Option("--catalog", help="offer catalog YAML (default: the example)")
     ] = None,
+    difficulty: Annotated[
+        str,
+        typer.Option(
+            "--difficulty",
+            help="easy (every send helps; the original program), realistic (calibrated to "
+            "real data: small persuasion, harm, fatigue) or hard (half the persuasion, twice "
+            "the harm); see docs/simulator.md",
+        ),
+    ] = "easy",
 ) -> None:
     """Simulate a loyalty program with known ground truth and write it to OUT."""
     from features.catalog import CatalogError
+    from features.sim.config import difficulty as level
     from features.simulate import SimConfig, simulate
 
-    cfg = SimConfig(catalog_path=catalog)
+    try:
+        cfg = SimConfig(catalog_path=catalog, difficulty=level(difficulty))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--difficulty") from None
     t0 = time.perf_counter()
     with Progress(
         TextColumn("[bold]simulate[/] {task.description}"),
@@ -54,7 +67,7 @@ def simulate_cmd(
     console.print(
         f"wrote {out}: {n['members']:,} members, {n['offers']:,} offers, "
         f"{n['transactions']:,} transaction lines, {n['offer_events']:,} offer events "
-        f"(seed {seed}, {time.perf_counter() - t0:.1f} s)",
+        f"(seed {seed}, difficulty {difficulty}, {time.perf_counter() - t0:.1f} s)",
         highlight=False,
         soft_wrap=True,
     )
