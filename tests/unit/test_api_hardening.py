@@ -243,6 +243,7 @@ def test_offers_serve_passes_timeouts_and_connection_limit(monkeypatch, tmp_path
 
     calls: list[dict] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    monkeypatch.setattr(HeaderTimeoutHttpToolsProtocol, "header_timeout", None)
     monkeypatch.setenv("OFFERS_HOME", str(tmp_path))
     monkeypatch.setenv("OFFERS_MODELS", '{"offers-uplift": "models:/offers-uplift@champion"}')
     monkeypatch.setenv("OFFERS_HEADER_READ_TIMEOUT_SECONDS", "3")

@@ -76,8 +76,10 @@ def test_concurrent_different_contents_keep_exactly_one(db: OffersStore):
 
 
 def test_write_lock_held_elsewhere_fails_within_the_lock_wait(tmp_path: Path):
+    """Events, the readiness probe and budget reservations all fail fast (then 503)."""
     path = tmp_path / "offers.db"
     fast = open_store(f"sqlite:///{path}", lock_wait_seconds=0.2)
+    fast.set_budget("o1", 10.0)
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
@@ -86,6 +88,8 @@ def test_write_lock_held_elsewhere_fails_within_the_lock_wait(tmp_path: Path):
             fast.record_events([_event("e1")])
         with pytest.raises(OperationalError, match="locked"):
             fast.check_writable()
+        with pytest.raises(OperationalError, match="locked"):
+            fast.reserve_budget("o1", 1.0)  # the checkout path shares the engine
         assert time.monotonic() - start < 5  # not the 30 s of the batch default
         fast.ping()  # reads still work in WAL mode
     finally:
