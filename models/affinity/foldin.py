@@ -204,6 +204,12 @@ class FoldIn:
     def n_offers(self) -> int:
         return len(self.offer_cols)
 
+    @property
+    def personalises(self) -> bool:
+        """Whether a basket can move the scores: the model's scores use ALS (a blend with
+        ``als_weight`` 0 ranks by the member's own offer history and popularity alone)."""
+        return self.weights[1] > 0
+
     def columns(self, basket: Sequence[str]) -> np.ndarray:
         """Model columns of the basket entries the model knows (sorted, distinct)."""
         cols = {self.item_index.get(k, -1) for k in basket_keys(basket, self.kind)}

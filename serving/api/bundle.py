@@ -31,6 +31,7 @@ from features import schema as S
 from features.catalog import load_catalog
 from features.io import find_table_file, read_raw, to_canonical_frame
 from features.settings import OffersSettings
+from models.affinity import AffinityInputError, FoldIn
 from serving.api.budgets import seed_budgets
 from serving.api.modelset import ModelSet
 from serving.engine import (
@@ -42,8 +43,9 @@ from serving.engine import (
     MemberTable,
     ScoreInputs,
 )
-from serving.engine.adapters import model_inputs
+from serving.engine.adapters import model_inputs, python_model, redeem_probability
 from serving.engine.eligibility import member_eligibility
+from serving.engine.fallback import fill
 from serving.engine.moments import member_moments
 from serving.engine.settings import PERSONALISED
 from serving.engine.single import SingleDecider
@@ -132,11 +134,13 @@ class ServingBundle:
     single: SingleDecider | None = None  # the real-time path (built with the bundle)
     history: SnapshotHistory | None = None  # the snapshot members' past sends and redemptions
     _cold_row: MemberTable | None = None  # a one-row cold-start member (id replaced per call)
+    foldin: FoldIn | None = None  # the checkout basket folded into the affinity (numpy)
     member_mask: np.ndarray | None = None  # (n + 1, m) member-only eligibility rules per
     member_flags: np.ndarray | None = None  # (n + 1, moments) snapshot moments; last: cold row
     _left_cache: dict[frozenset[str], np.ndarray] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _cold_spend: list[np.ndarray] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def offer_ids(self) -> tuple[str, ...]:
@@ -146,9 +150,16 @@ class ServingBundle:
         """Snapshot row of each member id, -1 when unknown."""
         return self.index.get_indexer(pd.Index(member_ids, dtype=object))
 
-    def inputs(self, member_ids: list[str]) -> tuple[MemberTable, ScoreInputs]:
+    def inputs(
+        self, member_ids: list[str], baskets: Sequence[Sequence[str] | None] | None = None
+    ) -> tuple[MemberTable, ScoreInputs]:
         """Members and score inputs for ``member_ids``; unknown members get a cold-start row
-        (lifecycle ``onboarding``, no segment, no model row: the fallback chain fills it)."""
+        (lifecycle ``onboarding``, no segment, no model row: the fallback chain fills it).
+
+        ``baskets`` (one per member, None or empty: no basket): each basket the affinity model
+        knows is folded into that member's P(redeem) (:meth:`basket_p`), so the member is served
+        ``personalised``; an unknown member then takes the fallback chain's incremental spend
+        (the uplift model needs the features the snapshot does not have)."""
         rows = self.rows(member_ids)
         known = rows >= 0
         safe = np.where(known, rows, 0)
@@ -164,6 +175,19 @@ class ServingBundle:
         else:
             p, s, served = np.zeros((len(rows), m)), np.zeros((len(rows), m)), None
         has = known
+        if baskets is not None and self.foldin is not None:
+            if len(baskets) != len(rows):
+                raise BundleError(f"baskets: {len(baskets)} baskets for {len(rows)} members")
+            folded = [(i, self.basket_p(int(rows[i]), b)) for i, b in enumerate(baskets) if b]
+            folded = [(i, q) for i, q in folded if q is not None]
+            if folded:
+                p, s, has = np.array(p, dtype=np.float64), np.array(s), has.copy()
+                served = np.full(len(rows), PERSONALISED, object) if served is None else served
+                served = np.asarray(served, dtype=object).copy()
+                for i, q in folded:
+                    p[i], served[i] = q, PERSONALISED
+                    if not has[i]:
+                        s[i], has[i] = self.cold_spend(), True
         return table, ScoreInputs(
             p, s, has_row=has, model_versions=dict(self.versions), fallback=served
         )
@@ -176,9 +200,13 @@ class ServingBundle:
         basket_total: float | None = None,
         exhausted: frozenset[str] = frozenset(),
         history: Sequence[PastGrant] = (),
+        basket: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """The decision for one member as the API's dict (``serving.engine.single``): the same
         decision as :meth:`decide` for a batch of one, in well under a millisecond.
+
+        ``basket``: the basket's categories / products (item keys such as ``category:coffee``
+        or the model's bare ids), folded into the member's P(redeem) as in :meth:`inputs`.
 
         ``history``: the member's grants in the serving store (not released), applied with the
         snapshot's own history: per-offer caps, channel frequency caps, active offers and the
@@ -198,6 +226,11 @@ class ServingBundle:
         else:
             table = replace(self._cold_row, ids=ids)
             p, s, has = np.zeros(m, np.float32), np.zeros(m, np.float32), False
+        folded = self.basket_p(row, basket) if basket else None
+        if folded is not None:
+            p, served = folded, PERSONALISED
+            if not has:
+                s, has = self.cold_spend(), True
         pre: dict[str, np.ndarray] = {}
         if self.member_mask is not None and self.member_flags is not None:
             pre = {"member_mask": self.member_mask[row], "member_flags": self.member_flags[row]}
@@ -208,6 +241,33 @@ class ServingBundle:
         return self.single.decide(
             table, p, s, has, context, budget_left=left, state=state, served=served, **pre
         )
+
+    def basket_p(self, row: int, basket: Sequence[str] | None) -> np.ndarray | None:
+        """P(redeem) (m,) float32 of snapshot row ``row`` (-1: unknown member) with ``basket``
+        folded in (:class:`~models.affinity.foldin.FoldIn`, closed-form ALS in numpy, the
+        adapter's rule for missing probabilities); None when there is no fold-in or the model
+        knows no entry of the basket (the decision is then the one without the basket)."""
+        fold = self.foldin
+        if fold is None or not basket or not fold.knows(basket):
+            return None
+        score, p = fold.predict(row, basket)
+        return redeem_probability(p, score).astype(np.float32)
+
+    def cold_spend(self) -> np.ndarray:
+        """Incremental spend (m,) of a member without a snapshot row: the fallback chain's."""
+        if not self._cold_spend:
+            m = self.engine.offers.n
+            cold = self._cold_row if self._cold_row is not None else _cold(1)
+            _, s, _ = fill(
+                np.zeros((1, m)),
+                np.zeros((1, m)),
+                np.array([False]),
+                cold.segment,
+                self.fallback_tables,
+                self.engine.settings.fallback_chain,
+            )
+            self._cold_spend.append(s[0])
+        return self._cold_spend[0]
 
     def member_state(
         self, row: int, context: DecisionContext, history: Sequence[PastGrant] = ()
@@ -246,11 +306,13 @@ class ServingBundle:
         basket_total: float | np.ndarray | None = None,
         exhausted: frozenset[str] = frozenset(),
         histories: Sequence[Sequence[PastGrant]] | None = None,
+        baskets: Sequence[Sequence[str] | None] | None = None,
     ) -> DecisionBatch:
         """The engine's decisions for ``member_ids`` (``basket_total``: checkout context, one
         value or one per member; NaN = no basket; ``histories``: each member's store grants,
-        aligned with ``member_ids``)."""
-        table, inputs = self.inputs(member_ids)
+        aligned with ``member_ids``; ``baskets``: each member's basket items, see
+        :meth:`inputs`)."""
+        table, inputs = self.inputs(member_ids, baskets)
         state = (self.history or _NO_HISTORY).state_many(
             self.rows(member_ids),
             self.engine.offers,
@@ -383,11 +445,29 @@ def build_bundle(models: ModelSet, config: BundleConfig) -> ServingBundle:
             ]
         ),
         _cold_row=cold,
+        foldin=_foldin(models.models[AFFINITY].model, engine.offers.ids, members.ids),
     )
     log.info(
         "bundle: %d members, %d offers, models %s", members.n, engine.offers.n, bundle.versions
     )
     return bundle
+
+
+def _foldin(affinity: Any, offer_ids: Sequence[str], member_ids: np.ndarray) -> FoldIn | None:
+    """The checkout's basket fold-in for the loaded affinity model (None, logged, when the
+    model has no closed-form fold-in or its scores do not use ALS)."""
+    try:
+        fold = FoldIn.from_pyfunc(python_model(affinity), offer_ids, member_ids)
+    except (AttributeError, AffinityInputError) as exc:
+        log.warning("bundle: checkout baskets are not folded in: %s", exc)
+        return None
+    if not fold.personalises:
+        log.warning(
+            "bundle: checkout baskets are not folded in: the affinity model's scores do not "
+            "use ALS (blend als_weight 0), so a basket cannot change them"
+        )
+        return None
+    return fold
 
 
 def _snapshot_history(

@@ -25,6 +25,7 @@ from serving.store import GrantRequest, SessionRecord
 __all__ = [
     "InFlight",
     "TransactionConflict",
+    "basket_items",
     "build_request",
     "lines_total",
     "redeemed_grants",
@@ -78,6 +79,14 @@ class InFlight:
 def lines_total(basket: Any) -> float:
     """Sum of quantity x unit_price over the basket lines."""
     return float(sum(line.quantity * line.unit_price for line in basket))
+
+
+def basket_items(basket: Any) -> tuple[str, ...]:
+    """The basket's categories and products as affinity item keys (``category:coffee``,
+    ``product:<sku>``), distinct and sorted: what the bundle folds into the member's affinity."""
+    keys = {f"category:{line.category}" for line in basket if line.category}
+    keys |= {f"product:{line.sku}" for line in basket if line.sku}
+    return tuple(sorted(keys))
 
 
 def total_mismatch(total: float, lines: float) -> bool:

@@ -12,6 +12,10 @@ evaluation) turns model outputs into :class:`ScoreInputs` here, with one set of 
   ``personalised`` when any pair was personalised, else the most common of its pairs' names.
   The engine's own fallback tables are only for members with no model row at all (a member
   the snapshot does not hold). An output without a ``fallback`` column counts as personalised.
+  With ``baskets`` (the checkout context: one basket per member, its categories / products as
+  item keys such as ``category:coffee``), each member's basket goes to the model as its
+  ``basket`` column and is folded into that member's affinity (the same fold-in the serving
+  bundle computes in numpy at checkout, :class:`models.affinity.foldin.FoldIn`).
 * **uplift** (``models.uplift.pyfunc``), called through ``predict`` with
   ``params={"outcomes": [outcome]}`` (only that outcome is computed): each offer takes its own
   column ``<outcome>:<offer_id>``, else its kind's ``<outcome>:<kind>``, else no effect (0).
@@ -21,6 +25,7 @@ The engine never imports a model package: it only calls ``predict`` on what it i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -31,7 +36,14 @@ from serving.engine.offers import OfferTable
 from serving.engine.scoring import ScoreInputs
 from serving.engine.settings import GLOBAL_POPULAR, PERSONALISED, SEGMENT_POPULAR
 
-__all__ = ["affinity_matrix", "model_inputs", "predict_frame", "uplift_matrix"]
+__all__ = [
+    "affinity_matrix",
+    "model_inputs",
+    "predict_frame",
+    "python_model",
+    "redeem_probability",
+    "uplift_matrix",
+]
 
 SPEND_OUTCOME = "spend"
 UPLIFT_BLOCK_ROWS = 20_000  # members per uplift predict call (bounded memory at 1M members)
@@ -47,6 +59,21 @@ def _python_model(loaded: Any) -> Any:
             return loaded
     inner = getattr(loaded, "model", None)  # a local artifact model bound to predict(frame)
     return inner if inner is not None and hasattr(inner, "predict") else loaded
+
+
+python_model = _python_model  # public: the serving bundle builds its fold-in from it
+
+
+def redeem_probability(p_redeem: np.ndarray, score: np.ndarray | None) -> np.ndarray:
+    """The affinity model's P(redeem) with the rules of the module docstring: NaN becomes the
+    logistic of the score, or 0 for an offer the model has never seen (NaN score)."""
+    p = np.asarray(p_redeem, dtype=np.float64)
+    if score is not None:
+        score = np.asarray(score, dtype=np.float64)
+        with np.errstate(over="ignore"):
+            logistic = 1.0 / (1.0 + np.exp(-np.nan_to_num(score)))
+        p = np.where(np.isnan(p), np.where(np.isnan(score), 0.0, logistic), p)
+    return np.clip(np.nan_to_num(p, nan=0.0), 0.0, 1.0)
 
 
 def predict_frame(
@@ -67,10 +94,14 @@ def predict_frame(
 
 
 def affinity_matrix(
-    model: Any, members: pd.DataFrame, offers: OfferTable, segment_column: str = "segment"
+    model: Any,
+    members: pd.DataFrame,
+    offers: OfferTable,
+    segment_column: str = "segment",
+    baskets: Sequence[Sequence[str] | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(P(redeem) (n, m) float64 in [0, 1], fallback name per member (n,) object); see the
-    module docstring."""
+    module docstring (``baskets``: one per member, None or empty for no basket)."""
     ids = members[S.MEMBER_ID].astype(str).to_numpy(dtype=object)
     n, m = len(ids), offers.n
     if n == 0:
@@ -84,16 +115,16 @@ def affinity_matrix(
     if segment_column in members:
         seg = members[segment_column].astype(object).to_numpy()
         pairs["segment"] = np.repeat(seg, m)
+    if baskets is not None:
+        if len(baskets) != n:
+            raise ValueError(f"baskets: {len(baskets)} baskets for {n} members")
+        joined = np.array(["|".join(map(str, b)) if b else "" for b in baskets], dtype=object)
+        pairs["basket"] = np.repeat(joined, m)
     out = predict_frame(model, pairs)
     if "p_redeem" not in out:
         raise ValueError(f"affinity model output has no p_redeem column (has {list(out)})")
-    p = out["p_redeem"].to_numpy(dtype=np.float64)
-    if "score" in out:
-        score = out["score"].to_numpy(dtype=np.float64)
-        with np.errstate(over="ignore"):
-            logistic = 1.0 / (1.0 + np.exp(-np.nan_to_num(score)))
-        p = np.where(np.isnan(p), np.where(np.isnan(score), 0.0, logistic), p)
-    p = np.clip(np.nan_to_num(p, nan=0.0), 0.0, 1.0).reshape(n, m)
+    score = out["score"].to_numpy(dtype=np.float64) if "score" in out else None
+    p = redeem_probability(out["p_redeem"].to_numpy(dtype=np.float64), score).reshape(n, m)
     names = np.full(n, PERSONALISED, dtype=object)
     if "fallback" in out:
         served = out["fallback"].to_numpy(dtype=object).reshape(n, m)
@@ -136,9 +167,11 @@ def model_inputs(
     segment_column: str = "segment",
     outcome: str = SPEND_OUTCOME,
     model_versions: dict[str, str] | None = None,
+    baskets: Sequence[Sequence[str] | None] | None = None,
 ) -> ScoreInputs:
-    """Both models' outputs for ``members`` x the catalog's ``offers`` as engine inputs."""
-    p, names = affinity_matrix(affinity, members, offers, segment_column)
+    """Both models' outputs for ``members`` x the catalog's ``offers`` as engine inputs
+    (``baskets``: the checkout context, one per member; see the module docstring)."""
+    p, names = affinity_matrix(affinity, members, offers, segment_column, baskets)
     s = uplift_matrix(uplift, members, offers, outcome)
     return ScoreInputs(
         p,

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 
 from serving.api.checkout import (
     TransactionConflict,
+    basket_items,
     build_request,
     lines_total,
     past_grants,
@@ -92,6 +93,7 @@ async def _checkout(state: Any, body: CheckoutRequest, basket_total: float) -> C
         basket_total=basket_total,
         exhausted=state.bundle.exhausted,
         history=history,
+        basket=basket_items(body.basket),
     )
     response = {
         "transaction_id": body.transaction_id,
@@ -159,6 +161,7 @@ async def checkout_rewards(
             basket_total=basket_total,
             exhausted=state.bundle.exhausted,
             history=history,
+            basket=basket_items(body.basket),
         )
         return CheckoutResponse(
             transaction_id=body.transaction_id,
