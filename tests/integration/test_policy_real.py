@@ -135,6 +135,8 @@ def test_open_bandit_report(shared_data) -> None:
     assert report["clicks"] == {"random": 38, "bts": 42}
     truth = report["on_policy"]["value"]
     assert truth == pytest.approx(0.0042)
+    assert report["null_reference"]["value"] == pytest.approx(0.0038)
+    assert report["null_reference"]["relative_error"] == pytest.approx(0.0004 / 0.0042)
     for block in report["by_buckets"].values():
         assert set(block["estimates"]) == {"ips", "snips", "dr", "dm"}
         for e in block["estimates"].values():

@@ -204,6 +204,12 @@ def run_open_bandit(
         "bootstrap": {"n": n_boot, "seed": seed, **chosen["bootstrap"]},
         "mean_weight": chosen["mean_weight"],
         "by_buckets": by_bucket,
+        # the logger's own mean click, which ignores the evaluation policy: the error any
+        # estimator must beat to have learnt something about BTS from the logs
+        "null_reference": {
+            "value": float(rand["click"].mean()),
+            "relative_error": abs(float(rand["click"].mean()) - truth.value) / truth.value,
+        },
         "anchors_obp": ANCHORS,
         "goal_relative_error": GOAL,
         "reward_model": f"cross-fitted (2 folds): position click rate x item multiplier "

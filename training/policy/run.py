@@ -195,5 +195,12 @@ def _render_obd(report: dict[str, Any]) -> str:
                 f"| {bucket} | {name.upper()} | {_ci(e, 5)} | {e['relative_error']:.3f} | {b} |"
             )
     anchors = ", ".join(f"{k.upper()} {v}" for k, v in report["anchors_obp"].items())
-    lines += ["", f"Open Bandit Pipeline anchors (relative error): {anchors}.", ""]
+    null = report["null_reference"]
+    lines += [
+        "",
+        f"Null reference (the random logs' own mean click, no evaluation at all): "
+        f"{null['value']:.5f}, relative error {null['relative_error']:.3f}. "
+        f"Open Bandit Pipeline anchors (relative error): {anchors}.",
+        "",
+    ]
     return "\n".join(lines)
