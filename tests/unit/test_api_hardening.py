@@ -186,6 +186,28 @@ def test_events_answer_503_when_the_sqlite_write_lock_is_held(tmp_path):
         assert c.get("/readyz").status_code == 200
 
 
+def test_events_answer_503_when_the_database_is_full(tmp_path):
+    """SQLite's "database or disk is full" (max_page_count pinned at the current size)."""
+    from sqlalchemy import event
+
+    with TestClient(create_app(_settings(tmp_path))) as c:
+        engine = c.app.state.offers.store.engine
+
+        @event.listens_for(engine, "connect")
+        def _full(dbapi_connection, _record) -> None:
+            pages = dbapi_connection.execute("PRAGMA page_count").fetchone()[0]
+            dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")
+
+        engine.dispose()  # new connections get the cap
+        many = {"events": [_event(f"full-{i}", member_id=f"m{i:060d}") for i in range(1000)]}
+        response = c.post("/v1/events", json=many, headers=W)
+        assert response.status_code == 503 and response.headers["Retry-After"]
+        assert "no event was stored" in response.json()["detail"]
+        event.remove(engine, "connect", _full)
+        engine.dispose()
+        assert c.post("/v1/events", json=many, headers=W).json()["stored"][:1] == ["full-0"]
+
+
 def test_readyz_reports_a_read_only_store(tmp_path):
     with TestClient(create_app(_settings(tmp_path))) as c:
         state = c.app.state.offers
