@@ -23,10 +23,13 @@ Targets (what counts as a positive in the window):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
+import ibis
+import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -112,19 +115,23 @@ class Windows:
         }
 
 
-def _target_times(tables: dict[str, pd.DataFrame], target: str) -> pd.Series:
-    if target == "offers":
-        return tables["offer_events"][S.TS]
-    return tables["transactions"][S.TS]
+def _time_span(tables: Mapping[str, Any], target: str) -> tuple[Any, Any]:
+    """First and last timestamp of the target's table (a pandas frame or a backend table)."""
+    t = tables["offer_events"] if target == "offers" else tables["transactions"]
+    if isinstance(t, pd.DataFrame):
+        ts = t[S.TS].dropna()
+        return (None, None) if ts.empty else (ts.min(), ts.max())
+    span = t.aggregate(first=t[S.TS].min(), last=t[S.TS].max()).to_pandas()
+    first, last = span["first"].iloc[0], span["last"].iloc[0]
+    return (None, None) if pd.isna(first) else (pd.Timestamp(first), pd.Timestamp(last))
 
 
-def choose_windows(tables: dict[str, pd.DataFrame], settings: EvalSettings) -> Windows:
+def choose_windows(tables: Mapping[str, Any], settings: EvalSettings) -> Windows:
     """Test window = the last ``test_days`` (default: ``test_share`` of the target's time span,
     rounded to whole days) or from ``split`` to the end; validation = the window before it."""
-    ts = _target_times(tables, settings.target).dropna()
-    if ts.empty:
+    first, last = _time_span(tables, settings.target)
+    if first is None:
         raise EvalInputError(f"target {settings.target!r}: no events to split in time")
-    first, last = ts.min(), ts.max()
     end = last + pd.Timedelta(seconds=1)
     if settings.split is not None:
         t = pd.Timestamp(settings.split)
@@ -157,6 +164,7 @@ class Task:
     pair_rows: np.ndarray | None = None  # calibration pairs: train rows
     pair_items: np.ndarray | None = None  # ... item indices
     pair_labels: np.ndarray | None = None  # ... redeemed in the window (0/1)
+    sampled_from: int | None = None  # training members before subsampling (None: all kept)
 
     def batch(self, rows: np.ndarray | None = None) -> Interactions:
         """Training rows of the evaluated members (or of ``rows``)."""
@@ -171,6 +179,7 @@ class Task:
             "train_members": int(self.train.n_members),
             "items": int(self.train.n_items),
             "interactions": int(self.train.confidence.nnz),
+            "sampled_from_members": self.sampled_from,
             "mean_relevant": float(np.mean(self.n_relevant)) if len(self.n_relevant) else 0.0,
             "mean_eligible": float(self.eligible.sum(axis=1).mean())
             if self.eligible is not None and len(self.rows)
@@ -178,7 +187,37 @@ class Task:
         }
 
 
-def _positives(tables: dict[str, pd.DataFrame], target: str, start, end) -> pd.DataFrame:
+def subsample_members(task: Task, max_members: int | None, seed: int = 0) -> Task:
+    """``task`` restricted to a seeded uniform sample of ``max_members`` training members (the
+    task itself when it has no more than that): their training rows, and the evaluated rows,
+    positives, eligibility and calibration pairs of the sampled members. A uniform sample keeps
+    the share of evaluated members and the item popularity of the whole task."""
+    n = task.train.n_members
+    if max_members is None or n <= max_members:
+        return task
+    keep = np.sort(np.random.default_rng(seed).choice(n, size=max_members, replace=False))
+    new_row = np.full(n, -1, dtype=np.int64)
+    new_row[keep] = np.arange(len(keep))
+    sel = new_row[task.rows] >= 0
+    out = replace(
+        task,
+        train=task.train.take(keep),
+        rows=new_row[task.rows[sel]],
+        eligible=None if task.eligible is None else task.eligible[sel],
+        relevant=task.relevant[np.flatnonzero(sel)],
+        n_relevant=task.n_relevant[sel],
+        sampled_from=n,
+    )
+    if task.pair_rows is not None and task.pair_items is not None:
+        pk = new_row[task.pair_rows] >= 0
+        out.pair_rows = new_row[task.pair_rows[pk]]
+        out.pair_items = task.pair_items[pk]
+        out.pair_labels = None if task.pair_labels is None else task.pair_labels[pk]
+    log.info("%s task: %d of %d training members sampled", task.name, len(keep), n)
+    return out
+
+
+def _positives(tables: Mapping[str, Any], target: str, start, end) -> pd.DataFrame:
     """(member, item key) of every positive in the window, distinct."""
     if target == "offers":
         ev = tables["offer_events"]
@@ -192,16 +231,30 @@ def _positives(tables: dict[str, pd.DataFrame], target: str, start, end) -> pd.D
     else:
         col = S.SKU if target == "products" else S.CATEGORY
         tx = tables["transactions"]
-        keep = (tx[S.TS] >= start) & (tx[S.TS] < end) & (tx[S.AMOUNT] > 0) & tx[col].notna()
-        if S.QUANTITY in tx.columns:
-            keep &= ~(tx[S.QUANTITY] <= 0)
-        w = tx.loc[keep]
+        if not isinstance(tx, pd.DataFrame):
+            w = _purchases_in(tx, col, start, end)
+        else:
+            keep = (tx[S.TS] >= start) & (tx[S.TS] < end) & (tx[S.AMOUNT] > 0) & tx[col].notna()
+            if S.QUANTITY in tx.columns:
+                keep &= ~(tx[S.QUANTITY] <= 0)
+            w = tx.loc[keep]
         keys = item_key(TARGET_KIND[target], w[col].to_numpy())
     out = pd.DataFrame({"member": w[S.MEMBER_ID].astype(str).to_numpy(), "item": keys})
     return out.drop_duplicates(ignore_index=True)
 
 
-def _held(tables: dict[str, pd.DataFrame], start, end) -> pd.DataFrame:
+def _purchases_in(tx: ir.Table, col: str, start: Any, end: Any) -> pd.DataFrame:
+    """Distinct (member, ``col``) of the purchases in ``[start, end)``, computed by the backend."""
+    lo = ibis.literal(pd.Timestamp(start).to_pydatetime(), type="timestamp")
+    hi = ibis.literal(pd.Timestamp(end).to_pydatetime(), type="timestamp")
+    t = tx.filter(tx[S.TS] >= lo, tx[S.TS] < hi, tx[S.AMOUNT] > 0, tx[col].notnull())
+    if S.QUANTITY in t.columns:
+        t = t.filter(t[S.QUANTITY].isnull() | (t[S.QUANTITY] > 0))
+    out = t.select(t[S.MEMBER_ID].cast("string"), t[col].cast("string")).distinct()
+    return out.to_pandas()
+
+
+def _held(tables: Mapping[str, Any], start, end) -> pd.DataFrame:
     """(member, offer key) of offers held during the window (see module docstring)."""
     ev = tables["offer_events"]
     sent = ev.loc[(ev[S.EVENT] == "sent") & (ev[S.TS] < end) & ev[S.OFFER_ID].notna()]
@@ -225,7 +278,7 @@ def _held(tables: dict[str, pd.DataFrame], start, end) -> pd.DataFrame:
     return out.drop_duplicates(ignore_index=True)
 
 
-def _informational(tables: dict[str, pd.DataFrame], item_ids: np.ndarray) -> np.ndarray:
+def _informational(tables: Mapping[str, Any], item_ids: np.ndarray) -> np.ndarray:
     """Item indices of the offers of kind ``informational``."""
     offers = tables["offers"]
     info = offers.loc[offers[S.KIND] == "informational", S.OFFER_ID].to_numpy()
@@ -247,7 +300,7 @@ def _pairs_matrix(pairs: pd.DataFrame, member_ids: np.ndarray, item_ids: np.ndar
 
 
 def build_task(
-    tables: dict[str, pd.DataFrame],
+    tables: Mapping[str, Any],
     start: pd.Timestamp,
     end: pd.Timestamp,
     settings: EvalSettings,

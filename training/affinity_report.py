@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ from models.affinity import (
     reliability_curve,
 )
 from models.affinity.segments import feature_tables
+from training.affinity_data import AffinityTables
 from training.affinity_eval import (
     EvalSettings,
     Task,
@@ -37,6 +39,7 @@ from training.affinity_eval import (
     choose_windows,
     evaluate_model,
     pair_scores,
+    subsample_members,
 )
 from training.affinity_search import Progress, SearchResult, SearchSettings, search
 
@@ -161,7 +164,7 @@ def _calibrate(
 
 
 def run_evaluation(
-    tables: dict[str, pd.DataFrame],
+    tables: Mapping[str, Any],
     settings: EvalSettings,
     search_settings: SearchSettings,
     dataset: str,
@@ -172,8 +175,13 @@ def run_evaluation(
     windows = choose_windows(tables, settings)
     step = (lambda s, i, n: progress(s, i, n)) if progress else (lambda s, i, n: None)
     step("prepare", 0, 2)
-    ft = feature_tables(tables)
-    valid = build_task(tables, windows.valid_start, windows.test_start, settings, ft, name="valid")
+    ft = tables.features if isinstance(tables, AffinityTables) else feature_tables(tables)
+    full_valid = build_task(
+        tables, windows.valid_start, windows.test_start, settings, ft, name="valid"
+    )
+    # the search, validation metrics and calibration fit on a member sample (SearchSettings)
+    valid = subsample_members(full_valid, search_settings.max_members, search_settings.seed)
+    del full_valid  # the sample's matrices are copies: release the full validation matrix
     step("prepare", 1, 2)
     test = build_task(tables, windows.test_start, windows.test_end, settings, ft, name="test")
     step("prepare", 2, 2)
@@ -208,6 +216,11 @@ def run_evaluation(
             SHIPPED: found.blend,
             "interactions": settings.interaction_settings().model_dump(),
             "seed": search_settings.seed,
+            "search": {
+                "max_members": search_settings.max_members,
+                "members": int(valid.train.n_members),
+                "sampled_from": valid.sampled_from or int(valid.train.n_members),
+            },
         },
         "calibration": cal_info,
         "seconds": round(time.perf_counter() - t0, 1),

@@ -84,6 +84,9 @@ class SearchSettings(BaseModel):
     seed: int = 0
     metric: str = "ndcg@10"
     num_threads: int = Field(default=1, ge=0)
+    # the search (and the validation metrics and calibration) run on a seeded uniform sample
+    # of this many validation training members when there are more (None: all of them)
+    max_members: int | None = Field(default=200_000, ge=1)
     als_fixed: dict[str, Any] | None = None  # skip the ALS search, use these parameters
     bpr_fixed: dict[str, Any] | None = None
 

@@ -14,17 +14,17 @@ import importlib.metadata as md
 import json
 import logging
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from features.io import table_files
-from features.validate import load_dir
 from models.affinity.persist import load_interactions, load_model
 from models.affinity.pyfunc import ENTRY_POINT, input_example, save_artifacts, signature
+from training.affinity_data import open_affinity_tables
 from training.affinity_eval import EvalSettings, evaluate_model
 from training.affinity_plots import plot_metrics_at_k, plot_reliability
 from training.affinity_report import EvalRun, run_evaluation
@@ -106,6 +106,7 @@ def _flat_params(report: dict[str, Any], settings: EvalSettings) -> dict[str, An
         **{f"bpr.{k}": v for k, v in p["bpr"].items()},
         **{f"blend.{k}": v for k, v in p[report["shipped"]].items()},
         **{f"interactions.{k}": v for k, v in p["interactions"].items()},
+        **{f"search.{k}": v for k, v in p.get("search", {}).items()},
         "min_candidates": settings.min_candidates,
     }
     return out
@@ -166,11 +167,17 @@ def train_affinity(
     gate: Gate = DEFAULT_GATE,
     dataset: str | None = None,
     progress: Progress | None = None,
-    tables: dict[str, pd.DataFrame] | None = None,
+    tables: Mapping[str, Any] | None = None,
+    engine: str = "duckdb",
+    memory_limit: str | None = None,
 ) -> TrainResult:
-    """Evaluate, log + register the shipped model as challenger, gate it against the champion."""
+    """Evaluate, log + register the shipped model as challenger, gate it against the champion.
+
+    ``tables`` defaults to ``data_dir`` opened on ``engine`` with ``memory_limit``
+    (:func:`training.affinity_data.open_affinity_tables`)."""
     data_dir = Path(data_dir)
-    tables = tables if tables is not None else load_dir(data_dir)
+    if tables is None:
+        tables = open_affinity_tables(data_dir, engine, memory_limit)
     run = run_evaluation(tables, settings, search_settings, dataset or data_dir.name, progress)
     report = run.report
     window = test_window_id(data_fingerprint(data_dir), report)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import ibis
@@ -37,7 +38,15 @@ import pandas as pd
 
 from features import schema as S
 from features.config import FeatureConfig
-from features.pipeline import as_tables, features_at, resolve_categories, to_timestamp
+from features.pipeline import (
+    FeatureTables,
+    as_tables,
+    features_at,
+    load_tables,
+    resolve_categories,
+    to_timestamp,
+)
+from features.pipeline.engines import connect
 from features.pipeline.pit import TablesLike
 
 __all__ = [
@@ -50,6 +59,7 @@ __all__ = [
     "UpliftDataError",
     "UpliftTrainingSet",
     "build_training_set",
+    "open_tables",
     "time_split",
 ]
 
@@ -137,15 +147,31 @@ class UpliftTrainingSet:
             dict(self.dropped),
         )
 
-    def window(self) -> dict[str, str]:
-        """The time span of the rows and their outcomes (for run metadata)."""
-        ts = self.frame[S.TS]
+    def window(self, rows: np.ndarray | None = None) -> dict[str, str]:
+        """The time span of the rows (or of the boolean mask ``rows``) and their outcomes (for
+        run metadata); no copy of the frame is made."""
+        ts = self.frame[S.TS] if rows is None else self.frame[S.TS][np.asarray(rows)]
         end = ts.max() + pd.Timedelta(days=self.config.window_days)
         return {
             "first_send": str(ts.min()),
             "last_send": str(ts.max()),
             "outcomes_until": str(end),
         }
+
+
+def open_tables(
+    data_dir: Path | str, engine: str = "duckdb", memory_limit: str | None = None
+) -> FeatureTables:
+    """``data_dir``'s canonical tables on ``engine`` (``duckdb`` or ``spark``); ``memory_limit``
+    (e.g. ``"4GB"``) caps DuckDB, which spills to a temporary directory past it (on Spark: the
+    driver's memory). Without a limit DuckDB may take most of the machine's memory."""
+    if engine == "duckdb":
+        con = connect(engine, memory_limit=memory_limit)
+    elif memory_limit is not None:
+        con = connect(engine, driver_memory=memory_limit.lower().replace("gb", "g"))
+    else:
+        con = connect(engine)
+    return load_tables(Path(data_dir), con)
 
 
 def build_training_set(

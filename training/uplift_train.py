@@ -35,7 +35,13 @@ from features import schema as S
 from models.uplift.base import DEFAULT_BASE_PARAMS
 from models.uplift.pyfunc import ENTRY_POINT, save_artifacts, signature
 from training.registry import Gate, GateDecision, ModelRegistry
-from training.uplift_data import OUTCOMES, TREATMENT, UpliftTrainingSet, build_training_set
+from training.uplift_data import (
+    OUTCOMES,
+    TREATMENT,
+    UpliftTrainingSet,
+    build_training_set,
+    open_tables,
+)
 from training.uplift_fit import (
     FittedUplift,
     Progress,
@@ -120,8 +126,8 @@ def test_window_id(fitted: FittedUplift, settings: UpliftTrainSettings) -> str:
 
 def _params(fitted: FittedUplift, settings: UpliftTrainSettings) -> dict[str, Any]:
     data = fitted.data
-    tr = data.subset(np.flatnonzero(fitted.train)).window()
-    te = data.subset(np.flatnonzero(fitted.test)).window()
+    tr = data.window(fitted.train)
+    te = data.window(fitted.test)
     params: dict[str, Any] = {
         k: v for k, v in asdict(settings).items() if k not in ("base_params", "outcomes")
     }
@@ -203,10 +209,13 @@ def train_uplift(
     gate: Gate = DEFAULT_GATE,
     training_set: UpliftTrainingSet | None = None,
     progress: Progress | None = None,
+    engine: str = "duckdb",
+    memory_limit: str | None = None,
 ) -> UpliftTrainResult:
     """Fit, log and register the uplift model as challenger, then gate it (module docstring).
 
-    ``training_set`` replaces the one built from ``data_dir`` (it must come from the same data).
+    ``training_set`` replaces the one built from ``data_dir`` (it must come from the same data);
+    otherwise it is built on ``engine`` with ``memory_limit`` (:func:`open_tables`).
     """
     settings = settings or UpliftTrainSettings()
     registry = registry or ModelRegistry()
@@ -214,7 +223,9 @@ def train_uplift(
     step = progress or (lambda what: log.info("uplift: %s", what))
     if training_set is None:
         step("training set: features at each send, outcomes after it")
-        training_set = build_training_set(data_dir, settings.training_set_config())
+        tables = open_tables(data_dir, engine, memory_limit)
+        training_set = build_training_set(tables, settings.training_set_config())
+        del tables  # the backend's buffers go with the connection
     fitted = fit_uplift(training_set, settings, step)
     metrics = dict(fitted.metrics) | truth_metrics_for(fitted, data_dir)
     window = test_window_id(fitted, settings)

@@ -31,10 +31,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
+import ibis
+import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -204,67 +207,126 @@ class Interactions:
         return replace(self, segments=None if segments is None else np.asarray(segments, str))
 
 
-def _decay(age_days: np.ndarray, half_life: float | None) -> np.ndarray:
+_DAY_S = 86_400.0
+_CELL_COLUMNS = ("member_id", "item", "conf", "cnt", "age")
+
+
+def _table(tables: Any, name: str) -> ir.Table | None:
+    """``tables[name]`` as an Ibis table (a pandas frame becomes a memtable), None if absent."""
+    try:
+        t = tables[name]
+    except (KeyError, AttributeError):
+        return None
+    if t is None:
+        return None
+    if isinstance(t, pd.DataFrame):
+        return ibis.memtable(t)
+    return t
+
+
+def _age_days(ts: ir.TimestampValue, as_of: pd.Timestamp) -> ir.FloatingValue:
+    """Days from ``ts`` to ``as_of`` (whole epoch seconds, as in the feature pipeline)."""
+    age_s = int(as_of.timestamp()) - ts.epoch_seconds().cast("int64")
+    return ibis.greatest(age_s.cast("float64") / _DAY_S, 0.0)
+
+
+def _decayed(weight: ir.FloatingValue, age: ir.FloatingValue, half_life: float | None):
     if half_life is None:
-        return np.ones_like(age_days)
-    return np.power(0.5, age_days / half_life)
+        return weight
+    return weight * ibis.literal(0.5).pow(age / float(half_life))
 
 
-@dataclass(frozen=True)
-class _Rows:
-    """Interactions as codes: member and item codes into their (small) unique arrays."""
-
-    member_codes: np.ndarray
-    members: np.ndarray
-    item_codes: np.ndarray
-    items: np.ndarray  # item keys
-    weight: np.ndarray
-    ts: np.ndarray  # datetime64
+def _window(t: ir.Table, as_of: pd.Timestamp, start: pd.Timestamp | None) -> ir.Table:
+    when = ibis.literal(as_of.to_pydatetime(), type="timestamp")
+    t = t.filter(t[S.TS] < when)
+    if start is not None:
+        t = t.filter(t[S.TS] >= ibis.literal(start.to_pydatetime(), type="timestamp"))
+    return t
 
 
-def _factorize(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    codes, uniques = pd.factorize(values, sort=False)
-    return codes.astype(np.int64), np.asarray(uniques, dtype=str)
-
-
-def _offer_rows(events: pd.DataFrame, settings: InteractionSettings) -> _Rows:
-    weights = settings.event_weights()
-    ev = events.loc[events[S.OFFER_ID].notna(), [S.MEMBER_ID, S.OFFER_ID, S.EVENT, S.TS]]
-    ev = ev.loc[ev[S.EVENT].isin([e for e, w in weights.items() if w > 0])]
-    m_codes, members = _factorize(ev[S.MEMBER_ID])
-    i_codes, offers = _factorize(ev[S.OFFER_ID])
-    return _Rows(
-        m_codes,
-        members,
-        i_codes,
-        np.asarray(item_key(OFFER, offers), dtype=str),
-        ev[S.EVENT].map(weights).to_numpy(dtype=np.float64),
-        ev[S.TS].to_numpy(),
+def _offer_cells(
+    ev: ir.Table, as_of: pd.Timestamp, start: pd.Timestamp | None, settings: InteractionSettings
+) -> ir.Table | None:
+    """One row per (member, offer): decayed weighted sum, event count, youngest age."""
+    weights = {e: w for e, w in settings.event_weights().items() if w > 0}
+    if not weights:
+        return None
+    ev = _window(ev, as_of, start)
+    ev = ev.filter(ev[S.OFFER_ID].notnull(), ev[S.EVENT].isin(list(weights)))
+    w = ibis.cases(*[(ev[S.EVENT] == e, float(v)) for e, v in weights.items()], else_=0.0)
+    age = _age_days(ev[S.TS], as_of)
+    x = ev.select(
+        member_id=ev[S.MEMBER_ID].cast("string"),
+        item=ev[S.OFFER_ID].cast("string"),
+        conf=_decayed(w, age, settings.half_life_days),
+        age=age,
+    )
+    return x.group_by(["member_id", "item"]).aggregate(
+        conf=x.conf.sum(), cnt=x.conf.count(), age=x.age.min()
     )
 
 
-def _purchase_rows(tx: pd.DataFrame, settings: InteractionSettings) -> _Rows | None:
+def _purchase_cells(
+    tx: ir.Table, as_of: pd.Timestamp, start: pd.Timestamp | None, settings: InteractionSettings
+) -> ir.Table | None:
+    """One row per (member, category/product): baskets counted once, at their latest line."""
     col = {"category": S.CATEGORY, "product": S.SKU}.get(settings.purchase_items)
     if col is None or settings.purchase <= 0 or col not in tx.columns:
         return None
-    keep = tx[col].notna() & (tx[S.AMOUNT] > 0)
-    if S.QUANTITY in tx.columns:
-        keep &= ~(tx[S.QUANTITY] <= 0)  # unknown quantity (null) is kept
-    t = tx.loc[keep, [S.MEMBER_ID, S.TRANSACTION_ID, col, S.TS]]
-    m_codes, members = _factorize(t[S.MEMBER_ID])
-    i_codes, values = _factorize(t[col])
-    codes = pd.DataFrame(
-        {"m": m_codes, "b": pd.factorize(t[S.TRANSACTION_ID])[0], "i": i_codes, "ts": t[S.TS]}
+    t = _window(tx, as_of, start)
+    t = t.filter(t[col].notnull(), t[S.AMOUNT] > 0)
+    if S.QUANTITY in t.columns:
+        t = t.filter(t[S.QUANTITY].isnull() | (t[S.QUANTITY] > 0))  # unknown quantity is kept
+    baskets = t.group_by(
+        member_id=t[S.MEMBER_ID].cast("string"),
+        basket=t[S.TRANSACTION_ID].cast("string"),
+        item=t[col].cast("string"),
+    ).aggregate(ts=t[S.TS].max())
+    age = _age_days(baskets.ts, as_of)
+    x = baskets.select(
+        "member_id",
+        "item",
+        conf=_decayed(ibis.literal(float(settings.purchase)), age, settings.half_life_days),
+        age=age,
     )
-    # a basket counts once per item, at its latest line (integer keys: cheap on many rows)
-    b = codes.groupby(["m", "b", "i"], sort=False)["ts"].max().reset_index()
-    return _Rows(
-        b["m"].to_numpy(np.int64),
-        members,
-        b["i"].to_numpy(np.int64),
-        np.asarray(item_key(settings.purchase_items, values), dtype=str),
-        np.full(len(b), settings.purchase),
-        b["ts"].to_numpy(),
+    return x.group_by(["member_id", "item"]).aggregate(
+        conf=x.conf.sum(), cnt=x.conf.count(), age=x.age.min()
+    )
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """Aggregated cells of one item kind, as Arrow-decoded codes into small unique arrays."""
+
+    kind: str
+    member_codes: np.ndarray
+    members: np.ndarray  # unique member ids (str)
+    item_codes: np.ndarray
+    items: np.ndarray  # unique item keys "<kind>:<id>"
+    conf: np.ndarray
+    cnt: np.ndarray
+    age: np.ndarray
+
+
+def _fetch(expr: ir.Table, kind: str) -> _Cells:
+    """Run ``expr`` (columns ``_CELL_COLUMNS``) into Arrow and dictionary-encode the ids, so no
+    Python string is made per cell."""
+    arrow = expr.select(*_CELL_COLUMNS).to_pyarrow()
+    m = pc.dictionary_encode(arrow.column("member_id")).combine_chunks()
+    i = pc.dictionary_encode(arrow.column("item")).combine_chunks()
+
+    def num(name: str, dtype: Any) -> np.ndarray:
+        return arrow.column(name).to_numpy().astype(dtype, copy=False)
+
+    return _Cells(
+        kind,
+        m.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+        np.asarray(m.dictionary.to_numpy(zero_copy_only=False), dtype=str),
+        i.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+        np.asarray(item_key(kind, i.dictionary.to_numpy(zero_copy_only=False)), dtype=str),
+        num("conf", np.float64),
+        num("cnt", np.float64),
+        num("age", np.float64),
     )
 
 
@@ -279,6 +341,11 @@ def build_interactions(
 ) -> Interactions:
     """Confidence matrix from canonical ``offer_events`` and ``transactions`` before ``as_of``.
 
+    ``tables`` maps table names to pandas frames or to Ibis tables (e.g. ``FeatureTables`` on
+    DuckDB or Spark): the cells are aggregated by the backend (one row per member and item)
+    and only those rows come back, as Arrow, so a 32M-line transactions table never becomes a
+    pandas frame. Ages are in whole epoch seconds, as in the feature pipeline.
+
     ``item_ids`` fixes the columns (a fitted model's items; other items are dropped and
     counted in the log); by default every offer of the ``offers`` table plus every purchased
     category/product. ``member_ids`` fixes the rows (members without interactions get empty
@@ -286,71 +353,61 @@ def build_interactions(
     """
     settings = settings or InteractionSettings()
     as_of = pd.Timestamp(as_of)
-    for name in ("offer_events", "transactions"):
-        if name not in tables:
+    begin = None if start is None else pd.Timestamp(start)
+    ev, tx = _table(tables, "offer_events"), _table(tables, "transactions")
+    for name, t in (("offer_events", ev), ("transactions", tx)):
+        if t is None:
             raise AffinityInputError(f"tables: missing canonical table '{name}'")
-    parts: list[_Rows] = []
-    for name, rows_of in (("offer_events", _offer_rows), ("transactions", _purchase_rows)):
-        df = tables[name]
-        window = df[S.TS] < as_of
-        if start is not None:
-            window &= df[S.TS] >= pd.Timestamp(start)
-        part = rows_of(df.loc[window], settings)
-        if part is not None and len(part.weight):
-            parts.append(part)
+    parts: list[_Cells] = []
+    for kind, expr in (
+        (OFFER, _offer_cells(ev, as_of, begin, settings)),  # type: ignore[arg-type]
+        (settings.purchase_items, _purchase_cells(tx, as_of, begin, settings)),  # type: ignore[arg-type]
+    ):
+        if expr is not None:
+            part = _fetch(expr, kind)
+            if len(part.conf):
+                parts.append(part)
 
     if item_ids is None:
-        offers = tables.get("offers")
-        keys = set(item_key(OFFER, offers[S.OFFER_ID].to_numpy())) if offers is not None else set()
+        offers = _table(tables, "offers")
+        keys: set[str] = set()
+        if offers is not None:
+            ids = offers.select(offers[S.OFFER_ID].cast("string")).to_pyarrow().column(0)
+            keys |= set(item_key(OFFER, ids.to_numpy(zero_copy_only=False)))
         for p in parts:
-            keys |= set(p.items[np.unique(p.item_codes)])
+            keys |= set(p.items.tolist())
         item_ids = np.asarray(sorted(keys), dtype=str)
     item_ids = np.asarray(item_ids, dtype=str)
     if member_ids is None:
-        seen: set[str] = set()
-        for p in parts:
-            seen |= set(p.members[np.unique(p.member_codes)])
-        member_ids = np.asarray(sorted(seen), dtype=str)
+        member_ids = np.unique(np.concatenate([p.members for p in parts] or [np.empty(0, str)]))
     member_ids = np.asarray(member_ids, dtype=str)
     item_index, member_index = pd.Index(item_ids), pd.Index(member_ids)
-    icol = np.concatenate(
-        [item_index.get_indexer(p.items)[p.item_codes] for p in parts] or [np.empty(0, np.int64)]
-    )
-    irow = np.concatenate(
-        [member_index.get_indexer(p.members)[p.member_codes] for p in parts]
-        or [np.empty(0, np.int64)]
-    )
-    weight = np.concatenate([p.weight for p in parts] or [np.empty(0)])
-    ts = np.concatenate([p.ts.astype("datetime64[us]") for p in parts] or [np.empty(0, "M8[us]")])
-    if (icol < 0).any():
-        log.info("%d interactions with items outside the item index dropped", int((icol < 0).sum()))
-    ok = (icol >= 0) & (irow >= 0) & (weight > 0)
-    irow, icol, weight, ts = irow[ok], icol[ok], weight[ok], ts[ok]
-    age_us = as_of.value // 1000 - ts.astype("datetime64[us]").astype(np.int64)
-    age = np.maximum(age_us / 86_400e6, 0.0)
-    conf = weight * _decay(age, settings.half_life_days)
     shape = (len(member_ids), len(item_ids))
 
-    def matrix(values: np.ndarray) -> sp.csr_matrix:
-        m = sp.csr_matrix((values, (irow, icol)), shape=shape, dtype=np.float64)
-        m.sum_duplicates()
-        return m.astype(np.float32)
+    def cat(values: list[np.ndarray], dtype: Any) -> np.ndarray:
+        return np.concatenate(values) if values else np.empty(0, dtype)
 
-    # most recent interaction per cell (a csr constructor would sum duplicates)
-    if len(age):
-        cell = irow.astype(np.int64) * shape[1] + icol
-        recent = pd.Series(age).groupby(cell, sort=True).min()
-        keys = recent.index.to_numpy()
-        last = sp.csr_matrix(
-            (recent.to_numpy() + 1.0, (keys // shape[1], keys % shape[1])), shape=shape
-        ).astype(np.float32)
-    else:
-        last = sp.csr_matrix(shape, dtype=np.float32)
+    icol = cat([item_index.get_indexer(p.items)[p.item_codes] for p in parts], np.int64)
+    irow = cat([member_index.get_indexer(p.members)[p.member_codes] for p in parts], np.int64)
+    conf, cnt, age = (
+        cat([getattr(p, f) for p in parts], np.float64) for f in ("conf", "cnt", "age")
+    )
+    if (icol < 0).any():
+        log.info("%d cells with items outside the item index dropped", int((icol < 0).sum()))
+    ok = (icol >= 0) & (irow >= 0) & (conf > 0)
+    irow, icol = irow[ok], icol[ok]
+
+    def matrix(values: np.ndarray) -> sp.csr_matrix:
+        # cells are distinct (one row per member and item key), so nothing is summed here
+        m = sp.csr_matrix((values[ok].astype(np.float32), (irow, icol)), shape=shape)
+        m.sort_indices()
+        return m
+
     return Interactions(
         member_ids=member_ids,
         item_ids=item_ids,
         confidence=matrix(conf),
-        count=matrix(np.ones(len(conf))),
-        last_days=last,
+        count=matrix(cnt),
+        last_days=matrix(age + 1.0),
         as_of=as_of,
     )

@@ -1,0 +1,177 @@
+"""Benchmark of a whole retrain: the user's commands, as processes, with wall time and peak memory.
+
+Steps, each its own ``offers`` process (what a data scientist runs):
+
+1. ``offers features --data D --as-of A --out F`` (member features as of the data's end);
+2. ``offers train affinity --data D`` (validation search, final fit, test metrics, MLflow
+   registration and the champion gate);
+3. ``offers train uplift --data D`` (training set, fit per outcome, ONNX export and parity,
+   registration and the gate).
+
+Every step gets ``--memory-limit`` when given, and ``--engine`` for the steps that have it.
+Peak memory is the largest resident set of the step's process tree (Python, DuckDB threads, the
+Spark JVM), sampled every 0.1 s. The load average is printed with every figure: other jobs on
+the machine slow the wall times down, so repeat a measurement taken under load. With
+``--runs N`` every step runs N times and the median wall time and the largest peak are shown
+(each run registers new versions in a throw-away MLflow store under ``--work``).
+
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/retrain.py --data /work/runs/p1m \\
+        --memory-limit 4GB
+    .venv/bin/python bench/retrain.py --members 100000 --seed 77 --work /work/runs/bench
+    .venv/bin/python bench/retrain.py --data /work/runs/p100k --engine spark --steps affinity
+
+Prints one JSON line per step run, then a Markdown table; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OFFERS = [str(REPO / ".venv" / "bin" / "offers")]
+STEPS = ("features", "affinity", "uplift")
+
+
+class PeakRSS:
+    """Samples the summed resident memory of a process and all its descendants."""
+
+    def __init__(self, pid: int, every_s: float = 0.1) -> None:
+        import psutil
+
+        self._proc = psutil.Process(pid)
+        self._every = every_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        total = 0
+        try:
+            procs = [self._proc, *self._proc.children(recursive=True)]
+        except Exception:  # the process just exited
+            return 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except Exception:  # a child that just exited
+                continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self._every)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def data_end(data: Path) -> str:
+    """The day after the latest transaction: features see the whole history."""
+    import duckdb
+
+    path = data / "transactions.parquet"
+    last = duckdb.sql(f"SELECT max(ts) FROM read_parquet('{path}')").fetchone()[0]
+    return (last.date().fromordinal(last.date().toordinal() + 1)).isoformat()
+
+
+def commands(args: argparse.Namespace, data: Path, work: Path) -> dict[str, list[str]]:
+    """The command line of every step."""
+    limit = ["--memory-limit", args.memory_limit] if args.memory_limit else []
+    engine = ["--engine", args.engine]
+    out = {
+        "features": [
+            *OFFERS, "features", "--data", str(data), "--as-of", args.as_of or data_end(data),
+            "--out", str(work / "features.parquet"), *engine, *limit,
+        ],
+        "affinity": [*OFFERS, "train", "affinity", "--data", str(data), *engine, *limit],
+        "uplift": [*OFFERS, "train", "uplift", "--data", str(data), *engine, *limit],
+    }  # fmt: skip
+    for step in ("affinity", "uplift"):
+        out[step] += args.extra
+    return {s: out[s] for s in args.steps}
+
+
+def run_step(step: str, cmd: list[str], env: dict[str, str], log: Path) -> dict[str, object]:
+    """Run one step as a process; its wall time, peak RSS, exit code and load averages."""
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        with PeakRSS(proc.pid) as rss:
+            code = proc.wait()
+    wall = time.perf_counter() - t0
+    return {
+        "step": step,
+        "seconds": round(wall, 1),
+        "peak_gib": round(rss.peak / 2**30, 2),
+        "exit": code,
+        "load_start": round(load0, 1),
+        "load_end": round(os.getloadavg()[0], 1),
+        "log": str(log),
+    }
+
+
+def simulate(members: int, seed: int, work: Path) -> Path:
+    """``offers simulate`` into ``work`` (reused when already there)."""
+    out = work / f"sim-{members}-seed{seed}"
+    if not (out / "transactions.parquet").exists():
+        cmd = [*OFFERS, "simulate", "--members", str(members), "--seed", str(seed)]
+        subprocess.run([*cmd, "--out", str(out)], check=True, cwd=REPO)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, help="a canonical data directory (else --members)")
+    p.add_argument("--members", type=int, default=100_000, help="simulate this many members")
+    p.add_argument("--seed", type=int, default=77)
+    p.add_argument("--work", type=Path, default=Path("/work/runs/bench-retrain"))
+    p.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
+    p.add_argument("--engine", default="duckdb", choices=("duckdb", "spark"))
+    p.add_argument("--memory-limit", default=None, help="passed to every step, e.g. 4GB")
+    p.add_argument("--as-of", default=None, help="features as of (default: the data's end)")
+    p.add_argument("--runs", type=int, default=1, help="runs per step (median wall time)")
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more train options")
+    args = p.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    data = args.data or simulate(args.members, args.seed, args.work)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OFFERS_HOME": str(args.work / "home")}
+    results: dict[str, list[dict[str, object]]] = {}
+    for step, cmd in commands(args, data, args.work).items():
+        for i in range(args.runs):
+            r = run_step(step, cmd, env, args.work / f"{step}-{i}.log")
+            r |= {"run": i, "data": str(data), "engine": args.engine, "cmd": " ".join(cmd)}
+            print(json.dumps(r), flush=True)
+            results.setdefault(step, []).append(r)
+    print(f"\n{data} ({args.engine}, memory limit {args.memory_limit or 'none'}, "
+          f"{args.runs} run(s) per step)\n")  # fmt: skip
+    print("| step | wall s (median) | peak GiB (max) | exit | load at start..end |")
+    print("| --- | ---: | ---: | --- | --- |")
+    total = 0.0
+    for step, runs in results.items():
+        wall = statistics.median(float(r["seconds"]) for r in runs)  # type: ignore[arg-type]
+        total += wall
+        peak = max(float(r["peak_gib"]) for r in runs)  # type: ignore[arg-type]
+        loads = ", ".join(f"{r['load_start']}..{r['load_end']}" for r in runs)
+        codes = ",".join(str(r["exit"]) for r in runs)
+        print(f"| {step} | {wall:.1f} | {peak:.2f} | {codes} | {loads} |")
+    print(f"| **total** | {total:.1f} | | | |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
