@@ -10,6 +10,8 @@ import typer
 
 __all__ = ["register"]
 
+WORKER_HEALTHCHECK_SECONDS = 60
+
 
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address (default OFFERS_HOST)")] = None,
@@ -61,10 +63,14 @@ def serve(
     # copies and the budget counters. The workers then skip them.
     prepare_shared_state(settings)
     os.environ["OFFERS_MIGRATE_ON_START"] = "false"
+    # uvicorn kills a worker that does not answer its health ping within this many seconds and
+    # starts another; its default (5 s) is shorter than a worker's start (imports, unpickling
+    # the models) on a busy machine, and the workers were then restarted forever, never ready.
     uvicorn.run(
         "serving.api.app:create_app",
         factory=True,
         workers=workers,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
         host=bind_host,
         port=bind_port,
         log_level=log_level,

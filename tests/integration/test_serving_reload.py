@@ -117,12 +117,12 @@ def test_refused_reload_keeps_the_pointer_and_a_restart_without_registry_serves_
         assert c.get("/readyz").status_code == 200
         before = pointer.read_text()
         assert json.loads(before)["version"] == "1"
-        models = {m["name"]: m for m in c.get("/v1/models", headers=HEADERS).json()["models"]}
-        assert models["affinity"]["source"] == "registry"
         wrong = _register_wrong_affinity(tracking)
         refused = c.post("/v1/admin/reload", headers=HEADERS)
         assert refused.status_code == 409, refused.text
         assert pointer.read_text() == before  # not moved to the refused version
+        models = {m["name"]: m for m in c.get("/v1/models", headers=HEADERS).json()["models"]}
+        assert models["affinity"]["source"] == "registry"
         listed = c.get("/v1/models", headers=HEADERS).json()["models"]
         versions = {m["name"]: m["version"] for m in listed}
         assert versions["affinity"] == "1" and wrong != "1"
