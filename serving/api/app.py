@@ -77,6 +77,7 @@ def create_app(
                     settings.resolved_database_url(),
                     migrate_schema=settings.migrate_on_start,
                     sqlite_synchronous=settings.sqlite_synchronous,
+                    lock_wait_seconds=settings.store_lock_wait_seconds,
                 )
             )
         except StoreOpenError as exc:
@@ -134,7 +135,6 @@ def create_app(
         LimitsMiddleware,
         keyring=state.keyring,
         max_body_bytes=settings.max_body_bytes,
-        body_read_timeout=settings.body_read_timeout_seconds,
     )
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: counts refusals
     app.include_router(health.router)

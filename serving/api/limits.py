@@ -9,16 +9,17 @@ body (``content-length`` > 0 or any ``transfer-encoding``):
 * refuses a declared ``content-length`` above ``max_body_bytes`` with 413 at once, and counts
   the bytes actually received whatever the transfer encoding (chunked included): 413 as soon as
   the count passes the limit, so memory never holds more than the limit;
-* gives the whole body ``body_read_timeout`` seconds from the start of the request: a declared
-  but unsent (or dripping) body is a 408;
 * closes the connection after any answer given before the body was read to its end, so the
   server never reads (and discards) the rest of a refused upload.
 
-Time to send the headers is limited below the ASGI layer (the app sees a request only after its
-headers): :class:`HeaderTimeoutHttpToolsProtocol` is uvicorn's httptools protocol with a timer
-from the first byte of a request (or the connection) to the end of its headers; when it fires,
-the server answers 408 and closes. :func:`uvicorn_options` gives ``uvicorn.run`` this protocol,
-the keep-alive timeout and the concurrent connection limit (uvicorn answers 503 above it).
+Read timeouts live below the ASGI layer, where they cost a timer per request and nothing per
+message: :class:`ReadTimeoutHttpToolsProtocol` is uvicorn's httptools protocol with a header
+timer (from a connection's start, and from the first byte of each later request, to the end of
+its headers) and a body timer (from the end of the headers to the end of a declared body).
+When one fires, the server answers 408 (if nothing was answered yet) and closes the connection;
+an app still waiting for the body sees the client gone. :func:`uvicorn_options` gives
+``uvicorn.run`` this protocol, the keep-alive timeout and the concurrent connection limit
+(uvicorn answers 503 above it).
 
 Integers longer than Python's 4,300 digits make the JSON parser fail before validation;
 ``huge_integer_fields`` finds where they are in the body kept by the middleware, so the error
@@ -30,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,8 +43,8 @@ from serving.settings import ServingSettings, get_settings
 
 __all__ = [
     "BODY_KEY",
-    "HeaderTimeoutHttpToolsProtocol",
     "LimitsMiddleware",
+    "ReadTimeoutHttpToolsProtocol",
     "huge_integer_fields",
     "request_key",
     "uvicorn_options",
@@ -71,7 +71,7 @@ def request_key(scope: Scope) -> str | None:
 
 
 class LimitsMiddleware:
-    """Key before body, body size counted while reading, body read deadline (module doc)."""
+    """Key before body, body size counted while reading (module doc)."""
 
     def __init__(
         self,
@@ -79,13 +79,11 @@ class LimitsMiddleware:
         *,
         keyring: ApiKeyRing,
         max_body_bytes: int,
-        body_read_timeout: float,
         protected_prefix: str = "/v1/",
     ) -> None:
         self.app = app
         self.keyring = keyring
         self.max_body_bytes = max_body_bytes
-        self.body_read_timeout = body_read_timeout
         self.protected_prefix = protected_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -111,22 +109,12 @@ class LimitsMiddleware:
         return f"request body larger than {self.max_body_bytes} bytes"
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
-        deadline = time.monotonic() + self.body_read_timeout
         chunks: list[bytes] = []
         scope[BODY_KEY] = chunks
         read = {"bytes": 0, "complete": False}
 
         async def limited_receive() -> Message:
-            if read["complete"]:
-                return await receive()  # http.disconnect only
-            try:
-                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
-                    message = await receive()
-            except TimeoutError:
-                raise HTTPException(
-                    status_code=408,
-                    detail=f"request body not received within {self.body_read_timeout:g} s",
-                ) from None
+            message = await receive()
             if message["type"] == "http.request":
                 body = message.get("body", b"")
                 read["bytes"] += len(body)
@@ -229,60 +217,86 @@ def _walk(value: Any, path: list[str]) -> Iterator[tuple[list[str], int]]:
 
 
 # -- below ASGI: header read timeout and uvicorn options ------------------------------------
-class HeaderTimeoutHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a header read timeout: from a connection's first
-    moment, and from the first byte of each later request, to the end of the headers."""
+class ReadTimeoutHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header and body read timeouts (module doc)."""
 
     header_timeout: float | None = None  # set by uvicorn_options; else from the environment
+    body_timeout: float | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._header_timer: asyncio.TimerHandle | None = None
+        self._read_timer: asyncio.TimerHandle | None = None
         super().connection_made(transport)
-        self._arm_header_timer()
+        self._arm(self._header_seconds(), "headers")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._header_timer is None:
-            self._arm_header_timer()
+        if self._read_timer is None:
+            self._arm(self._header_seconds(), "headers")
 
     def on_headers_complete(self) -> None:
-        self._disarm_header_timer()
+        self._disarm()
         super().on_headers_complete()
+        if self._expects_body():
+            self._arm(self._body_seconds(), "body")
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_timer()
+        self._disarm()
         super().connection_lost(exc)
 
-    def _arm_header_timer(self) -> None:
-        timeout = type(self).header_timeout
-        if timeout is None:
-            timeout = type(self).header_timeout = get_settings().header_read_timeout_seconds
-        self._header_timer = self.loop.call_later(timeout, self._headers_too_slow)
+    def _expects_body(self) -> bool:
+        for name, value in self.headers:
+            if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+                return True
+        return False
 
-    def _disarm_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+    def _header_seconds(self) -> float:
+        cls = type(self)
+        if cls.header_timeout is None:
+            cls.header_timeout = get_settings().header_read_timeout_seconds
+        return cls.header_timeout
 
-    def _headers_too_slow(self) -> None:
-        self._header_timer = None
+    def _body_seconds(self) -> float:
+        cls = type(self)
+        if cls.body_timeout is None:
+            cls.body_timeout = get_settings().body_read_timeout_seconds
+        return cls.body_timeout
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._read_timer = self.loop.call_later(seconds, self._too_slow, what, seconds)
+
+    def _disarm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _too_slow(self, what: str, seconds: float) -> None:
+        self._read_timer = None
         if self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete:
-            body = b"request headers not received in time"
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            body = b"request %s not received within %g s" % (what.encode(), seconds)
             self.transport.write(
                 b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
             )
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's receive() sees the client gone
+            cycle.message_event.set()
         self.transport.close()
 
 
 def uvicorn_options(settings: ServingSettings) -> dict[str, Any]:
-    """Keyword arguments for ``uvicorn.run``/``uvicorn.Config``: the header-timeout protocol,
-    the keep-alive timeout and the concurrent connection limit of ``settings``."""
-    HeaderTimeoutHttpToolsProtocol.header_timeout = settings.header_read_timeout_seconds
+    """Keyword arguments for ``uvicorn.run``/``uvicorn.Config``: the read-timeout protocol, the
+    keep-alive timeout and the concurrent connection limit of ``settings``."""
+    ReadTimeoutHttpToolsProtocol.header_timeout = settings.header_read_timeout_seconds
+    ReadTimeoutHttpToolsProtocol.body_timeout = settings.body_read_timeout_seconds
     return {
-        "http": HeaderTimeoutHttpToolsProtocol,
+        "http": ReadTimeoutHttpToolsProtocol,
         "timeout_keep_alive": settings.keep_alive_timeout_seconds,
         "limit_concurrency": settings.max_connections,
     }

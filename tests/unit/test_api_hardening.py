@@ -260,15 +260,17 @@ def test_offers_serve_passes_timeouts_and_connection_limit(monkeypatch, tmp_path
     import uvicorn
 
     from offers import cmd_serve
-    from serving.api.limits import HeaderTimeoutHttpToolsProtocol
+    from serving.api.limits import ReadTimeoutHttpToolsProtocol
     from serving.settings import get_settings
 
     calls: list[dict] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
-    monkeypatch.setattr(HeaderTimeoutHttpToolsProtocol, "header_timeout", None)
+    monkeypatch.setattr(ReadTimeoutHttpToolsProtocol, "header_timeout", None)
+    monkeypatch.setattr(ReadTimeoutHttpToolsProtocol, "body_timeout", None)
     monkeypatch.setenv("OFFERS_HOME", str(tmp_path))
     monkeypatch.setenv("OFFERS_MODELS", '{"offers-uplift": "models:/offers-uplift@champion"}')
     monkeypatch.setenv("OFFERS_HEADER_READ_TIMEOUT_SECONDS", "3")
+    monkeypatch.setenv("OFFERS_BODY_READ_TIMEOUT_SECONDS", "4")
     monkeypatch.setenv("OFFERS_KEEP_ALIVE_TIMEOUT_SECONDS", "2")
     monkeypatch.setenv("OFFERS_MAX_CONNECTIONS", "77")
     get_settings.cache_clear()
@@ -277,6 +279,7 @@ def test_offers_serve_passes_timeouts_and_connection_limit(monkeypatch, tmp_path
     finally:
         get_settings.cache_clear()
     [kw] = calls
-    assert kw["http"] is HeaderTimeoutHttpToolsProtocol
-    assert HeaderTimeoutHttpToolsProtocol.header_timeout == 3
+    assert kw["http"] is ReadTimeoutHttpToolsProtocol
+    assert ReadTimeoutHttpToolsProtocol.header_timeout == 3
+    assert ReadTimeoutHttpToolsProtocol.body_timeout == 4
     assert (kw["timeout_keep_alive"], kw["limit_concurrency"]) == (2, 77)
