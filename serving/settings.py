@@ -24,7 +24,7 @@ Limits and timeouts of the HTTP surface (docs/serving.md "Limits, timeouts and m
     OFFERS_STORE_LOCK_WAIT_SECONDS       SQLite busy timeout of the serving process (0.25)
     OFFERS_MAX_BODY_BYTES                request body limit, any transfer encoding (4,000,000)
     OFFERS_HEADER_READ_TIMEOUT_SECONDS   time to send a request's headers (10)
-    OFFERS_BODY_READ_TIMEOUT_SECONDS     time to send a request's body after its headers (10)
+    OFFERS_BODY_READ_TIMEOUT_SECONDS     time to send a declared body after the headers (10)
     OFFERS_KEEP_ALIVE_TIMEOUT_SECONDS    idle keep-alive connection lifetime (5)
     OFFERS_MAX_CONNECTIONS               concurrent connections per process, then 503 (1,000)
     OFFERS_METRICS_EXPOSURE              ``admin`` (key with the admin scope), ``open``, ``off``
