@@ -9,7 +9,15 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-__all__ = ["TrackingUriOpt", "fail", "gate_verdict", "quiet_mlflow"]
+__all__ = [
+    "PolicyGateOpt",
+    "TrackingUriOpt",
+    "fail",
+    "gate_verdict",
+    "policy_line",
+    "quiet_mlflow",
+    "use_policy_gate",
+]
 
 _err = Console(stderr=True)
 
@@ -19,6 +27,32 @@ TrackingUriOpt = Annotated[
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under OFFERS_HOME)"
     ),
 ]
+
+
+PolicyGateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--policy-gate/--no-policy-gate",
+        help="also require the policy's doubly-robust value on the latest logged campaign to be "
+        "no more than one standard error below the champion's (training.policy.gate)",
+    ),
+]
+
+
+def use_policy_gate(registry: Any, data: Any, enabled: bool) -> None:
+    """Give ``registry`` the off-policy check on ``data`` (when ``enabled``)."""
+    if enabled:
+        from training.policy.gate import PolicyCheck
+
+        registry.policy_check = PolicyCheck(data)
+
+
+def policy_line(decision: Any) -> str | None:
+    """The off-policy check's line for people, or None when it did not run."""
+    policy = getattr(decision, "policy", None)
+    if not policy:
+        return None
+    return f"policy gate ({'passed' if policy['passed'] else 'failed'}): {policy['reason']}"
 
 
 def fail(message: str) -> None:

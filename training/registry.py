@@ -81,6 +81,7 @@ class GateDecision:
     challenger_value: float | None
     champion_version: str | None = None
     champion_value: float | None = None
+    policy: dict[str, Any] | None = None  # the off-policy check (training.policy.gate), if run
 
 
 class ModelRegistry:
@@ -98,6 +99,10 @@ class ModelRegistry:
         self.tracking_uri = tracking_uri or default_tracking_uri(self.home)
         self.experiment = experiment
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        # ``policy_check(registry, name, champion_version, challenger_version)`` -> a result with
+        # ``passed``, ``reason`` and ``as_dict()`` (training.policy.gate.PolicyCheck): when set,
+        # a challenger is promoted only if its policy also passes (module docstring).
+        self.policy_check: Callable[..., Any] | None = None
 
     # ---- logging and registering --------------------------------------------------------------
     def experiment_id(self) -> str:
@@ -257,14 +262,26 @@ class ModelRegistry:
                 f"(force with a promote)"
             )
             return GateDecision(False, reason, version, mine, champ, None)
-        if gate.beats(mine, theirs):
+        policy = None
+        if self.policy_check is not None:
+            policy = self.policy_check(self, name, champ, version)
+            self.client.set_model_version_tag(name, version, "policy_gate", policy.reason[:500])
+        policy_ok = policy is None or policy.passed
+        policy_dict = None if policy is None else policy.as_dict()
+        policy_text = "" if policy is None else f"; policy: {policy.reason}"
+        if gate.beats(mine, theirs) and policy_ok:
             self.promote(name, version, reason=f"gate: {gate.metric} {mine:.4f} vs {theirs:.4f}")
-            reason = f"beats champion v{champ} ({how}): {gate.metric} {mine:.4f} vs {theirs:.4f}"
-            return GateDecision(True, reason, version, mine, champ, theirs)
+            reason = (
+                f"beats champion v{champ} ({how}): {gate.metric} {mine:.4f} vs {theirs:.4f}"
+                f"{policy_text}"
+            )
+            return GateDecision(True, reason, version, mine, champ, theirs, policy_dict)
+        verb = "beats" if gate.beats(mine, theirs) else "does not beat"
         reason = (
-            f"does not beat champion v{champ} ({how}): {gate.metric} {mine:.4f} vs {theirs:.4f}"
+            f"{verb} champion v{champ} ({how}): {gate.metric} {mine:.4f} vs {theirs:.4f}"
+            f"{policy_text}{'' if policy_ok else ' -> not promoted'}"
         )
-        return GateDecision(False, reason, version, mine, champ, theirs)
+        return GateDecision(False, reason, version, mine, champ, theirs, policy_dict)
 
     def promote(self, name: str, version: str, reason: str = "forced") -> None:
         """Give ``version`` the champion alias (any version: this is also how to roll back)."""

@@ -74,21 +74,28 @@ def test_evaluate_policy_json(program_dir):
         "random",
         "oracle",
         "random_at_engine_spend",
+        "affinity_top_k_at_engine_spend",
         "oracle_at_engine_spend",
     ]
     for name, r in policies.items():
         for key in ("true_incremental_value", "spend", "redemptions", "sends"):
             assert np.isfinite(r[key]), (name, key)
-        if name in ("engine", "affinity_top_k", "random", "oracle"):
+        if not name.endswith("_at_engine_spend"):
             assert set(r["off_policy"]) >= {"truth", "ips", "snips", "dr"}
         assert r["sends"] <= report["setup"]["members"]  # k = 1
     # the oracle allocates on the true values under the same constraints
     best_other = max(r["true_incremental_value"] for n, r in policies.items() if "oracle" not in n)
     assert policies["oracle"]["true_incremental_value"] >= best_other
-    # equal spend: random and the oracle spend at most what the engine spends (true expected)
+    # equal spend: random and top-k scaled to the engine's true expected spend; the oracle
+    # allocated again within it
     spend = policies["engine"]["spend"]
-    for name in ("random_at_engine_spend", "oracle_at_engine_spend"):
-        assert policies[name]["spend"] <= spend * (1 + 1e-6) + 1e-6, name
+    for name in ("random_at_engine_spend", "affinity_top_k_at_engine_spend"):
+        assert policies[name]["spend"] == pytest.approx(spend, rel=1e-9), name
+        base = name.removesuffix("_at_engine_spend")
+        assert policies[name]["true_incremental_value"] == pytest.approx(
+            policies[base]["true_incremental_value"] * spend / policies[base]["spend"], rel=1e-9
+        )
+    assert policies["oracle_at_engine_spend"]["spend"] <= spend * (1 + 1e-6) + 1e-6
     at = policies["oracle_at_engine_spend"]["true_incremental_value"]
     assert at >= policies["random_at_engine_spend"]["true_incremental_value"]
     assert report["ratios"]["share_of_oracle_at_engine_spend"] is None or (
