@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.linalg import lapack
 
 from models.affinity.base import AffinityModel
 from models.affinity.blend import Blend
@@ -136,14 +137,19 @@ class FoldIn:
     purchase: float  # confidence a basket entry adds (InteractionSettings().purchase)
     item_index: dict[str, int]  # item key -> model column
     offer_cols: np.ndarray  # (m,) model column per offer, -1 unknown
+    known: np.ndarray  # (m,) bool: the model knows the offer
+    offer_pos: dict[int, int]  # model column of a known offer -> its row in y_offers
     rows: _Rows
     y: np.ndarray  # (n_items, f) float64 item factors
     yty_reg: np.ndarray  # (f, f) float64: YtY + regularization x I
+    yty_reg_inv: np.ndarray  # its inverse
+    y_offers: np.ndarray  # (known offers, f) float64 item factors of the known offers
     alpha: float
     bm25: tuple[float, float, np.ndarray, float] | None  # k1, b, idf (float32), avg length
     weights: tuple[float, float, float, float]  # freq, ALS, recency, popularity (blend)
     half_life: float
     popularity: np.ndarray  # (m,) popularity of each offer (0 where unknown)
+    pop_term: np.ndarray  # (known offers,) popularity weight x popularity
     calibrator: RedeemCalibrator | None
 
     @classmethod
@@ -178,11 +184,16 @@ class FoldIn:
             raise AffinityInputError(f"fold-in: weighting {als.weighting!r} is not supported")
         pop = np.where(offer_cols >= 0, model.popularity_[np.maximum(offer_cols, 0)], 0.0)
         half = float(getattr(model, "recency_half_life_days", 30.0))
+        known = offer_cols >= 0
+        # implicit's YtY is float32 (Y.T @ Y of the float32 factors): the same matrix here
+        yty_reg = (y32.T @ y32).astype(np.float64) + als.regularization * np.eye(y.shape[1])
         return cls(
             kind=str(pyfunc.basket_kind_),
             purchase=float(InteractionSettings().purchase),
             item_index=index,
             offer_cols=offer_cols,
+            known=known,
+            offer_pos={int(c): j for j, c in enumerate(offer_cols[known].tolist())},
             rows=_Rows(
                 conf.indptr.astype(np.int64),
                 conf.indices.astype(np.int64),
@@ -190,13 +201,15 @@ class FoldIn:
                 last_aligned.astype(np.float32),
             ),
             y=y,
-            # implicit's YtY is float32 (Y.T @ Y of the float32 factors): the same matrix here
-            yty_reg=(y32.T @ y32).astype(np.float64) + als.regularization * np.eye(y.shape[1]),
+            yty_reg=yty_reg,
+            yty_reg_inv=np.linalg.inv(yty_reg),
+            y_offers=y[offer_cols[known]],
             alpha=float(als.alpha),
             bm25=bm25,
             weights=weights,
             half_life=half,
             popularity=pop.astype(np.float64),
+            pop_term=weights[3] * pop[known].astype(np.float64),
             calibrator=pyfunc.calibrator_,
         )
 
@@ -210,11 +223,10 @@ class FoldIn:
         ``als_weight`` 0 ranks by the member's own offer history and popularity alone)."""
         return self.weights[1] > 0
 
-    def columns(self, basket: Sequence[str]) -> np.ndarray:
+    def columns(self, basket: Sequence[str]) -> list[int]:
         """Model columns of the basket entries the model knows (sorted, distinct)."""
-        cols = {self.item_index.get(k, -1) for k in basket_keys(basket, self.kind)}
-        cols.discard(-1)
-        return np.array(sorted(cols), dtype=np.int64)
+        index = self.item_index
+        return sorted({index[k] for k in basket_keys(basket, self.kind) if k in index})
 
     def knows(self, basket: Sequence[str]) -> bool:
         """Whether any basket entry is an item of the model (else the basket changes nothing)."""
@@ -223,58 +235,67 @@ class FoldIn:
     def predict(self, row: int, basket: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(score, p_redeem), each (m,) float64, for member row ``row`` (-1: no history) with
         ``basket`` folded in; raises when the basket has no entry the model knows."""
-        add = self.columns(basket)
-        if len(add) == 0:
+        out = self.fold(row, basket)
+        if out is None:
             raise AffinityInputError(
                 f"basket: none of {list(basket)[:5]} is an item of the model ({self.kind} ids)"
             )
-        cols, conf, last = self._row(row, add)
-        user = self._solve(cols, conf)
-        known = self.offer_cols >= 0
-        oc = self.offer_cols[known]
-        w_freq, w_als, w_rec, w_pop = self.weights
+        return out
+
+    def fold(self, row: int, basket: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`predict`, or None when the model knows no entry of the basket."""
+        add = self.columns(basket)
+        if not add:
+            return None
+        conf, last = self._row(row, add)
+        cols = np.fromiter(conf, dtype=np.int64, count=len(conf))
+        x = np.fromiter(conf.values(), dtype=np.float32, count=len(conf))
+        user = self._solve(cols, x)
+        w_freq, w_als, w_rec, _ = self.weights
+        s = self.y_offers @ user
+        s *= w_als
+        s += self.pop_term
+        if w_freq or w_rec:  # the member's own offer interactions (the basket adds none)
+            pos = self.offer_pos
+            for col, c in conf.items():
+                j = pos.get(col)
+                if j is not None:
+                    d = last[col]
+                    s[j] += w_freq * np.log1p(c) + (
+                        w_rec * 0.5 ** ((d - 1.0) / self.half_life) if d > 0 else 0.0
+                    )
         score = np.full(self.n_offers, np.nan)
-        s = w_als * (self.y[oc] @ user) + w_pop * self.popularity[known]
-        if w_freq or w_rec:
-            pos = np.searchsorted(cols, oc)
-            pos = np.minimum(pos, max(len(cols) - 1, 0))
-            hit = cols[pos] == oc
-            c_o = np.where(hit, conf[pos], 0.0).astype(np.float64)
-            d_o = np.where(hit, last[pos], 0.0).astype(np.float64)
-            s = s + w_freq * np.log1p(c_o)
-            rec = np.where(d_o > 0, np.power(0.5, (d_o - 1.0) / self.half_life), 0.0)
-            s = s + w_rec * rec
-        score[known] = s
+        score[self.known] = s
         if self.calibrator is None:
             return score, np.full(self.n_offers, np.nan)
-        p = self.calibrator.predict(np.nan_to_num(score))
-        return score, np.where(known, p, np.nan)
+        p = np.full(self.n_offers, np.nan)
+        p[self.known] = self.calibrator.predict(s)
+        return score, p
 
     def p_redeem(self, row: int, basket: Sequence[str]) -> np.ndarray:
         """P(redeem) per offer (m,), as the pyfunc's ``predict`` with this ``basket``."""
         return self.predict(row, basket)[1]
 
-    def _row(self, row: int, add: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The member's (columns, confidence, last_days) with the basket added."""
-        r = self.rows
+    def _row(self, row: int, add: list[int]) -> tuple[dict[int, float], dict[int, float]]:
+        """The member's confidence and last_days by model column, with the basket added (as
+        ``basket_rows``: + ``purchase`` and last_days 1 on each basket column)."""
+        conf: dict[int, float] = {}
+        last: dict[int, float] = {}
         if row >= 0:
+            r = self.rows
             a, b = r.indptr[row], r.indptr[row + 1]
-            cols, conf, last = r.indices[a:b], r.conf[a:b], r.last[a:b]
-        else:
-            cols = np.zeros(0, np.int64)
-            conf = last = np.zeros(0, np.float32)
-        allc = np.union1d(cols, add)
-        c = np.zeros(len(allc), np.float32)
-        d = np.zeros(len(allc), np.float32)
-        at = np.searchsorted(allc, cols)
-        c[at], d[at] = conf, last
-        at = np.searchsorted(allc, add)
-        c[at] += np.float32(self.purchase)
-        d[at] = 1.0
-        return allc, c, d
+            cols = r.indices[a:b].tolist()
+            conf = dict(zip(cols, r.conf[a:b].tolist(), strict=True))
+            last = dict(zip(cols, r.last[a:b].tolist(), strict=True))
+        for j in add:  # float32 + float32 rounds once, as the exact sum does
+            conf[j] = float(np.float32(conf.get(j, 0.0) + self.purchase))
+            last[j] = 1.0
+        return conf, last
 
     def _solve(self, cols: np.ndarray, conf: np.ndarray) -> np.ndarray:
-        """The ALS user step: (YtY + reg I + Yu^T (Cu - I) Yu) x = Yu^T Cu (implicit's)."""
+        """The ALS user step, implicit's: (B + Yu^T (Cu - I) Yu) x = Yu^T Cu pu with
+        B = YtY + reg I. Short rows use the Woodbury identity around the precomputed B^-1
+        (an s x s solve for s interactions), long rows a direct f x f solve."""
         x = conf
         if self.bm25 is not None:  # models.affinity.weighting.Bm25.transform on one row
             k1, b, idf, avg = self.bm25
@@ -284,11 +305,23 @@ class FoldIn:
             )
         if self.alpha != 1.0:
             x = (x * np.float32(self.alpha)).astype(np.float32)
+        # confidences are > 0 (implicit would treat c <= 0 as a negative with confidence |c|)
         c = x.astype(np.float64)
-        yu = self.y[cols]
-        a = self.yty_reg + (yu.T * np.abs(c) - yu.T) @ yu
-        rhs = yu[c > 0].T @ c[c > 0]
-        return np.linalg.solve(a, rhs)
+        u = self.y[cols]  # (s, f)
+        cpos, d = c, c - 1.0
+        # LAPACK directly: np.linalg.solve costs several times more on these small systems
+        if len(cols) >= u.shape[1]:
+            _, x_u, info = lapack.dposv(self.yty_reg + (u.T * d) @ u, u.T @ cpos)
+        else:
+            w = u @ self.yty_reg_inv  # (s, f) = U B^-1
+            k = w @ u.T  # (s, s) = U B^-1 U^T
+            k *= d[:, None]
+            k.flat[:: len(cols) + 1] += 1.0  # I + D K
+            _, _, h, info = lapack.dgesv(k, k @ cpos - cpos)  # D K c = (I + D K) c - c
+            x_u = w.T @ (cpos - h)  # B^-1 U^T cpos - B^-1 U^T h
+        if info != 0:
+            raise AffinityInputError(f"fold-in: the ALS system is singular (LAPACK info {info})")
+        return x_u
 
 
 def _row_ids(m: sp.csr_matrix) -> np.ndarray:

@@ -250,3 +250,19 @@ def test_foldin_refuses_models_without_a_closed_form(pyfunc, tmp_path):
     pop = AffinityPyfunc().load(save_artifacts(Popularity().fit(data), data, tmp_path))
     with pytest.raises(AffinityInputError, match="Popularity has no closed-form fold-in"):
         FoldIn.from_pyfunc(pop, OFFERS)
+
+
+def test_foldin_short_and_long_rows_solve_the_als_step(pyfunc):
+    """Rows shorter than the factor count use Woodbury around B^-1, longer ones solve the
+    f x f system: both equal a plain float64 solve of the ALS user step."""
+    from models.affinity import FoldIn
+
+    fold = FoldIn.from_pyfunc(pyfunc, OFFERS)
+    k1, b, idf, avg = fold.bm25
+    for cols in (np.array([0, 3, 7]), np.arange(8)):  # 3 < 5 factors <= 8
+        conf = np.linspace(0.5, 7.0, len(cols)).astype(np.float32)
+        x = conf.astype(np.float64)
+        x = x * (k1 + 1.0) / (k1 * ((1.0 - b) + b * x.sum() / avg) + x) * idf[cols] * fold.alpha
+        u = fold.y[cols]
+        want = np.linalg.solve(fold.yty_reg + (u.T * (x - 1.0)) @ u, u.T @ x)
+        np.testing.assert_allclose(fold._solve(cols, conf), want, rtol=1e-5, atol=1e-6)
