@@ -350,7 +350,13 @@ def _checkout_target(world, members: list[str], total: float) -> tuple[str, int]
     best, best_n = ids[0], -1
     for offer in ids:
         ctx = DecisionContext("checkout", pd.Timestamp.now(), f"probe-{offer}")
-        batch = bundle.decide(members, ctx, basket_total=total, exhausted=frozenset(ids) - {offer})
+        batch = bundle.decide(
+            members,
+            ctx,
+            basket_total=total,
+            exhausted=frozenset(ids) - {offer},
+            baskets=[("category:grocery",)] * len(members),  # the checkouts' basket, folded in
+        )
         n = int((batch.shown()["offer_id"] == offer).sum())
         if n > best_n:
             best, best_n = offer, n

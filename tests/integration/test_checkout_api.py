@@ -62,6 +62,7 @@ def _probe(world: dict, catalog: Path, members: list[str], **kw) -> dict[str, li
             DecisionContext("checkout", as_of, f"probe-{m}"),
             basket_total=kw.get("total", 80.0),
             exhausted=frozenset(kw.get("exhausted", ())),
+            basket=("category:grocery",),  # BASKET's category, folded in as the server does
         )
         out[m] = [x["offer_id"] for x in d["offers"]]
     return out
