@@ -9,6 +9,7 @@ only, so what checkout grants is known."""
 # ruff: noqa: F811  (fixtures imported from test_api_offers)
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -34,6 +35,7 @@ from tests.integration.test_api_offers import (  # noqa: F401  (fixtures)
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+log = logging.getLogger(__name__)
 
 BASKET = [{"category": "grocery", "quantity": 4, "unit_price": 20.0}]  # lines: 80.0
 FUTURE_TS = "2030-06-01T12:00:00"
@@ -410,6 +412,10 @@ def test_client_timeouts_then_retries_and_the_sweep_balance_every_budget(
     reserved, released, _ = _ledger(database_url)
     delivered = _delivered(got)
     assert sum(reserved.values()) > 0 and len(lost) > 0, "no timeouts: raise the burst"
+    log.info(
+        "timeouts: %d of 300 lost, %d retried; reserved %s delivered %s released %s",
+        len(lost), len(retried), dict(reserved), dict(delivered), dict(released),
+    )  # fmt: skip
     for offer in reserved:
         assert reserved[offer] == delivered[offer] + released[offer], offer
     assert swept["abandoned_grants_released"] == sum(released.values())
@@ -446,6 +452,11 @@ def test_kill_9_during_a_burst_then_retries_balance_every_budget(
     swept = _sweep(database_url)
     reserved, released, _ = _ledger(database_url)
     delivered = _delivered(got)
+    log.info(
+        "kill -9: %d of 300 unanswered; reserved before restart %s, after %s, delivered %s, "
+        "released %s", len(lost), dict(before_restart), dict(reserved), dict(delivered),
+        dict(released),
+    )  # fmt: skip
     assert swept["abandoned_sessions_cancelled"] == 0  # every transaction came back
     for offer in reserved:
         assert reserved[offer] == delivered[offer] + released[offer], offer
