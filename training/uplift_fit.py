@@ -73,7 +73,7 @@ class UpliftTrainSettings:
     base_params: dict[str, Any] | None = None
     outcomes: tuple[str, ...] = OUTCOMES
     gate_outcome: str = CONVERSION
-    treatment: Literal["kind", "offer"] = "kind"
+    treatment: Literal["kind", "offer"] = "offer"  # per offer: see docs/benchmarks.md (policy)
     window_days: float = 14.0
     control_label: str = "control"
     test_share: float = 0.2
