@@ -136,19 +136,22 @@ def sim_stats(p: Program, r2: bool = True) -> dict[str, float]:
     out["redeemed_without_view_share"] = float(
         red[key].merge(viewed, on=key, how="left")["v"].isna().mean()
     )
-    baskets = t.groupby([S.MEMBER_ID, S.TS], observed=True).agg(
-        total=(S.AMOUNT, "sum"), cats=(S.CATEGORY, lambda c: set(c))
-    )
+    # The redemption's basket: the member's lines at the redemption time.
     offers = p.offers.set_index(S.OFFER_ID)
-    rb = red[[S.MEMBER_ID, S.TS, S.OFFER_ID]].join(baskets, on=[S.MEMBER_ID, S.TS])
-    need = offers.loc[rb[S.OFFER_ID], [S.MIN_SPEND, S.CATEGORY]].to_numpy()
-    ok = [
-        isinstance(cats, set)
-        and tot >= (0.0 if pd.isna(ms) else ms) - 1e-9
-        and (pd.isna(cat) or cat in cats)
-        for tot, cats, (ms, cat) in zip(rb["total"], rb["cats"], need, strict=True)
-    ]
-    out["redeemed_on_qualifying_basket_share"] = float(np.mean(ok)) if ok else float("nan")
+    r = red[[S.MEMBER_ID, S.TS, S.OFFER_ID]].reset_index(drop=True).reset_index()
+    r = r.join(offers[[S.MIN_SPEND, S.CATEGORY]], on=S.OFFER_ID)
+    lines = r.merge(
+        t[[S.MEMBER_ID, S.TS, S.AMOUNT, S.CATEGORY]], on=[S.MEMBER_ID, S.TS], suffixes=("", "_l")
+    )
+    lines["in_cat"] = lines[S.CATEGORY].isna() | (
+        lines[S.CATEGORY].astype(object) == lines[f"{S.CATEGORY}_l"].astype(object)
+    )
+    per = lines.groupby("index").agg(total=(S.AMOUNT, "sum"), in_cat=("in_cat", "any"))
+    per = per.reindex(r["index"])
+    ok = (per["total"].to_numpy() >= r[S.MIN_SPEND].fillna(0).to_numpy() - 1e-9) & per[
+        "in_cat"
+    ].fillna(False).to_numpy(dtype=bool)
+    out["redeemed_on_qualifying_basket_share"] = float(ok.mean()) if len(ok) else float("nan")
     sent = e[e[S.EVENT] == "sent"].sort_values([S.MEMBER_ID, S.TS])
     sent = sent.assign(n=sent.groupby(S.MEMBER_ID).cumcount() + 1)
     got = sent[key].merge(red[key].assign(r=True), on=key, how="left")["r"].notna().to_numpy()
