@@ -43,7 +43,7 @@ class EventConflictError(ValueError):
 
 
 def differing(
-    first: Mapping[str, Any], again: Mapping[str, Any], compare_ts: bool
+    first: Mapping[Any, Any], again: Mapping[Any, Any], compare_ts: bool
 ) -> tuple[str, ...]:
     """The fields in which ``again`` differs from ``first`` (empty for a true replay)."""
     fields = [c for c in COMPARED if first.get(c) != again.get(c)]

@@ -42,7 +42,9 @@ RETRY_AFTER_SECONDS = "1"
         503: {"model": ErrorResponse, "description": "store cannot write; nothing stored"},
     },
 )
-async def post_events(body: EventsRequest, state: StateDep, _: EventsWriter) -> EventsResponse:
+async def post_events(
+    body: EventsRequest, state: StateDep, _: EventsWriter
+) -> EventsResponse | JSONResponse:
     """Store feedback (viewed, redeemed, dismissed); sending the same events again is safe."""
     assert state.store is not None
     late = _outside_window(body.events, state.settings)
