@@ -138,13 +138,29 @@ def _metrics_table(report: dict[str, Any]) -> Table:
     return t
 
 
-def _load(data: Path) -> dict[str, Any]:
-    from features.validate import DataValidationError, load_dir
+EngineOpt = Annotated[
+    str, typer.Option(help="where the inputs are aggregated: duckdb or spark (local[*])")
+]
+MemoryOpt = Annotated[
+    str | None,
+    typer.Option(help="memory limit of the input queries, e.g. 4GB (DuckDB spills past it)"),
+]
 
+
+def _load(data: Path, engine: str = "duckdb", memory_limit: str | None = None) -> Any:
+    """``data`` opened for affinity training: transactions stay in DuckDB (or Spark)."""
+    from features.pipeline import FeatureInputError
+    from features.pipeline.engines import ENGINES
+    from training.affinity_data import open_affinity_tables
+
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"--engine: {engine!r} is not one of {', '.join(ENGINES)}")
+    if not data.is_dir():
+        fail(f"--data {data}: not a directory")
     try:
-        return load_dir(data)
-    except DataValidationError as exc:
-        fail(f"{data}: invalid data ({exc.result.summary()}); run `offers validate {data}`")
+        return open_affinity_tables(data, engine, memory_limit)
+    except (FeatureInputError, ValueError) as exc:
+        fail(f"{data}: {exc}; run `offers validate {data}`")
     raise AssertionError  # unreachable
 
 
@@ -163,6 +179,8 @@ def evaluate_affinity(
     name: NameOpt = None,
     plots: Annotated[Path | None, typer.Option(help="write metric@k and reliability PNGs")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    engine: EngineOpt = "duckdb",
+    memory_limit: MemoryOpt = None,
 ) -> None:
     """Chronological offline evaluation of ALS, BPR, the baselines and the shipped blend."""
     from training.affinity_eval import EvalInputError
@@ -173,7 +191,7 @@ def evaluate_affinity(
         target, candidates, split, test_days, valid_days, min_candidates,
         als_trials, bpr_trials, seed, threads,
     )  # fmt: skip
-    tables = _load(data)
+    tables = _load(data, engine, memory_limit)
     try:
         with _Bars() as bars:
             run = run_evaluation(tables, ev, search, name or data.resolve().name, bars)
@@ -212,6 +230,8 @@ def train_affinity(
     name: NameOpt = None,
     model_name: Annotated[str, typer.Option(help="registered model name")] = "offers-affinity",
     tracking_uri: TrackingUriOpt = None,
+    engine: EngineOpt = "duckdb",
+    memory_limit: MemoryOpt = None,
 ) -> None:
     """Train the shipped affinity model, register it as challenger and gate it vs champion."""
     quiet_mlflow()
@@ -224,7 +244,7 @@ def train_affinity(
         target, candidates, split, test_days, valid_days, min_candidates,
         als_trials, bpr_trials, seed, threads,
     )  # fmt: skip
-    tables = _load(data)
+    tables = _load(data, engine, memory_limit)
     registry = ModelRegistry(tracking_uri)
     try:
         with _Bars() as bars:

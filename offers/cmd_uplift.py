@@ -63,6 +63,20 @@ CalibOpt = Annotated[
     bool, typer.Option(help="shift each treatment's effects to the regression-adjusted ATT")
 ]
 SeedOpt = Annotated[int, typer.Option(help="seed of the base learners")]
+EngineOpt = Annotated[
+    str, typer.Option(help="where the training set is built: duckdb or spark (local[*])")
+]
+MemoryOpt = Annotated[
+    str | None,
+    typer.Option(help="memory limit of the training-set queries, e.g. 4GB (DuckDB spills)"),
+]
+
+
+def _check_engine(engine: str) -> None:
+    from features.pipeline.engines import ENGINES
+
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"--engine: {engine!r} is not one of {', '.join(ENGINES)}")
 
 
 def _settings(
@@ -147,6 +161,8 @@ def train_uplift(
     seed: SeedOpt = 0,
     model_name: Annotated[str, typer.Option(help="registered model name")] = "offers-uplift",
     tracking_uri: TrackingUriOpt = None,
+    engine: EngineOpt = "duckdb",
+    memory_limit: MemoryOpt = None,
 ) -> None:
     """Train the uplift model on DIR's campaigns, register it as challenger, gate vs champion."""
     quiet_mlflow()
@@ -159,12 +175,16 @@ def train_uplift(
         learner, base_learner, base_params, treatment, outcomes, gate_outcome,
         window_days, test_share, split_at, propensity, calibrate, seed,
     )  # fmt: skip
+    _check_engine(engine)
     if not data.is_dir():
         fail(f"--data {data}: not a directory")
     registry = ModelRegistry(tracking_uri)
     try:
         with console.status("training uplift model"):
-            result = train(data, settings, registry, name=model_name, progress=_run)
+            result = train(
+                data, settings, registry, name=model_name, progress=_run, engine=engine,
+                memory_limit=memory_limit,
+            )  # fmt: skip
     except (UpliftDataError, UpliftTrainError, ValueError) as exc:
         fail(str(exc))
     treatments = result.fitted.treatments
@@ -196,21 +216,25 @@ def evaluate_uplift(
     calibrate: CalibOpt = True,
     seed: SeedOpt = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
+    engine: EngineOpt = "duckdb",
+    memory_limit: MemoryOpt = None,
 ) -> None:
     """Fit on the time-based training split and score the test split (no MLflow)."""
-    from training.uplift_data import UpliftDataError, build_training_set
+    from training.uplift_data import UpliftDataError, build_training_set, open_tables
     from training.uplift_fit import UpliftTrainError, fit_uplift, truth_metrics_for
 
     settings = _settings(
         learner, base_learner, base_params, treatment, outcomes, gate_outcome,
         window_days, test_share, split_at, propensity, calibrate, seed,
     )  # fmt: skip
+    _check_engine(engine)
     if not data.is_dir():
         fail(f"--data {data}: not a directory")
     try:
         with console.status("evaluating uplift model"):
             _run("training set: features at each send, outcomes after it")
-            training_set = build_training_set(data, settings.training_set_config())
+            tables = open_tables(data, engine, memory_limit)
+            training_set = build_training_set(tables, settings.training_set_config())
             fitted = fit_uplift(training_set, settings, _run)
             metrics = fitted.metrics | truth_metrics_for(fitted, data)
     except (UpliftDataError, UpliftTrainError, ValueError) as exc:
