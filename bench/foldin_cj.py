@@ -18,6 +18,8 @@ with a paired standard error against the shipped model without fold-in:
   first basket folded in (``basket_rows`` + ``as_new_members``: the pyfunc's offline fold-in,
   the same computation as serving's ``FoldIn``);
 * ``als`` / ``als+basket``: ALS alone, the part the fold-in changes;
+* ``blend+refold`` / ``als+refold``: the history alone folded in (no basket): separates what
+  solving the member's factors again does from what the basket adds;
 * ``buy_again`` / ``buy_again+basket``: personal popularity on the history, and with the first
   basket counted as one more (most recent) purchase;
 * ``basket_only``: an unknown member with only the first basket (fold-in of the basket alone).
@@ -153,8 +155,10 @@ def main(argv: list[str] | None = None) -> None:
     basket_only = as_new_members(basket_rows(empty, baskets, kind="product"))
     runs = {
         "blend": (blend, base),
+        "blend+refold": (blend, as_new_members(base)),
         "blend+basket": (blend, folded),
         "als": (als, base),
+        "als+refold": (als, as_new_members(base)),
         "als+basket": (als, folded),
         "buy_again": (PersonalPopularity().fit(train), base),
         "buy_again+basket": (PersonalPopularity().fit(train), with_basket),
