@@ -76,6 +76,7 @@ def test_evaluate_policy_json(program_dir):
         "random_at_engine_spend",
         "affinity_top_k_at_engine_spend",
         "oracle_at_engine_spend",
+        "engine_ope_tuned",
     ]
     for name, r in policies.items():
         for key in ("true_incremental_value", "spend", "redemptions", "sends"):
@@ -104,6 +105,16 @@ def test_evaluate_policy_json(program_dir):
     # what ships: versions from the scratch registry, trained before T and to the end
     assert set(report["models"]["end"]) == {"affinity", "uplift"}
     assert report["setup"]["held_out_campaign_start"] < report["setup"]["as_of"]
+    # the engine's settings chosen by DR value on the held-out campaign: every candidate was
+    # estimated, the choice is the default unless beaten, and the tuned engine was evaluated
+    choice = report["ope_tuned_settings"]
+    assert "default" in choice["candidates"] and len(choice["candidates"]) == 6
+    assert choice["chosen"] in choice["candidates"]
+    assert policies["engine_ope_tuned"]["settings"] == choice["chosen"]
+    if choice["chosen"] == "default":
+        assert policies["engine_ope_tuned"]["true_incremental_value"] == pytest.approx(
+            policies["engine"]["true_incremental_value"]
+        )
     assert policies["oracle"]["off_policy"]["truth"] >= policies["random"]["off_policy"]["truth"]
     assert report["off_policy_setup"]["contexts"] > 0
     assert set(report["engine_vs_affinity_top_k"]) >= {"value_ratio", "spend_ratio", "goal_met"}

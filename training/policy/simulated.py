@@ -368,6 +368,15 @@ def run_policy_evaluation(
         say("training what ships on all the data")
         shipped = train_shipped(data, work / "reg-end", seed, als_trials, trees)
 
+        say("off-policy estimates on the held-out campaign")
+        train = build_training_set(data, TrainingSetConfig(treatment="kind"))
+        early = train.subset((train.frame[S.TS] + pd.Timedelta(days=14) <= T).to_numpy())
+        candidates = candidate_settings(settings)
+        ope, ope_info = _off_policy(
+            engine, tables, train, T, before, early, truth, settings.scoring.margin_rate, seed,
+            candidates,
+        )  # fmt: skip
+
         say("send at the data end")
         feats = member_features(load_tables(data), end, shipped.feature_config).to_pandas()
         ids = feats[S.MEMBER_ID].to_numpy(dtype=object)
@@ -395,19 +404,30 @@ def run_policy_evaluation(
             engine, feats, inputs, context, state, budget_left, tables_fb, true_p, true_s, pr
         )
 
-        say("off-policy estimates on the held-out campaign")
-        train = build_training_set(data, TrainingSetConfig(treatment="kind"))
-        early = train.subset((train.frame[S.TS] + pd.Timedelta(days=14) <= T).to_numpy())
-        ope, ope_info = _off_policy(
-            engine, tables, train, T, before, early, truth, settings.scoring.margin_rate, seed
+        say("the engine's settings chosen by off-policy value, engine at them")
+        tuned_settings = candidates[ope_info.get("settings_choice", {}).get("chosen", "default")]
+        tuned_engine = DecisionEngine(catalog, tuned_settings)
+        tuned, _ = evaluate_send(
+            tuned_engine, feats, inputs, context, inputs.p_redeem, true_p, true_s, state,
+            budget_left, tables_fb, match_spend,
+        )  # fmt: skip
+        tuned_results = {**tuned, "engine": tuned["engine"]}
+        tuned_results.update(
+            matched_spend(tuned_engine, pr, true_p, true_s, tuned_results, k or settings.k)
         )
+        results["engine_ope_tuned"] = tuned["engine"]
     for name in results:
         results[name]["off_policy"] = ope.get(name, {})
+    chosen = (ope_info.get("settings_choice") or {}).get("chosen", DEFAULT_CANDIDATE)
+    results["engine_ope_tuned"]["off_policy"] = ope.get(f"engine[{chosen}]", {})
+    results["engine_ope_tuned"]["settings"] = chosen
     fallback = batch.rows.groupby("fallback")[S.MEMBER_ID].nunique().to_dict()
     consent = batch.rows.loc[batch.rows["status"] == "no_offer", S.MEMBER_ID].nunique()
     return {
         "policies": results,
         "ratios": ratios(results),
+        "ratios_ope_tuned": ratios(tuned_results),
+        "ope_tuned_settings": ope_info.get("settings_choice"),
         "engine_vs_affinity_top_k": summary(results),
         "setup": {
             "data": str(data),
@@ -431,18 +451,70 @@ def run_policy_evaluation(
             "before_T": before.versions,
         },
         "off_policy_setup": ope_info,
+        "off_policy_candidates": {n: v for n, v in ope.items() if n.startswith("engine[")},
         "diagnostics": diag,
     }
 
 
-def _off_policy(engine, tables, train, T, models, early, truth, margin, seed):  # type: ignore[no-untyped-def]
-    """Every policy's action at each logged context at or after T, then the estimates."""
+DEFAULT_CANDIDATE = "default"
+
+
+def candidate_settings(settings: EngineSettings) -> dict[str, EngineSettings]:
+    """The engine settings the off-policy choice compares: cost weight x value floor."""
+    out: dict[str, EngineSettings] = {}
+    for cost_weight in (0.5, 1.0, 2.0):
+        for floor, min_value in (("floor0", 0.0), ("always", -1e9)):
+            scoring = settings.scoring.model_copy(
+                update={"cost_weight": cost_weight, "min_value": min_value}
+            )
+            name = f"cost{cost_weight:g}-{floor}"
+            same = cost_weight == settings.scoring.cost_weight and (
+                min_value == settings.scoring.min_value
+            )
+            out[DEFAULT_CANDIDATE if same else name] = settings.model_copy(
+                update={"scoring": scoring}
+            )
+    return out
+
+
+def choose_by_dr(
+    logged: LoggedDecisions, policies: dict[str, np.ndarray], q: np.ndarray, names: list[str]
+) -> dict[str, Any]:
+    """The candidate with the highest DR value on the held-out contexts; the default stays
+    unless the best beats it by more than one standard error of the paired difference."""
+    from training.policy.evaluate import _with_none, ope_estimate
+
+    if not names:
+        return {"chosen": DEFAULT_CANDIDATE, "candidates": {}}
+    terms = {n: ope_estimate(logged, _with_none(policies[f"engine[{n}]"]), q)["dr"] for n in names}
+    value = {n: float(t.mean()) for n, t in terms.items()}
+    best = max(value, key=lambda n: value[n])
+    chosen = DEFAULT_CANDIDATE if DEFAULT_CANDIDATE in terms else best
+    if best != chosen:
+        diff = terms[best] - terms[chosen]
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else np.inf
+        if float(diff.mean()) > se:
+            chosen = best
+    return {
+        "chosen": chosen,
+        "rule": "highest DR value; the default unless beaten by more than one paired SE",
+        "candidates": value,
+    }
+
+
+def _off_policy(engine, tables, train, T, models, early, truth, margin, seed, candidates=None):  # type: ignore[no-untyped-def]
+    """Every policy's action at each logged context at or after T, then the estimates.
+
+    ``candidates``: engine settings by name, each also decided on the contexts (reported as
+    ``engine[<name>]``) so that the settings can be chosen by their off-policy value."""
+    candidates = candidates or {}
+    engines = {name: DecisionEngine(engine.catalog, st) for name, st in candidates.items()}
     rows = _logged_rows(train, tables, T)
     o = engine.offers
     offer_ids = list(o.ids)
     cost = o.cost
     baseline = _outcome_model(early, seed)
-    names = ("engine", "affinity_top_k", "random", "oracle")
+    names = ("engine", "affinity_top_k", "random", "oracle", *(f"engine[{c}]" for c in engines))
     probs: dict[str, list[np.ndarray]] = {name: [] for name in names}
     parts = []
     for cid, g in rows.groupby(S.CAMPAIGN_ID, sort=True):
@@ -470,6 +542,9 @@ def _off_policy(engine, tables, train, T, models, early, truth, margin, seed):  
             engine, pr, inputs.p_redeem, np.where(pr.mask, true_value, -1.0), keys, 1
         )
         probs["engine"].append(one_hot(batch.picks[:, 0], o.n))
+        for c, eng_c in engines.items():
+            picks_c = eng_c.decide(g, inputs, ctx, state, left, restrict=support, frame=False)
+            probs[f"engine[{c}]"].append(one_hot(picks_c.picks[:, 0], o.n))
         probs["affinity_top_k"].append(one_hot(base["affinity_top_k"][:, 0], o.n))
         probs["oracle"].append(one_hot(base["oracle"][:, 0], o.n))
         n_el = pr.mask.sum(axis=1, keepdims=True)
@@ -499,6 +574,7 @@ def _off_policy(engine, tables, train, T, models, early, truth, margin, seed):  
     logged = LoggedDecisions(cat["action"], cat["propensity"], cat["reward"])
     policies = {name: np.concatenate(v) for name, v in probs.items()}
     est = off_policy_estimates(logged, policies, cat["q"], cat["true_value"])
+    chosen = choose_by_dr(logged, policies, cat["q"], list(engines))
     treated = cat["action"] >= 0
     info = {
         "contexts": len(cat["action"]),
@@ -510,5 +586,6 @@ def _off_policy(engine, tables, train, T, models, early, truth, margin, seed):  
         "dr_reward_model": "LightGBM E[spend | features] on training rows before T, plus the "
         "shipped models' effects and P(redeem) x cost",
         "value_unit": "incremental value per logged decision (currency)",
+        "settings_choice": chosen,
     }
     return est, info
