@@ -253,7 +253,7 @@ def evaluate_arms(
 def _summarise(data: ArmData, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean over splits per policy, and the engine against the best fixed arm and peer."""
     names = list(runs[0]["policies"])
-    per_policy = {
+    per_policy: dict[str, dict[str, Any]] = {
         name: {
             "value_mean": _mean([r["policies"][name] for r in runs], "value"),
             "net_incremental_mean": _mean([r["policies"][name] for r in runs], "net_incremental"),
@@ -267,7 +267,7 @@ def _summarise(data: ArmData, runs: list[dict[str, Any]]) -> dict[str, Any]:
     def best(candidates: list[str]) -> str | None:
         if not candidates:
             return None
-        return max(candidates, key=lambda c: per_policy[c]["net_incremental_mean"])
+        return max(candidates, key=lambda c: float(per_policy[c]["net_incremental_mean"]))
 
     fixed = [n for n in names if n.startswith("all:")]
     peers = [n for n in names if ":" in n and n.split(":")[0] in ("causalml", "sklift")]

@@ -174,7 +174,7 @@ def run_open_bandit(
         float(bts["click"].mean()), float(bts["click"].std(ddof=1) / np.sqrt(len(bts))), len(bts)
     )
     q = _reward_model(rand, n_items, seed=seed)
-    by_bucket = {}
+    by_bucket: dict[str, dict[str, Any]] = {}
     for b in BUCKETS:
         pi = _policy_matrix(rand, _bts_distribution(bts, n_items, b), b)
         est = _estimates(rand, pi, q)
