@@ -432,7 +432,13 @@ def test_kill_9_during_a_burst_then_retries_balance_every_budget(
     results: list = []
     sender = threading.Thread(target=lambda: results.extend(_burst(srv.url, bodies, 30.0, 300)))
     sender.start()
-    time.sleep(0.4)
+    store = _store(database_url)
+    try:  # kill once the burst has committed some sessions, before it has finished
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not store.grant_counts():
+            time.sleep(0.01)
+    finally:
+        store.close()
     os.kill(srv.proc.pid, signal.SIGKILL)
     srv.proc.wait(10)
     sender.join(120)
@@ -441,6 +447,7 @@ def test_kill_9_during_a_burst_then_retries_balance_every_budget(
     lost = [b for b in bodies if b["transaction_id"] not in got]
     assert lost, "the kill came after the burst: nothing to recover"
     before_restart, _, _ = _ledger(database_url)
+    assert sum(before_restart.values()) > 0, "the kill came before any commit"
     srv = _server(world, capped, database_url)  # same store
     try:
         again = _burst(srv.url, lost)
