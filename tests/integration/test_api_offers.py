@@ -389,19 +389,26 @@ def test_200_concurrent_checkouts_against_budget_50_grant_exactly_50(
     world, database_url, workers
 ) -> None:
     """One server process, or ``offers serve --workers 2`` (two processes sharing the store)."""
-    from features.catalog import load_catalog
+    import tempfile
+
+    import yaml
+
     from serving.store import open_store
 
     members = world["program"]["members"][:200]
     target, demand = _checkout_target(world, members, 80.0)
     assert demand >= 100, f"probe: best checkout offer {target} picked for only {demand} of 200"
     url = database_url
-    store = open_store(url)
-    for offer in load_catalog(world["program"]["catalog"]).offers:
-        store.set_budget(offer.offer_id, 50.0 if offer.offer_id == target else 0.0, unit="count")
-    store.close()
+    # The budgets come from the catalog (the store's counters follow it at start-up): 50 for
+    # the target, 0 for every other offer.
+    raw = yaml.safe_load(world["program"]["catalog"].read_text())
+    for offer in raw["offers"]:
+        offer["budget"] = {"count": 50 if offer["offer_id"] == target else 0}
+    catalog = Path(tempfile.mkdtemp(dir=world["home"])) / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump(raw, sort_keys=False))
+    program = {**world["program"], "catalog": catalog}
     srv = Server(
-        world["home"], world["program"], world["registry"].tracking_uri, url, workers=workers
+        world["home"], program, world["registry"].tracking_uri, url, workers=workers
     ).start()
     if workers > 1:
         import psutil
