@@ -22,7 +22,8 @@ with a paired standard error against the shipped model without fold-in:
   solving the member's factors again does from what the basket adds;
 * ``buy_again`` / ``buy_again+basket``: personal popularity on the history, and with the first
   basket counted as one more (most recent) purchase;
-* ``basket_only``: an unknown member with only the first basket (fold-in of the basket alone).
+* ``basket_only``: an unknown member with only the first basket (fold-in of the basket alone),
+  against ``popularity`` (what such a member got before: the global fallback).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from models.affinity import (  # noqa: E402
     Interactions,
     InteractionSettings,
     PersonalPopularity,
+    Popularity,
     as_new_members,
     basket_rows,
     build_interactions,
@@ -163,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         "buy_again": (PersonalPopularity().fit(train), base),
         "buy_again+basket": (PersonalPopularity().fit(train), with_basket),
         "basket_only": (blend, basket_only),
+        "popularity": (Popularity().fit(train), base),
     }
     report: dict = {
         "split": str(split),
