@@ -208,3 +208,25 @@ def test_rebuilt_response_reproduces_the_truth_at_every_level(tmp_path: Path) ->
         np.testing.assert_allclose(ss, asg["tau_spend"], rtol=1e-4, atol=1e-4)
         if level != "easy":
             assert (asg["tau_spend"] < 0).any()  # harm is possible
+
+
+def test_cli_difficulty_option(tmp_path: Path) -> None:
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from offers import cmd_simulate
+
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    cmd_simulate.register(app)
+    out = tmp_path / "prog"
+    args = ["simulate", "--members", "300", "--seed", "3", "--out", str(out)]
+    res = CliRunner().invoke(app, [*args, "--difficulty", "realistic"])
+    assert res.exit_code == 0, res.output
+    assert "difficulty realistic" in res.output
+    assert json.loads((out / "truth" / "difficulty.json").read_text())["level"] == "realistic"
+    bad = CliRunner().invoke(app, [*args, "--difficulty", "medium"])
+    assert bad.exit_code == 2
+    assert "--difficulty" in bad.output and "'medium' is not one of" in bad.output
