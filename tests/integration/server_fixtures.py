@@ -78,7 +78,7 @@ class MlflowServer:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         return self
 
-    def wait_healthy(self, timeout: float = 90.0) -> MlflowServer:
+    def wait_healthy(self, timeout: float = 300.0) -> MlflowServer:
         """Wait until ``/health`` answers 200; raise RuntimeError (with the log) otherwise."""
         assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
@@ -91,7 +91,7 @@ class MlflowServer:
         self.stop()
         raise RuntimeError(f"mlflow server not healthy in {timeout:.0f} s: {self.tail()}")
 
-    def start(self, timeout: float = 90.0) -> MlflowServer:
+    def start(self, timeout: float = 300.0) -> MlflowServer:
         return self.launch().wait_healthy(timeout)
 
     def tail(self) -> str:
