@@ -20,7 +20,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from offers.cli import evaluate_group, train_group
-from offers.registry_cli import TrackingUriOpt, fail, gate_verdict, quiet_mlflow
+from offers.registry_cli import (
+    PolicyGateOpt,
+    TrackingUriOpt,
+    fail,
+    gate_verdict,
+    policy_line,
+    quiet_mlflow,
+    use_policy_gate,
+)
 
 console = Console(stderr=True)
 out = Console()
@@ -230,10 +238,12 @@ def train_affinity(
     name: NameOpt = None,
     model_name: Annotated[str, typer.Option(help="registered model name")] = "offers-affinity",
     tracking_uri: TrackingUriOpt = None,
+    policy_gate: PolicyGateOpt = True,
     engine: EngineOpt = "duckdb",
     memory_limit: MemoryOpt = None,
 ) -> None:
-    """Train the shipped affinity model, register it as challenger and gate it vs champion."""
+    """Train the shipped affinity model, register it as challenger and gate it vs champion
+    (its NDCG and, with --policy-gate, the off-policy value of the decisions it leads to)."""
     quiet_mlflow()
     from training.affinity_eval import EvalInputError
     from training.affinity_train import DEFAULT_GATE
@@ -246,6 +256,7 @@ def train_affinity(
     )  # fmt: skip
     tables = _load(data, engine, memory_limit)
     registry = ModelRegistry(tracking_uri)
+    use_policy_gate(registry, data, policy_gate)
     try:
         with _Bars() as bars:
             result = train(
@@ -278,6 +289,8 @@ def train_affinity(
     if champ:
         t.caption = f"champion figures: {result.champion_basis}"
     out.print(t)
+    if (line := policy_line(result.decision)) is not None:
+        out.print(line)
     out.print(gate_verdict(result.version, result.decision))
     out.print(f"tracking: {registry.tracking_uri}")
 

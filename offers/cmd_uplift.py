@@ -20,7 +20,15 @@ from rich.console import Console
 from rich.table import Table
 
 from offers.cli import evaluate_group, train_group
-from offers.registry_cli import TrackingUriOpt, fail, gate_verdict, quiet_mlflow
+from offers.registry_cli import (
+    PolicyGateOpt,
+    TrackingUriOpt,
+    fail,
+    gate_verdict,
+    policy_line,
+    quiet_mlflow,
+    use_policy_gate,
+)
 
 console = Console(stderr=True)
 out = Console()
@@ -150,7 +158,7 @@ def train_uplift(
     learner: LearnerOpt = Learner.S,
     base_learner: BaseOpt = "lightgbm",
     base_params: ParamsOpt = None,
-    treatment: GrainOpt = Grain.kind,
+    treatment: GrainOpt = Grain.offer,
     outcomes: OutcomesOpt = "conversion,spend",
     gate_outcome: GateOpt = Outcome.conversion,
     window_days: WindowOpt = 14.0,
@@ -161,10 +169,12 @@ def train_uplift(
     seed: SeedOpt = 0,
     model_name: Annotated[str, typer.Option(help="registered model name")] = "offers-uplift",
     tracking_uri: TrackingUriOpt = None,
+    policy_gate: PolicyGateOpt = True,
     engine: EngineOpt = "duckdb",
     memory_limit: MemoryOpt = None,
 ) -> None:
-    """Train the uplift model on DIR's campaigns, register it as challenger, gate vs champion."""
+    """Train the uplift model on DIR's campaigns, register it as challenger, gate vs champion
+    (its Qini and, with --policy-gate, the off-policy value of the decisions it leads to)."""
     quiet_mlflow()
     from training.registry import ModelRegistry
     from training.uplift_data import UpliftDataError
@@ -179,6 +189,7 @@ def train_uplift(
     if not data.is_dir():
         fail(f"--data {data}: not a directory")
     registry = ModelRegistry(tracking_uri)
+    use_policy_gate(registry, data, policy_gate)
     try:
         with console.status("training uplift model"):
             result = train(
@@ -197,6 +208,8 @@ def train_uplift(
             f"gate qini ({settings.gate_outcome}): new {decision.challenger_value:.4f} vs "
             f"champion v{decision.champion_version} {decision.champion_value:.4f}"
         )
+    if (line := policy_line(decision)) is not None:
+        out.print(line)
     out.print(gate_verdict(result.version, decision))
     out.print(f"tracking: {registry.tracking_uri}")
 
@@ -206,7 +219,7 @@ def evaluate_uplift(
     learner: LearnerOpt = Learner.S,
     base_learner: BaseOpt = "lightgbm",
     base_params: ParamsOpt = None,
-    treatment: GrainOpt = Grain.kind,
+    treatment: GrainOpt = Grain.offer,
     outcomes: OutcomesOpt = "conversion,spend",
     gate_outcome: GateOpt = Outcome.conversion,
     window_days: WindowOpt = 14.0,
