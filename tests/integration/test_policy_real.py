@@ -73,6 +73,9 @@ def test_hillstrom_report_shape_and_invariants(hillstrom_report) -> None:
     assert hillstrom_report["arms"] == ["No E-Mail", "Mens E-Mail", "Womens E-Mail"]
     assert hillstrom_report["arm_probability"] == pytest.approx([1 / 3] * 3)
     assert hillstrom_report["setup"]["send_cost"] == {"visit": 0.0, "spend": 0.10}
+    # the engine's learner is level-calibrated as shipped; the raw learner is reported beside it
+    assert hillstrom_report["setup"]["engine_level_calibration"] is True
+    assert "ours:S-uncalibrated" in hillstrom_report["splits"][0]["policies"]
 
 
 def test_hillstrom_random_policy_is_the_logging_policy(hillstrom_report, shared_data) -> None:

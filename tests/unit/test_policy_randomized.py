@@ -193,6 +193,9 @@ def test_settings_parser_types_values_and_names_bad_ones() -> None:
         parse_settings("hillstrom", ["cost.visit=-1"])
     with pytest.raises(PolicyInputError, match="--set buckets='month'"):
         parse_settings("open-bandit", ["buckets=month"])
+    assert parse_settings("starbucks", ["calibrate=FALSE"]) == {"calibrate": False}
+    with pytest.raises(PolicyInputError, match="--set calibrate='maybe': expected true or false"):
+        parse_settings("starbucks", ["calibrate=maybe"])
     with pytest.raises(PolicyInputError, match="--dataset 'criteo'"):
         parse_settings("criteo", [])
 

@@ -2,8 +2,9 @@
 
 Per split (``StratifiedShuffleSplit`` by arm, seeded) and outcome:
 
-1. the project's uplift learners (``models.uplift``; the engine's is the shipped default,
-   ``training.uplift_fit``'s S-learner over LightGBM) and every installed peer learner
+1. the project's uplift learners (``models.uplift``; the engine's is what ``offers train
+   uplift`` ships by default: ``training.uplift_fit``'s S-learner over LightGBM with its level
+   calibration, ``training.uplift_calibration``) and every installed peer learner
    (:mod:`training.policy.peers`) are fitted on the training rows, all arms at once;
 2. each gives the engine's send rule on the test rows (:func:`send_policy`: the arm with the
    highest predicted effect net of its cost, or none);
@@ -76,7 +77,8 @@ class ArmsConfig:
     seed: int = 0
     outcomes: tuple[str, ...] | None = None
     send_cost: dict[str, float] = field(default_factory=dict)  # outcome -> cost of one send
-    engine_learner: str = "S"
+    engine_learner: str = "S"  # offers train uplift's default (UpliftTrainSettings.learner)
+    calibrate_level: bool = True  # as offers train uplift (UpliftTrainSettings.calibrate_level)
     learners: tuple[str, ...] = ("S", "T", "X", "CT")
     base_params: dict[str, Any] | None = None
     peers: bool = True
@@ -98,10 +100,18 @@ class ArmsConfig:
             raise PolicyInputError(f"sample must be >= 100 rows; got {self.sample}")
 
 
-def _ours(name: str, config: ArmsConfig, seed: int) -> PeerFit:
+def _ours(name: str, config: ArmsConfig, seed: int, calibrate: bool = False) -> PeerFit:
+    """Our learner ``name``; with ``calibrate``, level-calibrated on its training rows as
+    ``offers train uplift`` does (``training.uplift_calibration``: each arm's mean effect set
+    to its regression-adjusted ATT)."""
+
     def fit_predict(X_tr, y_tr, arm_tr, X_te, n_arms):
         model = LEARNERS[name](base_params=config.base_params, control=0, random_state=seed)
         model.fit(X_tr, y_tr, arm_tr)
+        if calibrate:
+            from training.uplift_calibration import apply_shifts, level_shifts
+
+            apply_shifts(model, level_shifts(model, X_tr, y_tr, arm_tr))
         eff = np.zeros((len(X_te), n_arms - 1))
         pred = model.predict(X_te)
         for j, k in enumerate(model.treatments_):
@@ -201,10 +211,15 @@ def evaluate_arms(
         cost = float(config.send_cost.get(outcome, 0.0))
         for i, (train, test) in enumerate(splits):
             seed = config.seed + i
-            models: dict[str, PeerFit] = {ENGINE: _ours(config.engine_learner, config, seed)}
+            engine = _ours(config.engine_learner, config, seed, config.calibrate_level)
+            models: dict[str, PeerFit] = {ENGINE: engine}
             for name in config.learners:
-                if name != config.engine_learner and (binary or LEARNERS[name].supports_continuous):
+                if not (binary or LEARNERS[name].supports_continuous):
+                    continue
+                if name != config.engine_learner:
                     models[f"ours:{name}"] = _ours(name, config, seed)
+                elif config.calibrate_level:  # the engine's learner without the calibration
+                    models[f"ours:{name}-uncalibrated"] = _ours(name, config, seed)
             if config.peers:
                 peers = available_peers(binary, config.base_params, seed, config.forest_trees)
                 models.update(peers)
@@ -240,6 +255,7 @@ def evaluate_arms(
             "test_size": config.test_size,
             "seed": config.seed,
             "engine_learner": config.engine_learner,
+            "engine_level_calibration": config.calibrate_level,
             "learners": list(config.learners),
             "send_cost": {o: float(config.send_cost.get(o, 0.0)) for o in outcomes},
             "peers_missing": missing_peer_libraries() if config.peers else "not requested",

@@ -7,7 +7,8 @@ raises :class:`PolicyInputError` naming it):
   ``cost.<outcome>`` (cost of one send in the outcome's unit), ``trees`` (boosting rounds of
   every LightGBM base model, ours and peers; 100), ``forest_trees`` (CausalML uplift random
   forest; 50), ``peers`` (``true``/``false``; peers run only when installed), ``learners``
-  (ours besides the engine's, comma list), ``sample`` (evaluate a seeded subsample of rows);
+  (ours besides the engine's, comma list), ``sample`` (evaluate a seeded subsample of rows),
+  ``calibrate`` (the engine learner's level calibration, as shipped; ``true``);
 * Open Bandit: ``buckets`` (``day`` or ``week``), ``bootstrap`` (resamples; 200).
 
 The JSON shapes are documented in docs/benchmarks.md ("Policy value on randomised data").
@@ -25,7 +26,7 @@ __all__ = ["DATASETS", "parse_settings", "render_markdown", "run_dataset"]
 
 DATASETS = ("hillstrom", "starbucks", "open-bandit")
 _ARM_KEYS = {"splits", "test_size", "outcomes", "trees", "forest_trees", "peers", "learners",
-             "sample"}  # fmt: skip
+             "sample", "calibrate"}  # fmt: skip
 _OBD_KEYS = {"buckets", "bootstrap"}
 
 
@@ -71,9 +72,9 @@ def parse_settings(dataset: str, items: list[str] | None) -> dict[str, Any]:
             out[key] = _int(key, value, 100)
         elif key == "test_size":
             out[key] = _float(key, value)
-        elif key == "peers":
+        elif key in ("peers", "calibrate"):
             if value.lower() not in ("true", "false"):
-                raise PolicyInputError(f"--set peers={value!r}: expected true or false")
+                raise PolicyInputError(f"--set {key}={value!r}: expected true or false")
             out[key] = value.lower() == "true"
         elif key in ("outcomes", "learners"):
             out[key] = tuple(v.strip() for v in value.split(",") if v.strip())
@@ -122,6 +123,7 @@ def run_dataset(
         learners=settings.get("learners", ("S", "T", "X", "CT")),
         base_params={"n_estimators": settings["trees"]} if "trees" in settings else None,
         peers=settings.get("peers", True),
+        calibrate_level=settings.get("calibrate", True),
         forest_trees=settings.get("forest_trees", 50),
         sample=settings.get("sample"),
     )
