@@ -10,8 +10,10 @@ Steps, each its own ``offers`` process (what a data scientist runs):
 
 Every step gets ``--memory-limit`` when given, and ``--engine`` for the steps that have it.
 Peak memory is the largest resident set of the step's process tree (Python, DuckDB threads, the
-Spark JVM), sampled every 0.1 s. The load average is printed with every figure: other jobs on
-the machine slow the wall times down, so repeat a measurement taken under load. With
+Spark JVM), sampled every 0.1 s; CPU seconds are the process's and its children's user + system
+time (``wait4``), the step's cost on a machine nobody else uses. The load average is printed
+with every figure: other jobs on the machine slow the wall times down, so repeat a measurement
+taken under load. With
 ``--runs N`` every step runs N times and the median wall time and the largest peak are shown
 (each run registers new versions in a throw-away MLflow store under ``--work``).
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -100,8 +103,8 @@ def commands(args: argparse.Namespace, data: Path, work: Path) -> dict[str, list
         "affinity": [*OFFERS, "train", "affinity", "--data", str(data), *engine, *limit],
         "uplift": [*OFFERS, "train", "uplift", "--data", str(data), *engine, *limit],
     }  # fmt: skip
-    for step in ("affinity", "uplift"):
-        out[step] += args.extra
+    out["affinity"] += shlex.split(args.affinity_args)
+    out["uplift"] += shlex.split(args.uplift_args)
     return {s: out[s] for s in args.steps}
 
 
@@ -112,11 +115,15 @@ def run_step(step: str, cmd: list[str], env: dict[str, str], log: Path) -> dict[
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         with PeakRSS(proc.pid) as rss:
-            code = proc.wait()
+            _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
     return {
         "step": step,
         "seconds": round(wall, 1),
+        # CPU of the process and its waited-for children: what the step costs when the
+        # machine is not shared (wall time on 2 idle cores is at least half of it)
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
         "peak_gib": round(rss.peak / 2**30, 2),
         "exit": code,
         "load_start": round(load0, 1),
@@ -145,7 +152,8 @@ def main() -> None:
     p.add_argument("--memory-limit", default=None, help="passed to every step, e.g. 4GB")
     p.add_argument("--as-of", default=None, help="features as of (default: the data's end)")
     p.add_argument("--runs", type=int, default=1, help="runs per step (median wall time)")
-    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more train options")
+    p.add_argument("--affinity-args", default="", help="more options of train affinity")
+    p.add_argument("--uplift-args", default="", help="more options of train uplift")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     data = args.data or simulate(args.members, args.seed, args.work)
@@ -159,17 +167,18 @@ def main() -> None:
             results.setdefault(step, []).append(r)
     print(f"\n{data} ({args.engine}, memory limit {args.memory_limit or 'none'}, "
           f"{args.runs} run(s) per step)\n")  # fmt: skip
-    print("| step | wall s (median) | peak GiB (max) | exit | load at start..end |")
-    print("| --- | ---: | ---: | --- | --- |")
-    total = 0.0
+    print("| step | wall s (median) | CPU s (median) | peak GiB (max) | exit | load start..end |")
+    print("| --- | ---: | ---: | ---: | --- | --- |")
+    total = total_cpu = 0.0
     for step, runs in results.items():
         wall = statistics.median(float(r["seconds"]) for r in runs)  # type: ignore[arg-type]
-        total += wall
+        cpu = statistics.median(float(r["cpu_seconds"]) for r in runs)  # type: ignore[arg-type]
+        total, total_cpu = total + wall, total_cpu + cpu
         peak = max(float(r["peak_gib"]) for r in runs)  # type: ignore[arg-type]
         loads = ", ".join(f"{r['load_start']}..{r['load_end']}" for r in runs)
         codes = ",".join(str(r["exit"]) for r in runs)
-        print(f"| {step} | {wall:.1f} | {peak:.2f} | {codes} | {loads} |")
-    print(f"| **total** | {total:.1f} | | | |")
+        print(f"| {step} | {wall:.1f} | {cpu:.1f} | {peak:.2f} | {codes} | {loads} |")
+    print(f"| **total** | {total:.1f} | {total_cpu:.1f} | | | |")
     sys.stdout.flush()
 
 
