@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+if TYPE_CHECKING:
+    from serving.settings import ServingSettings
+
 __all__ = ["register"]
+
+MULTI_WORKER_SQLITE_LOCK_WAIT = 5.0  # seconds; see shared_sqlite_lock_wait
 
 WORKER_HEALTHCHECK_SECONDS = 60
 
@@ -63,6 +68,7 @@ def serve(
     # copies and the budget counters. The workers then skip them.
     prepare_shared_state(settings)
     os.environ["OFFERS_MIGRATE_ON_START"] = "false"
+    shared_sqlite_lock_wait(settings)
     # uvicorn kills a worker that does not answer its health ping within this many seconds and
     # starts another; its default (5 s) is shorter than a worker's start (imports, unpickling
     # the models) on a busy machine, and the workers were then restarted forever, never ready.
@@ -77,6 +83,21 @@ def serve(
         access_log=False,
         **server_options,
     )
+
+
+def shared_sqlite_lock_wait(settings: ServingSettings) -> None:
+    """Workers sharing one SQLite file contend for its single write lock, and SQLite's busy
+    handler is not fair: at the one-process default (0.25 s) 3-9% of their commits gave up
+    under load (bench/sqlite_lock_wait.py, bench/load.py with 2 workers: 250 of 2,854
+    checkouts 503), none at 2 s. Unless OFFERS_STORE_LOCK_WAIT_SECONDS is set, the workers
+    wait up to MULTI_WORKER_SQLITE_LOCK_WAIT seconds (a lock held longer still fails)."""
+    url = settings.resolved_database_url()
+    if url.startswith("sqlite") and "OFFERS_STORE_LOCK_WAIT_SECONDS" not in os.environ:
+        os.environ["OFFERS_STORE_LOCK_WAIT_SECONDS"] = str(MULTI_WORKER_SQLITE_LOCK_WAIT)
+        typer.echo(
+            f"workers share one SQLite file: store lock wait {MULTI_WORKER_SQLITE_LOCK_WAIT} s "
+            "(set OFFERS_STORE_LOCK_WAIT_SECONDS to choose)"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -4,6 +4,7 @@ may read /metrics."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
@@ -283,3 +284,38 @@ def test_offers_serve_passes_timeouts_and_connection_limit(monkeypatch, tmp_path
     assert ReadTimeoutHttpToolsProtocol.header_timeout == 3
     assert ReadTimeoutHttpToolsProtocol.body_timeout == 4
     assert (kw["timeout_keep_alive"], kw["limit_concurrency"]) == (2, 77)
+
+
+@pytest.mark.parametrize(
+    ("url", "preset", "expected"),
+    [("sqlite", None, "5.0"), ("sqlite", "0.3", "0.3"), ("postgresql", None, None)],
+)
+def test_workers_sharing_sqlite_wait_longer_unless_told(
+    monkeypatch, tmp_path, url, preset, expected
+):
+    import uvicorn
+
+    import serving.api.app
+    from offers import cmd_serve
+    from serving.settings import get_settings
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    monkeypatch.setattr(serving.api.app, "prepare_shared_state", lambda settings: None)
+    monkeypatch.setenv("OFFERS_HOME", str(tmp_path))
+    monkeypatch.setenv("OFFERS_MODELS", '{"offers-uplift": "models:/offers-uplift@champion"}')
+    monkeypatch.setenv("OFFERS_MIGRATE_ON_START", "true")
+    if url == "postgresql":
+        monkeypatch.setenv("OFFERS_DATABASE_URL", "postgresql://u@127.0.0.1:1/x")
+    else:
+        monkeypatch.delenv("OFFERS_DATABASE_URL", raising=False)
+    if preset is None:  # set first so that monkeypatch restores what serve() writes
+        monkeypatch.setenv("OFFERS_STORE_LOCK_WAIT_SECONDS", "1")
+        monkeypatch.delenv("OFFERS_STORE_LOCK_WAIT_SECONDS")
+    else:
+        monkeypatch.setenv("OFFERS_STORE_LOCK_WAIT_SECONDS", preset)
+    get_settings.cache_clear()
+    try:
+        cmd_serve.serve(host="127.0.0.1", port=8999, workers=2, log_level="warning")
+    finally:
+        get_settings.cache_clear()
+    assert os.environ.get("OFFERS_STORE_LOCK_WAIT_SECONDS") == expected
