@@ -79,7 +79,7 @@ def train_and_promote(
     aff = train_affinity(
         data_dir,
         EvalSettings(),
-        SearchSettings(als_trials=1, bpr_trials=1, seed=seed, num_threads=1),
+        SearchSettings(als_trials=1, bpr_trials=1, seed=seed, num_threads=1, min_als_weight=0.25),
         registry,
         dataset="demo",
     )

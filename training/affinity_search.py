@@ -87,6 +87,9 @@ class SearchSettings(BaseModel):
     # the search (and the validation metrics and calibration) run on a seeded uniform sample
     # of this many validation training members when there are more (None: all of them)
     max_members: int | None = Field(default=200_000, ge=1)
+    # the blend's ALS weight is searched from this value up: checkout folds the basket into the
+    # member's ALS factors, which changes nothing when the chosen weight is 0 (0: no floor)
+    min_als_weight: float = Field(default=0.0, ge=0, le=4.0)
     als_fixed: dict[str, Any] | None = None  # skip the ALS search, use these parameters
     bpr_fixed: dict[str, Any] | None = None
 
@@ -158,7 +161,7 @@ def search(
             best[name] = (metrics[metric], cfg, model)
     als = best["als"][2]
     assert isinstance(als, ALS)
-    blend, blend_trials = _blend_grid(als, task, metric, ks)
+    blend, blend_trials = _blend_grid(als, task, metric, ks, settings.min_als_weight)
     trials += blend_trials
     if progress:
         progress("search", len(plans) + 1, len(plans) + 1)
@@ -193,13 +196,18 @@ def _rank_combos(
 
 
 def _blend_grid(
-    als: ALS, task: Task, metric: str, ks: tuple[int, ...]
+    als: ALS, task: Task, metric: str, ks: tuple[int, ...], min_als_weight: float = 0.0
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Two-stage grid over ``BLEND_GRID`` on the validation task (see module docstring)."""
+    """Two-stage grid over ``BLEND_GRID`` on the validation task (see module docstring); ALS
+    weights below ``min_als_weight`` are not tried."""
     blend = Blend.from_als(als, task.train)
     trials: list[dict[str, Any]] = []
     best_value, best = -np.inf, dict[str, float]()
-    stage1 = _grid(("freq_weight", "als_weight", "popularity_weight"), {"recency_weight": 0.0})
+    stage1 = [
+        c
+        for c in _grid(("freq_weight", "als_weight", "popularity_weight"), {"recency_weight": 0.0})
+        if c["als_weight"] >= min_als_weight
+    ]
     for stage in (1, 2):
         combos = (
             stage1

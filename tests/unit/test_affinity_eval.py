@@ -160,3 +160,17 @@ def test_cli_names_a_bad_option(tmp_path):
         app, ["evaluate", "affinity", "--data", str(tmp_path), "--target", "wine"]
     )
     assert result.exit_code != 0 and "target" in result.output
+
+
+def test_blend_search_respects_the_als_weight_floor(tables):
+    """With ``min_als_weight`` the shipped blend always keeps ALS (checkout folds the basket
+    into the ALS factors); the floor is validated."""
+    floor = SearchSettings(
+        als_trials=1, bpr_trials=1, bpr_fixed={"factors": 8, "iterations": 20}, min_als_weight=0.5
+    )
+    run = run_evaluation(tables, EvalSettings(candidates="all"), floor, "sim-600-floor")
+    assert run.search.blend["als_weight"] >= 0.5
+    blend_trials = [t for t in run.search.trials if t["model"] == "blend"]
+    assert blend_trials and all(t["params"]["als_weight"] >= 0.5 for t in blend_trials)
+    with pytest.raises(ValueError, match="min_als_weight"):
+        SearchSettings(min_als_weight=9.0)
