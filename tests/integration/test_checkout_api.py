@@ -46,7 +46,8 @@ def _body(tid: str, member: str, basket=BASKET, total: float = 80.0, **extra) ->
 
 
 def _probe(world: dict, catalog: Path, members: list[str], **kw) -> dict[str, list[str]]:
-    """Offers the engine gives each member at checkout (in-process, same champions)."""
+    """Offers the engine gives each member at checkout (in-process, same champions); a
+    decision that explored (its offer drawn at random for this request id) counts as none."""
     from serving.api.bundle import DEFAULT_MODELS, BundleConfig, build_bundle, lkg_loader
     from serving.api.modelset import ModelHolder
     from serving.engine import DecisionContext
@@ -66,7 +67,9 @@ def _probe(world: dict, catalog: Path, members: list[str], **kw) -> dict[str, li
             exhausted=frozenset(kw.get("exhausted", ())),
             basket=("category:grocery",),  # BASKET's category, folded in as the server does
         )
-        out[m] = [x["offer_id"] for x in d["offers"]]
+        out[m] = (
+            [] if d["explored"] and not kw.get("explored") else [x["offer_id"] for x in d["offers"]]
+        )
     return out
 
 
@@ -88,22 +91,30 @@ def _capped_catalog(raw: dict, target: str, future: str, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def capped(world, tmp_path_factory) -> dict:
     members = world["program"]["members"][:200]
-    target, _ = _checkout_target(world, members, 80.0)
     text = Path(world["program"]["catalog"]).read_text()
     offers = yaml.safe_load(text)["offers"]
-    plain = [o["offer_id"] for o in offers if not o.get("surprise") and o["offer_id"] != target]
-    for future in plain[:4]:  # an offer the engine would pick in 2030 once valid
-        path = _capped_catalog(
-            yaml.safe_load(text), target, future, tmp_path_factory.mktemp("capped") / "c.yaml"
-        )
-        now = _probe(world, path, members)
-        chosen = [m for m in members if target in now[m]]
-        assert len(chosen) >= 15, f"probe: {target} chosen at checkout for {len(chosen)} of 200"
-        in_2030 = _probe(world, path, chosen[:40], as_of=FUTURE_TS, exhausted=[target])
-        later = [m for m in chosen[:40] if future in in_2030[m]]
+    best, _ = _checkout_target(world, members, 80.0)
+    checkout = [o["offer_id"] for o in offers if "checkout" in (o.get("channels") or [])]
+    candidates = [best, *[o for o in checkout if o != best]]
+    later: list[str] = []
+    for target in candidates[:6]:  # an offer the engine itself chooses (not by exploration)
+        plain = [o["offer_id"] for o in offers if not o.get("surprise") and o["offer_id"] != target]
+        for future in plain[:4]:  # and one it would choose in 2030, once valid
+            path = _capped_catalog(
+                yaml.safe_load(text), target, future, tmp_path_factory.mktemp("capped") / "c.yaml"
+            )
+            now = _probe(world, path, members)
+            chosen = [m for m in members if target in now[m]]
+            if len(chosen) < 15:
+                break  # another target
+            in_2030 = _probe(world, path, chosen, as_of=FUTURE_TS, exhausted=[target])
+            later = [m for m in chosen if future in in_2030[m]]
+            if later:
+                break
         if later:
             break
-    assert later, "probe: no offer valid only in 2030 is chosen then (the client-ts test)"
+    assert len(chosen) >= 15, f"probe: {target} chosen at checkout for {len(chosen)} of 200"
+    assert later, f"probe: {future} is never chosen in 2030 (the client-ts test needs one)"
     assert all(future not in now[m] for m in members), f"{future} is not valid now"
     return {
         "target": target,
