@@ -253,7 +253,8 @@ def _within_budget(
     cfg: SimConfig,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The pool without the offers whose expected use in this send would overrun what is left
-    of their budget (expected sends x the offer's redemption rate so far, prior 10 %).
+    of their budget (expected sends x the offer's redemption rate so far, prior 10 %); an
+    offer's first send is always made.
 
     Offers are dropped from the whole campaign (never from some members only), so the logged
     propensities and the pool a policy evaluation rebuilds from the events stay exact.
@@ -264,7 +265,10 @@ def _within_budget(
     sends = (elig / k).sum(axis=0) * (1 - cfg.control_share)
     rate = (log.budget_redemptions[pool] + 1.0) / (log.budget_sends[pool] + 10.0)
     use = sends * rate * unit_cost[pool]
-    ok = log.budget_spent[pool] + use <= budgets[pool]
+    # An offer never sent yet goes out once (its redemption rate is unknown); after that it
+    # stays only while what is left covers the expected use.
+    first = log.budget_sends[pool] == 0
+    ok = first | (log.budget_spent[pool] + use <= budgets[pool])
     log.budget_closed[pool[~ok]] = True
     return pool[ok], elig[:, ok]
 

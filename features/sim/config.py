@@ -122,7 +122,7 @@ _REALISTIC = dict(
     redemption_rules=True,
     auto_apply_kinds=("bonus_points", "free_shipping"),
     segment_accuracy=0.6,
-    budget_rate=0.00025,
+    budget_rate=0.0006,
 )
 DIFFICULTIES: dict[str, Difficulty] = {
     "easy": Difficulty(),

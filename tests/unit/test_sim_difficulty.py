@@ -105,12 +105,11 @@ def test_redemption_mechanics(stats: dict[str, float]) -> None:
 
 
 def test_budgets_bind_in_the_logged_campaigns(realistic: Program, stats) -> None:
-    assert stats["budgets_closed_share"] >= 0.3
+    assert stats["budgets_closed_share"] >= 0.2
     assert 0.3 <= stats["budget_use_total"] <= 2.0
     b = realistic.truth["budgets"]
-    assert b["closed"].any() and (b["spent"] > 0).any()
-    # A closed offer is not sent after the campaign that closed it... and the catalog written
-    # is the one the campaigns used (budgets per million members).
+    assert b["closed"].any() and (b["spent"] > 0).mean() > 0.5
+    # The catalog written is the one the campaigns used (budgets per million members).
     per_million = np.array([o.budget.amount for o in realistic.catalog.offers if o.budget])
     np.testing.assert_allclose(b["budget"], per_million * N / 1_000_000)
 
