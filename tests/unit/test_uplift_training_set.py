@@ -251,3 +251,35 @@ def test_encoder_errors(data) -> None:
         FeatureEncoder().transform(data.features)
     with pytest.raises(UpliftInputError, match="unsupported format"):
         FeatureEncoder.from_dict({"format": 99})
+
+
+def test_features_fetch_and_attach_equal_ibis_to_pandas_and_a_merge(tmp_path) -> None:
+    """The lean fetch has the dtypes and values of ``to_pandas`` (nulls in float, bool and
+    string columns included), and attaching features equals the inner merge sorted by time."""
+    from features.config import FeatureConfig
+    from features.pipeline import features_at, resolve_categories
+    from training.uplift_data import _attach, _to_pandas, open_tables
+
+    for name, df in _frames().items():
+        df.to_parquet(tmp_path / f"{name}.parquet")
+    tables = open_tables(tmp_path, memory_limit="256MB")
+    pairs = pd.DataFrame(
+        {"member_id": ["m1", "m2", "m4", "m1", "m3"], "ts": [S1, S1, S1, S2, S1 + DAY]}
+    )
+    expr = features_at(tables, pairs, resolve_categories(tables, FeatureConfig()), time_col="ts")
+    lean, ibis_df = _to_pandas(expr), expr.to_pandas()
+    assert lean.isna().to_numpy().any()  # the comparison covers nulls
+    pd.testing.assert_frame_equal(lean, ibis_df)
+    arms = pd.DataFrame(
+        {
+            "event_id": ["e3", "e1", "e2", "e9"],
+            "member_id": ["m1", "m2", "m4", "zz"],
+            "ts": [S2, S1, S1, S1],
+        }
+    )
+    lean["ts"] = lean["ts"].astype("datetime64[us]")
+    arms["ts"] = arms["ts"].astype("datetime64[us]")
+    merged = arms.merge(lean, on=["member_id", "ts"], how="inner", validate="many_to_one")
+    merged = merged.sort_values(["ts", "event_id"], kind="mergesort").reset_index(drop=True)
+    pd.testing.assert_frame_equal(_attach(arms, lean), merged)
+    assert len(merged) == 3  # the unknown member's arm is left out
