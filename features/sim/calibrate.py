@@ -190,6 +190,10 @@ def sim_stats(p: Program, r2: bool = True) -> dict[str, float]:
         has = np.isfinite(budgets)
         use = n_red[has] * unit[has] / budgets[has]
         out["budgets_closed_share"] = 0.0
+        worth = np.where(unit[has] == 1.0, cost.to_numpy()[has], 1.0)
+        out["budget_use_total"] = float(
+            (n_red[has] * unit[has] * worth).sum() / (budgets[has] * worth).sum()
+        )
     out["budget_use_max"] = float(use.max())
     out["budget_use_median"] = float(np.median(use))
     out["budgets_used_half_share"] = float((use >= 0.5).mean())
