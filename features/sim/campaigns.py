@@ -293,7 +293,8 @@ def run_campaigns(
     feed the response model (``features.sim.response.Context``).
     """
     d = cfg.difficulty
-    log = CampaignLog(bonus_points=np.zeros(m.n), sends=np.zeros(m.n, dtype=np.int32))
+    sends = np.zeros(m.n, dtype=np.int32)  # offers received so far, per member (fatigue)
+    log = CampaignLog(bonus_points=np.zeros(m.n), sends=sends)
     offers = catalog.offers
     log.budget_spent = np.zeros(len(offers))
     unit_cost = np.array(
@@ -376,10 +377,10 @@ def run_campaigns(
             out = outcomes(rng, m, p, mean_line, op, cfg, channel, mi, oi, st)
             tau_c, tau_s = out.r.q * (1 - out.p0_window), out.r.q * out.r.mu
         else:
-            ctx = Context(d, st, log.sends[mi], pair_seed, qualify)
+            ctx = Context(d, st, sends[mi], pair_seed, qualify)
             out = outcomes_hard(rng, m, p, mean_line, op, cfg, channel, mi, oi, st, ctx)
             _, tau_c, tau_s = effects(out.r, m, mi, st, w, d)
-        log.sends[mi] += 1
+        sends[mi] += 1
         np.add.at(log.budget_spent, oi[out.redeemed], unit_cost[oi[out.redeemed]])
         np.add.at(log.budget_sends, oi, 1)
         np.add.at(log.budget_redemptions, oi[out.redeemed], 1)

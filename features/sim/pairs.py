@@ -30,7 +30,7 @@ def pair_uniform(seed: int, member: np.ndarray, offer: np.ndarray, stream: int) 
     mm = np.asarray(member, dtype=np.int64).astype(np.uint64)
     oo = np.asarray(offer, dtype=np.int64).astype(np.uint64)
     with np.errstate(over="ignore"):
-        x = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + np.uint64(stream))
+        x = _mix(np.asarray(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + np.uint64(stream)))
         x = _mix(x ^ (mm * _GOLDEN))
         x = _mix(x ^ (oo + _GOLDEN))
     return ((x >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)

@@ -412,6 +412,7 @@ def simulate(
         ctx = Context(d, end_s, log_.sends, pair_seed, qualify)
     truth = _truth(m, mean_line, catalog, op, cfg, end_s, member_ids, log_, ctx)
     if budgets is not None:
+        assert log_.budget_closed is not None and log_.budget_spent is not None
         closed = log_.budget_closed | (log_.budget_spent >= budgets)
         has = np.isfinite(budgets)
         truth["budgets"] = pd.DataFrame(

@@ -193,6 +193,7 @@ def redeem_probability(r: Response, p0_duration: np.ndarray) -> np.ndarray:
     if r.h is None:
         p = r.q + (1 - r.q) * p0_duration * r.alpha
     else:
+        assert r.pi is not None and r.a is not None
         p0 = np.asarray(p0_duration, dtype=np.float64)
         qual = 1 - np.power(1 - p0, r.pi.astype(np.float64))
         p = r.q + (1 - r.q - r.h) * r.a * qual
@@ -216,6 +217,7 @@ def effects(
     p1 = lam * np.exp(-lam)  # exactly one baseline basket in the window
     later = np.asarray(t) + window_days * DAY
     p0f = baseline_probability(m, member, later, difficulty.pull_forward_days).astype(np.float64)
+    assert r.basket_mean is not None
     q, h, b = (x.astype(np.float64) for x in (r.q, r.h, r.basket_mean))
     tau_c = q * (1 - p0d) - h * p1
     tau_s = q * r.mu - h * p0d * b - q * difficulty.pull_forward * p0f * b
