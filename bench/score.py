@@ -161,7 +161,8 @@ def train_uplift_onnx(args: argparse.Namespace, work: Path) -> tuple[Path, pd.Da
     from features.simulate import SimConfig, simulate
     from models.uplift.pyfunc import save_artifacts
     from training.uplift_data import build_training_set
-    from training.uplift_fit import UpliftTrainSettings, fit_uplift
+    from training.uplift_fit import UpliftTrainSettings, fit_uplift, resolve_treatment
+    from training.uplift_train import sends_per_offer
 
     t0 = time.perf_counter()
     data = work / "program"
@@ -169,6 +170,7 @@ def train_uplift_onnx(args: argparse.Namespace, work: Path) -> tuple[Path, pd.Da
     program = simulate(args.uplift_program_members, seed=args.seed, config=config)
     program.write(data)
     settings = UpliftTrainSettings(base_params=UPLIFT_TREES, seed=args.seed)
+    settings = resolve_treatment(settings, sends_per_offer(data))
     ts = build_training_set(data, settings.training_set_config())
     fitted = fit_uplift(ts, settings)
     meta = {

@@ -44,6 +44,7 @@ class Learner(StrEnum):
 class Grain(StrEnum):
     kind = "kind"
     offer = "offer"
+    auto = "auto"
 
 
 class Outcome(StrEnum):
@@ -58,7 +59,14 @@ ParamsOpt = Annotated[
     str | None,
     typer.Option(help='JSON object overriding base learner settings, e.g. {"n_estimators": 50}'),
 ]
-GrainOpt = Annotated[Grain, typer.Option("--treatment", help="one effect per offer kind or offer")]
+GrainOpt = Annotated[
+    Grain,
+    typer.Option(
+        "--treatment",
+        help="one effect per offer kind or offer; auto: per offer when the median offer has "
+        "at least 300 logged sends",
+    ),
+]
 OutcomesOpt = Annotated[
     str, typer.Option(help="comma-separated outcomes to model: conversion, spend")
 ]
@@ -158,7 +166,7 @@ def train_uplift(
     learner: LearnerOpt = Learner.S,
     base_learner: BaseOpt = "lightgbm",
     base_params: ParamsOpt = None,
-    treatment: GrainOpt = Grain.offer,
+    treatment: GrainOpt = Grain.auto,
     outcomes: OutcomesOpt = "conversion,spend",
     gate_outcome: GateOpt = Outcome.conversion,
     window_days: WindowOpt = 14.0,
@@ -219,7 +227,7 @@ def evaluate_uplift(
     learner: LearnerOpt = Learner.S,
     base_learner: BaseOpt = "lightgbm",
     base_params: ParamsOpt = None,
-    treatment: GrainOpt = Grain.offer,
+    treatment: GrainOpt = Grain.auto,
     outcomes: OutcomesOpt = "conversion,spend",
     gate_outcome: GateOpt = Outcome.conversion,
     window_days: WindowOpt = 14.0,
@@ -234,7 +242,13 @@ def evaluate_uplift(
 ) -> None:
     """Fit on the time-based training split and score the test split (no MLflow)."""
     from training.uplift_data import UpliftDataError, build_training_set, open_tables
-    from training.uplift_fit import UpliftTrainError, fit_uplift, truth_metrics_for
+    from training.uplift_fit import (
+        UpliftTrainError,
+        fit_uplift,
+        resolve_treatment,
+        truth_metrics_for,
+    )
+    from training.uplift_train import sends_per_offer
 
     settings = _settings(
         learner, base_learner, base_params, treatment, outcomes, gate_outcome,
@@ -243,6 +257,7 @@ def evaluate_uplift(
     _check_engine(engine)
     if not data.is_dir():
         fail(f"--data {data}: not a directory")
+    settings = resolve_treatment(settings, sends_per_offer(data))
     try:
         with console.status("evaluating uplift model"):
             _run("training set: features at each send, outcomes after it")

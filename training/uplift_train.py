@@ -48,6 +48,7 @@ from training.uplift_fit import (
     UpliftTrainError,
     UpliftTrainSettings,
     fit_uplift,
+    resolve_treatment,
     truth_metrics_for,
 )
 from training.uplift_scoring import GATE_METRIC, plot_qini_grid, score_effects
@@ -221,6 +222,9 @@ def train_uplift(
     registry = registry or ModelRegistry()
     data_dir = Path(data_dir)
     step = progress or (lambda what: log.info("uplift: %s", what))
+    if settings.treatment == "auto":
+        settings = resolve_treatment(settings, sends_per_offer(data_dir, training_set))
+        step(f"treatment grain: {settings.treatment}")
     if training_set is None:
         step("training set: features at each send, outcomes after it")
         tables = open_tables(data_dir, engine, memory_limit)
@@ -275,3 +279,24 @@ def train_uplift(
     decision = registry.gate(name, version, gate, _Rescorer(fitted, settings, registry, name))
     step(f"gate: {decision.reason}")
     return UpliftTrainResult(version, decision, metrics, fitted, window)
+
+
+def sends_per_offer(data_dir: Path, training_set: UpliftTrainingSet | None = None) -> list[int]:
+    """Logged sends of each offer: from the given training set, or read from ``data_dir``'s
+    ``offer_events`` (two columns, no features)."""
+    if training_set is not None:
+        sent = training_set.frame[S.OFFER_ID].dropna()
+        return sent.value_counts().tolist()
+    from features.io import find_table_file, read_raw
+
+    path = find_table_file(Path(data_dir), "offer_events")
+    if path is None:
+        return []
+    if path.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        ev = pq.read_table(path, columns=[S.EVENT, S.OFFER_ID]).to_pandas()
+    else:
+        ev = read_raw(path)[[S.EVENT, S.OFFER_ID]]
+    sent = ev.loc[ev[S.EVENT] == "sent", S.OFFER_ID].dropna()
+    return sent.value_counts().tolist()

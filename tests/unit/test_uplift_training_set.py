@@ -283,3 +283,17 @@ def test_features_fetch_and_attach_equal_ibis_to_pandas_and_a_merge(tmp_path) ->
     merged = merged.sort_values(["ts", "event_id"], kind="mergesort").reset_index(drop=True)
     pd.testing.assert_frame_equal(_attach(arms, lean), merged)
     assert len(merged) == 3  # the unknown member's arm is left out
+
+
+def test_auto_treatment_grain_follows_the_sends_per_offer():
+    """``auto`` is per offer only when the median offer has enough logged sends."""
+    from training.uplift_fit import UpliftTrainSettings, resolve_treatment
+
+    auto = UpliftTrainSettings(min_offer_rows=100)
+    assert resolve_treatment(auto, [150, 120, 90, 0]).treatment == "offer"  # median 120
+    assert resolve_treatment(auto, [150, 60, 50]).treatment == "kind"  # median 60
+    assert resolve_treatment(auto, []).treatment == "kind"
+    fixed = UpliftTrainSettings(treatment="kind")
+    assert resolve_treatment(fixed, [10**6]).treatment == "kind"
+    with pytest.raises(ValueError, match="resolved"):
+        auto.training_set_config()
