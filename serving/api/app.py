@@ -97,6 +97,7 @@ def create_app(
                 state.store.member_grants,
                 max_members=settings.history_max_members,
                 ttl_seconds=settings.history_ttl_seconds,
+                read_roster=state.store.members_with_grants,
             )
             state.checkouts = InFlight()
             if settings.models:

@@ -33,7 +33,11 @@ class MemberHistory:
         max_members: int = 100_000,
         ttl_seconds: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        read_roster: Callable[[], Iterable[str]] | None = None,
     ) -> None:
+        """``read_roster``: the ids of every member with a grant not released (one query); when
+        given, a member missing from the roster (refreshed after ``ttl_seconds``, and kept up to
+        date with this process's own grants) has no grants and costs no per-member read."""
         if max_members < 1:
             raise ValueError(f"max_members must be >= 1, got {max_members}")
         if ttl_seconds < 0:
@@ -44,8 +48,12 @@ class MemberHistory:
         self._clock = clock
         self._entries: OrderedDict[str, tuple[float, tuple[PastGrant, ...]]] = OrderedDict()
         self._lock = threading.Lock()  # the sweep thread updates entries too
+        self._read_roster = read_roster
+        self._roster: set[str] = set()
+        self._roster_at = -float("inf")
         self.hits = 0
         self.misses = 0
+        self.roster_skips = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -67,9 +75,25 @@ class MemberHistory:
             return found
         self.misses += 1
         started = self._clock()
+        if self._read_roster is not None:
+            if started - self._roster_at > self.ttl_seconds:
+                await to_thread.run_sync(self._refresh_roster, started)
+            if member_id not in self._roster:
+                self.roster_skips += 1
+                self._put(member_id, (), started)
+                return ()
         grants = tuple(await to_thread.run_sync(self._read, member_id))
         self._put(member_id, grants, started)
         return grants
+
+    def _refresh_roster(self, started: float) -> None:
+        assert self._read_roster is not None
+        roster = set(self._read_roster())
+        with self._lock:
+            # keep what this process added meanwhile (a member wrongly on the roster only costs
+            # a read; one wrongly off it would be decided without its grants)
+            self._roster = roster | self._roster
+            self._roster_at = started
 
     def load(self, member_id: str) -> tuple[PastGrant, ...]:
         """Blocking :meth:`get` (for code already in a worker thread)."""
@@ -77,6 +101,12 @@ class MemberHistory:
         if found is not None:
             return found
         started = self._clock()
+        if self._read_roster is not None:
+            if started - self._roster_at > self.ttl_seconds:
+                self._refresh_roster(started)
+            if member_id not in self._roster:
+                self._put(member_id, (), started)
+                return ()
         grants = tuple(self._read(member_id))
         self._put(member_id, grants, started)
         return grants
@@ -95,6 +125,7 @@ class MemberHistory:
         if not new:
             return
         with self._lock:
+            self._roster.add(member_id)
             entry = self._entries.get(member_id)
             if entry is not None:
                 self._entries[member_id] = (entry[0], entry[1] + new)
@@ -106,4 +137,9 @@ class MemberHistory:
                 self._entries.pop(member_id, None)
 
     def stats(self) -> dict[str, Any]:
-        return {"members": len(self._entries), "hits": self.hits, "misses": self.misses}
+        return {
+            "members": len(self._entries),
+            "hits": self.hits,
+            "misses": self.misses,
+            "roster_skips": self.roster_skips,
+        }

@@ -304,6 +304,15 @@ def member_grants(engine: Any, member_id: str) -> list[Any]:
     ]
 
 
+def members_with_grants(engine: Any) -> list[str]:
+    """Ids of the members with at least one grant not released."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(grants.c.member_id).where(grants.c.state != "released").distinct()
+        ).scalars()
+        return list(rows)
+
+
 def mark_redeemed(
     engine: Any, redemptions: Sequence[tuple[str, str, str | None]], now: datetime
 ) -> list[tuple[str, str]]:

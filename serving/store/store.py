@@ -335,6 +335,10 @@ class OffersStore:
         """Release expired grants and abandoned open sessions (:func:`sessions.sweep`)."""
         return sessions.sweep(self.engine, now or utcnow(), open_seconds)
 
+    def members_with_grants(self) -> list[str]:
+        """Ids of the members with at least one grant not released (the history's roster)."""
+        return sessions.members_with_grants(self.engine)
+
     def member_grants(self, member_id: str) -> list[Any]:
         """The member's grants not released, as ``serving.engine.state.PastGrant``."""
         return sessions.member_grants(self.engine, member_id)

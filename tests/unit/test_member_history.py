@@ -133,3 +133,39 @@ def test_total_must_match_the_lines_within_a_cent_or_one_percent():
     assert not total_mismatch(80.1, 80.1) and not total_mismatch(80.9, 80.1)
     assert total_mismatch(81.0, 80.1) and total_mismatch(1e7, 0.01)
     assert not total_mismatch(0.02, 0.01) and total_mismatch(0.03, 0.01)
+
+
+def test_roster_skips_members_without_grants_and_follows_own_grants():
+    """With a roster, a member without grants costs no per-member read; this process's grants
+    put the member on it at once; the roster is read again after the TTL."""
+    import asyncio
+    from datetime import datetime
+
+    from serving.engine.state import PastGrant
+
+    reads: list[str] = []
+    roster_reads: list[int] = []
+    now = [0.0]
+    store = {"m1": [PastGrant("o1", "checkout", datetime(2026, 1, 1), False)]}
+
+    def read(member_id):
+        reads.append(member_id)
+        return store.get(member_id, [])
+
+    def read_roster():
+        roster_reads.append(1)
+        return list(store)
+
+    history = MemberHistory(read, ttl_seconds=10, clock=lambda: now[0], read_roster=read_roster)
+    assert asyncio.run(history.get("m2")) == ()
+    assert reads == [] and len(roster_reads) == 1  # m2 is not on the roster: no read
+    assert asyncio.run(history.get("m1")) == tuple(store["m1"])
+    assert reads == ["m1"]
+    grant = PastGrant("o2", "checkout", datetime(2026, 1, 2), False)
+    history.add("m3", [grant])  # granted here: on the roster at once
+    store["m3"] = [grant]
+    now[0] = 11.0  # entries and roster are stale
+    assert asyncio.run(history.get("m3")) == (grant,)
+    assert reads == ["m1", "m3"] and len(roster_reads) == 2
+    assert history.load("m2") == () and reads == ["m1", "m3"]
+    assert history.stats()["roster_skips"] >= 1
