@@ -261,6 +261,61 @@ def state_from_arrays(
     return state
 
 
+_DAY_US = 86_400_000_000
+
+
+def _state_of_one(
+    events: EventArrays,
+    offers: OfferTable,
+    as_of: pd.Timestamp | np.datetime64,
+    period_days: float = 7.0,
+    open_ended_days: float = 14.0,
+) -> MemberOfferState:
+    """:func:`state_from_arrays` for ONE member's few events, in plain Python (the real-time
+    path: a member has a handful of events, where numpy's per-call cost dominates). The same
+    counters; ``tests/unit/test_engine_state.py`` holds the two equal."""
+    t = int(np.datetime64(pd.Timestamp(as_of), "us").astype(np.int64))
+    st = MemberOfferState.empty(1, offers.n)
+    if not len(events.cols):
+        return st
+    duration = offers.duration_days
+    surprise = offers.surprise
+    last_send: dict[int, int] = {}
+    last_red: dict[int, int] = {}
+    latest_surprise = (None, -1)  # (time, offer): the last in input order among equal times
+    received, recent = st.received[0], st.channel_recent[0]
+    for c, ch, ts, kind in zip(
+        events.cols.tolist(),
+        events.channel.tolist(),
+        events.ts.astype("datetime64[us]").astype(np.int64).tolist(),
+        events.kind.tolist(),
+        strict=True,
+    ):
+        if ts >= t:
+            continue
+        if kind != SENT:
+            if ts > last_red.get(c, -(2**63)):
+                last_red[c] = ts
+            continue
+        received[c] += 1
+        age = (t - ts) / _DAY_US
+        dur = duration[c]
+        live = age < (open_ended_days if dur != dur else dur)  # nan: open-ended
+        if live and ts > last_send.get(c, -(2**63)):
+            last_send[c] = ts
+        if ch >= 0 and age < period_days:
+            recent[ch] += 1
+        if surprise[c]:
+            if age < 365:
+                st.surprises_year[0] += 1
+            if latest_surprise[0] is None or ts >= latest_surprise[0]:
+                latest_surprise = (ts, c)
+    for c, ts in last_send.items():
+        st.active[0, c] = not (c in last_red and last_red[c] >= ts)
+    st.last_surprise[0] = latest_surprise[1]
+    return st
+
+
 class SnapshotHistory:
     """Past sends and redemptions of a member snapshot, grouped by member (built once at load;
     :meth:`state_one` is then a slice and a tiny :func:`state_from_arrays`)."""
@@ -298,7 +353,7 @@ class SnapshotHistory:
         """One member's counters (a 1-row state): the snapshot's events and the store's
         grants, before ``as_of``."""
         events = self.member_events(row).concat(grant_arrays(grants, offers))
-        return state_from_arrays(events, 1, offers, as_of, period_days)
+        return _state_of_one(events, offers, as_of, period_days)
 
     def state_many(
         self,

@@ -163,3 +163,25 @@ def test_store_grants_count_as_sends_and_redemptions():
     many = empty.state_many(np.array([-1, 5]), OFFERS, AS_OF, [grants, []], period_days=7)
     _assert_same(many.take(np.array([0])), want)
     assert many.received[1].sum() == 0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_one_member_fast_path_equals_the_vectorised_counters(seed):
+    """``_state_of_one`` (plain Python, the real-time path) equals ``state_from_arrays`` on one
+    member's events: ties in time, redemptions, unknown channels, surprises, future events."""
+    from serving.engine.state import EventArrays, _state_of_one, state_from_arrays
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 30))
+    days = rng.choice([0.5, 1.0, 3.0, 6.9, 7.0, 13.99, 14.0, 30.0, 200.0, 400.0, -1.0], n)
+    events = EventArrays(
+        np.zeros(n, dtype=np.int64),
+        rng.integers(0, OFFERS.n, n).astype(np.int64),
+        rng.integers(-1, len(CHANNELS), n).astype(np.int8),
+        (np.datetime64(AS_OF, "us") - (days * 86_400_000_000).astype("timedelta64[us]")),
+        rng.choice(np.array([0, 0, 1], dtype=np.int8), n),
+    )
+    _assert_same(
+        _state_of_one(events, OFFERS, AS_OF, period_days=7),
+        state_from_arrays(events, 1, OFFERS, AS_OF, period_days=7),
+    )
