@@ -108,11 +108,11 @@ def _random_events(seed: int, members: list[str], n: int = 300) -> pd.DataFrame:
     ids = list(OFFERS.ids)
     return pd.DataFrame(
         {
-            "member_id": rng.choice(members + ["unknown"], n),
+            "member_id": rng.choice([*members, "unknown"], n),
             "ts": AS_OF - pd.to_timedelta(rng.uniform(-3, 400, n), unit="D"),
             "event": rng.choice(["sent", "sent", "redeemed", "viewed"], n),
             "offer_id": rng.choice(ids, n),
-            "channel": rng.choice(list(CHANNELS) + [None], n),
+            "channel": rng.choice([*CHANNELS, None], n),
         }
     )
 
