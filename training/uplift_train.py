@@ -24,7 +24,7 @@ import json
 import logging
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -222,8 +222,11 @@ def train_uplift(
     registry = registry or ModelRegistry()
     data_dir = Path(data_dir)
     step = progress or (lambda what: log.info("uplift: %s", what))
-    if settings.treatment == "auto":
-        settings = resolve_treatment(settings, sends_per_offer(data_dir, training_set))
+    if settings.treatment == "auto" and training_set is not None:
+        # a given training set already has its grain
+        settings = replace(settings, treatment=training_set.config.treatment)
+    elif settings.treatment == "auto":
+        settings = resolve_treatment(settings, sends_per_offer(data_dir))
         step(f"treatment grain: {settings.treatment}")
     if training_set is None:
         step("training set: features at each send, outcomes after it")

@@ -137,6 +137,8 @@ def test_cli_run_on_another_window_rescores_the_champion(first, program_dir, reg
             json.dumps(FAST),
             "--outcomes",
             "conversion",
+            "--treatment",
+            "kind",  # the champion's grain: only the window differs
             "--tracking-uri",
             registry.tracking_uri,
         ],
