@@ -184,7 +184,22 @@ class Server:
 
     def client(self, key: str | None = KEY_ALL) -> httpx.Client:
         headers = {"X-API-Key": key} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, transport=_RetryBusy())
+
+
+class _RetryBusy(httpx.HTTPTransport):
+    """Sends a request again after a 503 (the store was busy and nothing was reserved or
+    stored), as a till or a feedback client does; other answers are returned as they come."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for _ in range(20):
+            response = super().handle_request(request)
+            if response.status_code != 503:
+                return response
+            response.read()
+            response.close()
+            time.sleep(0.25)
+        return response
 
 
 @pytest.fixture(scope="session")
