@@ -168,9 +168,9 @@ async def measure(
 
 
 def start_durable_postgres(root: Path) -> tuple[str, Any]:
-    """A PostgreSQL cluster like ``tests/integration/pg_fixtures.py`` starts, but durable
+    """A PostgreSQL cluster like ``tests/support/postgres.py`` starts, but durable
     (the fixture turns fsync off for speed). Returns its URL and a handle with ``stop()``."""
-    from tests.integration.pg_fixtures import _bin_dir, _Cluster
+    from tests.support.postgres import _bin_dir, _Cluster
 
     bin_dir = _bin_dir()
     if bin_dir is None or not (bin_dir / "initdb").exists():

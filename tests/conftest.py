@@ -1,14 +1,26 @@
-"""Shared fixtures: paths to the real data sets and tiny canonical tables."""
+"""Fixtures for both test tiers: the real data sets, a throwaway PostgreSQL server and an empty
+database on either backend.
+
+Fixtures for one tier live in ``tests/unit/conftest.py`` and ``tests/integration/conftest.py``;
+plain helpers (builders, server launchers) in :mod:`tests.support`.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import start_postgres
+from tests.support.servers import fresh_postgres_database
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("OFFERS_SHARED_DATA", REPO.parent / "shared" / "data"))
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +29,25 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data sets not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a fresh PostgreSQL server for the whole test session (database ``postgres``)."""
+    root = Path(tempfile.mkdtemp(prefix="offers-pg-"))
+    url, cluster = start_postgres(root)
+    try:
+        yield url
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a new SQLite file, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'offers.db'}"
+        return
+    with fresh_postgres_database(request.getfixturevalue("postgres_url")) as url:
+        yield url

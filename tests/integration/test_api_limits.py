@@ -23,8 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.pg_fixtures import postgres_url  # noqa: F401
-from tests.integration.server_fixtures import free_port, fresh_postgres_database
+from tests.support.servers import free_port, fresh_postgres_database
 
 pytestmark = pytest.mark.integration
 
@@ -262,7 +261,7 @@ def test_connections_above_the_limit_get_503(tmp_path):
 
 
 # -- item 4: events when PostgreSQL refuses connections --------------------------------------
-def test_events_503_and_not_ready_while_postgres_refuses_connections(tmp_path, postgres_url):  # noqa: F811
+def test_events_503_and_not_ready_while_postgres_refuses_connections(tmp_path, postgres_url):
     from sqlalchemy import create_engine, text
 
     event = {"event_id": "pg-1", "member_id": "m1", "offer_id": "o1", "event": "viewed"}

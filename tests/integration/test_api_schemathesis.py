@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from tests.integration.test_api_offers import KEY_ALL, Server, world  # noqa: E402, F401
+from tests.support.api import KEY_ALL, Server  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -31,7 +31,7 @@ CHECKS = [
 
 
 @pytest.fixture(scope="module")
-def served(world):  # noqa: F811
+def served(world):
     srv = Server(world["home"], world["program"], world["registry"].tracking_uri).start()
     yield srv
     srv.stop()

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from tests.integration.test_api_offers import build_program
+from tests.support.api import build_program
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,38 +12,18 @@ import pandas as pd
 import pytest
 
 from features.catalog import load_catalog
-from features.simulate import simulate
-from offers.cmd_score import write_features
-from serving.batch import SendPlan, SyntheticScorer, parse_campaign, run_local
+from serving.batch import SendPlan, SyntheticScorer, run_local
 from serving.batch.spark import run_spark
-from tests.integration.spark_fixtures import spark_session  # noqa: F401
+from tests.support.batch import build_batch_program, campaign
 
 pytestmark = pytest.mark.slow
 
-SEND = "2026-10-31"
 KEYS = ["member_id", "rank"]
 
 
 @pytest.fixture(scope="module")
 def program(tmp_path_factory):
-    out = tmp_path_factory.mktemp("program")
-    simulate(n_members=2_000, seed=11).write(out)
-    feats = out / "features.parquet"
-    n = write_features(out, pd.Timestamp(SEND), feats, "email")
-    assert n > 1000
-    return out, feats
-
-
-def campaign(**over: object):
-    raw = {
-        "campaign_id": "nov-spark",
-        "channel": "email",
-        "send_date": SEND,
-        "offers_per_member": 2,
-        "price_sample": None,
-    }
-    raw.update(over)
-    return parse_campaign(raw)
+    return build_batch_program(tmp_path_factory.mktemp("program"))
 
 
 def both(spark, program, tmp_path, camp):
@@ -61,7 +41,7 @@ def both(spark, program, tmp_path, camp):
     return local, spark_, rl, rs, plan_l
 
 
-def test_spark_equals_local_without_budgets(spark_session, program, tmp_path):  # noqa: F811
+def test_spark_equals_local_without_budgets(spark_session, program, tmp_path):
     data, _ = program
     ids = [o.offer_id for o in load_catalog(data / "catalog.yaml").offers]
     camp = campaign(budgets={i: 1e12 for i in ids})  # every catalog budget out of reach
@@ -71,7 +51,7 @@ def test_spark_equals_local_without_budgets(spark_session, program, tmp_path):  
     pd.testing.assert_frame_equal(local, spark_, check_dtype=False)
 
 
-def test_spark_spend_within_one_percent_with_budgets(spark_session, program, tmp_path):  # noqa: F811
+def test_spark_spend_within_one_percent_with_budgets(spark_session, program, tmp_path):
     data, _ = program
     ids = [o.offer_id for o in load_catalog(data / "catalog.yaml").offers]
     _, _, rf, _, _ = both(

@@ -15,14 +15,17 @@ from features.catalog import load_catalog
 from serving.batch import ResumeError, SendPlan, SyntheticScorer
 from serving.batch.local import parts_dir
 from serving.batch.spark import run_spark
-from tests.integration.spark_fixtures import spark_session  # noqa: F401
-from tests.integration.test_batch_spark import campaign, program  # noqa: F401
-from tests.unit.test_batch_local import Crash, FakeStore
+from tests.support.batch import Crash, FakeStore, build_batch_program, campaign
 
 pytestmark = pytest.mark.slow
 
 
-def _run(spark, program, out, **kw):  # noqa: F811
+@pytest.fixture(scope="module")
+def program(tmp_path_factory):
+    return build_batch_program(tmp_path_factory.mktemp("program"))
+
+
+def _run(spark, program, out, **kw):
     data, feats = program
     cat = load_catalog(data / "catalog.yaml")
     ids = [o.offer_id for o in cat.offers]
@@ -32,7 +35,7 @@ def _run(spark, program, out, **kw):  # noqa: F811
     return run_spark(spark, camp, plan, SyntheticScorer(), feats, out, **kw)
 
 
-def test_spark_resume_after_a_crash(spark_session, program, tmp_path):  # noqa: F811
+def test_spark_resume_after_a_crash(spark_session, program, tmp_path):
     ref_store = FakeStore()
     ref = _run(spark_session, program, tmp_path / "ref.parquet", store=ref_store)
     expected = pd.read_parquet(tmp_path / "ref.parquet")

@@ -8,7 +8,6 @@ only, and the engine explores every slot (``OFFERS_ENGINE_EXPLORATION__EPSILON=1
 pick among the eligible offers), so checkout grants the target whenever the member is eligible
 for it: what is tested is the service around the decision, not the models' preferences."""
 
-# ruff: noqa: F811  (fixtures imported from test_api_offers)
 from __future__ import annotations
 
 import logging
@@ -26,15 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.integration.pg_fixtures import postgres_url  # noqa: F401
-from tests.integration.test_api_offers import (  # noqa: F401  (fixtures)
-    KEY_ALL,
-    ROOT,
-    Server,
-    _checkout_target,
-    database_url,
-    world,
-)
+from tests.support.api import KEY_ALL, ROOT, Server, checkout_target
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 log = logging.getLogger(__name__)
@@ -105,7 +96,7 @@ def capped(world, explore_all, tmp_path_factory) -> dict:
     members = world["program"]["members"][:200]
     text = Path(world["program"]["catalog"]).read_text()
     offers = yaml.safe_load(text)["offers"]
-    best, _ = _checkout_target(world, members, 80.0)
+    best, _ = checkout_target(world, members, 80.0)
     checkout = [o["offer_id"] for o in offers if "checkout" in (o.get("channels") or [])]
     candidates = [best, *[o for o in checkout if o != best]]
     later: list[str] = []

@@ -7,14 +7,12 @@ the same basket (the numpy fold-in); a basket the model does not know leaves the
 a known member's answer follows the basket's categories.
 """
 
-# ruff: noqa: F811  (fixtures imported from test_api_offers)
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from tests.integration.pg_fixtures import postgres_url  # noqa: F401
-from tests.integration.test_api_offers import Server, world  # noqa: F401  (fixtures)
+from tests.support.api import Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -22,8 +22,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from tests.integration.pg_fixtures import postgres_url  # noqa: F401  (throwaway PostgreSQL)
-from tests.integration.server_fixtures import MlflowServer, OffersServer, fresh_postgres_database
+from tests.support.servers import MlflowServer, OffersServer, fresh_postgres_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -59,7 +58,7 @@ def _champion(tracking_uri: str, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, postgres_url):  # noqa: F811
+def world(tmp_path_factory, postgres_url):
     """Program and snapshot on disk, both models champion on a real tracking server, and
     ``offers serve`` running against it with a fresh PostgreSQL database."""
     from features.simulate import SimConfig, simulate

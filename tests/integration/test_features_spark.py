@@ -20,8 +20,7 @@ from features.pipeline import (
     tables_from_frames,
 )
 from features.simulate import simulate
-from tests.integration.spark_fixtures import spark_con, spark_session  # noqa: F401
-from tests.unit import features_fixtures as F
+from tests.support import features as F
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -49,7 +48,7 @@ def _same(left: pd.DataFrame, right: pd.DataFrame, keys: list[str]) -> None:
     )
 
 
-def test_member_features_duckdb_equals_spark(program_dir, config, spark_con):  # noqa: F811
+def test_member_features_duckdb_equals_spark(program_dir, config, spark_con):
     duck = member_features(load_tables(program_dir), AS_OF, config).execute()
     spark = member_features(load_tables(program_dir, spark_con), AS_OF, config).execute()
     assert len(duck) > 1_500
@@ -60,7 +59,7 @@ def test_member_features_duckdb_equals_spark(program_dir, config, spark_con):  #
     _same(duck, spark, ["member_id"])
 
 
-def test_features_at_pairs_duckdb_equals_spark(program_dir, config, spark_con):  # noqa: F811
+def test_features_at_pairs_duckdb_equals_spark(program_dir, config, spark_con):
     events = pd.read_parquet(program_dir / "offer_events.parquet")
     sends = events[events["event"] == "sent"].sample(n=400, random_state=0)
     pairs = sends[["member_id", "ts"]].rename(columns={"ts": "decision_time"})
@@ -73,13 +72,13 @@ def test_features_at_pairs_duckdb_equals_spark(program_dir, config, spark_con): 
     _same(d, spark.execute(), ["member_id", "decision_time"])
 
 
-def test_offer_features_duckdb_equals_spark(program_dir, spark_con):  # noqa: F811
+def test_offer_features_duckdb_equals_spark(program_dir, spark_con):
     duck = offer_features(load_tables(program_dir)).execute()
     spark = offer_features(load_tables(program_dir, spark_con)).execute()
     _same(duck, spark, ["offer_id"])
 
 
-def test_csv_on_spark_equals_frames_on_duckdb(tmp_path, spark_con):  # noqa: F811
+def test_csv_on_spark_equals_frames_on_duckdb(tmp_path, spark_con):
     for name, df in F.frames().items():
         df.to_csv(tmp_path / f"{name}.csv", index=False)
     expected = member_features(tables_from_frames(F.frames()), F.AS_OF).execute()
@@ -87,7 +86,7 @@ def test_csv_on_spark_equals_frames_on_duckdb(tmp_path, spark_con):  # noqa: F81
     _same(expected, got, ["member_id"])
 
 
-def test_frames_uploaded_to_spark_equal_duckdb(spark_con):  # noqa: F811
+def test_frames_uploaded_to_spark_equal_duckdb(spark_con):
     frames = F.frames()
     del frames["offer_events"]  # an absent table becomes an empty one
     expected = member_features(tables_from_frames(frames), F.AS_OF).execute()

@@ -12,8 +12,6 @@ import pytest
 
 from serving.api.grants import GrantService
 from serving.store import open_store
-from tests.integration.pg_fixtures import postgres_url  # noqa: F401
-from tests.unit.test_store import database_url  # noqa: F401  (SQLite file or PostgreSQL db)
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +50,7 @@ def _replica(url: str, replica: int, n: int, results: list, barrier: threading.B
         store.close()
 
 
-def test_two_replicas_never_overspend_budgets_or_caps(database_url):  # noqa: F811
+def test_two_replicas_never_overspend_budgets_or_caps(database_url):
     store = open_store(database_url)
     store.set_budget("a", 50.0, unit="count")
     store.set_budget("b", 30.0, unit="money")  # cost 2: 15 grants

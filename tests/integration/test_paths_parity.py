@@ -26,8 +26,8 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from tests.integration.server_fixtures import OffersServer
-from tests.integration.test_api_offers import build_program
+from tests.support.api import build_program
+from tests.support.servers import OffersServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,8 +13,7 @@ import pytest
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from tests.integration.server_fixtures import mlflow_server  # noqa: F401  (real tracking server)
-from tests.integration.test_registry_mlflow import GATE, NAME, _register, artifacts  # noqa: F401
+from tests.support.registry import GATE, NAME, register_version
 from training.registry import CHAMPION, ModelRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -29,7 +28,7 @@ class Verdict:
         return {"passed": self.passed, "reason": self.reason}
 
 
-def test_metric_gate_and_policy_gate_must_both_pass(mlflow_server, artifacts, tmp_path):  # noqa: F811
+def test_metric_gate_and_policy_gate_must_both_pass(mlflow_server, registry_artifacts, tmp_path):
     registry = ModelRegistry(tracking_uri=mlflow_server, home=tmp_path)
     calls: list[tuple[str, str, str]] = []
     verdicts = iter([Verdict(False, "policy worse"), Verdict(True, "policy fine")])
@@ -38,15 +37,17 @@ def test_metric_gate_and_policy_gate_must_both_pass(mlflow_server, artifacts, tm
         calls.append((name, champion, challenger))
         return next(verdicts)
 
-    v1 = _register(registry, artifacts, 0.50, "w1")
+    v1 = register_version(registry, registry_artifacts, 0.50, "w1")
     assert registry.gate(NAME, v1, GATE).promoted  # first version: nothing to compare
     registry.policy_check = check
-    v2 = _register(registry, artifacts, 0.60, "w1")  # better metric, worse policy
+    v2 = register_version(registry, registry_artifacts, 0.60, "w1")  # better metric, worse policy
     d2 = registry.gate(NAME, v2, GATE)
     assert not d2.promoted and registry.version_of(NAME, CHAMPION) == v1
     assert d2.policy == {"passed": False, "reason": "policy worse"}
     assert "policy worse" in d2.reason and "not promoted" in d2.reason
-    v3 = _register(registry, artifacts, 0.61, "w1")  # better metric, policy not worse
+    v3 = register_version(
+        registry, registry_artifacts, 0.61, "w1"
+    )  # better metric, policy not worse
     d3 = registry.gate(NAME, v3, GATE)
     assert d3.promoted and registry.version_of(NAME, CHAMPION) == v3
     assert calls == [(NAME, v1, v2), (NAME, v1, v3)]
@@ -54,7 +55,7 @@ def test_metric_gate_and_policy_gate_must_both_pass(mlflow_server, artifacts, tm
     assert tags["policy_gate"] == "policy worse"
 
 
-def test_real_policy_check_on_a_trained_program(mlflow_server, tmp_path_factory):  # noqa: F811
+def test_real_policy_check_on_a_trained_program(mlflow_server, tmp_path_factory):
     """Both families trained by the project's code, then a second uplift version: the check
     runs on the held-out campaign and its verdict follows the rule it states."""
     from features.sim.config import SimConfig

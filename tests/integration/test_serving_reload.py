@@ -28,12 +28,12 @@ from fastapi.testclient import TestClient
 from serving.api import create_app
 from serving.api.bundle import DEFAULT_MODELS, BundleConfig
 from serving.settings import ServingSettings
-from tests.integration.server_fixtures import free_port
-from tests.integration.test_api_offers import (
+from tests.support.api import (
     build_program,
     train_affinity_quick,
     train_uplift_quick,
 )
+from tests.support.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

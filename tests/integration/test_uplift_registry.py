@@ -20,8 +20,6 @@ from typer.testing import CliRunner
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from features.simulate import SimConfig, simulate
-from tests.integration.server_fixtures import mlflow_server  # noqa: F401  (real tracking server)
-from tests.integration.test_registry_mlflow import server  # noqa: F401  (real mlflow server)
 from training.registry import CHALLENGER, CHAMPION, ModelRegistry
 from training.uplift_data import TREATMENT, UpliftTrainingSet, build_training_set, time_split
 from training.uplift_train import UPLIFT_MODEL, UpliftTrainSettings, train_uplift
@@ -151,20 +149,20 @@ def test_cli_run_on_another_window_rescores_the_champion(first, program_dir, reg
 
 @pytest.mark.integration
 def test_register_and_load_through_a_real_mlflow_server(
-    server,  # noqa: F811  (the fixture imported above)
+    mlflow_server,
     program_dir,
     training_set,
     tmp_path,
 ) -> None:
-    """One version through a real ``mlflow server`` process (fixture of the affinity test)."""
-    registry = ModelRegistry(tracking_uri=server, home=tmp_path)
+    """One version through a real ``mlflow server`` process (tests/integration/conftest.py)."""
+    registry = ModelRegistry(tracking_uri=mlflow_server, home=tmp_path)
     settings = UpliftTrainSettings(base_params=FAST, outcomes=("conversion",))
     result = train_uplift(program_dir, settings, registry, training_set=training_set)
     assert result.decision.promoted and registry.version_of(UPLIFT_MODEL, CHAMPION) == "1"
     fitted = result.fitted
     features = fitted.data.frame[fitted.test][list(fitted.data.feature_columns)].head(2_000)
     previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(server)
+    mlflow.set_tracking_uri(mlflow_server)
     try:
         model = mlflow.pyfunc.load_model(f"models:/{UPLIFT_MODEL}@{CHAMPION}")
     finally:

@@ -12,6 +12,7 @@ import pytest
 from serving.batch import ResumeError, SendPlan, SyntheticScorer, parse_campaign, run_local
 from serving.batch.local import parts_dir
 from serving.batch.synthetic import synthetic_catalog, synthetic_members
+from tests.support.batch import Crash, FakeStore
 
 N = 600
 
@@ -100,27 +101,6 @@ def test_holdout_share_and_rows(tmp_path):
     assert not out.loc[~out["holdout"], "member_id"].isin(held["member_id"]).any()
     share = len(held) / n
     assert abs(share - 0.1) < 3 * np.sqrt(0.1 * 0.9 / n)
-
-
-class FakeStore:
-    """The store's bulk insert semantics: a repeated decision id is skipped."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, dict] = {}
-        self.calls = 0
-
-    def log_decisions(self, records) -> int:
-        self.calls += 1
-        new = 0
-        for r in records:
-            if r["decision_id"] not in self.rows:
-                self.rows[r["decision_id"]] = dict(r)
-                new += 1
-        return new
-
-
-class Crash(RuntimeError):
-    pass
 
 
 def test_resume_after_crash_gives_the_same_file_and_no_duplicates(tmp_path, features):

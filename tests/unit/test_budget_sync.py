@@ -17,7 +17,6 @@ from features.catalog import default_catalog_path, parse_catalog
 from serving.api.budgets import seed_budgets, sync_budgets
 from serving.engine import OfferTable
 from serving.store import OffersStore, open_store
-from tests.integration.pg_fixtures import postgres_url  # noqa: F401
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
 

@@ -1,7 +1,6 @@
-# ruff: noqa: F811  (the pyfunc fixture is imported from test_affinity_foldin)
 """Checkout sees the basket: the serving bundle folds the basket into the member's affinity.
 
-A small program (three shopper groups, see ``test_affinity_foldin.pet_shop``) with a real
+A small program (three shopper groups, see ``tests.support.affinity.pet_shop``) with a real
 affinity pyfunc (an ALS blend with a calibrator) and a constant uplift stand-in, built into a
 :class:`~serving.api.bundle.ServingBundle` by ``build_bundle``. Checked: an all-coffee member
 with a pet-food basket gets pet offers ranked higher; an unknown member with a basket is served
@@ -21,12 +20,7 @@ import pytest
 import yaml
 
 from serving.engine import DecisionContext, EngineSettings
-from tests.unit.test_affinity_foldin import (
-    GROUPS,
-    OFFERS,
-    offline,
-    pyfunc,  # noqa: F401  (fixture)
-)
+from tests.support.affinity import GROUPS, OFFERS, offline
 
 NOW = pd.Timestamp("2026-11-20 12:00")
 CATEGORY = {o: ("pets" if "pet" in o else g) for g, (_, offers) in GROUPS.items() for o in offers}

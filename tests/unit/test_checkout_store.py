@@ -1,6 +1,5 @@
 """Checkout sessions in the store: the session, its grants and every cap and budget count in
 one group commit; retries, state changes, releases and the sweep (SQLite and PostgreSQL)."""
-# ruff: noqa: F811  (fixtures imported from test_store)
 
 from __future__ import annotations
 
@@ -24,8 +23,6 @@ from serving.store import (
     open_store,
     utcnow,
 )
-from tests.integration.pg_fixtures import postgres_url  # noqa: F401
-from tests.unit.test_store import database_url, store  # noqa: F401  (fixtures)
 
 
 def _item(member: str, offer: str, *, cap: int | None = None, amount: float | None = 1.0,

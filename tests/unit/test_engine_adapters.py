@@ -9,7 +9,7 @@ import pytest
 from serving.engine.adapters import affinity_matrix, model_inputs, predict_frame, uplift_matrix
 from serving.engine.errors import EngineInputError
 from serving.engine.offers import OfferTable
-from tests.unit.test_engine_fixtures import catalog, col
+from tests.support.engine import catalog, col
 
 OFFERS = OfferTable.from_catalog(catalog())
 

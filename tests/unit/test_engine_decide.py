@@ -19,7 +19,7 @@ from serving.engine import (
     ScoreInputs,
 )
 from serving.engine.settings import AllocationSettings, ExplorationSettings, HoldoutSettings
-from tests.unit.test_engine_fixtures import (
+from tests.support.engine import (
     AS_OF,
     IDS,
     OFFERS,

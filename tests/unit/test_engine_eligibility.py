@@ -16,7 +16,7 @@ from serving.engine.offers import OfferTable
 from serving.engine.scoring import lifecycle_boosts
 from serving.engine.settings import CapSettings, EngineSettings, LifecyclePolicy
 from serving.engine.state import MemberOfferState
-from tests.unit.test_engine_fixtures import AS_OF, catalog, col, member, members
+from tests.support.engine import AS_OF, catalog, col, member, members
 
 OFFERS = OfferTable.from_catalog(catalog())
 

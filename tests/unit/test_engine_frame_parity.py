@@ -23,7 +23,7 @@ from serving.engine import DecisionContext, DecisionEngine, EngineSettings
 from serving.engine.fallback import FallbackTables
 from serving.engine.hashing import decision_ids, encode_texts, hash64
 from serving.engine.scoring import ScoreInputs
-from tests.unit.test_engine_fixtures import AS_OF, OFFERS
+from tests.support.engine import AS_OF, OFFERS
 
 EXTRA_OFFERS = [
     {

@@ -8,7 +8,7 @@ import pytest
 from serving.engine.members import MemberTable
 from serving.engine.moments import DETECTED_MOMENTS, detect_moments
 from serving.engine.settings import MomentSettings
-from tests.unit.test_engine_fixtures import member, members
+from tests.support.engine import member, members
 
 
 def fired(name, *rows, settings=None):

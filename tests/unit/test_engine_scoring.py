@@ -19,7 +19,7 @@ from serving.engine.settings import (
     ScoringSettings,
 )
 from serving.engine.surprise import pick_surprises
-from tests.unit.test_engine_fixtures import catalog, col, member, members
+from tests.support.engine import catalog, col, member, members
 
 OFFERS = OfferTable.from_catalog(catalog())
 M = OFFERS.n

@@ -15,7 +15,7 @@ from serving.engine.state import (
     remaining_budgets,
     state_from_events,
 )
-from tests.unit.test_engine_fixtures import AS_OF, catalog, col
+from tests.support.engine import AS_OF, catalog, col
 
 OFFERS = OfferTable.from_catalog(catalog())
 IDS = np.array(["a", "b"], dtype=object)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from features.io import write_table
 from offers import cmd_features
-from tests.unit import features_fixtures as F
+from tests.support import features as F
 
 
 @pytest.fixture(scope="module")

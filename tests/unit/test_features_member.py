@@ -1,6 +1,6 @@
 """Member features on the tiny hand-made program: every family against hand-computed values.
 
-The program and the arithmetic behind each expected value are in ``features_fixtures``; AS_OF
+The program and the arithmetic behind each expected value are in ``tests.support.features``; AS_OF
 is Wednesday 2024-06-12 12:00.
 """
 
@@ -22,7 +22,7 @@ from features.pipeline import (
     resolve_categories,
     tables_from_frames,
 )
-from tests.unit import features_fixtures as F
+from tests.support import features as F
 
 DAY = 86_400
 

@@ -14,7 +14,7 @@ from features.pipeline import (
     tables_from_frames,
 )
 from features.simulate import simulate
-from tests.unit import features_fixtures as F
+from tests.support import features as F
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from features.pipeline import (
 )
 from features.schema import EVENTS
 from features.simulate import simulate
-from tests.unit import features_fixtures as F
+from tests.support import features as F
 
 
 @pytest.fixture(scope="module")

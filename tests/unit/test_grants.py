@@ -1,5 +1,4 @@
 """GrantService: group-committed checkout reservations on SQLite and a real PostgreSQL."""
-# ruff: noqa: F811  (the store fixture is imported from test_store)
 
 from __future__ import annotations
 
@@ -13,8 +12,6 @@ from sqlalchemy import event
 
 from serving.api.grants import GrantCommitError, GrantService, GrantServiceClosed, plan_grant
 from serving.store import OffersStore, ReservationItem, UnknownBudgetError
-from tests.integration.pg_fixtures import postgres_url  # noqa: F401
-from tests.unit.test_store import database_url, store  # noqa: F401  (fixtures)
 
 YEARLY_CAP = 2
 

@@ -83,7 +83,7 @@ def test_every_policy_of_the_evaluation_respects_consent():
     on the engine's eligibility, so an e-mail opt-out gets nothing from any of them."""
     from serving.engine import DecisionContext, DecisionEngine, EngineSettings, ScoreInputs
     from serving.engine.settings import ExplorationSettings, HoldoutSettings
-    from tests.unit.test_engine_fixtures import AS_OF, catalog, member, members
+    from tests.support.engine import AS_OF, catalog, member, members
     from training.policy.evaluate import evaluate_send
 
     rows = [member(email_opt_in=(i % 3 != 0)) for i in range(12)]

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-import uuid
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import OperationalError
 
 from serving.store import (
@@ -27,59 +24,11 @@ from serving.store import (
 )
 from serving.store import ReservationItem as Item
 from serving.store.tables import budgets, member_caps
-from tests.integration.pg_fixtures import postgres_url  # noqa: F401
-
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
-
-
-@pytest.fixture(params=BACKENDS)
-def database_url(request, tmp_path: Path) -> Iterator[str]:
-    """An empty database: a new SQLite file, or a new database on the session's PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'offers.db'}"
-        return
-    server = request.getfixturevalue("postgres_url")
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name}"))
-    yield server.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as connection:
-        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-    admin.dispose()
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[OffersStore]:
-    opened = open_store(database_url, pool_size=20)
-    yield opened
-    opened.close()
+from tests.support.threads import run_concurrently
 
 
 def _event(event_id: str, member: str = "m1", event: str = "viewed") -> dict:
     return {"event_id": event_id, "member_id": member, "offer_id": "o1", "event": event}
-
-
-def _run_concurrently(n: int, target) -> list:
-    """Run ``target(i)`` in ``n`` threads released together; return results in order."""
-    barrier = threading.Barrier(n, timeout=60)
-    results: list = [None] * n
-    errors: list[BaseException] = []
-
-    def work(i: int) -> None:
-        try:
-            barrier.wait()
-            results[i] = target(i)
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors[:3]
-    return results
 
 
 def test_migrations_apply_to_an_empty_database(database_url: str):
@@ -131,7 +80,7 @@ def test_same_event_id_twice_is_stored_once(store: OffersStore):
 
 
 def test_concurrent_duplicates_store_one_event(store: OffersStore):
-    results = _run_concurrently(20, lambda i: store.record_events([_event("same")]))
+    results = run_concurrently(20, lambda i: store.record_events([_event("same")]))
     assert sum(len(r.stored) for r in results) == 1
     assert sum(len(r.duplicates) for r in results) == 19
     assert store.event_ids() == {"same"}
@@ -139,7 +88,7 @@ def test_concurrent_duplicates_store_one_event(store: OffersStore):
 
 def test_budget_is_never_overspent_under_concurrency(store: OffersStore):
     store.set_budget("o1", 50.0, unit="count")
-    granted = _run_concurrently(200, lambda i: store.reserve_budget("o1", 1.0))
+    granted = run_concurrently(200, lambda i: store.reserve_budget("o1", 1.0))
     assert sum(granted) == 50
     assert store.budget("o1")["spent"] == pytest.approx(50.0)
 
@@ -166,7 +115,7 @@ def test_budget_errors_name_the_offer(store: OffersStore):
 
 
 def test_member_cap_holds_under_concurrency(store: OffersStore):
-    granted = _run_concurrently(40, lambda i: store.reserve_member_cap("m1", "surprise", "2026", 3))
+    granted = run_concurrently(40, lambda i: store.reserve_member_cap("m1", "surprise", "2026", 3))
     assert sum(granted) == 3
     assert store.cap_usage("m1", "2026") == {"surprise": 3}
     assert store.reserve_member_cap("m1", "surprise", "2027", 3)  # a new period starts at 0
@@ -224,7 +173,7 @@ def test_reserve_grants_one_group_never_overspends(store: OffersStore):
 
 def test_reserve_grants_concurrent_groups_never_overspend(store: OffersStore):
     store.set_budget("o1", 50.0, unit="count")
-    outcomes = _run_concurrently(
+    outcomes = run_concurrently(
         8, lambda i: store.reserve_grants([[Item("o1", amount=1.0)] for _ in range(25)])
     )
     assert sum(len(o.granted) for group in outcomes for o in group) == 50

@@ -16,12 +16,11 @@ from sqlalchemy.exc import OperationalError
 
 from serving.store import OffersStore, open_store
 from serving.store.feedback import EventConflictError
-from tests.integration.pg_fixtures import postgres_url  # noqa: F401
-from tests.unit.test_store import _run_concurrently, database_url  # noqa: F401
+from tests.support.threads import run_concurrently
 
 
 @pytest.fixture
-def db(database_url: str) -> Iterator[OffersStore]:  # noqa: F811
+def db(database_url: str) -> Iterator[OffersStore]:
     opened = open_store(database_url, pool_size=20)
     yield opened
     opened.close()
@@ -64,7 +63,7 @@ def test_concurrent_different_contents_keep_exactly_one(db: OffersStore):
         except EventConflictError:
             return "conflict"
 
-    results = _run_concurrently(20, send)
+    results = run_concurrently(20, send)
     stored = [r for r in results if r != "conflict" and r.stored]
     assert len(stored) == 1
     kept = _kinds(db)

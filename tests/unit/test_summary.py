@@ -7,12 +7,12 @@ import pytest
 
 from features.summary import conversion_by_arm, redemption_by_kind, summarize
 from features.validate import validate_dir
-from tests.unit.test_validate import NOW, _good_tables, _write_csv
+from tests.support.tables import NOW, good_tables, write_csv
 
 
 @pytest.fixture()
 def tables(tmp_path):
-    res = validate_dir(_write_csv(tmp_path, _good_tables()), now=NOW)
+    res = validate_dir(write_csv(tmp_path, good_tables()), now=NOW)
     assert res.ok
     return res.tables
 

@@ -2,71 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
 from features.io import write_table
 from features.validate import DataValidationError, load_dir, validate_dir
-
-NOW = pd.Timestamp("2026-11-01")
-
-
-def _good_tables() -> dict[str, pd.DataFrame]:
-    members = pd.DataFrame(
-        {
-            "member_id": ["m1", "m2", "m3"],
-            "joined_at": ["2024-01-05", "2025-06-01 10:00:00", "2026-10-01"],
-            "tier": ["gold", "bronze", "silver"],
-            "points_balance": ["120", "0", "40.5"],
-            "email_opt_in": ["true", "false", "1"],
-        }
-    )
-    offers = pd.DataFrame(
-        {
-            "offer_id": ["o1", "o2"],
-            "name": ["10% off coffee", "Birthday treat"],
-            "kind": ["discount_pct", "free_item"],
-            "reward_value": ["10", "4.5"],
-            "cost": ["2.5", "1.5"],
-            "channels": ["email|app", "checkout"],
-            "surprise": ["false", "true"],
-        }
-    )
-    transactions = pd.DataFrame(
-        {
-            "transaction_id": ["t1", "t1", "t2", "t3"],
-            "member_id": ["m1", "m1", "m2", "m1"],
-            "ts": ["2026-01-02 09:00:00"] * 2 + ["2026-02-03 10:00:00", "2026-03-04 11:00:00"],
-            "amount": ["3.5", "3.5", "12", "8.25"],
-            "category": ["coffee", "coffee", "bakery", "coffee"],
-        }
-    )
-    events = pd.DataFrame(
-        {
-            "event_id": ["e1", "e2", "e3", "e4"],
-            "member_id": ["m1", "m1", "m2", "m3"],
-            "ts": ["2026-01-01", "2026-01-02", "2026-01-01", "2026-01-01"],
-            "event": ["sent", "redeemed", "held_out", "sent"],
-            "offer_id": ["o1", "o1", None, "o2"],
-            "campaign_id": ["c1", "c1", "c1", "c1"],
-            "propensity": ["0.45", "0.45", "0.1", "0.45"],
-        }
-    )
-    return {
-        "members": members,
-        "offers": offers,
-        "transactions": transactions,
-        "offer_events": events,
-    }
-
-
-def _write_csv(tmp: Path, tables: dict[str, pd.DataFrame]) -> Path:
-    tmp.mkdir(parents=True, exist_ok=True)
-    for name, df in tables.items():
-        df.to_csv(tmp / f"{name}.csv", index=False)
-    return tmp
+from tests.support.tables import NOW, good_tables, write_csv
 
 
 def _problems(result, kind):
@@ -74,7 +15,7 @@ def _problems(result, kind):
 
 
 def test_good_directory_is_ok_and_typed(tmp_path):
-    res = validate_dir(_write_csv(tmp_path, _good_tables()), now=NOW)
+    res = validate_dir(write_csv(tmp_path, good_tables()), now=NOW)
     assert res.ok, res.summary()
     assert res.problems == []
     m = res.tables["members"]
@@ -89,7 +30,7 @@ def test_good_directory_is_ok_and_typed(tmp_path):
 
 
 def test_parquet_roundtrip_is_ok(tmp_path):
-    res = validate_dir(_write_csv(tmp_path / "csv", _good_tables()), now=NOW)
+    res = validate_dir(write_csv(tmp_path / "csv", good_tables()), now=NOW)
     for name, df in res.tables.items():
         write_table(df, tmp_path / "pq", name)
     res2 = validate_dir(tmp_path / "pq", now=NOW)
@@ -99,10 +40,10 @@ def test_parquet_roundtrip_is_ok(tmp_path):
 
 
 def test_missing_file_and_columns(tmp_path):
-    t = _good_tables()
+    t = good_tables()
     del t["offers"]
     t["members"] = t["members"].drop(columns=["joined_at"]).assign(shoe_size="42")
-    res = validate_dir(_write_csv(tmp_path, t), now=NOW)
+    res = validate_dir(write_csv(tmp_path, t), now=NOW)
     assert not res.ok
     (missing_file,) = _problems(res, "missing_file")
     assert missing_file.table == "offers"
@@ -113,11 +54,11 @@ def test_missing_file_and_columns(tmp_path):
 
 
 def test_wrong_types_name_file_column_value_and_rows(tmp_path):
-    t = _good_tables()
+    t = good_tables()
     t["transactions"].loc[2, "amount"] = "twelve"
     t["members"].loc[1, "joined_at"] = "not-a-date"
     t["members"].loc[0, "email_opt_in"] = "maybe"
-    res = validate_dir(_write_csv(tmp_path, t), now=NOW)
+    res = validate_dir(write_csv(tmp_path, t), now=NOW)
     wrong = {(p.file, p.column): p for p in _problems(res, "wrong_type")}
     amount = wrong[("transactions.csv", "amount")]
     assert amount.values == ["twelve"] and amount.rows == [3]
@@ -128,13 +69,13 @@ def test_wrong_types_name_file_column_value_and_rows(tmp_path):
 
 
 def test_duplicate_ids_rejected_exact_duplicates_fixed(tmp_path):
-    t = _good_tables()
+    t = good_tables()
     ev = t["offer_events"]
     t["offer_events"] = pd.concat([ev, ev.iloc[[1]]], ignore_index=True)  # exact copy of e2
     m = t["members"]
     clash = m.iloc[[0]].assign(tier="bronze")  # same id, different contents
     t["members"] = pd.concat([m, clash], ignore_index=True)
-    res = validate_dir(_write_csv(tmp_path, t), now=NOW)
+    res = validate_dir(write_csv(tmp_path, t), now=NOW)
     (fixed,) = _problems(res, "exact_duplicate")
     assert fixed.file == "offer_events.csv" and fixed.rows == [5] and fixed.action == "fixed"
     assert res.counts["offer_events"].fixed == 1
@@ -146,10 +87,10 @@ def test_duplicate_ids_rejected_exact_duplicates_fixed(tmp_path):
 
 
 def test_unknown_references(tmp_path):
-    t = _good_tables()
+    t = good_tables()
     t["offer_events"].loc[0, "offer_id"] = "o-missing"
     t["transactions"].loc[3, "member_id"] = "ghost"
-    res = validate_dir(_write_csv(tmp_path, t), now=NOW)
+    res = validate_dir(write_csv(tmp_path, t), now=NOW)
     refs = {(p.file, p.column): p for p in _problems(res, "unknown_reference")}
     assert refs[("offer_events.csv", "offer_id")].values == ["o-missing"]
     assert refs[("offer_events.csv", "offer_id")].rows == [1]
@@ -159,10 +100,10 @@ def test_unknown_references(tmp_path):
 
 
 def test_future_and_unparseable_timestamps(tmp_path):
-    t = _good_tables()
+    t = good_tables()
     t["transactions"].loc[0, "ts"] = "2027-05-01 00:00:00"
     t["offer_events"].loc[3, "ts"] = "31/31/2026"
-    res = validate_dir(_write_csv(tmp_path, t), now=NOW)
+    res = validate_dir(write_csv(tmp_path, t), now=NOW)
     (fut,) = _problems(res, "future_timestamp")
     assert (fut.file, fut.column, fut.rows) == ("transactions.csv", "ts", [1])
     assert fut.values == ["2027-05-01 00:00:00"]
@@ -176,12 +117,12 @@ def test_future_and_unparseable_timestamps(tmp_path):
 
 
 def test_negative_amounts_and_allowed_values_and_bounds(tmp_path):
-    t = _good_tables()
+    t = good_tables()
     t["transactions"].loc[1, "amount"] = "-3.5"
     t["offers"].loc[1, "kind"] = "discount"
     t["offer_events"].loc[0, "propensity"] = "1.5"
     t["offer_events"].loc[1, "event"] = "clicked"
-    res = validate_dir(_write_csv(tmp_path, t), now=NOW)
+    res = validate_dir(write_csv(tmp_path, t), now=NOW)
     (neg,) = _problems(res, "negative_value")
     assert (neg.file, neg.column, neg.values, neg.rows) == (
         "transactions.csv",
@@ -198,17 +139,17 @@ def test_negative_amounts_and_allowed_values_and_bounds(tmp_path):
 
 
 def test_offer_id_null_only_for_held_out(tmp_path):
-    t = _good_tables()
+    t = good_tables()
     t["offer_events"].loc[0, "offer_id"] = None
-    res = validate_dir(_write_csv(tmp_path, t), now=NOW)
+    res = validate_dir(write_csv(tmp_path, t), now=NOW)
     (p,) = _problems(res, "missing_offer")
     assert p.rows == [1] and p.column == "offer_id"
 
 
 def test_timezone_aware_timestamps_are_converted(tmp_path):
-    t = _good_tables()
+    t = good_tables()
     t["transactions"].loc[0, "ts"] = "2026-01-02T10:00:00+01:00"
-    res = validate_dir(_write_csv(tmp_path, t), now=NOW)
+    res = validate_dir(write_csv(tmp_path, t), now=NOW)
     assert res.ok
     (fix,) = _problems(res, "timezone_converted")
     assert fix.rows == [1] and res.counts["transactions"].fixed == 1
@@ -216,11 +157,11 @@ def test_timezone_aware_timestamps_are_converted(tmp_path):
 
 
 def test_load_dir_raises_with_every_problem(tmp_path):
-    t = _good_tables()
+    t = good_tables()
     t["transactions"].loc[1, "amount"] = "-1"
     t["members"].loc[2, "joined_at"] = "yesterday-ish"
     with pytest.raises(DataValidationError) as err:
-        load_dir(_write_csv(tmp_path, t), now=NOW)
+        load_dir(write_csv(tmp_path, t), now=NOW)
     text = str(err.value)
     assert "transactions.csv column 'amount'" in text and "'-1'" in text
     assert "members.csv column 'joined_at'" in text

@@ -1,9 +1,7 @@
 """Real server processes on loopback for integration tests: an ``mlflow server`` (SQLite
 backend, artifacts proxied to a local directory), ``offers serve``, and a fresh database on the
-throwaway PostgreSQL cluster of :mod:`tests.integration.pg_fixtures`.
-
-Import the fixtures into a test module (``from tests.integration.server_fixtures import
-mlflow_server  # noqa: F401``) or use the helpers directly.
+throwaway PostgreSQL cluster of :mod:`tests.support.postgres`. The ``mlflow_server`` fixture
+(tests/integration/conftest.py) starts a tracking server per module.
 """
 
 from __future__ import annotations
@@ -21,14 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 __all__ = [
     "MlflowServer",
     "OffersServer",
     "free_port",
     "fresh_postgres_database",
-    "mlflow_server",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,18 +100,6 @@ class MlflowServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory) -> Iterator[str]:
-    """URL of a real tracking server for the module; terminated at the end."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
-    try:
-        server.start()
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
-    yield server.url
-    server.stop()
 
 
 class OffersServer:

@@ -1,8 +1,8 @@
 """A throwaway PostgreSQL cluster for store tests (``initdb`` + ``pg_ctl`` on 127.0.0.1).
 
-Import the fixture into a test module (``from tests.integration.pg_fixtures import
-postgres_url  # noqa: F401``). The cluster lives in a temporary directory, listens on a free
-loopback port and is stopped at the end of the session. PostgreSQL refuses to run as root, so
+The ``postgres_url`` fixture (tests/conftest.py) starts one per session. The cluster lives in
+a temporary directory, listens on a free loopback port and is stopped at the end of the
+session. PostgreSQL refuses to run as root, so
 under root the binaries run through ``runuser -u postgres --`` on a directory owned by postgres.
 When no server binaries are installed the fixture skips (CI installs the Debian package).
 """
@@ -14,13 +14,11 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-__all__ = ["postgres_url", "start_postgres"]
+__all__ = ["start_postgres"]
 
 
 def _bin_dir() -> Path | None:
@@ -101,15 +99,3 @@ def start_postgres(root: Path) -> tuple[str, _Cluster]:
         detail = log.read_text()[-2000:] if log.exists() else exc.stderr.decode()[-2000:]
         raise RuntimeError(f"could not start PostgreSQL in {root}: {detail}") from exc
     return url, cluster
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """URL of a fresh PostgreSQL server for the whole test session (database ``postgres``)."""
-    root = Path(tempfile.mkdtemp(prefix="offers-pg-"))
-    url, cluster = start_postgres(root)
-    try:
-        yield url
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)

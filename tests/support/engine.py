@@ -1,7 +1,4 @@
-"""Shared builders for the decision-engine tests: a tiny catalog and member-feature rows.
-
-(No tests here; the module is named ``test_engine_*`` to stay with the engine's test files.)
-"""
+"""Shared builders for the decision-engine tests: a tiny catalog and member-feature rows."""
 
 from __future__ import annotations
 
