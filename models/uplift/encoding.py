@@ -92,7 +92,9 @@ class FeatureEncoder:
             s = frame[col]
             if col in self.levels_:
                 levels = self.levels_[col]
-                codes = pd.Categorical(s.astype("string"), categories=levels).codes
+                # -1 for a level not seen in fit (and for nulls): an all-zero block row
+                values = s.astype("string").astype(object)
+                codes = pd.Index(levels, dtype=object).get_indexer(values)
                 block = np.zeros((len(frame), len(levels)))
                 hit = codes >= 0
                 block[np.flatnonzero(hit), codes[hit]] = 1.0

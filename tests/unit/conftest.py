@@ -8,12 +8,13 @@ from collections.abc import Iterator
 import pytest
 
 from serving.store import OffersStore, open_store
-from tests.support.affinity import pet_shop_pyfunc
 
 
 @pytest.fixture(scope="module")
 def pyfunc(tmp_path_factory: pytest.TempPathFactory):
     """The pet shop's affinity pyfunc (an ALS blend with a calibrator), loaded."""
+    from tests.support.affinity import pet_shop_pyfunc  # mlflow: imported when first used
+
     return pet_shop_pyfunc(tmp_path_factory.mktemp("affinity"))
 
 

@@ -28,7 +28,7 @@ class Affinity:
         p = np.where((member == "a") & (offer == "pts"), 0.7, 0.2)
         p = np.where(member == "raw", np.nan, p)
         score = np.where(offer == "disc", np.nan, 0.0)
-        fallback = member.map(self.names).fillna("personalised").to_numpy(dtype=object)
+        fallback = member.map(self.names).astype(object).fillna("personalised").to_numpy()
         return pd.DataFrame({"p_redeem": p, "score": score, "fallback": fallback})
 
 
