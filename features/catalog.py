@@ -213,9 +213,6 @@ class Catalog(_Strict):
     def offer_ids(self) -> list[str]:
         return [o.offer_id for o in self.offers]
 
-    def by_id(self) -> dict[str, CatalogOffer]:
-        return {o.offer_id: o for o in self.offers}
-
     def to_offers_frame(self) -> pd.DataFrame:
         """The canonical ``offers`` table (features.schema.OFFERS dtypes and column order)."""
         rows = []

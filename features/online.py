@@ -1,4 +1,4 @@
-"""Features of one member at request time (serving), with the batch pipeline's definitions.
+"""Features of one member at a given time, with the batch pipeline's definitions.
 
 The batch Ibis expression (``features_at`` over unbound canonical tables and a one-row pairs
 table) is compiled to DuckDB SQL once; each request registers that member's rows in an
@@ -7,13 +7,16 @@ features, so batch and online values are identical (tests/unit/test_features_onl
 
 The request's live context (the current basket) is not history before ``as_of``: it is kept
 out of the history features and summarised in separate ``basket_*`` columns.
+
+Serving does not call this today: it reads the member-feature snapshot written by the batch
+pipeline. This module is the path for computing one member fresh (its cost is measured by
+``bench/features.py``) and holds batch and one-member values equal in the tests.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 import duckdb
@@ -106,15 +109,6 @@ class OnlineFeatures:
             ctx = basket_context(basket, self.config, frame)
             frame = pd.concat([frame, ctx.iloc[: len(frame)].set_index(frame.index)], axis=1)
         return frame
-
-    def latency_ms(self, *args: Any, repeat: int = 50, **kwargs: Any) -> dict[str, float]:
-        """Median and p95 wall time of ``compute(*args, **kwargs)`` in milliseconds."""
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            self.compute(*args, **kwargs)
-            times.append((time.perf_counter() - t0) * 1000)
-        return {"median_ms": float(np.median(times)), "p95_ms": float(np.percentile(times, 95))}
 
 
 def _arrow(df: pd.DataFrame, table: str) -> pa.Table:

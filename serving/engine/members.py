@@ -1,10 +1,11 @@
 """Members as the engine sees them: validated arrays from a member-feature frame.
 
-The frame is the feature pipeline's output (``features.pipeline.member_features`` for a batch,
-``features.online.OnlineFeatures`` for one member at checkout, whose ``basket_*`` columns give
-the live basket). Only ``member_id`` and ``lifecycle_stage`` are required; every other column is
-optional and a missing column or a null value turns the rules and detectors that need it off
-for that member (e.g. no birthday moment without ``days_to_birthday``), never on.
+The frame is the feature pipeline's output (``features.pipeline.member_features``: the
+snapshot serving loads), or ``features.online.OnlineFeatures`` for one member, whose
+``basket_*`` columns give the live basket). Only ``member_id`` and ``lifecycle_stage`` are
+required; every other column is optional and a missing column or a null value turns the rules
+and detectors that need it off for that member (e.g. no birthday moment without
+``days_to_birthday``), never on.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from functools import cached_property
 
 import numpy as np
 
-from features.catalog import MOMENTS, Catalog
+from features.catalog import Catalog
 from features.schema import CHANNELS, LIFECYCLE_STAGES, OFFER_KINDS, TIERS
 from serving.engine.errors import EngineInputError
 
@@ -145,16 +145,6 @@ class OfferTable:
             surprise=np.array([o.surprise for o in offers], dtype=bool),
             moment=tuple(o.moment for o in offers),
             tags=tuple(tags),
-        )
-
-    def moment_index(self) -> np.ndarray:
-        """Index of each offer's moment in ``features.catalog.MOMENTS`` (-1 when none)."""
-        return np.array([MOMENTS.index(m) if m else -1 for m in self.moment], dtype=np.int64)
-
-    def tag_matrix(self, tags: list[str]) -> np.ndarray:
-        """(len(tags), n_offers) bool: which offer carries which tag."""
-        return np.array([[t in ot for ot in self.tags] for t in tags], dtype=bool).reshape(
-            len(tags), self.n
         )
 
 

@@ -32,6 +32,9 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
+from serving.store.clock import utcnow
+from serving.store.errors import UnknownBudgetError
+
 __all__ = [
     "CapKey",
     "GrantOutcome",
@@ -218,8 +221,6 @@ def _run_group(
 ) -> list[GrantOutcome]:
     """SQLite: one conditional UPDATE per count, in request order (statements are in-process
     calls of a few microseconds; the database has one writer at a time)."""
-    from serving.store.store import UnknownBudgetError
-
     stamp = _stamp(now)
     cursor = connection.connection.cursor()  # the DBAPI cursor, inside the same transaction
     try:
@@ -365,8 +366,6 @@ def _run_group_pg(
     answers are written by one statement whose counter updates also check the values read
     (compare-and-set).
     """
-    from serving.store.store import UnknownBudgetError
-
     cursor = connection.connection.cursor()
     try:
         fresh = [True] * len(requests)
@@ -475,8 +474,6 @@ def reserve_grants(
     Raises (and commits nothing) when the database fails; a PostgreSQL deadlock or
     serialization failure is retried up to ``RETRIES`` times.
     """
-    from serving.store.store import utcnow
-
     if not requests:
         return []
     group = [_as_request(r) for r in requests]

@@ -9,14 +9,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from serving.store import sessions
+from serving.store.clock import utcnow
 from serving.store.connect import make_engine
+from serving.store.errors import UnknownBudgetError
 from serving.store.feedback import EventConflict, EventConflictError, differing
 from serving.store.migrate import migrate
 from serving.store.reserve import GrantOutcome, GrantRequest, ReservationItem, reserve_grants
@@ -46,18 +48,6 @@ DECISION_COLUMNS = (
     "fallback",
     "created_at",
 )
-
-
-class UnknownBudgetError(KeyError):
-    """No budget counter exists for the offer."""
-
-    def __str__(self) -> str:
-        return f"no budget counter for offer_id {self.args[0]!r}"
-
-
-def utcnow() -> datetime:
-    """Timezone-naive UTC now, the convention of every timestamp in the store."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)
