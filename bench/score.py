@@ -16,7 +16,7 @@ solve on the sample, chunks, part files, the assembled Parquet; the store is not
 * ``local``: ``run_local`` over ``--members``;
 * ``onnx_uplift``: the same send scored with the REAL uplift model: a program of
   ``--uplift-program-members`` is simulated (``features.simulate``), the uplift model fitted on
-  it by the training code (S-learner, LightGBM, 30 trees; ``training.uplift_fit``), exported to
+  it by the training code (S-learner, LightGBM, 30 trees; ``training.uplift.fit``), exported to
   ONNX and saved as pyfunc artifacts (training time printed, not counted); the members are the
   program's member features as of its end (computed with the model's feature configuration),
   repeated to ``--members`` rows under new ids; incremental spend comes from the ONNX model
@@ -160,9 +160,9 @@ def train_uplift_onnx(args: argparse.Namespace, work: Path) -> tuple[Path, pd.Da
     from features.pipeline import load_tables, member_features
     from features.simulate import SimConfig, simulate
     from models.uplift.pyfunc import save_artifacts
-    from training.uplift_data import build_training_set
-    from training.uplift_fit import UpliftTrainSettings, fit_uplift, resolve_treatment
-    from training.uplift_train import sends_per_offer
+    from training.uplift.data import build_training_set
+    from training.uplift.fit import UpliftTrainSettings, fit_uplift, resolve_treatment
+    from training.uplift.train import sends_per_offer
 
     t0 = time.perf_counter()
     data = work / "program"

@@ -26,16 +26,16 @@ from rich.table import Table
 
 from models.uplift import LEARNERS
 from models.uplift.onnx_export import OnnxUpliftPredictor, export_onnx
-from models.uplift_metrics import plot_qini_curve, plot_uplift_curve
 from offers.cmd_benchmark import render_report
-from training.uplift_benchmark import (
+from training.uplift.benchmark import (
     LIBRARIES,
     BenchmarkConfig,
     missing_libraries,
     report_markdown,
     run_benchmark,
 )
-from training.uplift_datasets import DATASETS, load_dataset
+from training.uplift.datasets import DATASETS, load_dataset
+from training.uplift.metrics import plot_qini_curve, plot_uplift_curve
 
 console = Console()
 

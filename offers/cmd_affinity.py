@@ -63,8 +63,8 @@ def _settings(
     seed: int,
     threads: int,
 ) -> tuple[Any, Any]:
-    from training.affinity_eval import EvalSettings
-    from training.affinity_search import SearchSettings
+    from training.affinity.evaluate import EvalSettings
+    from training.affinity.search import SearchSettings
 
     try:
         ev = EvalSettings(
@@ -159,7 +159,7 @@ def _load(data: Path, engine: str = "duckdb", memory_limit: str | None = None) -
     """``data`` opened for affinity training: transactions stay in DuckDB (or Spark)."""
     from features.pipeline import FeatureInputError
     from features.pipeline.engines import ENGINES
-    from training.affinity_data import open_affinity_tables
+    from training.affinity.data import open_affinity_tables
 
     if engine not in ENGINES:
         raise typer.BadParameter(f"--engine: {engine!r} is not one of {', '.join(ENGINES)}")
@@ -172,7 +172,7 @@ def _load(data: Path, engine: str = "duckdb", memory_limit: str | None = None) -
     raise AssertionError  # unreachable
 
 
-def evaluate_affinity(
+def evaluate_affinity_command(
     data: DataOpt,
     target: TargetOpt = "offers",
     candidates: CandidatesOpt = "held",
@@ -191,9 +191,9 @@ def evaluate_affinity(
     memory_limit: MemoryOpt = None,
 ) -> None:
     """Chronological offline evaluation of ALS, BPR, the baselines and the shipped blend."""
-    from training.affinity_eval import EvalInputError
-    from training.affinity_plots import plot_metrics_at_k, plot_reliability
-    from training.affinity_report import run_evaluation
+    from training.affinity.evaluate import EvalInputError
+    from training.affinity.plots import plot_metrics_at_k, plot_reliability
+    from training.affinity.report import run_evaluation
 
     ev, search = _settings(
         target, candidates, split, test_days, valid_days, min_candidates,
@@ -223,7 +223,7 @@ def evaluate_affinity(
         )
 
 
-def train_affinity(
+def train_affinity_command(
     data: DataOpt,
     target: TargetOpt = "offers",
     candidates: CandidatesOpt = "held",
@@ -245,9 +245,8 @@ def train_affinity(
     """Train the shipped affinity model, register it as challenger and gate it vs champion
     (its NDCG and, with --policy-gate, the off-policy value of the decisions it leads to)."""
     quiet_mlflow()
-    from training.affinity_eval import EvalInputError
-    from training.affinity_train import DEFAULT_GATE
-    from training.affinity_train import train_affinity as train
+    from training.affinity.evaluate import EvalInputError
+    from training.affinity.train import DEFAULT_GATE, train_affinity
     from training.registry import ModelRegistry
 
     ev, search = _settings(
@@ -259,7 +258,7 @@ def train_affinity(
     use_policy_gate(registry, data, policy_gate)
     try:
         with _Bars() as bars:
-            result = train(
+            result = train_affinity(
                 data, ev, search, registry, name=model_name, dataset=name, progress=bars,
                 tables=tables,
             )  # fmt: skip
@@ -320,6 +319,6 @@ def promote(
 
 def register(app: typer.Typer) -> None:
     """Add ``evaluate affinity``, ``train affinity`` and ``promote`` to ``app``."""
-    evaluate_group(app).command("affinity")(evaluate_affinity)
-    train_group(app).command("affinity")(train_affinity)
+    evaluate_group(app).command("affinity")(evaluate_affinity_command)
+    train_group(app).command("affinity")(train_affinity_command)
     app.command("promote")(promote)

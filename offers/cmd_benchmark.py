@@ -3,7 +3,7 @@
 ``--dataset simulated`` runs on the simulated program (simulated in memory with ``--members``
 and ``--sim-seed``, or read from ``--sim-data DIR`` written by ``offers simulate``), whose true
 effects are known: each result row then also has ``truth_corr``, ``ate_error`` and ``ate_true``
-(see ``training.uplift_simulated``).
+(see ``training.uplift.simulated``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class BaseLearner(StrEnum):
 
 def render_report(report: dict, out: Console = console) -> None:
     """One table of mean (std) Qini, AUUC and uplift@30 per model, then ours vs best peer."""
-    from training.uplift_benchmark import best_by_library
+    from training.uplift.benchmark import best_by_library
 
     table = Table(
         title=f"{report['dataset']}: {report['n_splits']} splits, base {report['base_learner']}"
@@ -113,14 +113,14 @@ def uplift(
     ] = None,
 ) -> None:
     """Fit every library's uplift learners on the same splits and score them with our metrics."""
-    from training.uplift_benchmark import (
+    from training.uplift.benchmark import (
         BenchmarkConfig,
         PeerLibraryMissing,
         planned_fits,
         planned_models,
         run_benchmark,
     )
-    from training.uplift_datasets import load_dataset
+    from training.uplift.datasets import load_dataset
 
     try:
         params = json.loads(base_params) if base_params else None
@@ -135,7 +135,7 @@ def uplift(
         planned_models(config)  # fails early when a peer library is missing
         truth = None
         if dataset is Dataset.simulated:
-            from training.uplift_simulated import simulated_benchmark_data
+            from training.uplift.simulated import simulated_benchmark_data
 
             with err_console.status("simulated program: training set and true effects"):
                 data, truth = simulated_benchmark_data(sim_data, members=members, seed=sim_seed)

@@ -154,8 +154,8 @@ def _train(data_dir: Path, home: Path, uri: str, members: int, seed: int) -> dic
 
     from offers.demo_pipeline import train_and_promote
     from offers.registry_cli import fail, quiet_mlflow
-    from training.affinity_eval import EvalInputError
-    from training.uplift_fit import UpliftTrainError
+    from training.affinity.evaluate import EvalInputError
+    from training.uplift.fit import UpliftTrainError
 
     quiet_mlflow()
     t0 = time.perf_counter()

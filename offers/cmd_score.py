@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -21,9 +21,6 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
-
-if TYPE_CHECKING:
-    from features.config import FeatureConfig
 
 console = Console()
 log = logging.getLogger(__name__)
@@ -50,30 +47,7 @@ def _progress() -> Progress:
     )
 
 
-def write_features(
-    data: Path, send_date: object, path: Path, channel: str, config: FeatureConfig | None = None
-) -> int:
-    """Member features as of the send date to ``path`` (Parquet, computed by DuckDB without a
-    pandas copy of the whole base). Every member is kept: the engine's ``consent`` rule decides
-    who may be contacted on ``channel`` (an opted-out member gets a ``no_offer`` row).
-
-    ``config``: the feature configuration the models were trained with (None: the default)."""
-    from features.pipeline import load_tables, member_features
-    from features.schema import MEMBER_ID
-
-    del channel  # consent is the engine's rule, applied per decision
-    tables = load_tables(data)
-    feats = member_features(tables, send_date, config)
-    feats = feats.order_by(MEMBER_ID)
-    tmp = path.with_name(path.name + ".tmp")
-    feats.to_parquet(tmp)
-    tmp.replace(path)
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows
-
-
-def score(
+def score_command(
     campaign: Annotated[Path, typer.Option("--campaign", help="campaign YAML file")],
     data: Annotated[Path, typer.Option("--data", help="data directory (canonical tables)")],
     out: Annotated[Path, typer.Option("--out", help="decision file (.parquet or .csv)")],
@@ -120,8 +94,10 @@ def score(
     pdir.mkdir(parents=True, exist_ok=True)
     feats = pdir / "features.parquet"
     if not (resume and feats.is_file()):
+        from features.pipeline.output import write_member_snapshot
+
         with console.status(f"member features as of {camp.send_date}"):
-            n = write_features(data, camp.send_date, feats, camp.channel, feature_config)
+            n = write_member_snapshot(data, camp.send_date, feats, feature_config)
         source = "the uplift model's" if feature_config is not None else "the default"
         console.print(f"{n:,} members to score (features with {source} configuration)")
     store = None
@@ -210,4 +186,4 @@ def _summary(result, plan, out: Path) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``offers score``."""
-    app.command("score")(score)
+    app.command("score")(score_command)

@@ -12,7 +12,7 @@ from offers.cli import command_group
 __all__ = ["register"]
 
 
-def sweep(
+def sweep_command(
     store: Annotated[
         str | None,
         typer.Option(help="store URL (default: OFFERS_DATABASE_URL or the SQLite file)"),
@@ -53,4 +53,4 @@ def sweep(
 
 def register(app: typer.Typer) -> None:
     group = command_group(app, "sessions", "Checkout sessions: the sweep.")
-    group.command("sweep")(sweep)
+    group.command("sweep")(sweep_command)

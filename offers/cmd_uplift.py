@@ -109,7 +109,7 @@ def _settings(
     calibrate: bool,
     seed: int,
 ) -> Any:
-    from training.uplift_fit import UpliftTrainSettings
+    from training.uplift.fit import UpliftTrainSettings
 
     try:
         params = json.loads(base_params) if base_params else None
@@ -161,7 +161,7 @@ def _run(step: str) -> None:
     console.log(step)
 
 
-def train_uplift(
+def train_uplift_command(
     data: DataOpt,
     learner: LearnerOpt = Learner.S,
     base_learner: BaseOpt = "lightgbm",
@@ -185,9 +185,8 @@ def train_uplift(
     (its Qini and, with --policy-gate, the off-policy value of the decisions it leads to)."""
     quiet_mlflow()
     from training.registry import ModelRegistry
-    from training.uplift_data import UpliftDataError
-    from training.uplift_train import UpliftTrainError
-    from training.uplift_train import train_uplift as train
+    from training.uplift.data import UpliftDataError
+    from training.uplift.train import UpliftTrainError, train_uplift
 
     settings = _settings(
         learner, base_learner, base_params, treatment, outcomes, gate_outcome,
@@ -200,7 +199,7 @@ def train_uplift(
     use_policy_gate(registry, data, policy_gate)
     try:
         with console.status("training uplift model"):
-            result = train(
+            result = train_uplift(
                 data, settings, registry, name=model_name, progress=_run, engine=engine,
                 memory_limit=memory_limit,
             )  # fmt: skip
@@ -222,7 +221,7 @@ def train_uplift(
     out.print(f"tracking: {registry.tracking_uri}")
 
 
-def evaluate_uplift(
+def evaluate_uplift_command(
     data: DataOpt,
     learner: LearnerOpt = Learner.S,
     base_learner: BaseOpt = "lightgbm",
@@ -241,14 +240,9 @@ def evaluate_uplift(
     memory_limit: MemoryOpt = None,
 ) -> None:
     """Fit on the time-based training split and score the test split (no MLflow)."""
-    from training.uplift_data import UpliftDataError, build_training_set, open_tables
-    from training.uplift_fit import (
-        UpliftTrainError,
-        fit_uplift,
-        resolve_treatment,
-        truth_metrics_for,
-    )
-    from training.uplift_train import sends_per_offer
+    from training.uplift.data import UpliftDataError
+    from training.uplift.fit import UpliftTrainError
+    from training.uplift.train import evaluate_uplift
 
     settings = _settings(
         learner, base_learner, base_params, treatment, outcomes, gate_outcome,
@@ -257,16 +251,14 @@ def evaluate_uplift(
     _check_engine(engine)
     if not data.is_dir():
         fail(f"--data {data}: not a directory")
-    settings = resolve_treatment(settings, sends_per_offer(data))
     try:
         with console.status("evaluating uplift model"):
-            _run("training set: features at each send, outcomes after it")
-            tables = open_tables(data, engine, memory_limit)
-            training_set = build_training_set(tables, settings.training_set_config())
-            fitted = fit_uplift(training_set, settings, _run)
-            metrics = fitted.metrics | truth_metrics_for(fitted, data)
+            ev = evaluate_uplift(
+                data, settings, progress=_run, engine=engine, memory_limit=memory_limit
+            )
     except (UpliftDataError, UpliftTrainError, ValueError) as exc:
         fail(str(exc))
+    settings, fitted, metrics = ev.settings, ev.fitted, ev.metrics
     if as_json:
         report = {
             "data": str(data),
@@ -282,5 +274,5 @@ def evaluate_uplift(
 
 def register(app: typer.Typer) -> None:
     """Add ``train uplift`` and ``evaluate uplift`` to the shared ``train``/``evaluate`` groups."""
-    train_group(app).command("uplift")(train_uplift)
-    evaluate_group(app).command("uplift")(evaluate_uplift)
+    train_group(app).command("uplift")(train_uplift_command)
+    evaluate_group(app).command("uplift")(evaluate_uplift_command)

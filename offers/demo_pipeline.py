@@ -65,13 +65,13 @@ def train_and_promote(
 
     Returns ``{"affinity": ..., "uplift": ...}``.
     """
-    from training.affinity_eval import EvalSettings
-    from training.affinity_search import SearchSettings
-    from training.affinity_train import DEFAULT_GATE as AFFINITY_GATE
-    from training.affinity_train import train_affinity
+    from training.affinity.evaluate import EvalSettings
+    from training.affinity.search import SearchSettings
+    from training.affinity.train import DEFAULT_GATE as AFFINITY_GATE
+    from training.affinity.train import train_affinity
     from training.registry import ModelRegistry
-    from training.uplift_train import DEFAULT_GATE as UPLIFT_GATE
-    from training.uplift_train import UpliftTrainSettings, train_uplift
+    from training.uplift.train import DEFAULT_GATE as UPLIFT_GATE
+    from training.uplift.train import UpliftTrainSettings, train_uplift
 
     say = step or (lambda _msg: None)
     registry = ModelRegistry(tracking_uri=tracking_uri, home=home)

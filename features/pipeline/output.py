@@ -14,9 +14,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from features import schema as S
+from features.config import FeatureConfig
 from features.pipeline.tables import FeatureInputError
 
-__all__ = ["FeatureFileSummary", "write_features"]
+__all__ = ["FeatureFileSummary", "write_features", "write_member_snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,25 @@ def write_features(
     summary.seconds = time.perf_counter() - t0
     log.info("wrote %d rows to %s in %.1f s", summary.rows, path, summary.seconds)
     return summary
+
+
+def write_member_snapshot(
+    data: Path | str, as_of: object, path: Path, config: FeatureConfig | None = None
+) -> int:
+    """Member features of every member of ``data`` as of ``as_of``, sorted by member id, to
+    ``path`` (Parquet, written by DuckDB without a pandas copy of the whole base, renamed into
+    place when complete); returns the number of rows. Batch scoring's input: who may be
+    contacted on a channel is the engine's ``consent`` rule, applied per decision.
+
+    ``config``: the feature configuration the models were trained with (None: the default)."""
+    from features.pipeline import load_tables, member_features  # the package imports this module
+
+    tables = load_tables(Path(data))
+    feats = member_features(tables, as_of, config).order_by(S.MEMBER_ID)
+    tmp = path.with_name(path.name + ".tmp")
+    feats.to_parquet(tmp)
+    tmp.replace(path)
+    return pq.ParquetFile(path).metadata.num_rows
 
 
 def _write_duckdb(con: Any, expr: ir.Table, path: Path, fmt: str) -> FeatureFileSummary:

@@ -12,7 +12,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from features.adapters import convert
 from models.affinity import ALS, PersonalPopularity, Popularity
-from training.affinity_eval import EvalSettings, build_task, evaluate_model
+from training.affinity.evaluate import EvalSettings, build_task, evaluate_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -38,7 +38,7 @@ N_CHECK = 160
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from offers.cmd_score import write_features
+    from features.pipeline.output import write_member_snapshot
     from offers.demo_pipeline import train_and_promote
     from serving.batch import DEFAULT_MODELS, load_scorer, scorer_feature_config
 
@@ -49,7 +49,7 @@ def world(tmp_path_factory):
     T = program["end"]
     config = scorer_feature_config(load_scorer(DEFAULT_MODELS, tracking))
     snapshot = home / "snapshot.parquet"
-    write_features(program["dir"], T, snapshot, "email", config)
+    write_member_snapshot(program["dir"], T, snapshot, config)
     env = {
         "OFFERS_HOME": str(home),
         "OFFERS_DATABASE_URL": f"sqlite:///{home / 'api.db'}",

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from features.simulate import simulate
 from offers import cmd_policy
-from serving.engine.sim_truth import SimulatedTruth
+from training.policy.truth import SimulatedTruth
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

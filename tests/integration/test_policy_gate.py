@@ -62,8 +62,8 @@ def test_real_policy_check_on_a_trained_program(mlflow_server, tmp_path_factory)
     from features.simulate import simulate
     from offers.demo_pipeline import DEMO_UPLIFT_PARAMS, train_and_promote
     from training.policy.gate import PolicyCheck
-    from training.uplift_fit import UpliftTrainSettings
-    from training.uplift_train import train_uplift
+    from training.uplift.fit import UpliftTrainSettings
+    from training.uplift.train import train_uplift
 
     home = tmp_path_factory.mktemp("policy-gate")
     data = home / "data"

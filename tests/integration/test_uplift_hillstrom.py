@@ -10,8 +10,8 @@ from sklearn.model_selection import train_test_split
 
 from models.uplift import TLearner
 from models.uplift.onnx_export import OnnxUpliftPredictor, export_onnx
-from models.uplift_metrics import qini_coefficient, uplift_at_k
-from training.uplift_datasets import load_hillstrom
+from training.uplift.datasets import load_hillstrom
+from training.uplift.metrics import qini_coefficient, uplift_at_k
 
 pytestmark = pytest.mark.integration
 

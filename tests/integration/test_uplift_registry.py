@@ -21,8 +21,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from features.simulate import SimConfig, simulate
 from training.registry import CHALLENGER, CHAMPION, ModelRegistry
-from training.uplift_data import TREATMENT, UpliftTrainingSet, build_training_set, time_split
-from training.uplift_train import UPLIFT_MODEL, UpliftTrainSettings, train_uplift
+from training.uplift.data import TREATMENT, UpliftTrainingSet, build_training_set, time_split
+from training.uplift.train import UPLIFT_MODEL, UpliftTrainSettings, train_uplift
 
 pytestmark = pytest.mark.slow
 

@@ -17,10 +17,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from features.pipeline import tables_from_frames
 from features.simulate import SimConfig, simulate
-from training.uplift_benchmark import BenchmarkConfig, run_benchmark
-from training.uplift_data import TREATMENT, build_training_set
-from training.uplift_fit import UpliftTrainSettings, fit_uplift
-from training.uplift_simulated import (
+from training.uplift.benchmark import BenchmarkConfig, run_benchmark
+from training.uplift.data import TREATMENT, build_training_set
+from training.uplift.fit import UpliftTrainSettings, fit_uplift
+from training.uplift.simulated import (
     TAU,
     attach_truth,
     simulated_benchmark_data,

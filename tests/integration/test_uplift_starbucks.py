@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.uplift_datasets import load_starbucks
+from training.uplift.datasets import load_starbucks
 
 pytestmark = pytest.mark.integration
 

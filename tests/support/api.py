@@ -57,7 +57,7 @@ def train_affinity_quick(program: dict, registry, factors: int = 8, promote: boo
     from models.affinity import ALS, Blend
     from models.affinity.interactions import build_interactions
     from models.affinity.pyfunc import ENTRY_POINT, input_example, save_artifacts, signature
-    from training.affinity_train import AFFINITY_MODEL, requirements
+    from training.affinity.train import AFFINITY_MODEL, requirements
 
     tables = load_dir(program["dir"])
     data = build_interactions(tables, program["end"])
@@ -84,7 +84,7 @@ def train_affinity_quick(program: dict, registry, factors: int = 8, promote: boo
 
 def train_uplift_quick(program: dict, registry) -> str:
     """Uplift with few trees, registered (the first version becomes champion)."""
-    from training.uplift_train import UPLIFT_MODEL, UpliftTrainSettings, train_uplift
+    from training.uplift.train import UPLIFT_MODEL, UpliftTrainSettings, train_uplift
 
     result = train_uplift(program["dir"], UpliftTrainSettings(base_params=FAST_TREES), registry)
     registry.promote(UPLIFT_MODEL, result.version)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from features.pipeline.output import write_member_snapshot
 from features.simulate import simulate
-from offers.cmd_score import write_features
 from serving.batch import parse_campaign
 
 SEND = "2026-10-31"
@@ -18,7 +18,7 @@ def build_batch_program(out: Path) -> tuple[Path, Path]:
     """A simulated program of 2,000 members and its e-mail feature snapshot at ``SEND``."""
     simulate(n_members=2_000, seed=11).write(out)
     feats = out / "features.parquet"
-    n = write_features(out, pd.Timestamp(SEND), feats, "email")
+    n = write_member_snapshot(out, pd.Timestamp(SEND), feats)
     assert n > 1000
     return out, feats
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from models.affinity import ALS, Blend, Interactions
 from models.affinity.pyfunc import ENTRY_POINT, input_example, save_artifacts, signature
-from training.affinity_train import requirements
+from training.affinity.train import requirements
 from training.registry import Gate, ModelRegistry
 
 NAME = "offers-affinity"

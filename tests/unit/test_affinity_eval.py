@@ -17,14 +17,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from features.simulate import simulate
 from models.affinity.pyfunc import AffinityPyfunc, save_artifacts
 from offers import cmd_affinity
-from training.affinity_eval import (
+from training.affinity.evaluate import (
     EvalInputError,
     EvalSettings,
     build_task,
     choose_windows,
 )
-from training.affinity_report import MODEL_ORDER, SHIPPED, run_evaluation
-from training.affinity_search import ALS_DEFAULT, ALS_SPACE, SearchSettings, sample_configs
+from training.affinity.report import MODEL_ORDER, SHIPPED, run_evaluation
+from training.affinity.search import ALS_DEFAULT, ALS_SPACE, SearchSettings, sample_configs
 
 FAST = SearchSettings(als_trials=1, bpr_trials=1, bpr_fixed={"factors": 8, "iterations": 20})
 

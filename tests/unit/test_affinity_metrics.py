@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from models.affinity import AffinityInputError, RedeemCalibrator, brier_score, reliability_curve
 from models.affinity.base import top_k
-from training.affinity_metrics import (
+from training.affinity.metrics import (
     MetricInputError,
     catalog_coverage,
     hit_matrix,

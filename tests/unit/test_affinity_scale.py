@@ -14,8 +14,8 @@ import pytest
 from features.pipeline import load_tables
 from features.pipeline.engines import connect
 from models.affinity import InteractionSettings, build_interactions
-from training.affinity_data import EVENT_COLUMNS, open_affinity_tables
-from training.affinity_eval import EvalSettings, build_task, subsample_members
+from training.affinity.data import EVENT_COLUMNS, open_affinity_tables
+from training.affinity.evaluate import EvalSettings, build_task, subsample_members
 
 AS_OF = pd.Timestamp("2024-06-01")
 START = pd.Timestamp("2024-01-01")
@@ -168,7 +168,7 @@ def _task():
 
 def test_member_sample_keeps_each_sampled_members_task_rows(monkeypatch):
     tables, segments = _task()
-    monkeypatch.setattr("training.affinity_eval.member_segments", segments)
+    monkeypatch.setattr("training.affinity.evaluate.member_segments", segments)
     end = AS_OF + pd.Timedelta(days=10)
     task = build_task(tables, AS_OF, end, EvalSettings(), None)
     assert subsample_members(task, None) is task and subsample_members(task, 10_000) is task

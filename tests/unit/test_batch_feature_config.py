@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from features.config import FeatureConfig
+from features.pipeline.output import write_member_snapshot
 from features.simulate import simulate
-from offers.cmd_score import write_features
 from serving.batch import ScorerError, SyntheticScorer, scorer_feature_config
 from serving.batch.scorers import ModelScorer, _Bound
 
@@ -59,11 +59,11 @@ def program_dir(tmp_path_factory):
     return out
 
 
-def test_write_features_uses_the_given_configuration(tmp_path, program_dir):
+def test_write_member_snapshot_uses_the_given_configuration(tmp_path, program_dir):
     send = pd.Timestamp("2026-10-20")
     default, custom = tmp_path / "default.parquet", tmp_path / "custom.parquet"
-    n_default = write_features(program_dir, send, default, "app")
-    n_custom = write_features(program_dir, send, custom, "app", CUSTOM)
+    n_default = write_member_snapshot(program_dir, send, default)
+    n_custom = write_member_snapshot(program_dir, send, custom, CUSTOM)
     assert n_default == n_custom > 0
     d, c = pd.read_parquet(default), pd.read_parquet(custom)
     assert {"n_purchases_7d", "n_purchases_60d", "share_coffee", "share_bakery"} <= set(c)

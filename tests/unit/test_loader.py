@@ -29,7 +29,7 @@ class _Const(mlflow.pyfunc.PythonModel):
     def __init__(self, value: int) -> None:
         self.value = value
 
-    def predict(self, context, model_input):  # type: ignore[no-untyped-def]
+    def predict(self, context: object, model_input: list[int]) -> list[int]:
         return [self.value] * len(model_input)
 
 

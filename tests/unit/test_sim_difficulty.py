@@ -1,6 +1,7 @@
 """Simulator difficulty levels: easy is the old program byte for byte; realistic stays inside
 the bands documented in docs/simulator.md; the truth files reproduce the outcomes at every
-level (known answers on exaggerated mechanics, and the rebuilt response in sim_truth)."""
+level (known answers on exaggerated mechanics, and the rebuilt response in
+training.policy.truth)."""
 
 from __future__ import annotations
 
@@ -178,7 +179,7 @@ def test_harm_and_pull_forward_effects_are_what_the_truth_says() -> None:
 
 
 def test_rebuilt_response_reproduces_the_truth_at_every_level(tmp_path: Path) -> None:
-    from serving.engine.sim_truth import SimulatedTruth
+    from training.policy.truth import SimulatedTruth
 
     for level in ("easy", "realistic", "hard"):
         out = tmp_path / level

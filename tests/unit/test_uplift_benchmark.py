@@ -11,8 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 from offers import cmd_benchmark
-from training import uplift_benchmark
-from training.uplift_benchmark import (
+from training.uplift import benchmark as uplift_benchmark
+from training.uplift.benchmark import (
     BenchmarkConfig,
     PeerLibraryMissing,
     best_by_library,
@@ -20,7 +20,7 @@ from training.uplift_benchmark import (
     report_markdown,
     run_benchmark,
 )
-from training.uplift_datasets import UpliftDataset
+from training.uplift.datasets import UpliftDataset
 
 TINY = {"n_estimators": 20, "learning_rate": 0.1, "min_child_samples": 40}
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from models.uplift_metrics import (
+from training.uplift.metrics import (
     UpliftMetricError,
     auuc,
     oracle_uplift,

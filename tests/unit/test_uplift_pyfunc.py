@@ -17,7 +17,7 @@ from models.uplift import SLearner, TLearner, UpliftInputError
 from models.uplift.encoding import FeatureEncoder
 from models.uplift.onnx_export import export_onnx
 from models.uplift.pyfunc import UpliftPyfunc, effect_column, save_artifacts, signature
-from training.uplift_calibration import apply_shifts, level_shifts
+from training.uplift.calibration import apply_shifts, level_shifts
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("onnxmltools") is None,

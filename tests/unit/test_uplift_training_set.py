@@ -26,7 +26,7 @@ from features.io import to_canonical_frame
 from features.pipeline import tables_from_frames
 from models.uplift.base import NotFittedError, UpliftInputError
 from models.uplift.encoding import FeatureEncoder, quantise
-from training.uplift_data import (
+from training.uplift.data import (
     TrainingSetConfig,
     UpliftDataError,
     build_training_set,
@@ -258,7 +258,7 @@ def test_features_fetch_and_attach_equal_ibis_to_pandas_and_a_merge(tmp_path) ->
     string columns included), and attaching features equals the inner merge sorted by time."""
     from features.config import FeatureConfig
     from features.pipeline import features_at, resolve_categories
-    from training.uplift_data import _attach, _to_pandas, open_tables
+    from training.uplift.data import _attach, _to_pandas, open_tables
 
     for name, df in _frames().items():
         df.to_parquet(tmp_path / f"{name}.parquet")
@@ -287,7 +287,7 @@ def test_features_fetch_and_attach_equal_ibis_to_pandas_and_a_merge(tmp_path) ->
 
 def test_auto_treatment_grain_follows_the_sends_per_offer():
     """``auto`` is per offer only when the median offer has enough logged sends."""
-    from training.uplift_fit import UpliftTrainSettings, resolve_treatment
+    from training.uplift.fit import UpliftTrainSettings, resolve_treatment
 
     auto = UpliftTrainSettings(min_offer_rows=100)
     assert resolve_treatment(auto, [150, 120, 90, 0]).treatment == "offer"  # median 120

@@ -3,8 +3,8 @@
 Per split (``StratifiedShuffleSplit`` by arm, seeded) and outcome:
 
 1. the project's uplift learners (``models.uplift``; the engine's is what ``offers train
-   uplift`` ships by default: ``training.uplift_fit``'s S-learner over LightGBM with its level
-   calibration, ``training.uplift_calibration``) and every installed peer learner
+   uplift`` ships by default: ``training.uplift.fit``'s S-learner over LightGBM with its level
+   calibration, ``training.uplift.calibration``) and every installed peer learner
    (:mod:`training.policy.peers`) are fitted on the training rows, all arms at once;
 2. each gives the engine's send rule on the test rows (:func:`send_policy`: the arm with the
    highest predicted effect net of its cost, or none);
@@ -102,14 +102,14 @@ class ArmsConfig:
 
 def _ours(name: str, config: ArmsConfig, seed: int, calibrate: bool = False) -> PeerFit:
     """Our learner ``name``; with ``calibrate``, level-calibrated on its training rows as
-    ``offers train uplift`` does (``training.uplift_calibration``: each arm's mean effect set
+    ``offers train uplift`` does (``training.uplift.calibration``: each arm's mean effect set
     to its regression-adjusted ATT)."""
 
     def fit_predict(X_tr, y_tr, arm_tr, X_te, n_arms):
         model = LEARNERS[name](base_params=config.base_params, control=0, random_state=seed)
         model.fit(X_tr, y_tr, arm_tr)
         if calibrate:
-            from training.uplift_calibration import apply_shifts, level_shifts
+            from training.uplift.calibration import apply_shifts, level_shifts
 
             apply_shifts(model, level_shifts(model, X_tr, y_tr, arm_tr))
         eff = np.zeros((len(X_te), n_arms - 1))

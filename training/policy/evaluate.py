@@ -4,7 +4,7 @@ Two questions, answered for the engine and three baselines over the *same* membe
 k, eligibility and budgets:
 
 1. **A send now** (:func:`evaluate_send`): each policy chooses up to k offers per member; the
-   simulator's truth (``serving.engine.sim_truth``) gives, for every (member, offer) sent, the
+   simulator's truth (``training.policy.truth``) gives, for every (member, offer) sent, the
    true P(redeem) and the true incremental spend over the effect window. Per policy::
 
        true_incremental_value = sum over sends of  margin_rate x true incremental spend

@@ -3,7 +3,7 @@ not worse than the champion's on logged decisions it was not trained on.
 
 The metric gate of :mod:`training.registry` (Qini, NDCG) judges a model alone; this one judges
 the policy the service would run with it. On the latest logged campaign (randomised sends with
-their logged propensities and the control group, rebuilt by ``training.uplift_data``), the
+their logged propensities and the control group, rebuilt by ``training.uplift.data``), the
 engine decides through the one adapter with (a) the champions of both model families and
 (b) the challenger of one family with the other family's champion; each policy's
 doubly-robust value per logged decision is estimated and the challenger passes when its value
@@ -98,7 +98,7 @@ class PolicyCheck:
     def _load(self) -> Any:
         if self._contexts is not None:
             return self._contexts
-        from training.uplift_data import TrainingSetConfig, build_training_set
+        from training.uplift.data import TrainingSetConfig, build_training_set
 
         tables = load_dir(self.data_dir)
         T = latest_campaign_start(tables)

@@ -2,7 +2,7 @@
 
 Arms: 0 = ``No E-Mail``, 1 = ``Mens E-Mail``, 2 = ``Womens E-Mail``, each assigned with
 probability 1/3 by design (the propensities used by IPS). Features: those of the uplift
-benchmark (:func:`training.uplift_datasets.load_hillstrom`: 18 numeric columns). Outcomes over
+benchmark (:func:`training.uplift.datasets.load_hillstrom`: 18 numeric columns). Outcomes over
 the two weeks after the send: ``visit``, ``conversion`` (0/1) and ``spend`` (dollars).
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from training.policy.arms import ArmData
-from training.uplift_datasets import HILLSTROM_FILE, default_data_dir, load_hillstrom
+from training.uplift.datasets import HILLSTROM_FILE, default_data_dir, load_hillstrom
 
 __all__ = ["ARMS", "DEFAULT_SEND_COST", "load_arms"]
 

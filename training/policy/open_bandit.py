@@ -34,7 +34,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from training.policy.randomized import Estimate, PolicyInputError, dr, ips, snips
-from training.uplift_datasets import default_data_dir
+from training.uplift.datasets import default_data_dir
 
 __all__ = ["ANCHORS", "GOAL", "load_logs", "run_open_bandit"]
 

@@ -4,8 +4,8 @@ simulated program, whose true effects are known (``truth/``).
 What is evaluated is what ships:
 
 * the models are trained by the same code as ``offers train affinity`` / ``offers train
-  uplift`` (:func:`training.affinity_train.train_affinity`,
-  :func:`training.uplift_train.train_uplift`), registered in a scratch MLflow registry and made
+  uplift`` (:func:`training.affinity.train.train_affinity`,
+  :func:`training.uplift.train.train_uplift`), registered in a scratch MLflow registry and made
   champion;
 * they are loaded by the service's loader (:func:`serving.loader.load_model`), turned into
   engine inputs by the one adapter (:func:`serving.engine.adapters.model_inputs`) and decided
@@ -50,7 +50,6 @@ from serving.engine import (
 from serving.engine.adapters import model_inputs
 from serving.engine.allocation import Budgets, allocate
 from serving.engine.settings import PERSONALISED, ExplorationSettings, HoldoutSettings
-from serving.engine.sim_truth import SimulatedTruth
 from serving.loader import load_model
 from training.policy.evaluate import (
     LoggedDecisions,
@@ -61,6 +60,7 @@ from training.policy.evaluate import (
     summary,
     truth_of_picks,
 )
+from training.policy.truth import SimulatedTruth
 
 __all__ = ["ShippedModels", "run_policy_evaluation", "train_shipped"]
 
@@ -97,12 +97,12 @@ def train_shipped(
     """Train both models on ``data_dir`` with the code of ``offers train``, register them in a
     scratch registry under ``work``, make them champion and load them with serving's loader."""
     from features.config import FeatureConfig
-    from training.affinity_eval import EvalSettings
-    from training.affinity_search import SearchSettings
-    from training.affinity_train import train_affinity
+    from training.affinity.evaluate import EvalSettings
+    from training.affinity.search import SearchSettings
+    from training.affinity.train import train_affinity
     from training.registry import ModelRegistry
-    from training.uplift_fit import UpliftTrainSettings
-    from training.uplift_train import train_uplift
+    from training.uplift.fit import UpliftTrainSettings
+    from training.uplift.train import train_uplift
 
     work.mkdir(parents=True, exist_ok=True)
     tracking = f"sqlite:///{work / 'mlflow.db'}"
@@ -178,7 +178,7 @@ def _outcome_model(train: Any, seed: int) -> Any:
     import lightgbm
 
     from models.uplift.encoding import FeatureEncoder
-    from training.uplift_data import SPEND
+    from training.uplift.data import SPEND
 
     enc = FeatureEncoder().fit(train.features)
     model = lightgbm.LGBMRegressor(
@@ -345,7 +345,7 @@ def run_policy_evaluation(
     """Train what ships (twice: before T and to the data end), decide a send at the data end
     with every policy and estimate each policy off-policy on the held-out campaigns; returns
     the report (``policies``, ``ratios``, ``setup``, ``models``, ``off_policy_setup``)."""
-    from training.uplift_data import TrainingSetConfig, build_training_set
+    from training.uplift.data import TrainingSetConfig, build_training_set
 
     t0 = time.perf_counter()
     say = step or (lambda msg: log.info("policy evaluation: %s", msg))

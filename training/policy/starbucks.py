@@ -4,7 +4,7 @@ Arms: 0 = no offer at the first send (hour 0), 1..10 = the portfolio's offers (i
 ``portfolio.json`` order) received at hour 0. Outcomes in the 7 days [0, 168) before the next
 send: ``purchase`` (any transaction), ``spend`` (sum of the amounts) and ``spend_net`` (spend
 minus the rewards paid for offers completed in the window). Features from the profile only
-(as the uplift benchmark's :func:`training.uplift_datasets.load_starbucks`): age, income,
+(as the uplift benchmark's :func:`training.uplift.datasets.load_starbucks`): age, income,
 tenure in days, one-hot gender and a flag for the members without demographics.
 
 The simulator publishes no propensities, so before any value is estimated
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from training.policy.arms import ArmData
-from training.uplift_datasets import STARBUCKS_SEND_HOUR, STARBUCKS_WINDOW_HOURS, default_data_dir
+from training.uplift.datasets import STARBUCKS_SEND_HOUR, STARBUCKS_WINDOW_HOURS, default_data_dir
 
 __all__ = ["DEFAULT_SEND_COST", "balance_test", "load_arms"]
 

@@ -2,8 +2,8 @@
 
 ``train_uplift(data_dir, settings, registry)``:
 
-1. the training set of every send and control member (:mod:`training.uplift_data`);
-2. the fit on the time split (:func:`training.uplift_fit.fit_uplift`): encoder, one learner per
+1. the training set of every send and control member (:mod:`training.uplift.data`);
+2. the fit on the time split (:func:`training.uplift.fit.fit_uplift`): encoder, one learner per
    outcome, level calibration, ONNX export with a parity check, test metrics (and, for a
    simulated program, the correlation with the true effects);
 3. one MLflow run (params, metrics, Qini plots, the test split, the pyfunc with signature and
@@ -35,14 +35,15 @@ from features import schema as S
 from models.uplift.base import DEFAULT_BASE_PARAMS
 from models.uplift.pyfunc import ENTRY_POINT, save_artifacts, signature
 from training.registry import Gate, GateDecision, ModelRegistry
-from training.uplift_data import (
+from training.uplift.data import (
     OUTCOMES,
     TREATMENT,
     UpliftTrainingSet,
     build_training_set,
     open_tables,
 )
-from training.uplift_fit import (
+from training.uplift.evaluate import GATE_METRIC, plot_qini_grid, score_effects
+from training.uplift.fit import (
     FittedUplift,
     Progress,
     UpliftTrainError,
@@ -51,17 +52,18 @@ from training.uplift_fit import (
     resolve_treatment,
     truth_metrics_for,
 )
-from training.uplift_scoring import GATE_METRIC, plot_qini_grid, score_effects
 
-# UpliftTrainSettings, UpliftTrainError and fit_uplift live in training.uplift_fit and are
+# UpliftTrainSettings, UpliftTrainError and fit_uplift live in training.uplift.fit and are
 # re-exported here: this module is the entry point for training the uplift model.
 __all__ = [
     "DEFAULT_GATE",
     "UPLIFT_MODEL",
+    "UpliftEvaluation",
     "UpliftTrainError",
     "UpliftTrainResult",
     "UpliftTrainSettings",
     "code_version",
+    "evaluate_uplift",
     "fit_uplift",
     "test_window_id",
     "train_uplift",
@@ -201,6 +203,47 @@ class _Rescorer:
         return scores.get(GATE_METRIC)
 
 
+@dataclass(frozen=True)
+class UpliftEvaluation:
+    """A fit on the time-based training split, scored on the test split (nothing registered)."""
+
+    settings: UpliftTrainSettings  # the treatment grain resolved
+    training_set: UpliftTrainingSet
+    fitted: FittedUplift
+    metrics: dict[str, float]  # test-split scores, and the truth metrics on a simulated program
+
+
+def evaluate_uplift(
+    data_dir: Path | str,
+    settings: UpliftTrainSettings | None = None,
+    *,
+    training_set: UpliftTrainingSet | None = None,
+    progress: Progress | None = None,
+    engine: str = "duckdb",
+    memory_limit: str | None = None,
+) -> UpliftEvaluation:
+    """Resolve the treatment grain, build the training set (unless given: it must come from
+    ``data_dir``), fit on the training split and score the test split. :func:`train_uplift`
+    does this, then logs, registers and gates."""
+    settings = settings or UpliftTrainSettings()
+    data_dir = Path(data_dir)
+    step = progress or (lambda what: log.info("uplift: %s", what))
+    if settings.treatment == "auto" and training_set is not None:
+        # a given training set already has its grain
+        settings = replace(settings, treatment=training_set.config.treatment)
+    elif settings.treatment == "auto":
+        settings = resolve_treatment(settings, sends_per_offer(data_dir))
+        step(f"treatment grain: {settings.treatment}")
+    if training_set is None:
+        step("training set: features at each send, outcomes after it")
+        tables = open_tables(data_dir, engine, memory_limit)
+        training_set = build_training_set(tables, settings.training_set_config())
+        del tables  # the backend's buffers go with the connection
+    fitted = fit_uplift(training_set, settings, step)
+    metrics = dict(fitted.metrics) | truth_metrics_for(fitted, data_dir)
+    return UpliftEvaluation(settings, training_set, fitted, metrics)
+
+
 def train_uplift(
     data_dir: Path | str,
     settings: UpliftTrainSettings | None = None,
@@ -218,23 +261,18 @@ def train_uplift(
     ``training_set`` replaces the one built from ``data_dir`` (it must come from the same data);
     otherwise it is built on ``engine`` with ``memory_limit`` (:func:`open_tables`).
     """
-    settings = settings or UpliftTrainSettings()
     registry = registry or ModelRegistry()
     data_dir = Path(data_dir)
     step = progress or (lambda what: log.info("uplift: %s", what))
-    if settings.treatment == "auto" and training_set is not None:
-        # a given training set already has its grain
-        settings = replace(settings, treatment=training_set.config.treatment)
-    elif settings.treatment == "auto":
-        settings = resolve_treatment(settings, sends_per_offer(data_dir))
-        step(f"treatment grain: {settings.treatment}")
-    if training_set is None:
-        step("training set: features at each send, outcomes after it")
-        tables = open_tables(data_dir, engine, memory_limit)
-        training_set = build_training_set(tables, settings.training_set_config())
-        del tables  # the backend's buffers go with the connection
-    fitted = fit_uplift(training_set, settings, step)
-    metrics = dict(fitted.metrics) | truth_metrics_for(fitted, data_dir)
+    ev = evaluate_uplift(
+        data_dir,
+        settings,
+        training_set=training_set,
+        progress=step,
+        engine=engine,
+        memory_limit=memory_limit,
+    )
+    settings, training_set, fitted, metrics = ev.settings, ev.training_set, ev.fitted, ev.metrics
     window = test_window_id(fitted, settings)
     step("log and register in MLflow")
     with tempfile.TemporaryDirectory(prefix="offers-uplift-") as tmp:

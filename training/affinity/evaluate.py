@@ -45,7 +45,7 @@ from models.affinity import (
     item_key,
 )
 from models.affinity.segments import member_segments
-from training.affinity_metrics import KS, catalog_coverage, ranking_metrics
+from training.affinity.metrics import KS, catalog_coverage, ranking_metrics
 
 __all__ = [
     "EvalInputError",

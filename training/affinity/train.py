@@ -24,11 +24,11 @@ import numpy as np
 from features.io import table_files
 from models.affinity.persist import load_interactions, load_model
 from models.affinity.pyfunc import ENTRY_POINT, input_example, save_artifacts, signature
-from training.affinity_data import open_affinity_tables
-from training.affinity_eval import EvalSettings, evaluate_model
-from training.affinity_plots import plot_metrics_at_k, plot_reliability
-from training.affinity_report import EvalRun, run_evaluation
-from training.affinity_search import Progress, SearchSettings
+from training.affinity.data import open_affinity_tables
+from training.affinity.evaluate import EvalSettings, evaluate_model
+from training.affinity.plots import plot_metrics_at_k, plot_reliability
+from training.affinity.report import EvalRun, run_evaluation
+from training.affinity.search import Progress, SearchSettings
 from training.registry import Gate, GateDecision, ModelRegistry
 
 __all__ = [
@@ -174,7 +174,7 @@ def train_affinity(
     """Evaluate, log + register the shipped model as challenger, gate it against the champion.
 
     ``tables`` defaults to ``data_dir`` opened on ``engine`` with ``memory_limit``
-    (:func:`training.affinity_data.open_affinity_tables`)."""
+    (:func:`training.affinity.data.open_affinity_tables`)."""
     data_dir = Path(data_dir)
     if tables is None:
         tables = open_affinity_tables(data_dir, engine, memory_limit)

@@ -7,7 +7,7 @@ Protocol (the same for every library, so the numbers compare):
   treatment x every outcome of the data set), shared by all outcomes, learners and libraries;
 * the same features and the same base estimator (``make_base_estimator(base_learner, ...)``
   with the same parameters and ``random_state``) for every library;
-* every library's test-set predictions are scored with :mod:`models.uplift_metrics`; the
+* every library's test-set predictions are scored with :mod:`training.uplift.metrics`; the
   result per (treatment, outcome, library, learner) is the mean and standard deviation over
   the splits.
 
@@ -38,8 +38,8 @@ from numpy.typing import NDArray
 
 from models.uplift import LEARNERS, make_base_estimator
 from models.uplift.base import DEFAULT_BASE_PARAMS
-from models.uplift_metrics import UpliftMetricError, auuc, qini_coefficient, uplift_at_k
-from training.uplift_datasets import UpliftDataset
+from training.uplift.datasets import UpliftDataset
+from training.uplift.metrics import UpliftMetricError, auuc, qini_coefficient, uplift_at_k
 
 __all__ = [
     "LIBRARIES",

@@ -31,8 +31,8 @@ from models.affinity import (
     reliability_curve,
 )
 from models.affinity.segments import feature_tables
-from training.affinity_data import AffinityTables
-from training.affinity_eval import (
+from training.affinity.data import AffinityTables
+from training.affinity.evaluate import (
     EvalSettings,
     Task,
     build_task,
@@ -41,7 +41,7 @@ from training.affinity_eval import (
     pair_scores,
     subsample_members,
 )
-from training.affinity_search import Progress, SearchResult, SearchSettings, search
+from training.affinity.search import Progress, SearchResult, SearchSettings, search
 
 __all__ = ["BASELINES", "SHIPPED", "EvalRun", "fit_models", "run_evaluation"]
 

@@ -7,7 +7,7 @@ effect window (14 days): ``tau_conversion`` (difference in P(any purchase)) and 
 (difference in expected spend). Control rows have no true effect (NaN).
 
 Here the training set is built from the canonical tables exactly as for real data
-(:mod:`training.uplift_data`), with the same 14-day window, and every treated row gets the
+(:mod:`training.uplift.data`), with the same 14-day window, and every treated row gets the
 true effect of its own send. A model's prediction for a row's own treatment (its offer kind at
 the default grain) is compared with that truth:
 
@@ -31,7 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from features import schema as S
 from models.uplift.encoding import FeatureEncoder
-from training.uplift_data import (
+from training.uplift.data import (
     CONVERSION,
     OUTCOMES,
     SPEND,
@@ -40,7 +40,7 @@ from training.uplift_data import (
     UpliftTrainingSet,
     build_training_set,
 )
-from training.uplift_datasets import UpliftDataset
+from training.uplift.datasets import UpliftDataset
 
 __all__ = [
     "TAU",
@@ -152,7 +152,7 @@ def simulated_benchmark_data(
 
     From ``data_dir`` (a written simulated program with ``truth/``) or, without it, a program
     simulated in memory with ``members`` and ``seed``. Rows: every send and control member of
-    every campaign (see :mod:`training.uplift_data`); features encoded with
+    every campaign (see :mod:`training.uplift.data`); features encoded with
     :class:`~models.uplift.encoding.FeatureEncoder`; treatment = offer kind (default);
     outcomes ``conversion`` and ``spend`` in 14 days. Returns the data set and
     ``{outcome: true effect per row}`` (NaN on control rows).

@@ -3,15 +3,15 @@
 ``fit_uplift(data, settings)`` (no MLflow; ``offers evaluate uplift`` and ``train_uplift`` use
 it):
 
-1. the time-based holdout (:func:`training.uplift_data.time_split`): the latest campaigns are
+1. the time-based holdout (:func:`training.uplift.data.time_split`): the latest campaigns are
    the test split, training rows are those whose outcome window ended before it; treatments
    with fewer than ``min_treatment_rows`` training rows are left out of the model;
 2. the feature encoder (fitted on the training rows) and one learner per outcome (conversion:
-   binary, spend: continuous), level-calibrated (:mod:`training.uplift_calibration`, on by
+   binary, spend: continuous), level-calibrated (:mod:`training.uplift.calibration`, on by
    default) and exported to ONNX. The largest ONNX-vs-native difference on the test rows is
    kept (``onnx_max_abs_diff.<outcome>``): a warning is logged above 1e-4 and fitting fails
    above 1e-2 (a wrong tree or readout rather than float32 arithmetic);
-3. metrics on the test split (:mod:`training.uplift_scoring`; the gate metric ``qini`` is the
+3. metrics on the test split (:mod:`training.uplift.evaluate`; the gate metric ``qini`` is the
    gate outcome's Qini) and, for a simulated program (``truth_metrics_for``), the correlation
    with the true effects and the ATE error.
 """
@@ -32,8 +32,8 @@ from models.uplift import LEARNERS
 from models.uplift.base import BaseUpliftLearner
 from models.uplift.encoding import FeatureEncoder
 from models.uplift.onnx_export import OnnxUpliftPredictor, export_onnx
-from training.uplift_calibration import apply_shifts, level_shifts
-from training.uplift_data import (
+from training.uplift.calibration import apply_shifts, level_shifts
+from training.uplift.data import (
     CONVERSION,
     OUTCOMES,
     TREATMENT,
@@ -41,7 +41,7 @@ from training.uplift_data import (
     UpliftTrainingSet,
     time_split,
 )
-from training.uplift_scoring import GATE_METRIC, score_effects
+from training.uplift.evaluate import GATE_METRIC, score_effects
 
 __all__ = [
     "PARITY_FAILURE",
@@ -255,7 +255,7 @@ def fit_uplift(
 def truth_metrics_for(fitted: FittedUplift, data_dir: Path) -> dict[str, float]:
     """Correlation with the true effects and ATE error on the test rows, for a simulated
     program (``truth/assignments.parquet``); empty for other data."""
-    from training.uplift_simulated import TAU, attach_truth, load_assignments, truth_metrics
+    from training.uplift.simulated import TAU, attach_truth, load_assignments, truth_metrics
 
     if not (Path(data_dir) / "truth" / "assignments.parquet").is_file():
         return {}

@@ -21,8 +21,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.affinity import ALS, BPR, AffinityModel, Blend, top_k
-from training.affinity_eval import Task, evaluate_model
-from training.affinity_metrics import KS, ranking_metrics
+from training.affinity.evaluate import Task, evaluate_model
+from training.affinity.metrics import KS, ranking_metrics
 
 __all__ = [
     "ALS_DEFAULT",

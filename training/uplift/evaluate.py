@@ -1,7 +1,7 @@
 """Scores of a multi-treatment uplift model on a held-out split: per treatment, and the gate.
 
 For each outcome and treatment ``k``, the rows of ``k`` and of control are ranked by the
-model's predicted effect of ``k`` and scored with :mod:`models.uplift_metrics`: ``qini``
+model's predicted effect of ``k`` and scored with :mod:`training.uplift.metrics`: ``qini``
 (normalised Qini coefficient), ``auuc`` and ``uplift@30``. The aggregate of an outcome
 (``qini.<outcome>``) is the mean over treatments weighted by their numbers of treated rows, so
 a kind sent a hundred times does not weigh as much as one sent ten thousand times; the gate
@@ -21,8 +21,14 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from models.uplift_metrics import UpliftMetricError, auuc, qini_coefficient, qini_curve, uplift_at_k
-from training.uplift_data import TREATMENT
+from training.uplift.data import TREATMENT
+from training.uplift.metrics import (
+    UpliftMetricError,
+    auuc,
+    qini_coefficient,
+    qini_curve,
+    uplift_at_k,
+)
 
 __all__ = ["GATE_METRIC", "plot_qini_grid", "score_effects"]
 

@@ -11,7 +11,8 @@ At the non-easy difficulty levels (``truth/difficulty.json``) the response also 
 member's earlier receipts (read from ``offer_events``), a per-pair noise seed and the share of
 baskets that qualify for each offer, all rebuilt here the way the simulator drew them.
 
-Nothing in the decision path may import this module.
+It lives in ``training/`` so that nothing in the decision path can import it (serving never
+imports training: tests/unit/test_import_direction.py).
 """
 
 from __future__ import annotations
