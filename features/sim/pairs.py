@@ -1,6 +1,6 @@
 """Deterministic per-(member, offer) random numbers: a hash of (seed, member, offer, stream).
 
-The simulator and ``serving.engine.sim_truth`` must draw the same per-pair noise without
+The simulator and ``training.policy.truth`` must draw the same per-pair noise without
 storing a (members x offers) table, so it is a pure function of integers (SplitMix64, exact
 on every platform) turned into a uniform, a normal or an exponential.
 """

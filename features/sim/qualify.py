@@ -3,7 +3,7 @@ a category, at least one line in it (the ``redemption_rules`` of the non-easy le
 
 :func:`qualify_share` estimates, for every (member, offer), the probability that one of the
 member's baseline baskets qualifies, from ``mc_baskets`` baskets per member drawn with the
-simulator's own basket model and a fixed seed: ``serving.engine.sim_truth`` recomputes exactly
+simulator's own basket model and a fixed seed: ``training.policy.truth`` recomputes exactly
 the same numbers from the latent traits, so the truth files and the rebuilt model agree.
 """
 
