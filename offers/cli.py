@@ -56,6 +56,7 @@ _COMMAND_MODULES = (
     "offers.cmd_affinity",
     "offers.cmd_uplift",
     "offers.cmd_policy",
+    "offers.cmd_report",
     "offers.cmd_score",
     "offers.cmd_benchmark",
     "offers.cmd_serve",
