@@ -61,6 +61,7 @@ _COMMAND_MODULES = (
     "offers.cmd_benchmark",
     "offers.cmd_serve",
     "offers.cmd_sessions",
+    "offers.cmd_export",
 )
 
 
