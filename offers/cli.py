@@ -62,6 +62,7 @@ _COMMAND_MODULES = (
     "offers.cmd_serve",
     "offers.cmd_sessions",
     "offers.cmd_export",
+    "offers.cmd_retrain",
 )
 
 

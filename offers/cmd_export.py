@@ -35,44 +35,15 @@ SinceOpt = Annotated[
 ]
 
 
-def _safe_url(url: str) -> str:
-    """The URL without its password (for messages)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparsable URL>"
-
-
 def run_export(store_url: str, out_dir: Path, since: datetime | None = None) -> Any:
-    """Open the store (at the schema head, not migrated here), export into ``out_dir``;
-    returns the :class:`serving.batch.export.ExportResult`. Exits 1 with a message on error."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from serving.batch.export import ExportError, export_events
-    from serving.store import StoreConfigError, current_revision, head_revision, open_store
+    """Export the store at ``store_url`` into ``out_dir``; returns the
+    :class:`serving.batch.export.ExportResult`. Exits 1 with a message on error."""
+    from serving.batch.export import ExportError, export_from_url
 
     try:
-        store = open_store(store_url, migrate_schema=False)
-    except (StoreConfigError, SQLAlchemyError, ValueError) as exc:
-        fail(f"--store {_safe_url(store_url)}: {exc}")
-    try:
-        try:
-            revision = current_revision(store.engine)
-        except SQLAlchemyError as exc:
-            fail(f"--store {_safe_url(store_url)}: cannot connect ({type(exc).__name__})")
-        if revision != head_revision():
-            fail(
-                f"--store {_safe_url(store_url)}: schema revision {revision!r}, expected "
-                f"{head_revision()!r}; start `offers serve` on it once (it migrates the schema)"
-            )
-        try:
-            return export_events(store, out_dir, since)
-        except ExportError as exc:
-            fail(str(exc))
-    finally:
-        store.close()
+        return export_from_url(store_url, out_dir, since)
+    except ExportError as exc:
+        fail(str(exc))
 
 
 def render_export(result: Any) -> None:

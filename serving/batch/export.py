@@ -44,7 +44,9 @@ __all__ = [
     "ExportError",
     "ExportResult",
     "export_events",
+    "export_from_url",
     "merge_events",
+    "safe_url",
     "serving_campaign_id",
     "store_events",
 ]
@@ -222,6 +224,8 @@ def merge_events(new: pd.DataFrame, out_dir: Path) -> tuple[pd.DataFrame, int, i
         existing = new.iloc[:0]
     present = new[S.EVENT_ID].isin(set(existing[S.EVENT_ID]))
     added = new.loc[~present]
+    if existing_path is not None and existing_path.suffix == ".parquet" and not len(added):
+        return existing, 0, int(present.sum()), existing_path  # unchanged: same bytes, same hash
     merged = pd.concat([existing, added], ignore_index=True) if len(existing) else added
     tmp_dir = out_dir / ".offer_events.tmp"
     tmp_dir.mkdir(exist_ok=True)
@@ -250,3 +254,41 @@ def export_events(store: OffersStore, out_dir: Path, since: datetime | None = No
         path=path,
         unknown_holdout=unknown,
     )
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password (for messages and logs)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable URL>"
+
+
+def export_from_url(url: str, out_dir: Path, since: datetime | None = None) -> ExportResult:
+    """:func:`export_events` of the store at ``url``, which must be at the schema head (this
+    never migrates a production store; the service does at start). Raises :class:`ExportError`
+    naming the URL (without its password) when it cannot be opened or is at another revision."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from serving.store import StoreConfigError, current_revision, head_revision, open_store
+
+    shown = safe_url(url)
+    try:
+        store = open_store(url, migrate_schema=False)
+    except (StoreConfigError, SQLAlchemyError, ValueError) as exc:
+        raise ExportError(f"--store {shown}: {exc}") from None
+    try:
+        try:
+            revision = current_revision(store.engine)
+        except SQLAlchemyError as exc:
+            raise ExportError(f"--store {shown}: cannot connect ({type(exc).__name__})") from None
+        if revision != head_revision():
+            raise ExportError(
+                f"--store {shown}: schema revision {revision!r}, expected {head_revision()!r}; "
+                "start `offers serve` on it once (it migrates the schema)"
+            )
+        return export_events(store, out_dir, since)
+    finally:
+        store.close()
