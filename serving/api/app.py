@@ -29,7 +29,7 @@ from serving.api.startup import (
     load_serving,
     open_store_clearly,
 )
-from serving.auth import ApiKeyRing
+from serving.auth import ApiKeyRing, document_api_keys
 from serving.loader import LoaderSettings, fetch_copy, lkg_loader
 from serving.settings import ServingSettings, get_settings
 from serving.store import DecisionLogWriter
@@ -135,6 +135,7 @@ def create_app(
     app.state.offers = state
     app.state.keyring = state.keyring  # read by serving.auth.require_scope
     install_error_handlers(app)
+    document_api_keys(app)
     app.add_middleware(
         LimitsMiddleware,
         keyring=state.keyring,
@@ -142,10 +143,11 @@ def create_app(
     )
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: counts refusals
     app.include_router(health.router)
+    # Routes are matched in order: the real-time ones (checkout, member offers) first.
+    app.include_router(checkout.router)
+    app.include_router(decisions.router)
     app.include_router(events.router)
     app.include_router(models.router)
-    app.include_router(decisions.router)
-    app.include_router(checkout.router)
     app.include_router(ui.router)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     return app
