@@ -35,6 +35,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 30.0
+# The registry gates' metrics (training.affinity_train.DEFAULT_GATE: ndcg@10;
+# training.uplift_scoring.GATE_METRIC: qini) first, then a few that explain them.
+GATE_METRICS: tuple[str, ...] = ("ndcg@10", "qini", "recall@10", "map@10", "catalog_coverage@10")
 DAYS_SHOWN = 60
 _cache: dict[tuple[int, str], tuple[float, Any]] = {}
 _cache_lock = threading.Lock()
@@ -134,7 +137,7 @@ def registry_versions(state: Any) -> tuple[list[dict[str, Any]], str | None]:
 
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             out = []
-            for name in sorted(state.settings.models):
+            for name in sorted({_registered_name(u) for u in state.settings.models.values()}):
                 for alias in ("champion", "challenger"):
                     try:
                         mv = client.get_model_version_by_alias(name, alias)
@@ -146,12 +149,12 @@ def registry_versions(state: Any) -> tuple[list[dict[str, Any]], str | None]:
                             "model": name,
                             "alias": alias,
                             "version": str(mv.version),
-                            "metrics": {
-                                k.replace("_at_", "@"): float(v)
-                                for k, v in sorted(metrics.items())
-                                if math.isfinite(float(v))
-                            },
-                            "reason": (mv.tags or {}).get("promoted_reason", ""),
+                            "metrics": _gate_metrics(metrics),
+                            "reason": "; ".join(
+                                (mv.tags or {}).get(t, "")
+                                for t in ("promoted_reason", "policy_gate")
+                                if (mv.tags or {}).get(t)
+                            ),
                             "test_window": (mv.tags or {}).get("test_window", ""),
                         }
                     )
@@ -178,6 +181,18 @@ def last_reload(state: Any) -> dict[str, str] | None:
     return _reloads.get(id(state))
 
 
+def _gate_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    named = {k.replace("_at_", "@"): float(v) for k, v in metrics.items()}
+    return {k: named[k] for k in GATE_METRICS if k in named and math.isfinite(named[k])}
+
+
+def _registered_name(uri: str) -> str:
+    """``models:/offers-uplift@champion`` or ``models:/offers-uplift/3`` -> ``offers-uplift``."""
+    if not uri.startswith("models:/"):
+        return uri
+    return uri[len("models:/") :].split("@", 1)[0].split("/", 1)[0]
+
+
 def last_load(state: Any) -> list[dict[str, Any]]:
     """The models serving now: name, version, source, when they were loaded."""
     current = state.models.current
@@ -202,14 +217,23 @@ def page_figures(budgets: pd.DataFrame, daily: pd.DataFrame, incr: list[dict[str
     figs: dict[str, str] = {}
     b = budgets.iloc[::-1]
     fig = go.Figure(
-        [
-            go.Bar(name="budget", y=b["offer_id"], x=b["budget"], orientation="h", opacity=0.35),
-            go.Bar(name="spent", y=b["offer_id"], x=b["spent"], orientation="h"),
-        ]
+        go.Bar(
+            y=b["offer_id"],
+            x=100 * b["used"].fillna(0.0),
+            orientation="h",
+            customdata=[
+                f"{s:,.2f} of {t:,.2f} ({u})"
+                for s, t, u in zip(b["spent"], b["budget"], b["unit"], strict=True)
+            ],
+            hovertemplate="%{y}: %{x:.2f} % used, %{customdata}<extra></extra>",
+        )
     )
     fig.update_layout(
-        barmode="overlay",
-        title="Budgets: spent vs budget per offer",
+        title="Budgets: share spent per offer (spent / budget)",
+        xaxis={
+            "title": "% of budget spent",
+            "range": [0, max(100.0, 100 * float(b["used"].max() or 0)) * 1.25],
+        },
         height=max(260, 20 * len(b) + 120),
         margin={"l": 170, "r": 20, "t": 50, "b": 40},
     )
@@ -220,6 +244,7 @@ def page_figures(budgets: pd.DataFrame, daily: pd.DataFrame, incr: list[dict[str
     )
     fig.update_layout(
         title="Grants and redemptions per day (decisions on the right axis)",
+        xaxis={"type": "category"},
         yaxis2={"overlaying": "y", "side": "right"},
         height=320,
         margin={"l": 50, "r": 50, "t": 50, "b": 40},

@@ -12,7 +12,8 @@ of w^2 (s_t^2 / n_t + s_c^2 / n_c) (a stratum's own sample variance, or the arm'
 within-stratum variance where it has one unit). Stratifying matters because offers are sent to
 the members eligible for them (onboarding offers to new members, win-back to lapsing ones),
 while the holdout is drawn from everyone. Treated units in a stratum with no held-out unit
-cannot be compared and are counted in ``n_unmatched``. The 95 % interval is estimate +- 1.96 se.
+cannot be compared and are counted in ``n_unmatched``. The 95 % interval is estimate +- 1.96 se,
+given only when the group has at least ``MIN_UNITS`` (10) treated and held-out units.
 
 Money: cost = redemptions x the offer's cost; incremental margin = margin_rate x incremental
 spend per unit x treated units; ROI = (incremental margin - cost) / cost.
@@ -40,6 +41,7 @@ DIMENSIONS: tuple[str, ...] = ("all", "offer", "moment", "stage", "campaign")
 STAGES: tuple[str, ...] = ("onboarding", "active", "lapsing", "lapsed")
 ACTIVITY_EDGES = np.array([1, 3, 7])  # baskets in the 90 days before: 0 | 1-2 | 3-6 | 7+
 _DAY = 86_400
+MIN_UNITS = 10  # treated and held-out units a group needs for an interval
 
 
 class IncrementalityError(ValueError):
@@ -62,7 +64,7 @@ class ReportInputs:
     baskets: pd.DataFrame | None
     offers: pd.DataFrame
     joined: pd.Series
-    after_seconds: int = 0  # outcomes start this long after the send (store: skip its own checkout)
+    after_seconds: int = 0  # outcomes start this long after the send (store: 1)
 
 
 def _check(df: pd.DataFrame, table: str, columns: tuple[str, ...]) -> None:
@@ -142,6 +144,7 @@ def unit_outcomes(
     if inputs.baskets is not None:
         b = inputs.baskets
         _check(b, "transactions", ("member_id", "ts", "amount"))
+        no_amounts = bool(b["amount"].isna().all())  # purchases without amounts (store)
         if "transaction_id" in b.columns:
             b = b.groupby("transaction_id", sort=False).agg(
                 member_id=("member_id", "first"), ts=("ts", "first"), amount=("amount", "sum")
@@ -162,7 +165,7 @@ def unit_outcomes(
         lo = np.searchsorted(bkey, ukey + inputs.after_seconds, side="left")
         hi = np.searchsorted(bkey, ukey + int(window_days * _DAY), side="left")
         rows["converted"] = (hi > lo).astype(np.int64)
-        rows["spend"] = cum[hi] - cum[lo]
+        rows["spend"] = np.nan if no_amounts else cum[hi] - cum[lo]
         before = np.searchsorted(bkey, ukey - 90 * _DAY, side="left")
         activity = lo - before
         has_last = (lo > 0) & (bkey[np.maximum(lo - 1, 0)] >= codes.astype(np.int64) * span)
@@ -244,6 +247,9 @@ def estimate(
     units = treated.drop_duplicates("unit")  # a unit counts once in conversion and spend
     conv = _stratified(units, control, "converted")
     spend = _stratified(units, control, "spend")
+    if conv[4] < MIN_UNITS or conv[5] < MIN_UNITS:  # a variance from a handful is no interval
+        conv = (*conv[:1], math.nan, *conv[2:])
+        spend = (*spend[:1], math.nan, *spend[2:])
     n_sent = len(treated)
     redemptions = int(treated["redeemed"].sum())
     cost = float((treated["redeemed"] * treated["offer_id"].map(costs).fillna(0.0)).sum())

@@ -4,7 +4,8 @@ From the store: each decision with offers is a ``sent`` per offer (its decision 
 campaign), a decision without offers for a member in the program holdout (the engine's
 deterministic hash, ``serving.engine.holdout``) is a ``held_out``; ``redeemed`` feedback
 events and redeemed grants are redemptions; checkout sessions are the purchases (a checkout
-is a basket; the store keeps no amounts, so spend, margin and ROI need ``--data`` too).
+is a basket, and a checkout's decision counts purchases strictly after its own; the store
+keeps no amounts, so spend, margin and ROI need ``--data`` too).
 """
 
 from __future__ import annotations
@@ -146,11 +147,17 @@ def from_store(
                     checkout_sessions.c.transaction_id,
                     checkout_sessions.c.member_id,
                     checkout_sessions.c.created_at,
+                    checkout_sessions.c.decision_id,
                 )
             ).all(),
-            columns=["transaction_id", "member_id", "ts"],
+            columns=["transaction_id", "member_id", "ts", "decision_id"],
         )
     settings = holdout if holdout is not None else EngineSettings().holdout
+    # A checkout's decision happens at its purchase: the unit starts at the session's time and
+    # outcomes strictly after it (its own basket is not its outcome).
+    at_checkout = sessions.drop_duplicates("decision_id").set_index("decision_id")["ts"]
+    dec["ts"] = dec["decision_id"].map(at_checkout).fillna(dec["ts"])
+    sessions = sessions.drop(columns="decision_id")
     n_offers = dec["offers"].map(len) if len(dec) else pd.Series(dtype=int)
     sent = dec.loc[n_offers > 0].explode("offers")
     sent = sent.assign(offer_id=sent["offers"].map(lambda x: x["offer_id"]), event="sent").drop(
@@ -181,5 +188,5 @@ def from_store(
         baskets=baskets,
         offers=offers if offers is not None else offers_frame(None, catalog),
         joined=joined,
-        after_seconds=60,  # a checkout's own basket is not its outcome
+        after_seconds=1,  # a checkout's own basket is not its outcome
     )
