@@ -6,14 +6,15 @@ decision) or held out at that time (``held_out``). Its outcomes are measured ove
 
 The estimate for a group of treated units (say, the sends of one offer) is a post-stratified
 difference in means against the held-out units: strata are campaign x lifecycle stage at the
-send x activity in the 90 days before it (0, 1-2, 3-6, 7+ baskets), the held-out units of each
-stratum are weighted to the treated units' share in it, and the variance is the sum over strata
-of w^2 (s_t^2 / n_t + s_c^2 / n_c) (a stratum's own sample variance, or the arm's pooled
-within-stratum variance where it has one unit). Stratifying matters because offers are sent to
-the members eligible for them (onboarding offers to new members, win-back to lapsing ones),
-while the holdout is drawn from everyone. Treated units in a stratum with no held-out unit
-cannot be compared and are counted in ``n_unmatched``. The 95 % interval is estimate +- 1.96 se,
-given only when the group has at least ``MIN_UNITS`` (10) treated and held-out units.
+send x activity in the 90 days before it (0, 1, 2-3, 4-6, 7-11, 12-19, 20+ baskets), the
+held-out units of each stratum are weighted to the treated units' share in it, and the variance
+is the sum over strata of w^2 (s_t^2 / n_t + s_c^2 / n_c) (a stratum's own sample variance, or
+the arm's pooled within-stratum variance where it has one unit). Stratifying matters because
+offers are sent to the members eligible for them (onboarding offers to new members, win-back
+to lapsing ones), while the holdout is drawn from everyone. Treated units in a stratum with no
+held-out unit cannot be compared and are counted in ``n_unmatched``. The 95 % interval is
+estimate +- 1.96 se, given only when the group has at least ``MIN_UNITS`` (10) treated and
+held-out units.
 
 Money: cost = redemptions x the offer's cost; incremental margin = margin_rate x incremental
 spend per unit x treated units; ROI = (incremental margin - cost) / cost.
@@ -39,7 +40,9 @@ __all__ = [
 Z95 = 1.959963984540054
 DIMENSIONS: tuple[str, ...] = ("all", "offer", "moment", "stage", "campaign")
 STAGES: tuple[str, ...] = ("onboarding", "active", "lapsing", "lapsed")
-ACTIVITY_EDGES = np.array([1, 3, 7])  # baskets in the 90 days before: 0 | 1-2 | 3-6 | 7+
+ACTIVITY_EDGES = np.array(
+    [1, 2, 4, 7, 12, 20]
+)  # baskets in the 90 days before: 0 | 1 | 2-3 | ... | 20+
 _DAY = 86_400
 MIN_UNITS = 10  # treated and held-out units a group needs for an interval
 
@@ -197,9 +200,10 @@ def _stratified(
 ) -> tuple[float, float, float, float, int, int, int]:
     """(diff, se, mean treated, mean control (reweighted), n treated used, n control used,
     n treated unmatched) of ``col`` over strata (t and c carry a ``stratum`` column)."""
+    t, c = t.loc[t[col].notna()], c.loc[c[col].notna()]  # no amounts: nothing to compare
     gt = t.groupby("stratum")[col].agg(["count", "mean", "var"])
     gc = c.groupby("stratum")[col].agg(["count", "mean", "var"])
-    m = gt.join(gc, lsuffix="_t", rsuffix="_c", how="inner")
+    m = gt.merge(gc, left_index=True, right_index=True, suffixes=("_t", "_c"), how="inner")
     unmatched = int(gt["count"].sum() - m["count_t"].sum())
     if m.empty:
         return (math.nan, math.nan, math.nan, math.nan, 0, 0, unmatched)
