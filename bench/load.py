@@ -41,6 +41,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -400,8 +401,10 @@ def summarize(
     elapsed: float,
     client_cpu_s: float = float("nan"),
     error_kinds: dict[str, int] | None = None,
+    server_cpu_s: float | None = None,
 ) -> dict[str, Any]:
-    """The printed row of one step."""
+    """The printed row of one step. ``server_cpu_s``: CPU time (user + system) the server's
+    processes used over the step, when known; shown per answered request."""
     lat = np.asarray(latencies_ms, dtype=np.float64)
     pct = np.percentile(lat, [50, 99, 99.9]) if len(lat) else [float("nan")] * 3
     return {
@@ -416,8 +419,50 @@ def summarize(
         "timeouts": timeouts,
         "dropped": dropped,
         "client_cpu_s": round(client_cpu_s, 2),
+        "server_cpu_ms": (
+            round(1000.0 * server_cpu_s / len(lat), 3)
+            if server_cpu_s is not None and len(lat)
+            else float("nan")
+        ),
+        "load_avg": round(os.getloadavg()[0], 2),
         "error_kinds": dict(sorted((error_kinds or {}).items())),
     }
+
+
+class ServerCpu:
+    """CPU seconds (user + system) used so far by a server process and its children (uvicorn
+    ``--workers`` processes), read with psutil; children that exited are no longer counted, so
+    read it around steps during which the server keeps its processes."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.proc = psutil.Process(pid)
+
+    def __call__(self) -> float:
+        total = 0.0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+            except self._psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+        return total
+
+
+def with_healthz_ratio(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row with ``cpu_x_healthz``: its server CPU per request over that of ``/healthz``
+    (the trivial endpoint) at the same target rate in the same run (nan when unknown)."""
+    trivial = {r["target_rps"]: r["server_cpu_ms"] for r in rows if r["endpoint"] == "trivial"}
+    out = []
+    for r in rows:
+        base = trivial.get(r["target_rps"], float("nan"))
+        ok = base == base and base > 0 and r["server_cpu_ms"] == r["server_cpu_ms"]
+        out.append(
+            {**r, "cpu_x_healthz": round(r["server_cpu_ms"] / base, 2) if ok else float("nan")}
+        )
+    return out
 
 
 # -- orchestration -------------------------------------------------------------------------
@@ -444,6 +489,7 @@ class Workers:
         *,
         timeout: float = 10.0,
         warm: int = 16,
+        server_cpu: ServerCpu | None = None,
     ) -> dict[str, Any]:
         n_proc = len(self.pipes)
         total = int(rate * seconds)
@@ -456,10 +502,12 @@ class Workers:
         # perf_counter is CLOCK_MONOTONIC: one clock for every process on the machine.
         start = time.perf_counter() + 0.1
         interval = n_proc / rate
+        cpu0 = server_cpu() if server_cpu is not None else None
         for w, pipe in enumerate(self.pipes):
             share = picks[w::n_proc].tobytes()
             pipe.send(("step", requests, share, start + w / rate, interval, timeout))
         parts = [pipe.recv() for pipe in self.pipes]
+        cpu = server_cpu() - cpu0 if server_cpu is not None and cpu0 is not None else None
         lat = np.concatenate([np.frombuffer(p[0], dtype=np.float64) for p in parts])
         return summarize(
             kind,
@@ -473,6 +521,7 @@ class Workers:
             error_kinds={
                 k: sum(p[6].get(k, 0) for p in parts) for k in set().union(*(p[6] for p in parts))
             },
+            server_cpu_s=cpu,
         )
 
     def close(self) -> None:
@@ -525,12 +574,22 @@ def setup_demo(home: Path, members: int) -> None:
 
 
 def start_server(
-    home: Path, key: str, port: int, wait: float = 180.0, workers: int = 1
+    home: Path,
+    key: str,
+    port: int,
+    wait: float = 180.0,
+    workers: int = 1,
+    database_url: str | None = None,
 ) -> subprocess.Popen:
     """``offers serve`` on 127.0.0.1:``port`` with ``OFFERS_HOME=home`` and a bench API key;
     returns once ``/readyz`` answers 200 (models loaded). Settings not in the environment come
-    from the demo layout when ``home`` holds one (:func:`demo_env`)."""
+    from the demo layout when ``home`` holds one (:func:`demo_env`). The store is
+    ``database_url`` when given (else the environment's or the home's SQLite file), SQLite with
+    ``synchronous=FULL`` unless the environment says otherwise."""
     env = dict(os.environ, OFFERS_HOME=str(home))
+    if database_url:
+        env["OFFERS_DATABASE_URL"] = database_url
+    env.setdefault("OFFERS_SQLITE_SYNCHRONOUS", "FULL")
     if "OFFERS_MODELS" not in env:
         env.update({k: v for k, v in demo_env(home).items() if k not in env})
     env["OFFERS_API_KEYS"] = json.dumps({key: ["offers:read", "checkout:write"]})
@@ -566,6 +625,26 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def start_durable_postgres(root: Path) -> tuple[str, Any]:
+    """A durable PostgreSQL cluster under ``root`` (as ``bench/grants.py --postgres``: the test
+    fixture's cluster with fsync left on). Returns its URL and a handle with ``stop()``."""
+    repo = str(Path(__file__).resolve().parents[1])
+    if repo not in sys.path:
+        sys.path.insert(0, repo)
+    from tests.support.postgres import _bin_dir, _Cluster
+
+    bin_dir = _bin_dir()
+    if bin_dir is None or not (bin_dir / "initdb").exists():
+        raise SystemExit("--postgres: PostgreSQL server binaries (initdb, pg_ctl) not found")
+    cluster = _Cluster(bin_dir, root)
+    cluster._run(str(bin_dir / "initdb"), "-D", str(cluster.data), "-U", "offers",
+                 "--auth=trust", "--encoding=UTF8")  # fmt: skip
+    options = f"-h 127.0.0.1 -p {cluster.port} -k {root} -c max_connections=100"
+    cluster._run(str(bin_dir / "pg_ctl"), "-D", str(cluster.data), "-l", str(root / "log"),
+                 "-o", options, "-w", "start")  # fmt: skip
+    return f"postgresql+psycopg://offers@127.0.0.1:{cluster.port}/postgres", cluster
+
+
 def _members(path: Path, limit: int) -> list[str]:
     import pyarrow.parquet as pq
 
@@ -581,19 +660,22 @@ def run(args: argparse.Namespace) -> list[dict]:
     rng = random.Random(1)
     sample = [members[rng.randrange(len(members))] for _ in range(min(POOL, len(members) * 4))]
     hostport = f"{host}:{port}"
-    requests = {k: [request_for(k, m, hostport, args.key) for m in sample] for k in KINDS}
-    warmup(host, port, [requests[k][0] for k in KINDS], args.key)
+    requests = {k: [request_for(k, m, hostport, args.key) for m in sample] for k in args.kinds}
+    warmup(host, port, [requests[k][0] for k in args.kinds], args.key)
     workers = Workers(args.procs, host, port, args.concurrency)
+    server_cpu = ServerCpu(args.server_pid) if args.server_pid else None
     rows = []
     try:
         for rate in args.rates:
-            for kind in KINDS:
-                row = workers.run(kind, rate, args.seconds, requests[kind])
+            for kind in args.kinds:
+                row = workers.run(kind, rate, args.seconds, requests[kind], server_cpu=server_cpu)
+                if kind != "trivial":
+                    row = with_healthz_ratio([*rows, row])[-1]
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     finally:
         workers.close()
-    return rows
+    return with_healthz_ratio(rows)
 
 
 def warmup(host: str, port: int, samples: list[bytes], key: str, n: int = 20) -> None:
@@ -616,7 +698,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--key", help="API key with offers:read, checkout:write")
     parser.add_argument("--features", help="member feature snapshot (Parquet)")
-    parser.add_argument("--rates", default="250,500,1000,2000")
+    parser.add_argument("--rates", default="250,500,1000,1500")
+    parser.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help="endpoints per rate, in order: trivial (/healthz), offers, checkout",
+    )
+    parser.add_argument(
+        "--server-pid",
+        type=int,
+        help="server process (with its children) whose CPU time per request is reported "
+        "(set by --start-server)",
+    )
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--members", type=int, default=100_000, help="member ids to draw from")
@@ -638,6 +731,12 @@ def main(argv: list[str] | None = None) -> None:
         help="with --start-server: first run `offers demo --no-serve --members MEMBERS` into "
         "--home (simulate, train, register)",
     )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="with --start-server: the store is a throwaway PostgreSQL cluster started for the "
+        "run (durable: fsync and synchronous_commit on), else the home's SQLite file",
+    )
     args = parser.parse_args(argv)
     host = urlparse(args.url).hostname
     if host not in LOOPBACK:
@@ -649,7 +748,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--procs {args.procs}: between 1 and 4")
     if not 1 <= args.server_workers <= 8:
         parser.error(f"--server-workers {args.server_workers}: between 1 and 8")
+    args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not args.kinds or set(args.kinds) - set(KINDS):
+        parser.error(f"--kinds {','.join(args.kinds)}: a list of {', '.join(KINDS)}")
+    if args.postgres and not args.start_server:
+        parser.error("--postgres needs --start-server (the bench starts the cluster)")
     server = None
+    cluster: Any = None
+    database_url: str | None = None
     if args.start_server:
         home = Path(args.home or os.environ.get("OFFERS_HOME", ""))
         if args.setup_demo and str(home):
@@ -668,7 +774,19 @@ def main(argv: list[str] | None = None) -> None:
         )
         port = _free_port()
         args.url = f"http://127.0.0.1:{port}"
-        server = start_server(home, args.key, port, workers=args.server_workers)
+        if args.postgres:
+            cluster_dir = Path(tempfile.mkdtemp(prefix="offers-load-pg-"))
+            database_url, cluster = start_durable_postgres(cluster_dir)
+            print(f"store: PostgreSQL (durable, fsync on) in {cluster_dir}", file=sys.stderr)
+        try:
+            server = start_server(
+                home, args.key, port, workers=args.server_workers, database_url=database_url
+            )
+        except BaseException:
+            if cluster is not None:
+                cluster.stop()
+            raise
+        args.server_pid = server.pid
     elif not args.key or not args.features:
         parser.error("--key and --features are required unless --start-server")
     print(f"event loop: {_install_uvloop()} x {args.procs} process(es)", file=sys.stderr)
@@ -677,6 +795,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if server is not None:
             stop_server(server)
+        if cluster is not None:
+            cluster.stop()
     cols = [c for c in rows[0] if c != "error_kinds"] if rows else []
     print(" ".join(f"{c:>12}" for c in cols))
     for row in rows:

@@ -56,10 +56,13 @@ _COMMAND_MODULES = (
     "offers.cmd_affinity",
     "offers.cmd_uplift",
     "offers.cmd_policy",
+    "offers.cmd_report",
     "offers.cmd_score",
     "offers.cmd_benchmark",
     "offers.cmd_serve",
     "offers.cmd_sessions",
+    "offers.cmd_export",
+    "offers.cmd_retrain",
 )
 
 

@@ -117,6 +117,7 @@ def _how_to(url: str, key: str, home: Path, member: str, serve_cmd: str) -> None
         f"  curl -H 'X-API-Key: {key}' '{url}/v1/members/{member}/offers?k=3'", soft_wrap=True
     )
     console.print(f"  open {url}/docs   (OpenAPI)", soft_wrap=True)
+    console.print(f"  open {url}/ui     (program page: sign in with the key above)", soft_wrap=True)
     console.print("later, without the demo:", soft_wrap=True)
     console.print(f"  {serve_cmd}", soft_wrap=True, markup=False, highlight=False)
 

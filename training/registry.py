@@ -139,7 +139,11 @@ class ModelRegistry:
         previous = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(self.tracking_uri)
         try:
-            with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name) as run:
+            # nested: under the caller's active run when there is one (``offers retrain``'s
+            # step runs); a top-level run otherwise
+            with mlflow.start_run(
+                experiment_id=self.experiment_id(), run_name=run_name, nested=True
+            ) as run:
                 mlflow.log_params({k: _param(v) for k, v in params.items()})
                 mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()})
                 mlflow.set_tags({TEST_WINDOW_TAG: test_window, **(tags or {})})

@@ -151,6 +151,7 @@ class FoldIn:
     popularity: np.ndarray  # (m,) popularity of each offer (0 where unknown)
     pop_term: np.ndarray  # (known offers,) popularity weight x popularity
     calibrator: RedeemCalibrator | None
+    known_keys: np.ndarray | None = None  # item keys of the known offers (calibration groups)
 
     @classmethod
     def from_pyfunc(
@@ -211,6 +212,7 @@ class FoldIn:
             popularity=pop.astype(np.float64),
             pop_term=weights[3] * pop[known].astype(np.float64),
             calibrator=pyfunc.calibrator_,
+            known_keys=np.asarray(keys, dtype=str)[known],
         )
 
     @property
@@ -269,7 +271,7 @@ class FoldIn:
         if self.calibrator is None:
             return score, np.full(self.n_offers, np.nan)
         p = np.full(self.n_offers, np.nan)
-        p[self.known] = self.calibrator.predict(s)
+        p[self.known] = self.calibrator.predict(s, self.known_keys)
         return score, p
 
     def p_redeem(self, row: int, basket: Sequence[str]) -> np.ndarray:

@@ -138,7 +138,7 @@ class AffinityPyfunc(PythonModel):
             score[ok] = s[member_pos[ok], col[ok]]
             fb = self.model_.fallback(batch, known_items)
             fallback[ok] = fb[member_pos[ok]]
-        p = self.calibrator_.predict(np.nan_to_num(score)) if self.calibrator_ else None
+        p = self.calibrator_.predict(np.nan_to_num(score), keys) if self.calibrator_ else None
         p_redeem = np.where(np.isnan(score), np.nan, p) if p is not None else np.nan
         out = pd.DataFrame(
             {

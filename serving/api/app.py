@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 
 from anyio import to_thread
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from features.settings import default_tracking_uri
 from serving.api.bundle import BundleConfig, BundleHolder
@@ -20,14 +22,14 @@ from serving.api.history import MemberHistory
 from serving.api.limits import LimitsMiddleware, uvicorn_options
 from serving.api.metrics import ApiMetrics, MetricsMiddleware
 from serving.api.modelset import Loader, ModelHolder
-from serving.api.routes import checkout, decisions, events, health, models
+from serving.api.routes import checkout, decisions, events, health, models, ui
 from serving.api.startup import (
     ServingLoadError,
     StoreOpenError,
     load_serving,
     open_store_clearly,
 )
-from serving.auth import ApiKeyRing
+from serving.auth import ApiKeyRing, document_api_keys
 from serving.loader import LoaderSettings, fetch_copy, lkg_loader
 from serving.settings import ServingSettings, get_settings
 from serving.store import DecisionLogWriter
@@ -123,7 +125,8 @@ def create_app(
             if state.store is not None:
                 state.store.close()
 
-    app = FastAPI(
+    # /docs and /redoc with their JS and CSS served by the app (fastapi-offline), no CDN.
+    app: FastAPI = FastAPIOffline(
         title="loyalty-offers",
         version="1",
         summary="Personalised loyalty offers, checkout rewards and feedback",
@@ -132,6 +135,7 @@ def create_app(
     app.state.offers = state
     app.state.keyring = state.keyring  # read by serving.auth.require_scope
     install_error_handlers(app)
+    document_api_keys(app)
     app.add_middleware(
         LimitsMiddleware,
         keyring=state.keyring,
@@ -139,10 +143,13 @@ def create_app(
     )
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: counts refusals
     app.include_router(health.router)
+    # Routes are matched in order: the real-time ones (checkout, member offers) first.
+    app.include_router(checkout.router)
+    app.include_router(decisions.router)
     app.include_router(events.router)
     app.include_router(models.router)
-    app.include_router(decisions.router)
-    app.include_router(checkout.router)
+    app.include_router(ui.router)
+    app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     return app
 
 

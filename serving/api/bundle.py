@@ -384,11 +384,12 @@ def _with_basket(table: MemberTable, total: float | np.ndarray) -> MemberTable:
     num["basket_total"] = total.copy()
     to_next = table.num["points_to_next_tier"]
     to_milestone = table.num["purchases_to_next_milestone"]
+    # An unknown distance (NaN) never counts: NaN <= x is False (no nan_to_num pass needed).
     return replace(
         table,
         num=num,
-        basket_reaches_next_tier=has & (np.nan_to_num(to_next, nan=np.inf) <= total),
-        basket_is_milestone=has & (np.nan_to_num(to_milestone, nan=np.inf) <= 1),
+        basket_reaches_next_tier=has & (to_next <= total),
+        basket_is_milestone=has & (to_milestone <= 1),
     )
 
 

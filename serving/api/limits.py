@@ -38,7 +38,7 @@ from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from serving.auth import ApiKeyRing
+from serving.auth import PRINCIPAL_KEY, ApiKeyRing, request_key
 from serving.settings import ServingSettings, get_settings
 
 __all__ = [
@@ -55,19 +55,6 @@ log = logging.getLogger(__name__)
 BODY_KEY = "offers.body_chunks"  # scope key: the body chunks received (bounded by the limit)
 _INT_DIGITS = 4_300  # Python's default int_max_str_digits
 _WWW_AUTH = (b"www-authenticate", b'ApiKey header="X-API-Key", Bearer')
-
-
-def request_key(scope: Scope) -> str | None:
-    """The API key of a request: ``X-API-Key``, else ``Authorization: Bearer <key>``."""
-    bearer = None
-    for name, value in scope.get("headers", ()):
-        if name == b"x-api-key" and value:
-            return value.decode("latin-1")
-        if name == b"authorization":
-            scheme, _, credentials = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and credentials:
-                bearer = credentials
-    return bearer
 
 
 class LimitsMiddleware:
@@ -96,10 +83,12 @@ class LimitsMiddleware:
             return
         if scope["path"].startswith(self.protected_prefix):
             key = request_key(scope)
-            if not key or self.keyring.authenticate(key) is None:
+            principal = self.keyring.authenticate(key) if key else None
+            if principal is None:
                 reason = "missing API key" if not key else "unknown API key"
                 await _refuse(send, 401, "unauthorized", reason, [_WWW_AUTH])
                 return
+            scope[PRINCIPAL_KEY] = principal  # the route's scope check does not hash it again
         if length is not None and length > self.max_body_bytes:
             await _refuse(send, 413, "payload_too_large", self._too_large())
             return

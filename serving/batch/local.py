@@ -235,7 +235,9 @@ def run_local(
             stored_fut = None
             if store is not None:
                 stored_fut = inserter.submit(
-                    lambda f=frame: store.log_decisions(store_records(f, plan.context.channel))
+                    lambda f=frame: store.log_decisions(
+                        store_records(f, plan.context.channel, plan.engine.settings.holdout.share)
+                    )
                 )
             used += u
             money += mo

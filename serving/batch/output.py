@@ -91,8 +91,11 @@ def output_frame(rows: pd.DataFrame) -> pd.DataFrame:
     return out[list(OUTPUT_COLUMNS)]
 
 
-def store_records(out: pd.DataFrame, channel: str) -> list[dict[str, Any]]:
-    """One decision record per member (holdout and no-offer members too, with no offers)."""
+def store_records(
+    out: pd.DataFrame, channel: str, holdout_share: float | None = None
+) -> list[dict[str, Any]]:
+    """One decision record per member (holdout and no-offer members too, with no offers), with
+    its campaign, whether the member was held out and the holdout share (``offers export``)."""
     shown = out.loc[
         (out["status"] == "offers").to_numpy(),
         ["decision_id", OFFER_ID, "rank", "eiv", "propensity"],
@@ -112,9 +115,9 @@ def store_records(out: pd.DataFrame, channel: str) -> list[dict[str, Any]]:
             offers[d] = [rec]
         else:
             got.append(rec)
-    first = out[["decision_id", MEMBER_ID, "model_versions", "fallback"]].drop_duplicates(
-        "decision_id"
-    )
+    first = out[
+        ["decision_id", MEMBER_ID, "model_versions", "fallback", "holdout", "campaign_id"]
+    ].drop_duplicates("decision_id")
     versions = {v: json.loads(v) for v in first["model_versions"].unique()}
     return [
         {
@@ -124,12 +127,17 @@ def store_records(out: pd.DataFrame, channel: str) -> list[dict[str, Any]]:
             "offers": offers.get(d, []),
             "model_versions": versions[v],
             "fallback": f,
+            "held_out": bool(h),
+            "holdout_share": holdout_share,
+            "campaign_id": c,
         }
-        for d, m, v, f in zip(
+        for d, m, v, f, h, c in zip(
             first["decision_id"].tolist(),
             first[MEMBER_ID].tolist(),
             first["model_versions"].tolist(),
             first["fallback"].tolist(),
+            first["holdout"].tolist(),
+            first["campaign_id"].tolist(),
             strict=True,
         )
     ]

@@ -292,7 +292,11 @@ def run_spark(
                 rec["rows"] += len(frame)
                 rec["members"] += int(frame[MEMBER_ID].nunique())
                 if store is not None:
-                    stored += store.log_decisions(store_records(frame, plan.context.channel))
+                    stored += store.log_decisions(
+                        store_records(
+                            frame, plan.context.channel, plan.engine.settings.holdout.share
+                        )
+                    )
             rec |= {"used": r_used.tolist(), "surprise": r_surprise}
             used += r_used
             money += rec["money"]

@@ -118,10 +118,10 @@ def eligibility(
     ch = CHANNELS.index(context.channel)
     apply("channel", offers.channel_ok[:, ch][None, :])
     apply("consent", consent_ok(members, context.channel, settings)[:, None])
-    day = np.datetime64(context.as_of, "D")
-    apply("validity", ((offers.valid_from <= day) & (day <= offers.valid_to))[None, :])
+    apply("validity", _valid_on(offers, np.datetime64(context.as_of, "D")))
     if context.channel == "checkout":
-        basket = np.nan_to_num(members.get("basket_total"), nan=0.0)
+        basket = members.get("basket_total")
+        basket = np.where(np.isnan(basket), 0.0, basket)  # no basket: 0
         apply("min_spend", basket[:, None] >= offers.min_spend[None, :])
     else:
         apply("min_spend", np.ones((1, m), dtype=bool))
@@ -131,7 +131,7 @@ def eligibility(
     apply("budget", (np.isnan(left) | (left > 0))[None, :])
 
     surprise = offers.surprise[None, :]
-    midx = np.array([DETECTED_MOMENTS.index(x) if x else -1 for x in offers.moment], dtype=np.int64)
+    midx = _moment_index(offers)
     in_moment = np.where(midx >= 0, moments.flags[:, np.maximum(midx, 0)], moments.any[:, None])
     apply("moment", ~surprise | in_moment)
     under_cap = state.surprises_year < settings.surprise.yearly_cap
@@ -144,6 +144,47 @@ def eligibility(
     if cap is not None:
         slots = np.clip(cap - state.channel_recent[:, ch], 0, k)
     return Eligibility(mask=mask, slots=slots, rules=rules)
+
+
+# Per catalog (an OfferTable is immutable): rules that depend only on the offers and the day,
+# computed once per day instead of per request. Keyed by id() with the table kept alongside,
+# so a new table with a reused id is not mistaken for the old one; a few entries at most.
+_BY_OFFERS: dict[tuple[int, str, object], tuple[OfferTable, np.ndarray]] = {}
+_MAX_CACHED = 64
+
+
+def _cached(offers: OfferTable, what: str, key: object, make) -> np.ndarray:  # type: ignore[no-untyped-def]
+    entry = _BY_OFFERS.get((id(offers), what, key))
+    if entry is not None and entry[0] is offers:
+        return entry[1]
+    value = make()
+    value.setflags(write=False)
+    if len(_BY_OFFERS) >= _MAX_CACHED:
+        _BY_OFFERS.clear()
+    _BY_OFFERS[(id(offers), what, key)] = (offers, value)
+    return value
+
+
+def _valid_on(offers: OfferTable, day: np.datetime64) -> np.ndarray:
+    """(1, m) bool: the ``validity`` rule on ``day`` (once per catalog and day)."""
+    return _cached(
+        offers,
+        "validity",
+        day,
+        lambda: ((offers.valid_from <= day) & (day <= offers.valid_to))[None, :],
+    )
+
+
+def _moment_index(offers: OfferTable) -> np.ndarray:
+    """(m,) int: each offer's moment in ``DETECTED_MOMENTS`` (-1: any moment)."""
+    return _cached(
+        offers,
+        "moment",
+        None,
+        lambda: np.array(
+            [DETECTED_MOMENTS.index(x) if x else -1 for x in offers.moment], dtype=np.int64
+        ),
+    )
 
 
 def consent_ok(members: MemberTable, channel: str, settings: EngineSettings) -> np.ndarray:

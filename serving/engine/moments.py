@@ -73,7 +73,29 @@ def member_moments(members: MemberTable, settings: MomentSettings) -> Moments:
 def basket_moments(members: MemberTable, settings: MomentSettings) -> Moments:
     """The detectors over the live basket only (reaches the next tier, milestone purchase,
     large basket); ``detect_moments`` is ``member_moments | basket_moments``."""
+    if members.n == 1:
+        return _basket_one(members, settings)
     return _detect(members, settings, basket=True)
+
+
+_BASKET_SLOTS = tuple(
+    DETECTED_MOMENTS.index(x) for x in ("tier_nudge", "milestone", "large_basket")
+)
+
+
+def _basket_one(members: MemberTable, s: MomentSettings) -> Moments:
+    """``basket_moments`` of one member in plain Python (the checkout path; the same rules:
+    a comparison with an unknown value, NaN, is False as in numpy)."""
+    total = float(members.get("basket_total")[0])
+    large = total >= s.large_basket_factor * float(members.get("avg_basket")[0]) and (
+        total >= s.large_basket_min
+    )
+    flags = np.zeros((1, len(DETECTED_MOMENTS)), dtype=bool)
+    tier, milestone, big = _BASKET_SLOTS
+    flags[0, tier] = bool(members.basket_reaches_next_tier[0])
+    flags[0, milestone] = bool(members.basket_is_milestone[0])
+    flags[0, big] = large
+    return Moments(flags)
 
 
 def _detect(members: MemberTable, settings: MomentSettings, basket: bool) -> Moments:

@@ -47,6 +47,9 @@ DECISION_COLUMNS = (
     "model_versions",
     "fallback",
     "created_at",
+    "held_out",
+    "holdout_share",
+    "campaign_id",
 )
 
 

@@ -44,6 +44,11 @@ decisions = Table(
     Column("model_versions", JSON, nullable=False),
     Column("fallback", String(32), nullable=False),
     Column("created_at", DateTime, nullable=False),
+    # program holdout member (no personalised offers) and the holdout share then (the control
+    # arm's propensity); None on rows stored before revision 0003
+    Column("held_out", Boolean, nullable=True),
+    Column("holdout_share", Float, nullable=True),
+    Column("campaign_id", String(ID_LEN), nullable=True),  # batch sends; None: API decisions
     Index("ix_decisions_member_created", "member_id", "created_at"),
 )
 

@@ -100,3 +100,29 @@ def test_settings_validate_thresholds():
     mt = MemberTable.from_frame(members(member(days_to_birthday=2), member()))
     flags = detect_moments(mt, MomentSettings()).flags
     assert flags.dtype == np.bool_ and flags.shape == (2, len(DETECTED_MOMENTS))
+
+
+def test_basket_moments_of_one_member_equal_the_vectorised_detectors():
+    from serving.api.bundle import _with_basket
+    from serving.engine.moments import basket_moments
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for _ in range(200):
+        rows.append(
+            member(
+                avg_basket=rng.choice([np.nan, 5.0, 20.0, 60.0]),
+                points_to_next_tier=rng.choice([np.nan, 0.0, 10.0, 45.0, 700.0]),
+                purchases_to_next_milestone=rng.choice([np.nan, 0, 1, 2]),
+            )
+        )
+    table = MemberTable.from_frame(members(*rows))
+    totals = rng.choice([np.nan, 0.0, 12.0, 29.99, 30.0, 45.0, 150.0], size=table.n)
+    table = _with_basket(table, totals)
+    settings = MomentSettings()
+    many = basket_moments(table, settings).flags
+    assert many.any() and not many.all()
+    for i in range(table.n):
+        one = basket_moments(table.take(np.array([i])), settings).flags
+        assert one.shape == (1, len(DETECTED_MOMENTS))
+        assert one[0].tolist() == many[i].tolist(), i

@@ -94,3 +94,31 @@ def test_bad_keys_file_names_the_file(tmp_path: Path):
     bad.write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"keys\.json"):
         ServingSettings(home=tmp_path, api_keys_file=bad).all_api_keys()
+
+
+def test_openapi_declares_the_key_on_v1_operations_only(client):
+    schema = client.get("/openapi.json").json()
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["APIKeyHeader"] == {
+        "type": "apiKey",
+        "description": "API key",
+        "in": "header",
+        "name": "X-API-Key",
+    }
+    assert schemes["HTTPBearer"]["scheme"] == "bearer"
+    both = [{"APIKeyHeader": []}, {"HTTPBearer": []}]
+    assert schema["paths"]["/v1/events"]["post"]["security"] == both
+    assert schema["paths"]["/v1/checkout/rewards"]["post"]["security"] == both
+    assert "security" not in schema["paths"]["/healthz"]["get"]
+
+
+def test_a_key_checked_before_the_body_is_not_hashed_again(client, monkeypatch):
+    calls = []
+    ring = client.app.state.keyring
+    authenticate = ring.authenticate
+    monkeypatch.setattr(ring, "authenticate", lambda key: calls.append(1) or authenticate(key))
+    headers = {"X-API-Key": "writer-key"}
+    assert client.post("/v1/events", json=EVENT, headers=headers).status_code == 200
+    assert len(calls) == 1  # the middleware's check; the route reuses its principal
+    assert client.get("/v1/models", headers=headers).status_code == 403  # no body: route checks
+    assert len(calls) == 2

@@ -142,8 +142,12 @@ def _calibrate(
     s_valid = pair_scores(valid_model, valid)
     assert valid.pair_rows is not None
     method = _choose_method(s_valid, y_valid, valid.train.member_ids[valid.pair_rows])
-    cal = RedeemCalibrator(method).fit(s_valid, y_valid)  # type: ignore[arg-type]
-    p = cal.predict(pair_scores(test_model, test))
+    assert valid.pair_items is not None and test.pair_items is not None
+    items_valid = np.asarray(valid.train.item_ids, dtype=str)[valid.pair_items]
+    cal = RedeemCalibrator(method).fit(s_valid, y_valid, groups=items_valid)  # type: ignore[arg-type]
+    p = cal.predict(
+        pair_scores(test_model, test), np.asarray(test.train.item_ids, dtype=str)[test.pair_items]
+    )
     y = test.pair_labels
     base = float(y_valid.mean())
     curve = reliability_curve(p, y, bins=10)

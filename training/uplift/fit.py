@@ -32,7 +32,7 @@ from models.uplift import LEARNERS
 from models.uplift.base import BaseUpliftLearner
 from models.uplift.encoding import FeatureEncoder
 from models.uplift.onnx_export import OnnxUpliftPredictor, export_onnx
-from training.uplift.calibration import apply_shifts, level_shifts
+from training.uplift.calibration import apply_shifts, level_fit
 from training.uplift.data import (
     CONVERSION,
     OUTCOMES,
@@ -85,6 +85,9 @@ class UpliftTrainSettings:
     split_at: str | None = None
     use_propensity: bool = False
     calibrate_level: bool = True
+    # empirical-Bayes shrinkage of each treatment's level toward its kind's and the mean of all
+    # (training/uplift/calibration.py); off: each treatment keeps its own noisy ATT
+    shrink_level: bool = True
     min_treatment_rows: int = 50
     seed: int = 0
     # level calibration uses a seeded uniform sample of this many training rows when there are
@@ -143,6 +146,17 @@ def _propensity(frame: pd.DataFrame) -> np.ndarray:
     return np.where(missing, share, p)
 
 
+def _kind_of(frame: pd.DataFrame, control: str) -> dict[str, str] | None:
+    """Treatment -> offer kind of the treated rows (None when the treatment is the kind)."""
+    if S.KIND not in frame.columns:
+        return None
+    treated = frame.loc[frame[TREATMENT] != control, [TREATMENT, S.KIND]].dropna()
+    pairs = treated.drop_duplicates(TREATMENT)
+    if (pairs[TREATMENT].astype(str) == pairs[S.KIND].astype(str)).all():
+        return None
+    return dict(zip(pairs[TREATMENT].astype(str), pairs[S.KIND].astype(str), strict=True))
+
+
 def _row_sample(n: int, size: int | None, seed: int) -> np.ndarray | slice:
     """Sorted positions of a seeded uniform sample of ``size`` of ``n`` rows, or every row."""
     if size is None or n <= size:
@@ -197,16 +211,20 @@ def fit_uplift(
         learner.fit(X_tr, y, labels_tr, prop)
         if settings.calibrate_level:
             cal = _row_sample(len(y), settings.level_rows, settings.seed)
-            shifts = level_shifts(
+            fit = level_fit(
                 learner,
                 X_tr[cal],
                 y[cal],
                 labels_tr[cal],
                 None if prop is None else 1 / prop[cal],
+                groups=_kind_of(tr, data.control),
+                shrink=settings.shrink_level,
             )
-            apply_shifts(learner, shifts)
-            named = zip(learner.treatments_, shifts, strict=True)
-            level |= {f"level_shift.{outcome}.{t}": float(v) for t, v in named}
+            apply_shifts(learner, fit.shifts)
+            for j, t in enumerate(fit.treatments):
+                level[f"level_shift.{outcome}.{t}"] = float(fit.shifts[j])
+                level[f"level_att.{outcome}.{t}"] = float(fit.att[j])
+                level[f"level_se.{outcome}.{t}"] = float(fit.shrunk_se[j])
         if list(learner.treatments_) != keep:
             raise UpliftTrainError(f"{outcome}: fitted treatments {learner.treatments_} != {keep}")
         step(f"export {outcome} to ONNX")

@@ -73,6 +73,13 @@ def _bundle(state: Any) -> ServingBundle:
     return holder.current
 
 
+def _holdout_share(state: Any) -> float | None:
+    """The program holdout share of the serving engine (the control arm's propensity)."""
+    holder = state.bundle
+    current = None if holder is None else holder.current
+    return None if current is None else float(current.engine.settings.holdout.share)
+
+
 def _record(
     state: Any, member_id: str, channel: str, d: dict[str, Any], versions: dict[str, str]
 ) -> None:
@@ -90,6 +97,8 @@ def _record(
                 ],
                 "model_versions": versions,
                 "fallback": fallback,
+                "held_out": bool(d.get("held_out", False)),
+                "holdout_share": _holdout_share(state),
             }
         )
     count = state.metrics.count_decision
