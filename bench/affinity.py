@@ -45,7 +45,7 @@ COLUMNS = {
 
 def _catalog(out: Path) -> Path:
     """The example catalog with every offer duplicated, so there are more than 50 offers."""
-    from features.catalog import default_catalog_path, dump_catalog, load_catalog
+    from features.catalog.model import default_catalog_path, dump_catalog, load_catalog
 
     cat = load_catalog(default_catalog_path())
     copies = [o.model_copy(update={"offer_id": f"{o.offer_id}-b"}) for o in cat.offers]
@@ -56,7 +56,7 @@ def _catalog(out: Path) -> Path:
 def simulate_to(out: Path, members: int, seed: int) -> dict[str, float]:
     """Simulate and write the program; returns timing and sizes."""
     from features.sim.config import SimConfig
-    from features.simulate import simulate
+    from features.sim.simulate import simulate
 
     t0 = time.perf_counter()
     program = simulate(members, seed=seed, config=SimConfig(catalog_path=_catalog(out)))

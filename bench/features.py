@@ -36,7 +36,7 @@ def data_dir(n: int, seed: int) -> Path:
     if (out / "DONE").exists():
         return out
     sys.path.insert(0, str(REPO))
-    from features.simulate import simulate
+    from features.sim.simulate import simulate
 
     t0 = time.perf_counter()
     simulate(n_members=n, seed=seed).write(out)
@@ -82,8 +82,8 @@ class PeakRSS:
 
 def _child_batch(engine: str, n: int, seed: int) -> dict:
     sys.path.insert(0, str(REPO))
-    from features.config import FeatureConfig
     from features.pipeline import load_tables, member_features, resolve_categories
+    from features.pipeline.config import FeatureConfig
     from features.pipeline.engines import connect
     from features.pipeline.output import write_features
 
@@ -129,9 +129,9 @@ def _child_online(n: int, seed: int, members: int) -> dict:
     import numpy as np
     import pandas as pd
 
-    from features.config import FeatureConfig
-    from features.online import OnlineFeatures
     from features.pipeline import load_tables, resolve_categories
+    from features.pipeline.config import FeatureConfig
+    from features.pipeline.online import OnlineFeatures
 
     src = data_dir(n, seed)
     config = resolve_categories(load_tables(src), FeatureConfig(), before=AS_OF)

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if sys.path[0] != str(ROOT):  # bench/features.py must not shadow the features package
     sys.path.insert(0, str(ROOT))
 
-from features import schema as S  # noqa: E402
+from features.sources import schema as S  # noqa: E402
 from models.affinity import (  # noqa: E402
     ALS,
     Blend,
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     t0 = time.time()
-    from features.adapters.complete_journey import convert
+    from features.sources.adapters.complete_journey import convert
 
     tables = convert(args.src)
     frames = {

@@ -23,7 +23,7 @@ import pandas as pd
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from features.sim.config import SimConfig  # noqa: E402
-from features.simulate import simulate  # noqa: E402
+from features.sim.simulate import simulate  # noqa: E402
 from serving.reports import incrementality, unit_outcomes  # noqa: E402
 from serving.reports.sources import from_data_dir  # noqa: E402
 

@@ -15,7 +15,7 @@ solve on the sample, chunks, part files, the assembled Parquet; the store is not
   already in memory), chunked: the reference the issue compares against;
 * ``local``: ``run_local`` over ``--members``;
 * ``onnx_uplift``: the same send scored with the REAL uplift model: a program of
-  ``--uplift-program-members`` is simulated (``features.simulate``), the uplift model fitted on
+  ``--uplift-program-members`` is simulated (``features.sim.simulate``), the uplift model fitted on
   it by the training code (S-learner, LightGBM, 30 trees; ``training.uplift.fit``), exported to
   ONNX and saved as pyfunc artifacts (training time printed, not counted); the members are the
   program's member features as of its end (computed with the model's feature configuration),
@@ -158,7 +158,7 @@ def train_uplift_onnx(args: argparse.Namespace, work: Path) -> tuple[Path, pd.Da
     artifact directory, the program's member features as of its end (with the model's
     feature configuration) and what was trained."""
     from features.pipeline import load_tables, member_features
-    from features.simulate import SimConfig, simulate
+    from features.sim.simulate import SimConfig, simulate
     from models.uplift.pyfunc import save_artifacts
     from training.uplift.data import build_training_set
     from training.uplift.fit import UpliftTrainSettings, fit_uplift, resolve_treatment

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _child(n: int, seed: int, out: str) -> None:
     sys.path.insert(0, str(REPO))
-    from features.simulate import simulate
+    from features.sim.simulate import simulate
 
     t0 = time.perf_counter()
     program = simulate(n_members=n, seed=seed)

@@ -18,8 +18,8 @@ def check(
     file: Annotated[Path, typer.Argument(help="catalog YAML file")],
 ) -> None:
     """Validate a catalog; print its offers by kind, or every error and exit 1."""
-    from features.catalog import CatalogError, load_catalog
-    from features.schema import OFFER_KINDS
+    from features.catalog.model import CatalogError, load_catalog
+    from features.sources.schema import OFFER_KINDS
 
     try:
         catalog = load_catalog(file)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from features.validate import ValidationResult, validate_dir
+from features.sources.validate import ValidationResult, validate_dir
 
 console = Console()
 

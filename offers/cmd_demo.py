@@ -27,8 +27,8 @@ from rich.console import Console
 from rich.table import Table
 
 from features.settings import get_settings
-from features.summary import summarize
-from features.validate import validate_dir
+from features.sources.summary import summarize
+from features.sources.validate import validate_dir
 from offers.cmd_data import render_validation
 
 console = Console()
@@ -124,7 +124,7 @@ def _how_to(url: str, key: str, home: Path, member: str, serve_cmd: str) -> None
 
 def _data_and_snapshot(members: int, seed: int, data_dir: Path, snapshot: Path) -> pd.DataFrame:
     """Simulate, validate, write the member feature snapshot and print the summary."""
-    from features.simulate import simulate
+    from features.sim.simulate import simulate
     from offers.demo_pipeline import write_snapshot
 
     t0 = time.perf_counter()

@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from features.config import FeatureConfig
 from features.pipeline import (
     FeatureInputError,
     features_at,
@@ -21,9 +20,10 @@ from features.pipeline import (
     to_naive_utc,
     to_timestamp,
 )
+from features.pipeline.config import FeatureConfig
 from features.pipeline.engines import ENGINES, connect
 from features.pipeline.output import FeatureFileSummary, write_features
-from features.schema import TS
+from features.sources.schema import TS
 
 console = Console()
 

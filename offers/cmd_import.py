@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -11,13 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from features.adapters import ADAPTERS, AdapterResult, ImportReport, SourceDataError, write
+from features.sources.adapters import ADAPTERS, AdapterResult, ImportReport, SourceDataError, write
 
 console = Console()
 
 # Where the public data sets live; the same variable the test suite honours.
-SHARED_DATA_ENV = "OFFERS_SHARED_DATA"
-DEFAULT_SHARED_DATA = Path("../shared/data")
 
 
 class DataSet(StrEnum):
@@ -29,8 +26,10 @@ class DataSet(StrEnum):
 
 
 def default_src(dataset: str) -> Path:
-    """``$OFFERS_SHARED_DATA/<dataset>``, or ``../shared/data/<dataset>``."""
-    return Path(os.environ.get(SHARED_DATA_ENV, DEFAULT_SHARED_DATA)) / dataset
+    """``$OFFERS_SHARED_DATA/<dataset>``, or ``../shared/data/<dataset>`` beside the repository."""
+    from features.settings import OffersSettings
+
+    return OffersSettings().shared_data / dataset
 
 
 def render_report(report: ImportReport, out: Console = console) -> None:
@@ -63,7 +62,7 @@ def import_data(
     src: Annotated[
         Path | None,
         typer.Option(
-            help=f"source folder; default ${SHARED_DATA_ENV} or ../shared/data, "
+            help="source folder; default $OFFERS_SHARED_DATA or ../shared/data, "
             "then the data set's name"
         ),
     ] = None,

@@ -62,7 +62,7 @@ def score_command(
 ) -> None:
     """Score every member of DATA for the campaign: offers, value parts, explanations, decision
     ids and exploration probabilities, budgets respected over the whole send."""
-    from features.catalog import CatalogError, load_catalog
+    from features.catalog.model import CatalogError, load_catalog
     from serving.batch import (
         DEFAULT_MODELS,
         CampaignError,

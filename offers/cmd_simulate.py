@@ -33,9 +33,9 @@ def simulate_cmd(
     ] = "easy",
 ) -> None:
     """Simulate a loyalty program with known ground truth and write it to OUT."""
-    from features.catalog import CatalogError
+    from features.catalog.model import CatalogError
     from features.sim.config import difficulty as level
-    from features.simulate import SimConfig, simulate
+    from features.sim.simulate import SimConfig, simulate
 
     try:
         cfg = SimConfig(catalog_path=catalog, difficulty=level(difficulty))

@@ -41,7 +41,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from features.settings import OffersSettings
@@ -65,10 +65,7 @@ class ServingSettings(OffersSettings):
     migrate_on_start: bool = True
     api_keys: dict[str, list[str]] = Field(default_factory=dict)
     api_keys_file: Path | None = None
-    mlflow_tracking_uri: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "OFFERS_MLFLOW_TRACKING_URI"),
-    )
+    # mlflow_tracking_uri (MLFLOW_TRACKING_URI): from OffersSettings
     models: dict[str, str] = Field(default_factory=dict)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

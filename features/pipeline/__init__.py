@@ -12,7 +12,7 @@ Public API::
     offer_features(tables)
 """
 
-from features.config import FeatureConfig
+from features.pipeline.config import FeatureConfig
 from features.pipeline.history import AS_OF, KEYS
 from features.pipeline.pit import (
     as_tables,

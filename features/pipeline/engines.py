@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from typing import Any
 
@@ -30,7 +29,10 @@ def spark_session(
         from pyspark.sql import SparkSession
     except ImportError as exc:  # the `spark` extra is not installed
         raise FeatureInputError("engine 'spark' needs pyspark (pip install '.[spark]')") from exc
-    master = master or os.environ.get("SPARK_MASTER", "local[*]")
+    if master is None:
+        from features.settings import OffersSettings
+
+        master = OffersSettings().spark_master
     spark = (
         SparkSession.builder.master(master)
         .appName("loyalty-offers-features")

@@ -12,9 +12,9 @@ import ibis
 import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
 
-from features import schema as S
-from features.config import FeatureConfig
+from features.pipeline.config import FeatureConfig
 from features.pipeline.exprs import DAY_S, epoch_s, to_units, week_index
+from features.sources import schema as S
 
 __all__ = [
     "AS_OF",

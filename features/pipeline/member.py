@@ -2,7 +2,8 @@
 
 ``member_feature_table`` is the single definition; ``features.pipeline.pit`` feeds it one
 as_of for every member (``member_features``) or one per pair (``features_at``), and
-``features.online`` feeds it one member. Feature semantics are documented in docs/features.md.
+``features.pipeline.online`` feeds it one member. Feature semantics are documented in
+docs/features.md.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import ibis
 import ibis.expr.types as ir
 
-from features import schema as S
-from features.config import FeatureConfig
+from features.pipeline.config import FeatureConfig
 from features.pipeline.exprs import (
     DAY_S,
     days_between,
@@ -29,6 +29,7 @@ from features.pipeline.history import (
     visible_lines,
 )
 from features.pipeline.tables import FeatureTables
+from features.sources import schema as S
 
 __all__ = ["member_feature_table"]
 

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from features import schema as S
-from features.config import FeatureConfig
+from features.pipeline.config import FeatureConfig
 from features.pipeline.tables import FeatureInputError
+from features.sources import schema as S
 
 __all__ = ["FeatureFileSummary", "write_features", "write_member_snapshot"]
 

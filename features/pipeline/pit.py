@@ -16,8 +16,7 @@ import ibis.expr.types as ir
 import pandas as pd
 from ibis.backends import BaseBackend
 
-from features import schema as S
-from features.config import FeatureConfig
+from features.pipeline.config import FeatureConfig
 from features.pipeline.history import AS_OF
 from features.pipeline.member import member_feature_table
 from features.pipeline.tables import (
@@ -25,6 +24,7 @@ from features.pipeline.tables import (
     FeatureTables,
     load_tables,
 )
+from features.sources import schema as S
 
 __all__ = [
     "as_tables",

@@ -2,7 +2,8 @@
 
 The feature expressions only see ``FeatureTables``; where the tables come from (a data
 directory's Parquet/CSV files, in-memory frames, a warehouse) is decided here. Every table is
-cast to the canonical types of ``features.schema`` so CSV and Parquet give the same features.
+cast to the canonical types of ``features.sources.schema`` so CSV and Parquet give the same
+features.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import pandas as pd
 import pyarrow as pa
 from ibis.backends import BaseBackend
 
-from features.io import arrow_schema, find_table_file
-from features.schema import TABLE_ORDER, TABLES
+from features.sources.io import arrow_schema, find_table_file
+from features.sources.schema import TABLE_ORDER, TABLES
 
 __all__ = [
     "IBIS_TYPES",

@@ -1,4 +1,4 @@
-"""The synthetic loyalty program, split by responsibility (see ``features.simulate``).
+"""The synthetic loyalty program, split by responsibility (see ``features.sim.simulate``).
 
 config (knobs and fixed tables) -> members (traits) -> purchases (baseline baskets) ->
 response (affinity and true effects) -> campaigns (randomised sends, events, induced baskets)

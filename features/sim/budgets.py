@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.catalog import Budget, Catalog
+from features.catalog.model import Budget, Catalog
 
 __all__ = ["PER_MEMBERS", "effective_budgets", "scale_budgets"]
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features import schema as S
 from features.sim.budgets import effective_budgets
 from features.sim.program import Program
+from features.sources import schema as S
 
 __all__ = ["real_stats", "sim_stats"]
 
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--data", type=Path, default=Path("../shared/data"))
     args = ap.parse_args(argv)
     if args.what == "sim":
-        from features.simulate import SimConfig, simulate
+        from features.sim.simulate import SimConfig, simulate
 
         prog = simulate(args.members, args.seed, SimConfig(difficulty=args.difficulty))
         res: dict = {

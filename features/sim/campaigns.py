@@ -15,8 +15,7 @@ from datetime import date, datetime, timedelta
 
 import numpy as np
 
-from features.catalog import Catalog, CatalogOffer
-from features.schema import CHANNELS, EVENTS, LIFECYCLE_STAGES, OFFER_KINDS
+from features.catalog.model import Catalog, CatalogOffer
 from features.sim import config as C
 from features.sim.config import SimConfig
 from features.sim.members import DAY, Members
@@ -37,6 +36,7 @@ from features.sim.response import (
     effects,
     redeem_probability,
 )
+from features.sources.schema import CHANNELS, EVENTS, LIFECYCLE_STAGES, OFFER_KINDS
 
 __all__ = ["CampaignLog", "run_campaigns"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from features.schema import OFFER_KINDS, TIERS
+from features.sources.schema import OFFER_KINDS, TIERS
 
 __all__ = [
     "CATEGORIES",

@@ -13,9 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features import schema as S
-from features.catalog import Catalog, default_catalog_path, dump_catalog, load_catalog
-from features.io import to_canonical_frame, write_table
+from features.catalog.model import Catalog, default_catalog_path, dump_catalog, load_catalog
 from features.sim import config as C
 from features.sim import response as R
 from features.sim.budgets import effective_budgets, scale_budgets
@@ -31,6 +29,8 @@ from features.sim.response import (
     redeem_probability,
     respond,
 )
+from features.sources import schema as S
+from features.sources.io import to_canonical_frame, write_table
 
 __all__ = ["Program", "simulate"]
 
@@ -347,7 +347,7 @@ def simulate(
     config: SimConfig | None = None,
     progress: Progress | None = None,
 ) -> Program:
-    """Simulate a loyalty program with known ground truth (see ``features.simulate``)."""
+    """Simulate a loyalty program with known ground truth (see ``features.sim.simulate``)."""
     if n_members < 1:
         raise ValueError(f"n_members: {n_members} must be at least 1")
     cfg = config or SimConfig()

@@ -46,12 +46,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features.catalog import Catalog
-from features.schema import OFFER_KINDS
+from features.catalog.model import Catalog
 from features.sim import config as C
 from features.sim.config import Difficulty
 from features.sim.members import DAY, Members
 from features.sim.pairs import pair_exponential, pair_normal
+from features.sources.schema import OFFER_KINDS
 
 __all__ = [
     "Context",

@@ -188,7 +188,7 @@ def prepare_shared_state(
     """
     from pathlib import Path
 
-    from features.catalog import load_catalog
+    from features.catalog.model import load_catalog
     from serving.api.budgets import BudgetSyncError, sync_budgets
     from serving.api.startup import explain_catalog
     from serving.engine import DecisionEngine

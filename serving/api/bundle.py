@@ -27,10 +27,10 @@ import pandas as pd
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from features import schema as S
-from features.catalog import load_catalog
-from features.io import find_table_file, read_raw, to_canonical_frame
+from features.catalog.model import load_catalog
 from features.settings import OffersSettings
+from features.sources import schema as S
+from features.sources.io import find_table_file, read_raw, to_canonical_frame
 from models.affinity import AffinityInputError, FoldIn
 from serving.api.budgets import seed_budgets
 from serving.api.modelset import ModelSet

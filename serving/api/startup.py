@@ -83,7 +83,7 @@ def open_store_clearly(url: str, **kwargs: Any) -> Any:
 
 def explain_catalog(path: Path) -> str | None:
     """Why the catalog at ``path`` cannot be used (file, field and value), or None."""
-    from features.catalog import CatalogError, load_catalog
+    from features.catalog.model import CatalogError, load_catalog
 
     where = f"OFFERS_CATALOG: catalog {path}"
     if not path.is_file():

@@ -26,7 +26,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from features.schema import CHANNELS
+from features.sources.schema import CHANNELS
 
 __all__ = ["DEFAULT_MODELS", "Campaign", "CampaignError", "load_campaign", "parse_campaign"]
 

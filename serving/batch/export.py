@@ -35,8 +35,8 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import select
 
-from features import schema as S
-from features.io import find_table_file, read_raw, to_canonical_frame, write_table
+from features.sources import schema as S
+from features.sources.io import find_table_file, read_raw, to_canonical_frame, write_table
 from serving.store import OffersStore
 from serving.store.tables import decisions, feedback_events, grants
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
-from features import schema as S
+from features.sources import schema as S
 from serving.store import OffersStore
 from serving.store.tables import grants
 

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from features.schema import MEMBER_ID
+from features.sources.schema import MEMBER_ID
 from serving.batch.campaign import Campaign
 from serving.batch.output import OUTPUT_COLUMNS, output_format, output_frame, store_records
 from serving.batch.plan import SendPlan, in_price_sample, surprise_spend, usage

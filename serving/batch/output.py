@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from features.schema import CHANNEL, MEMBER_ID, OFFER_ID
+from features.sources.schema import CHANNEL, MEMBER_ID, OFFER_ID
 
 __all__ = ["OUTPUT_COLUMNS", "assemble", "output_format", "output_frame", "store_records"]
 

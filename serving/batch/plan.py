@@ -19,8 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.catalog import Catalog
-from features.schema import OFFER_ID
+from features.catalog.model import Catalog
+from features.sources.schema import OFFER_ID
 from serving.batch.campaign import Campaign
 from serving.batch.scorers import Scorer
 from serving.engine import (

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from features.config import FeatureConfig
-from features.schema import MEMBER_ID
+from features.pipeline.config import FeatureConfig
+from features.sources.schema import MEMBER_ID
 from serving.engine import OfferTable, ScoreInputs
 from serving.engine.adapters import model_inputs, uplift_matrix
 from serving.engine.hashing import hash64

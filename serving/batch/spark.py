@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from features.schema import MEMBER_ID
+from features.sources.schema import MEMBER_ID
 from serving.batch.campaign import Campaign
 from serving.batch.local import (
     MANIFEST,

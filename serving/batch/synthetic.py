@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.catalog import Catalog, parse_catalog
-from features.schema import LIFECYCLE_STAGES, MEMBER_ID, OFFER_KINDS, TIERS
+from features.catalog.model import Catalog, parse_catalog
+from features.sources.schema import LIFECYCLE_STAGES, MEMBER_ID, OFFER_KINDS, TIERS
 
 __all__ = ["synthetic_catalog", "synthetic_members"]
 

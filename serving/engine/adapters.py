@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features import schema as S
+from features.sources import schema as S
 from serving.engine.offers import OfferTable
 from serving.engine.scoring import ScoreInputs
 from serving.engine.settings import GLOBAL_POPULAR, PERSONALISED, SEGMENT_POPULAR

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from features.schema import CHANNELS
+from features.sources.schema import CHANNELS
 from serving.engine.errors import EngineInputError
 
 __all__ = ["DecisionContext"]

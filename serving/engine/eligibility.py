@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from features.schema import CHANNELS
+from features.sources.schema import CHANNELS
 from serving.engine.context import DecisionContext
 from serving.engine.errors import EngineInputError
 from serving.engine.members import CONSENT_CHANNELS, MemberTable

@@ -26,9 +26,9 @@ import pandas as pd
 import pyarrow as pa
 from pandas.arrays import ArrowStringArray
 
-from features import schema as S
-from features.catalog import Catalog
-from features.schema import OFFER_KINDS
+from features.catalog.model import Catalog
+from features.sources import schema as S
+from features.sources.schema import OFFER_KINDS
 from serving.engine.allocation import Budgets, allocate, budget_cut, offer_prices
 from serving.engine.context import DecisionContext
 from serving.engine.eligibility import eligibility

@@ -23,7 +23,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from features.schema import TIERS
+from features.sources.schema import TIERS
 from serving.engine.members import MemberTable
 from serving.engine.moments import DETECTED_MOMENTS, Moments
 from serving.engine.offers import OfferTable

@@ -1,7 +1,7 @@
 """Members as the engine sees them: validated arrays from a member-feature frame.
 
 The frame is the feature pipeline's output (``features.pipeline.member_features``: the
-snapshot serving loads), or ``features.online.OnlineFeatures`` for one member, whose
+snapshot serving loads), or ``features.pipeline.online.OnlineFeatures`` for one member, whose
 ``basket_*`` columns give the live basket). Only ``member_id`` and ``lifecycle_stage`` are
 required; every other column is optional and a missing column or a null value turns the rules
 and detectors that need it off for that member (e.g. no birthday moment without
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.schema import CONSENT_COLUMNS, LIFECYCLE_STAGES, MEMBER_ID, TIERS
+from features.sources.schema import CONSENT_COLUMNS, LIFECYCLE_STAGES, MEMBER_ID, TIERS
 from serving.engine.errors import EngineInputError, MissingColumnError
 
 __all__ = ["CONSENT_CHANNELS", "REQUIRED_COLUMNS", "MemberTable"]

@@ -2,7 +2,7 @@
 
 Each detector is a vectorised rule with thresholds from :class:`MomentSettings`; a member can
 be in several moments at once. The catalog names a moment per surprise offer
-(``features.catalog.MOMENTS``); a surprise offer without a moment fits any detected moment.
+(``features.catalog.model.MOMENTS``); a surprise offer without a moment fits any detected moment.
 
 ========================  ==========================================================================
 moment                    fires when (defaults)
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features.catalog import MOMENTS
+from features.catalog.model import MOMENTS
 from serving.engine.members import MemberTable
 from serving.engine.settings import MomentSettings
 

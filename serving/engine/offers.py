@@ -12,8 +12,8 @@ from functools import cached_property
 
 import numpy as np
 
-from features.catalog import Catalog
-from features.schema import CHANNELS, LIFECYCLE_STAGES, OFFER_KINDS, TIERS
+from features.catalog.model import Catalog
+from features.sources.schema import CHANNELS, LIFECYCLE_STAGES, OFFER_KINDS, TIERS
 from serving.engine.errors import EngineInputError
 
 __all__ = ["OfferTable"]
@@ -73,7 +73,7 @@ class OfferTable:
     def from_catalog(
         cls, catalog: Catalog, extra_tags: dict[str, list[str]] | None = None
     ) -> OfferTable:
-        """Build the table from a validated catalog (``features.catalog.load_catalog``)."""
+        """Build the table from a validated catalog (``features.catalog.model.load_catalog``)."""
         offers = catalog.offers
         extra = extra_tags or {}
         unknown = sorted(set(extra) - {o.offer_id for o in offers})

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from features.schema import LIFECYCLE_STAGES
+from features.sources.schema import LIFECYCLE_STAGES
 from serving.engine.errors import EngineInputError
 from serving.engine.members import MemberTable
 from serving.engine.offers import OfferTable

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from features.schema import CHANNELS, LIFECYCLE_STAGES
+from features.sources.schema import CHANNELS, LIFECYCLE_STAGES
 
 __all__ = [
     "AllocationSettings",

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features import schema as S
-from features.schema import OFFER_KINDS
+from features.sources import schema as S
+from features.sources.schema import OFFER_KINDS
 from serving.engine.allocation import budget_cut, greedy_one
 from serving.engine.context import DecisionContext
 from serving.engine.eligibility import eligibility

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from features import schema as S
+from features.sources import schema as S
 from serving.engine.errors import EngineInputError
 from serving.engine.offers import OfferTable
 

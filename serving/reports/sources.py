@@ -16,8 +16,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 from sqlalchemy import select
 
-from features import schema as S
-from features.io import find_table_file, read_raw
+from features.sources import schema as S
+from features.sources.io import find_table_file, read_raw
 from serving.reports.incrementality import IncrementalityError, ReportInputs
 
 __all__ = ["from_data_dir", "from_store", "offers_frame"]
@@ -41,7 +41,7 @@ def offers_frame(offers: pd.DataFrame | None, catalog_path: Path | None) -> pd.D
     (the moment of a surprise offer lives only in the catalog)."""
     frame = offers
     if catalog_path is not None and catalog_path.exists():
-        from features.catalog import load_catalog
+        from features.catalog.model import load_catalog
 
         catalog = load_catalog(catalog_path)
         cat = pd.DataFrame(

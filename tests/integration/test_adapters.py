@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features import schema as S
-from features.adapters import AdapterResult, complete_journey, hillstrom, starbucks, write
-from features.adapters.common import REPORT_FILE
-from features.validate import validate_dir
+from features.sources import schema as S
+from features.sources.adapters import AdapterResult, complete_journey, hillstrom, starbucks, write
+from features.sources.adapters.common import REPORT_FILE
+from features.sources.validate import validate_dir
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from features.adapters import convert
+from features.sources.adapters import convert
 from models.affinity import ALS, PersonalPopularity, Popularity
 from training.affinity.evaluate import EvalSettings, build_task, evaluate_model
 

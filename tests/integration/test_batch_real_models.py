@@ -74,7 +74,7 @@ def _score(world, name: str, campaign: dict) -> tuple[pd.DataFrame, Path, str]:
 def test_score_with_registered_models(world):
     from sqlalchemy import func, select
 
-    from features.catalog import load_catalog
+    from features.catalog.model import load_catalog
     from serving.batch import OUTPUT_COLUMNS
     from serving.store import open_store
     from serving.store.tables import decisions
@@ -129,7 +129,7 @@ def test_score_with_registered_models(world):
 def test_features_use_the_uplift_models_configuration(world):
     import mlflow
 
-    from features.config import FeatureConfig
+    from features.pipeline.config import FeatureConfig
     from serving.batch import load_scorer, scorer_feature_config
 
     mlflow.set_tracking_uri(world["tracking"])

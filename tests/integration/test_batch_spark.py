@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.catalog import load_catalog
+from features.catalog.model import load_catalog
 from serving.batch import SendPlan, SyntheticScorer, run_local
 from serving.batch.spark import run_spark
 from tests.support.batch import build_batch_program, campaign

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.catalog import load_catalog
+from features.catalog.model import load_catalog
 from serving.batch import ResumeError, SendPlan, SyntheticScorer
 from serving.batch.local import parts_dir
 from serving.batch.spark import run_spark

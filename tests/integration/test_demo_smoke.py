@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from features.validate import validate_dir
+from features.sources.validate import validate_dir
 
 
 def _free_port() -> int:

@@ -61,7 +61,7 @@ def _champion(tracking_uri: str, name: str) -> str:
 def world(tmp_path_factory, postgres_url):
     """Program and snapshot on disk, both models champion on a real tracking server, and
     ``offers serve`` running against it with a fresh PostgreSQL database."""
-    from features.simulate import SimConfig, simulate
+    from features.sim.simulate import SimConfig, simulate
 
     root = tmp_path_factory.mktemp("e2e")
     home, data = root / "home", root / "data"

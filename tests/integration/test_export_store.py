@@ -14,9 +14,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from features import schema as S
-from features.simulate import simulate
-from features.validate import validate_dir
+from features.sim.simulate import simulate
+from features.sources import schema as S
+from features.sources.validate import validate_dir
 from serving.batch.export import serving_campaign_id
 from serving.store import open_store, utcnow
 from serving.store.tables import grants

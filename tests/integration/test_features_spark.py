@@ -19,7 +19,7 @@ from features.pipeline import (
     resolve_categories,
     tables_from_frames,
 )
-from features.simulate import simulate
+from features.sim.simulate import simulate
 from tests.support import features as F
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]

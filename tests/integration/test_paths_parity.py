@@ -155,7 +155,7 @@ def test_member_offers_batch_endpoint_and_offers_score_decide_the_same(world):
 def test_history_caps_apply_on_every_path(world):
     """A member who already received an offer up to its per_member_cap (in the data's
     offer_events) never gets it again from any path."""
-    from features.catalog import load_catalog
+    from features.catalog.model import load_catalog
     from serving.engine import OfferTable, state_from_events
 
     snapshot = pd.read_parquet(world["snapshot"])

@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from features.simulate import simulate
+from features.sim.simulate import simulate
 from offers import cmd_policy
 from training.policy.truth import SimulatedTruth
 

@@ -59,7 +59,7 @@ def test_real_policy_check_on_a_trained_program(mlflow_server, tmp_path_factory)
     """Both families trained by the project's code, then a second uplift version: the check
     runs on the held-out campaign and its verdict follows the rule it states."""
     from features.sim.config import SimConfig
-    from features.simulate import simulate
+    from features.sim.simulate import simulate
     from offers.demo_pipeline import DEMO_UPLIFT_PARAMS, train_and_promote
     from training.policy.gate import PolicyCheck
     from training.uplift.fit import UpliftTrainSettings

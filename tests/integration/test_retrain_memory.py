@@ -53,7 +53,7 @@ def _run(home: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from features.simulate import simulate
+    from features.sim.simulate import simulate
 
     out = tmp_path_factory.mktemp("retrain-memory") / "program"
     simulate(n_members=MEMBERS, seed=5).write(out)

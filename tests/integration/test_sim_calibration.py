@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from features.sim.calibrate import real_stats, sim_stats
-from features.simulate import SimConfig, simulate
+from features.sim.simulate import SimConfig, simulate
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from features.simulate import SimConfig, simulate
+from features.sim.simulate import SimConfig, simulate
 from training.registry import CHALLENGER, CHAMPION, ModelRegistry
 from training.uplift.data import TREATMENT, UpliftTrainingSet, build_training_set, time_split
 from training.uplift.train import UPLIFT_MODEL, UpliftTrainSettings, train_uplift

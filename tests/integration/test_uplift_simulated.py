@@ -16,7 +16,7 @@ import pytest
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from features.pipeline import tables_from_frames
-from features.simulate import SimConfig, simulate
+from features.sim.simulate import SimConfig, simulate
 from training.uplift.benchmark import BenchmarkConfig, run_benchmark
 from training.uplift.data import TREATMENT, build_training_set
 from training.uplift.fit import UpliftTrainSettings, fit_uplift

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from features.simulate import SimConfig, simulate
+from features.sim.simulate import SimConfig, simulate
 from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +53,7 @@ def train_affinity_quick(program: dict, registry, factors: int = 8, promote: boo
     """A small ALS blend on the program's interactions, registered and made champion."""
     import tempfile
 
-    from features.validate import load_dir
+    from features.sources.validate import load_dir
     from models.affinity import ALS, Blend
     from models.affinity.interactions import build_interactions
     from models.affinity.pyfunc import ENTRY_POINT, input_example, save_artifacts, signature

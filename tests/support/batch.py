@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from features.pipeline.output import write_member_snapshot
-from features.simulate import simulate
+from features.sim.simulate import simulate
 from serving.batch import parse_campaign
 
 SEND = "2026-10-31"

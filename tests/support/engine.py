@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.catalog import Catalog, parse_catalog
+from features.catalog.model import Catalog, parse_catalog
 
 AS_OF = pd.Timestamp("2026-10-31")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from features.io import to_canonical_frame
+from features.sources.io import to_canonical_frame
 
 AS_OF = pd.Timestamp("2024-06-12 12:00:00")
 T = pd.Timestamp

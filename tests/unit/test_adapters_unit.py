@@ -11,8 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from features import schema as S
-from features.adapters import (
+from features.sources import schema as S
+from features.sources.adapters import (
     AdapterResult,
     SourceDataError,
     complete_journey,
@@ -21,8 +21,8 @@ from features.adapters import (
     starbucks,
     write,
 )
-from features.adapters.common import REPORT_FILE
-from features.io import to_canonical_frame
+from features.sources.adapters.common import REPORT_FILE
+from features.sources.io import to_canonical_frame
 from offers import cmd_import
 
 
@@ -502,5 +502,5 @@ def test_cli_import_missing_source_exits_1(tmp_path: Path) -> None:
 
 
 def test_cli_default_src_honours_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(cmd_import.SHARED_DATA_ENV, str(tmp_path))
+    monkeypatch.setenv("OFFERS_SHARED_DATA", str(tmp_path))
     assert cmd_import.default_src("hillstrom") == tmp_path / "hillstrom"

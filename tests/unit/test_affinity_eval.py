@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from features.simulate import simulate
+from features.sim.simulate import simulate
 from models.affinity.pyfunc import AffinityPyfunc, save_artifacts
 from offers import cmd_affinity
 from training.affinity.evaluate import (

@@ -9,9 +9,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from features.config import FeatureConfig
+from features.pipeline.config import FeatureConfig
 from features.pipeline.output import write_member_snapshot
-from features.simulate import simulate
+from features.sim.simulate import simulate
 from serving.batch import ScorerError, SyntheticScorer, scorer_feature_config
 from serving.batch.scorers import ModelScorer, _Bound
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
-from features.catalog import default_catalog_path, parse_catalog
+from features.catalog.model import default_catalog_path, parse_catalog
 from serving.api.budgets import seed_budgets, sync_budgets
 from serving.engine import OfferTable
 from serving.store import OffersStore, open_store

@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from features import schema as S
-from features.catalog import (
+from features.catalog.model import (
     CatalogError,
     default_catalog_path,
     dump_catalog,
     load_catalog,
     parse_catalog,
 )
+from features.sources import schema as S
 
 
 def _offer(**kw: object) -> dict:
@@ -96,7 +96,7 @@ def test_duplicate_offer_id() -> None:
 def test_bad_top_level_and_yaml_syntax(tmp_path: Path) -> None:
     assert _errors({"offers": [_offer()], "progam": "x"}) == [
         "catalog.yaml: field 'progam': unknown field (check the spelling; see "
-        "features/catalog.py for the format)"
+        "features/catalog/model.py for the format)"
     ]
     assert "expected a mapping" in _errors(["a"])[0]
     f = tmp_path / "broken.yaml"

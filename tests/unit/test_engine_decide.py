@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.schema import OFFER_EVENTS
+from features.sources.schema import OFFER_EVENTS
 from serving.engine import (
     DecisionContext,
     DecisionEngine,

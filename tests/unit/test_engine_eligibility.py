@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.schema import CHANNELS
+from features.sources.schema import CHANNELS
 from serving.engine.context import DecisionContext
 from serving.engine.eligibility import RULES, eligibility
 from serving.engine.errors import EngineInputError, MissingColumnError

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.catalog import parse_catalog
-from features.schema import LIFECYCLE_STAGES, TIERS
+from features.catalog.model import parse_catalog
+from features.sources.schema import LIFECYCLE_STAGES, TIERS
 from serving.engine import DecisionContext, DecisionEngine, EngineSettings
 from serving.engine.fallback import FallbackTables
 from serving.engine.hashing import decision_ids, encode_texts, hash64

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.catalog import default_catalog_path, load_catalog
-from features.schema import LIFECYCLE_STAGES, TIERS
+from features.catalog.model import default_catalog_path, load_catalog
+from features.sources.schema import LIFECYCLE_STAGES, TIERS
 from serving.engine import DecisionContext, DecisionEngine, EngineSettings, FallbackTables
 from serving.engine.eligibility import member_eligibility
 from serving.engine.hashing import (

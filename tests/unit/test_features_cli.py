@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from features.io import write_table
+from features.sources.io import write_table
 from offers import cmd_features
 from tests.support import features as F
 

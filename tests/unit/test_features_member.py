@@ -12,8 +12,6 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from features.config import FeatureConfig, category_slug
-from features.io import write_table
 from features.pipeline import (
     FeatureInputError,
     load_tables,
@@ -22,6 +20,8 @@ from features.pipeline import (
     resolve_categories,
     tables_from_frames,
 )
+from features.pipeline.config import FeatureConfig, category_slug
+from features.sources.io import write_table
 from tests.support import features as F
 
 DAY = 86_400

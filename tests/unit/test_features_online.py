@@ -5,15 +5,15 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from features.config import FeatureConfig
-from features.online import BASKET_COLUMNS, OnlineFeatures, basket_context
 from features.pipeline import (
     FeatureInputError,
     member_features,
     resolve_categories,
     tables_from_frames,
 )
-from features.simulate import simulate
+from features.pipeline.config import FeatureConfig
+from features.pipeline.online import BASKET_COLUMNS, OnlineFeatures, basket_context
+from features.sim.simulate import simulate
 from tests.support import features as F
 
 

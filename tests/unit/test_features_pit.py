@@ -7,8 +7,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features.config import FeatureConfig
-from features.io import to_canonical_frame
 from features.pipeline import (
     FeatureInputError,
     features_at,
@@ -16,8 +14,10 @@ from features.pipeline import (
     resolve_categories,
     tables_from_frames,
 )
-from features.schema import EVENTS
-from features.simulate import simulate
+from features.pipeline.config import FeatureConfig
+from features.sim.simulate import simulate
+from features.sources.io import to_canonical_frame
+from features.sources.schema import EVENTS
 from tests.support import features as F
 
 

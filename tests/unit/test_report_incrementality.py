@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features.simulate import simulate
+from features.sim.simulate import simulate
 from serving.reports import IncrementalityError, ReportInputs, incrementality, unit_outcomes
 from serving.reports.sources import from_data_dir, from_store
 
@@ -174,7 +174,7 @@ def test_store_decisions_are_sends_and_holdout(tmp_path):
               "decision_id": f"d{np.flatnonzero(~held)[0]}", "event": "redeemed",
               "ts": T0 + timedelta(days=1)}]
         )  # fmt: skip
-        from features.catalog import default_catalog_path
+        from features.catalog.model import default_catalog_path
 
         inputs = from_store(store, default_catalog_path(), holdout=holdout)
     finally:

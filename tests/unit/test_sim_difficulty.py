@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features import schema as S
 from features.sim.calibrate import sim_stats
-from features.simulate import DIFFICULTIES, Program, SimConfig, simulate
+from features.sim.simulate import DIFFICULTIES, Program, SimConfig, simulate
+from features.sources import schema as S
 
 # sha256 of every file of simulate(1500, seed=5).write() before the levels existed (commit
 # 8e0cfe5, pyarrow 25.0.1, numpy 2.4.6): easy must reproduce them.

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features import schema as S
-from features.io import to_canonical_frame
-from features.simulate import Program, SimConfig, simulate
+from features.sim.simulate import Program, SimConfig, simulate
+from features.sources import schema as S
+from features.sources.io import to_canonical_frame
 
 N = 12_000
 
@@ -74,7 +74,7 @@ def test_values_are_valid(program: Program) -> None:
 
 
 def test_written_program_validates_clean(program: Program, tmp_path: Path) -> None:
-    validate = pytest.importorskip("features.validate")
+    validate = pytest.importorskip("features.sources.validate")
     program.write(tmp_path)
     result = validate.validate_dir(tmp_path, now=_end(program))
     assert result.ok, [p.message for p in result.problems]

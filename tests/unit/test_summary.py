@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from features.summary import conversion_by_arm, redemption_by_kind, summarize
-from features.validate import validate_dir
+from features.sources.summary import conversion_by_arm, redemption_by_kind, summarize
+from features.sources.validate import validate_dir
 from tests.support.tables import NOW, good_tables, write_csv
 
 

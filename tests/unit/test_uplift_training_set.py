@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.io import to_canonical_frame
 from features.pipeline import tables_from_frames
+from features.sources.io import to_canonical_frame
 from models.uplift.base import NotFittedError, UpliftInputError
 from models.uplift.encoding import FeatureEncoder, quantise
 from training.uplift.data import (
@@ -256,8 +256,8 @@ def test_encoder_errors(data) -> None:
 def test_features_fetch_and_attach_equal_ibis_to_pandas_and_a_merge(tmp_path) -> None:
     """The lean fetch has the dtypes and values of ``to_pandas`` (nulls in float, bool and
     string columns included), and attaching features equals the inner merge sorted by time."""
-    from features.config import FeatureConfig
     from features.pipeline import features_at, resolve_categories
+    from features.pipeline.config import FeatureConfig
     from training.uplift.data import _attach, _to_pandas, open_tables
 
     for name, df in _frames().items():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from features.io import write_table
-from features.validate import DataValidationError, load_dir, validate_dir
+from features.sources.io import write_table
+from features.sources.validate import DataValidationError, load_dir, validate_dir
 from tests.support.tables import NOW, good_tables, write_csv
 
 

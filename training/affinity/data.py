@@ -24,9 +24,9 @@ from typing import Any
 import ibis.expr.types as ir
 import pandas as pd
 
-from features import schema as S
 from features.pipeline import FeatureTables, load_tables
 from features.pipeline.engines import connect
+from features.sources import schema as S
 
 __all__ = ["EVENT_COLUMNS", "AffinityTables", "open_affinity_tables"]
 

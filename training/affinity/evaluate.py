@@ -35,7 +35,7 @@ import pandas as pd
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
-from features import schema as S
+from features.sources import schema as S
 from models.affinity import (
     FALLBACKS,
     AffinityModel,

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from features.io import table_files
+from features.sources.io import table_files
 from models.affinity.persist import load_interactions, load_model
 from models.affinity.pyfunc import ENTRY_POINT, input_example, save_artifacts, signature
 from training.affinity.data import open_affinity_tables

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features import schema as S
-from features.catalog import load_catalog
-from features.validate import load_dir
+from features.catalog.model import load_catalog
+from features.sources import schema as S
+from features.sources.validate import load_dir
 from serving.engine import (
     DecisionContext,
     DecisionEngine,

@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features import schema as S
-from features.catalog import load_catalog
-from features.io import write_table
+from features.catalog.model import load_catalog
 from features.pipeline import load_tables, member_features
-from features.validate import load_dir
+from features.sources import schema as S
+from features.sources.io import write_table
+from features.sources.validate import load_dir
 from serving.engine import (
     DecisionContext,
     DecisionEngine,
@@ -96,7 +96,7 @@ def train_shipped(
 ) -> ShippedModels:
     """Train both models on ``data_dir`` with the code of ``offers train``, register them in a
     scratch registry under ``work``, make them champion and load them with serving's loader."""
-    from features.config import FeatureConfig
+    from features.pipeline.config import FeatureConfig
     from training.affinity.evaluate import EvalSettings
     from training.affinity.search import SearchSettings
     from training.affinity.train import train_affinity

@@ -1,6 +1,6 @@
 """Ground truth of a simulated program, for policy evaluation only (reads ``truth/``).
 
-The simulator (``features.simulate``) writes the true P(redeem | sent) and effects for a send at
+The simulator (``features.sim.simulate``) writes the true P(redeem | sent) and effects for a send at
 the observation end (``truth/affinity``, ``truth/effects``) and the members' latent traits
 (``truth/members_latent``). :class:`SimulatedTruth` rebuilds the simulator's response model
 from those traits (``features.sim.response``), so the true value of *any* offer for *any* member
@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features import schema as S
-from features.catalog import Catalog, load_catalog
+from features.catalog.model import Catalog, load_catalog
 from features.sim import config as C
 from features.sim.config import Difficulty, SimConfig
 from features.sim.members import Members
@@ -39,6 +38,7 @@ from features.sim.response import (
     redeem_probability,
     respond,
 )
+from features.sources import schema as S
 from serving.engine.errors import EngineInputError
 
 __all__ = ["SimulatedTruth"]

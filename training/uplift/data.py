@@ -36,8 +36,6 @@ import ibis
 import numpy as np
 import pandas as pd
 
-from features import schema as S
-from features.config import FeatureConfig
 from features.pipeline import (
     FeatureTables,
     as_tables,
@@ -46,8 +44,10 @@ from features.pipeline import (
     resolve_categories,
     to_timestamp,
 )
+from features.pipeline.config import FeatureConfig
 from features.pipeline.engines import connect
 from features.pipeline.pit import TablesLike
+from features.sources import schema as S
 
 __all__ = [
     "ARM_COLUMNS",

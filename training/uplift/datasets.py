@@ -14,7 +14,6 @@ and one or more binary outcomes.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +58,9 @@ class UpliftDataset:
 
 def default_data_dir() -> Path:
     """``$OFFERS_SHARED_DATA`` or ``../shared/data`` beside the repository."""
-    env = os.environ.get("OFFERS_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    from features.settings import OffersSettings
+
+    return OffersSettings().shared_data
 
 
 def load_hillstrom(data_dir: Path | None = None) -> UpliftDataset:

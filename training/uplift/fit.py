@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from features import schema as S
+from features.sources import schema as S
 from models.uplift import LEARNERS
 from models.uplift.base import BaseUpliftLearner
 from models.uplift.encoding import FeatureEncoder

@@ -1,6 +1,6 @@
 """Uplift on the simulated program, where the true individual effects are known.
 
-The simulator (``features.simulate``, docs/simulator.md) writes ``truth/assignments.parquet``:
+The simulator (``features.sim.simulate``, docs/simulator.md) writes ``truth/assignments.parquet``:
 one row per past campaign assignment (campaign_id, member_id, offer_id, treated, ...) with, for
 treated rows, the true effects of the offer sent *at that send time* over the simulator's
 effect window (14 days): ``tau_conversion`` (difference in P(any purchase)) and ``tau_spend``
@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
-from features import schema as S
+from features.sources import schema as S
 from models.uplift.encoding import FeatureEncoder
 from training.uplift.data import (
     CONVERSION,
@@ -165,7 +165,7 @@ def simulated_benchmark_data(
         assignments = load_assignments(data_dir)
         name = f"simulated:{Path(data_dir).name}"
     else:
-        from features.simulate import simulate
+        from features.sim.simulate import simulate
 
         program = simulate(members, seed=seed)
         data = build_training_set(tables_from_frames(program), config)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features import schema as S
+from features.sources import schema as S
 from models.uplift.base import DEFAULT_BASE_PARAMS
 from models.uplift.pyfunc import ENTRY_POINT, save_artifacts, signature
 from training.registry import Gate, GateDecision, ModelRegistry
@@ -89,7 +89,7 @@ class UpliftTrainResult:
 
 def code_version() -> dict[str, str]:
     """``git_sha`` (and ``git_dirty``) of the repository holding this code, when git is there."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
@@ -328,7 +328,7 @@ def sends_per_offer(data_dir: Path, training_set: UpliftTrainingSet | None = Non
     if training_set is not None:
         sent = training_set.frame[S.OFFER_ID].dropna()
         return sent.value_counts().tolist()
-    from features.io import find_table_file, read_raw
+    from features.sources.io import find_table_file, read_raw
 
     path = find_table_file(Path(data_dir), "offer_events")
     if path is None:

@@ -26,12 +26,12 @@ import pandas as pd
 import pyarrow as pa
 from ibis.formats.pandas import PandasData
 
-from features import schema as S
-from features.config import FeatureConfig
-from features.io import arrow_schema
+from features.pipeline.config import FeatureConfig
 from features.pipeline.history import AS_OF
 from features.pipeline.pit import features_at, to_timestamp
 from features.pipeline.tables import FeatureInputError, unbound_tables
+from features.sources import schema as S
+from features.sources.io import arrow_schema
 
 __all__ = ["BASKET_COLUMNS", "OnlineFeatures", "basket_context"]
 

@@ -42,9 +42,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features import schema as S
-from features.io import DataFileError, find_table_file, read_raw, to_canonical_frame
-from features.schema import TABLE_ORDER, TABLES, ColumnSpec, TableSpec
+from features.sources import schema as S
+from features.sources.io import DataFileError, find_table_file, read_raw, to_canonical_frame
+from features.sources.schema import TABLE_ORDER, TABLES, ColumnSpec, TableSpec
 
 __all__ = [
     "DataValidationError",

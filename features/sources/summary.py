@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from features import schema as S
+from features.sources import schema as S
 
 __all__ = ["conversion_by_arm", "redemption_by_kind", "summarize"]
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.schema import TABLE_ORDER, TABLES, TableSpec
+from features.sources.schema import TABLE_ORDER, TABLES, TableSpec
 
 __all__ = [
     "ARROW_TYPES",

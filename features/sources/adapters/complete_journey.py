@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features import schema as S
-from features.adapters.common import (
+from features.sources import schema as S
+from features.sources.adapters.common import (
     AdapterResult,
     ImportReport,
     SourceDataError,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from features.adapters import complete_journey, hillstrom, starbucks
-from features.adapters.common import (
+from features.sources.adapters import complete_journey, hillstrom, starbucks
+from features.sources.adapters.common import (
     AdapterResult,
     ImportReport,
     ReportLine,

@@ -191,7 +191,9 @@ OFFERS = TableSpec(
         _c(VALID_TO, "timestamp", required=False),
     ),
     key=OFFER_ID,
-    notes="`channels` is `|`-separated; `eligibility` is a JSON object (see features.catalog).",
+    notes=(
+        "`channels` is `|`-separated; `eligibility` is a JSON object (see features.catalog.model)."
+    ),
 )
 
 TRANSACTIONS = TableSpec(

@@ -7,12 +7,12 @@ Format (one mapping per offer under ``offers:``; optional program-level keys on 
     offers:
       - offer_id: bday-coffee          # unique, a string
         name: Birthday coffee on us
-        kind: free_item                # one of features.schema.OFFER_KINDS
+        kind: free_item                # one of features.sources.schema.OFFER_KINDS
         reward_value: 4.5              # value to the member (currency)
         cost: 1.2                      # cost to the business (currency)
         min_spend: 0                   # optional
         duration_days: 14              # optional: how long the member has to use it
-        channels: [email, app]         # optional: subset of features.schema.CHANNELS
+        channels: [email, app]         # optional: subset of features.sources.schema.CHANNELS
         category: coffee               # optional: product category it applies to
         eligibility:                   # optional; every rule optional
           tiers: [gold, platinum]
@@ -46,8 +46,8 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from features import schema as S
-from features.io import to_canonical_frame
+from features.sources import schema as S
+from features.sources.io import to_canonical_frame
 
 __all__ = [
     "MOMENTS",
@@ -214,7 +214,8 @@ class Catalog(_Strict):
         return [o.offer_id for o in self.offers]
 
     def to_offers_frame(self) -> pd.DataFrame:
-        """The canonical ``offers`` table (features.schema.OFFERS dtypes and column order)."""
+        """The canonical ``offers`` table (``features.sources.schema.OFFERS`` dtypes and column
+        order)."""
         rows = []
         for o in self.offers:
             rules = o.eligibility.rules() if o.eligibility is not None else {}
@@ -245,7 +246,7 @@ def _describe(err: dict[str, Any]) -> str:
     """Plain words for one pydantic error."""
     kind, msg, value = err["type"], err["msg"], err.get("input")
     if kind == "extra_forbidden":
-        return "unknown field (check the spelling; see features/catalog.py for the format)"
+        return "unknown field (check the spelling; see features/catalog/model.py for the format)"
     if kind == "missing":
         return "is required"
     if kind == "value_error":
@@ -323,5 +324,5 @@ def dump_catalog(catalog: Catalog, path: Path | str) -> Path:
 
 
 def default_catalog_path() -> Path:
-    """The example catalog shipped with the package (``features/data/catalog.yaml``)."""
+    """The example catalog shipped with the package (``features/catalog/data/catalog.yaml``)."""
     return Path(__file__).parent / "data" / "catalog.yaml"

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features import schema as S
-from features.adapters.common import (
+from features.sources import schema as S
+from features.sources.adapters.common import (
     AdapterResult,
     ImportReport,
     read_json_lines,

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features import schema as S
-from features.adapters.common import (
+from features.sources import schema as S
+from features.sources.adapters.common import (
     AdapterResult,
     ImportReport,
     SourceDataError,

@@ -18,8 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.json as pj
 
-from features.io import to_canonical_frame, write_table
-from features.schema import TABLE_ORDER
+from features.sources.io import to_canonical_frame, write_table
+from features.sources.schema import TABLE_ORDER
 
 __all__ = [
     "REPORT_FILE",

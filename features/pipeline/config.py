@@ -11,7 +11,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from features.schema import OFFER_KINDS, TIERS
+from features.sources.schema import OFFER_KINDS, TIERS
 
 __all__ = ["FeatureConfig", "category_slug"]
 

@@ -1,0 +1,101 @@
+"""The README's environment table names exactly the variables the settings classes read, and
+library code reads the environment only through them."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+import re
+from pathlib import Path
+
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
+
+REPO = Path(__file__).resolve().parents[2]
+LIBRARY = ("features", "models", "training", "serving")
+# read directly on purpose: Spark's own variable, checked (not set) before starting workers
+DIRECT_READS = {("serving/batch/spark.py", "PYSPARK_PYTHON")}
+
+
+def _settings_classes() -> set[type[BaseSettings]]:
+    for package in (*LIBRARY, "offers"):
+        module = importlib.import_module(package)
+        for info in pkgutil.walk_packages(module.__path__, package + "."):
+            if "migrations" not in info.name and not info.name.endswith("__main__"):
+                importlib.import_module(info.name)
+    found: set[type[BaseSettings]] = set()
+    todo = list(BaseSettings.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        if cls.__module__.split(".")[0] in (*LIBRARY, "offers"):
+            found.add(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def _variables(cls: type[BaseSettings]) -> set[str]:
+    prefix = cls.model_config.get("env_prefix", "")
+    if prefix == "OFFERS_ENGINE_":  # nested groups: one table row names the pattern
+        return {"OFFERS_ENGINE_<FIELD>"}
+    out = set()
+    for name, field in cls.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            out |= {str(a) for a in alias.choices}
+        elif isinstance(alias, str):
+            out.add(alias)
+        elif name != "engine":  # BundleConfig.engine: EngineSettings reads its own variables
+            out.add(prefix.upper() + name.upper())
+    return out
+
+
+def _readme_variables() -> set[str]:
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## Environment\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return {
+        name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_<>]+)`", row.split("|")[1])
+    }
+
+
+def test_readme_table_equals_the_settings_classes():
+    code = set().union(*(_variables(c) for c in _settings_classes()))
+    readme = _readme_variables() - {"OFFERS_ENGINE_<GROUP>__<FIELD>"}
+    assert code - readme == set(), f"settings missing from the README table: {code - readme}"
+    assert readme - code == set(), (
+        f"README names variables no settings class reads: {readme - code}"
+    )
+
+
+def _direct_reads(path: Path) -> set[str]:
+    """Names read with ``os.environ.get``/``os.getenv``/``os.environ[...]`` (not writes)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            f = ast.unparse(node.func)
+            if f in ("os.environ.get", "os.getenv") and node.args:
+                names.add(ast.unparse(node.args[0]).strip("'\""))
+        elif (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.ctx, ast.Load)
+            and ast.unparse(node.value) == "os.environ"
+        ):
+            names.add(ast.unparse(node.slice).strip("'\""))
+    return names
+
+
+def test_library_code_reads_the_environment_only_through_settings():
+    reads = {
+        (str(p.relative_to(REPO)), name)
+        for package in LIBRARY
+        for p in sorted((REPO / package).rglob("*.py"))
+        for name in _direct_reads(p)
+    }
+    assert reads - DIRECT_READS == set(), f"read the environment directly: {reads - DIRECT_READS}"
+
+
+def test_direct_read_check_catches_a_read(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text("import os\na = os.environ.get('X')\nb = os.environ['Y']\nos.environ['Z'] = '1'\n")
+    assert _direct_reads(f) == {"X", "Y"}
