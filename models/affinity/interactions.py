@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
-from features import schema as S
+from features.sources import schema as S
 
 __all__ = [
     "ITEM_KINDS",

@@ -12,8 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from features import schema as S
 from features.pipeline import FeatureTables, member_features, tables_from_frames
+from features.sources import schema as S
 
 __all__ = ["SEGMENT_SEP", "feature_tables", "member_segments", "segment_label"]
 
