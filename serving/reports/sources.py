@@ -11,6 +11,7 @@ keeps no amounts, so spend, margin and ROI need ``--data`` too).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -19,6 +20,9 @@ from sqlalchemy import select
 from features import schema as S
 from features.io import find_table_file, read_raw
 from serving.reports.incrementality import IncrementalityError, ReportInputs
+
+if TYPE_CHECKING:
+    from serving.engine.settings import HoldoutSettings
 
 __all__ = ["from_data_dir", "from_store", "offers_frame"]
 
@@ -94,7 +98,7 @@ def from_data_dir(data: Path, catalog: Path | None = None) -> ReportInputs:
 def from_store(
     store: object,
     catalog: Path,
-    holdout: object | None = None,
+    holdout: HoldoutSettings | None = None,
     data: Path | None = None,
 ) -> ReportInputs:
     """Inputs from an open ``OffersStore`` and the catalog it serves. ``holdout``: the
@@ -152,7 +156,7 @@ def from_store(
             ).all(),
             columns=["transaction_id", "member_id", "ts", "decision_id"],
         )
-    settings = holdout if holdout is not None else EngineSettings().holdout
+    settings = holdout if holdout is not None else EngineSettings().holdout  # type: ignore[call-arg]
     # A checkout's decision happens at its purchase: the unit starts at the session's time and
     # outcomes strictly after it (its own basket is not its outcome).
     at_checkout = sessions.drop_duplicates("decision_id").set_index("decision_id")["ts"]
