@@ -10,6 +10,7 @@ keeps no amounts, so spend, margin and ROI need ``--data`` too).
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,11 +101,13 @@ def from_store(
     catalog: Path,
     holdout: HoldoutSettings | None = None,
     data: Path | None = None,
+    since: datetime | None = None,
 ) -> ReportInputs:
     """Inputs from an open ``OffersStore`` and the catalog it serves. ``holdout``: the
     engine's ``HoldoutSettings`` (default: from the environment, as the service reads it).
     ``data``: a data directory whose transactions and members give spend and the onboarding
-    stage (else checkouts are the purchases and spend is not estimated)."""
+    stage (else checkouts are the purchases and spend is not estimated). ``since``: only
+    decisions made from then on (and what followed them)."""
     from serving.engine.holdout import in_holdout
     from serving.engine.settings import EngineSettings
     from serving.store.tables import checkout_sessions, decisions, feedback_events, grants
@@ -119,7 +122,7 @@ def from_store(
                     decisions.c.channel,
                     decisions.c.offers,
                     decisions.c.created_at,
-                )
+                ).where(decisions.c.created_at >= (since or datetime.min))
             ).all(),
             columns=["decision_id", "member_id", "channel", "offers", "ts"],
         )
@@ -130,7 +133,9 @@ def from_store(
                     feedback_events.c.offer_id,
                     feedback_events.c.decision_id,
                     feedback_events.c.ts,
-                ).where(feedback_events.c.event == "redeemed")
+                )
+                .where(feedback_events.c.event == "redeemed")
+                .where(feedback_events.c.ts >= (since or datetime.min))
             ).all(),
             columns=["member_id", "offer_id", "decision_id", "ts"],
         )
@@ -141,7 +146,9 @@ def from_store(
                     grants.c.offer_id,
                     grants.c.decision_id,
                     grants.c.redeemed_at,
-                ).where(grants.c.state == "redeemed")
+                )
+                .where(grants.c.state == "redeemed")
+                .where(grants.c.granted_at >= (since or datetime.min))
             ).all(),
             columns=["member_id", "offer_id", "decision_id", "ts"],
         )
@@ -152,7 +159,7 @@ def from_store(
                     checkout_sessions.c.member_id,
                     checkout_sessions.c.created_at,
                     checkout_sessions.c.decision_id,
-                )
+                ).where(checkout_sessions.c.created_at >= (since or datetime.min))
             ).all(),
             columns=["transaction_id", "member_id", "ts", "decision_id"],
         )
