@@ -63,6 +63,14 @@ def retrain_cmd(
     ] = DEFAULT_KEY_ENV,
     tracking_uri: TrackingUriOpt = None,
     policy_gate: PolicyGateOpt = True,
+    min_delta: Annotated[
+        float,
+        typer.Option(
+            help="metric gates: promote when the challenger beats the champion's NDCG / Qini by "
+            "more than this (negative: a fresher model may be this much worse; the policy gate "
+            "still applies)"
+        ),
+    ] = 0.0,
     als_trials: Annotated[int, typer.Option(min=1, help="affinity: ALS configurations")] = 6,
     bpr_trials: Annotated[int, typer.Option(min=1, help="affinity: BPR configurations")] = 3,
     uplift_params: Annotated[
@@ -109,6 +117,7 @@ def retrain_cmd(
         ),
         uplift=uplift,
         policy_gate=policy_gate,
+        min_delta=min_delta,
         serve_url=serve_url,
     )
     registry = ModelRegistry(tracking_uri)

@@ -86,6 +86,8 @@ def score_command(
         catalog = load_catalog(camp.catalog or data / "catalog.yaml")
         plan = SendPlan.create(camp, catalog)
         scorer = load_scorer(camp.models or DEFAULT_MODELS, tracking_uri)
+        if hasattr(scorer, "uncertainty_z"):  # the campaign engine's lower confidence bound
+            scorer.uncertainty_z = plan.engine.settings.scoring.uncertainty_z
         feature_config = scorer_feature_config(scorer)
     except (CampaignError, CatalogError, OutputFormatError, ScorerError, EngineInputError) as exc:
         console.print(f"[red]error:[/red] {exc}")

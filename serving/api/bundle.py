@@ -417,6 +417,7 @@ def build_bundle(models: ModelSet, config: BundleConfig) -> ServingBundle:
         engine.offers,
         segment_column=seg_col,
         model_versions=models.versions(),
+        uncertainty_z=config.engine.scoring.uncertainty_z,
     )
     p = inputs.p_redeem.astype(np.float32)
     s = inputs.incremental_spend.astype(np.float32)

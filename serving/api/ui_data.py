@@ -1,9 +1,9 @@
 """What the program page (``/ui``) shows, read live from the store, the models being served and
 the registry. Plain functions of the app state; the router only renders them.
 
-Slow parts are cached for ``CACHE_SECONDS``: the incrementality table (it reads every decision)
-and the registry's versions (a tracking server may be slow or down: then the page says so and
-shows the rest).
+Slow parts are cached for ``CACHE_SECONDS``: the incrementality table (it reads the last 90
+days of decisions) and the registry's versions (a tracking server may be slow or down: then
+the page says so and shows the rest).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -39,6 +40,7 @@ CACHE_SECONDS = 30.0
 # training.uplift.evaluate.GATE_METRIC: qini) first, then a few that explain them.
 GATE_METRICS: tuple[str, ...] = ("ndcg@10", "qini", "recall@10", "map@10", "catalog_coverage@10")
 DAYS_SHOWN = 60
+INCREMENTALITY_DAYS = 90  # decisions the page's incrementality table reads
 _cache: dict[tuple[int, str], tuple[float, Any]] = {}
 _cache_lock = threading.Lock()
 
@@ -111,6 +113,7 @@ def incrementality_rows(state: Any) -> tuple[list[dict[str, Any]], str | None]:
                 state.store,
                 state.bundle.config.catalog_path(),
                 holdout=bundle.engine.settings.holdout,
+                since=datetime.now(UTC).replace(tzinfo=None) - timedelta(days=INCREMENTALITY_DAYS),
             )
             table = incrementality(inputs, dimensions=("all", "offer", "moment"))
         except Exception as exc:  # the page shows the rest
@@ -170,8 +173,6 @@ _reloads: dict[int, dict[str, str]] = {}
 
 def record_reload(state: Any, outcome: str, reason: str, key_id: str) -> None:
     """Remember the last reload asked from the page (this process)."""
-    from datetime import UTC, datetime
-
     at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     _reloads[id(state)] = {"at": at, "outcome": outcome, "reason": reason, "key_id": key_id}
 

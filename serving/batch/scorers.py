@@ -123,6 +123,7 @@ class ModelScorer:
     versions: dict[str, str]
     segment_column: str = "segment"
     outcome: str = "spend"
+    uncertainty_z: float = 0.0  # the engine's ScoringSettings.uncertainty_z
 
     def score(self, members: pd.DataFrame, offers: OfferTable) -> ScoreInputs:
         return model_inputs(
@@ -133,6 +134,7 @@ class ModelScorer:
             segment_column=self.segment_column,
             outcome=self.outcome,
             model_versions=self.versions,
+            uncertainty_z=self.uncertainty_z,
         )
 
 

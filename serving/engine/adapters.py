@@ -19,6 +19,10 @@ evaluation) turns model outputs into :class:`ScoreInputs` here, with one set of 
 * **uplift** (``models.uplift.pyfunc``), called through ``predict`` with
   ``params={"outcomes": [outcome]}`` (only that outcome is computed): each offer takes its own
   column ``<outcome>:<offer_id>``, else its kind's ``<outcome>:<kind>``, else no effect (0).
+  With ``uncertainty_z`` > 0 (``ScoringSettings.uncertainty_z``) the effect is taken at its
+  lower confidence bound, ``effect - z x se``, where ``se`` is the standard error of the
+  offer's (else its kind's) level that the model carries in its meta (``effect_se``, written
+  by ``offers train uplift``); a model without it is used as is.
 
 The engine never imports a model package: it only calls ``predict`` on what it is given.
 """
@@ -38,6 +42,7 @@ from serving.engine.settings import GLOBAL_POPULAR, PERSONALISED, SEGMENT_POPULA
 
 __all__ = [
     "affinity_matrix",
+    "effect_se",
     "model_inputs",
     "predict_frame",
     "python_model",
@@ -158,6 +163,19 @@ def uplift_matrix(
     return np.nan_to_num(out)
 
 
+def effect_se(model: Any, offers: OfferTable, outcome: str = SPEND_OUTCOME) -> np.ndarray:
+    """(m,) standard error of each offer's effect level on ``outcome`` from the uplift model's
+    meta (its own treatment, else its kind's, else 0)."""
+    meta = getattr(_python_model(model), "meta_", None) or {}
+    se = (meta.get("effect_se") or {}).get(outcome) or {}
+    out = np.zeros(offers.n, dtype=np.float64)
+    for j, (offer_id, kind) in enumerate(zip(offers.ids, offers.kind_names(), strict=True)):
+        value = se.get(str(offer_id), se.get(str(kind)))
+        if value is not None and np.isfinite(value) and value > 0:
+            out[j] = float(value)
+    return out
+
+
 def model_inputs(
     affinity: Any,
     uplift: Any,
@@ -168,11 +186,17 @@ def model_inputs(
     outcome: str = SPEND_OUTCOME,
     model_versions: dict[str, str] | None = None,
     baskets: Sequence[Sequence[str] | None] | None = None,
+    uncertainty_z: float = 0.0,
 ) -> ScoreInputs:
     """Both models' outputs for ``members`` x the catalog's ``offers`` as engine inputs
-    (``baskets``: the checkout context, one per member; see the module docstring)."""
+    (``baskets``: the checkout context, one per member; ``uncertainty_z``: effects at their
+    lower confidence bound; see the module docstring)."""
+    if not (np.isfinite(uncertainty_z) and uncertainty_z >= 0):
+        raise ValueError(f"uncertainty_z must be a finite number >= 0; got {uncertainty_z!r}")
     p, names = affinity_matrix(affinity, members, offers, segment_column, baskets)
     s = uplift_matrix(uplift, members, offers, outcome)
+    if uncertainty_z > 0:
+        s -= uncertainty_z * effect_se(uplift, offers, outcome)[None, :]
     return ScoreInputs(
         p,
         s,

@@ -38,6 +38,10 @@ SEGMENT_POPULAR = "segment_popular"
 GLOBAL_POPULAR = "global_popular"
 
 
+# Measured in docs/benchmarks.md ("Policy value on simulated programs"): the default z.
+UNCERTAINTY_Z = 1.0
+
+
 class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -54,6 +58,13 @@ class ScoringSettings(_Group):
     )
     min_value: float = Field(
         0.0, description="offers whose expected incremental value is not above this are not sent"
+    )
+    uncertainty_z: float = Field(
+        UNCERTAINTY_Z,
+        ge=0,
+        le=5,
+        description="incremental spend taken at its lower confidence bound, effect - z x the "
+        "standard error of the offer's effect level (the uplift model's meta); 0: the estimate",
     )
 
     @field_validator("send_cost")

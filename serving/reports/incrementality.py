@@ -324,7 +324,7 @@ def incrementality(
             key = {"offer": "offer_id", "moment": "moment", "stage": "stage"}.get(dim, dim + "_id")
             groups = list(treated.groupby(key, sort=True))
         for name, t in groups:
-            row = {"dimension": dim, "group": str(name)}
+            row: dict[str, object] = {"dimension": dim, "group": str(name)}
             if dim == "offer" and names is not None:
                 row["name"] = str(names.get(name, name))
             row.update(estimate(t, control, costs, margin_rate))

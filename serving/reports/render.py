@@ -70,7 +70,7 @@ def interval_figure(table: pd.DataFrame, dimension: str, outcome: str = "convers
     return fig
 
 
-def _fmt(v: Any, pct: bool = False, money: bool = False) -> str:
+def _fmt(v: Any, pct: bool | str = False, money: bool = False) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
     if pct:

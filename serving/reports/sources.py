@@ -10,7 +10,9 @@ keeps no amounts, so spend, margin and ROI need ``--data`` too).
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -19,6 +21,9 @@ from sqlalchemy import select
 from features.sources import schema as S
 from features.sources.io import find_table_file, read_raw
 from serving.reports.incrementality import IncrementalityError, ReportInputs
+
+if TYPE_CHECKING:
+    from serving.engine.settings import HoldoutSettings
 
 __all__ = ["from_data_dir", "from_store", "offers_frame"]
 
@@ -94,13 +99,15 @@ def from_data_dir(data: Path, catalog: Path | None = None) -> ReportInputs:
 def from_store(
     store: object,
     catalog: Path,
-    holdout: object | None = None,
+    holdout: HoldoutSettings | None = None,
     data: Path | None = None,
+    since: datetime | None = None,
 ) -> ReportInputs:
     """Inputs from an open ``OffersStore`` and the catalog it serves. ``holdout``: the
     engine's ``HoldoutSettings`` (default: from the environment, as the service reads it).
     ``data``: a data directory whose transactions and members give spend and the onboarding
-    stage (else checkouts are the purchases and spend is not estimated)."""
+    stage (else checkouts are the purchases and spend is not estimated). ``since``: only
+    decisions made from then on (and what followed them)."""
     from serving.engine.holdout import in_holdout
     from serving.engine.settings import EngineSettings
     from serving.store.tables import checkout_sessions, decisions, feedback_events, grants
@@ -115,7 +122,7 @@ def from_store(
                     decisions.c.channel,
                     decisions.c.offers,
                     decisions.c.created_at,
-                )
+                ).where(decisions.c.created_at >= (since or datetime.min))
             ).all(),
             columns=["decision_id", "member_id", "channel", "offers", "ts"],
         )
@@ -126,7 +133,9 @@ def from_store(
                     feedback_events.c.offer_id,
                     feedback_events.c.decision_id,
                     feedback_events.c.ts,
-                ).where(feedback_events.c.event == "redeemed")
+                )
+                .where(feedback_events.c.event == "redeemed")
+                .where(feedback_events.c.ts >= (since or datetime.min))
             ).all(),
             columns=["member_id", "offer_id", "decision_id", "ts"],
         )
@@ -137,7 +146,9 @@ def from_store(
                     grants.c.offer_id,
                     grants.c.decision_id,
                     grants.c.redeemed_at,
-                ).where(grants.c.state == "redeemed")
+                )
+                .where(grants.c.state == "redeemed")
+                .where(grants.c.granted_at >= (since or datetime.min))
             ).all(),
             columns=["member_id", "offer_id", "decision_id", "ts"],
         )
@@ -148,11 +159,11 @@ def from_store(
                     checkout_sessions.c.member_id,
                     checkout_sessions.c.created_at,
                     checkout_sessions.c.decision_id,
-                )
+                ).where(checkout_sessions.c.created_at >= (since or datetime.min))
             ).all(),
             columns=["transaction_id", "member_id", "ts", "decision_id"],
         )
-    settings = holdout if holdout is not None else EngineSettings().holdout
+    settings = holdout if holdout is not None else EngineSettings().holdout  # type: ignore[call-arg]
     # A checkout's decision happens at its purchase: the unit starts at the session's time and
     # outcomes strictly after it (its own basket is not its outcome).
     at_checkout = sessions.drop_duplicates("decision_id").set_index("decision_id")["ts"]

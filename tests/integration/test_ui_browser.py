@@ -226,3 +226,35 @@ def test_docs_render_offline(served):
             assert outside == [] and errors == []
         finally:
             browser.close()
+
+
+def test_report_html_draws_its_plots_offline(served, tmp_path):
+    """``offers report incrementality``'s HTML on the demo's data: every plot drawn from the
+    inlined plotly.js, opened as a file (no server, no network)."""
+    from serving.reports import incrementality, unit_outcomes, write_report
+    from serving.reports.sources import from_data_dir
+
+    _, _, data = served
+    inputs = from_data_dir(data)
+    units = unit_outcomes(inputs)
+    _, html = write_report(incrementality(inputs, units=units), {"source": "demo"}, tmp_path)
+    with sync_api.sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = browser.new_page()
+            outside = _other_hosts(page, "file://")
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(html.as_uri())
+            plots = page.locator(".plotly-graph-div")
+            assert plots.count() >= 8  # conversion and spend per offer, moment, stage, campaign
+            page.wait_for_function(
+                f"document.querySelectorAll('.plotly-graph-div .main-svg').length >= "
+                f"{plots.count()}",
+                timeout=30_000,
+            )
+            assert page.locator(".plotly-graph-div g.trace").count() >= plots.count()
+            assert errors == [] and outside == []
+        finally:
+            browser.close()

@@ -86,3 +86,36 @@ def test_a_rarely_seen_offer_moves_little() -> None:
 def test_offsets_need_one_group_per_pair() -> None:
     with pytest.raises(Exception, match="groups: 1 groups for 2 scores"):
         RedeemCalibrator().fit(np.array([0.0, 1.0]), np.array([0.0, 1.0]), groups=np.array(["a"]))
+
+
+def _heterogeneous(seed: int, real: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    n = 6000
+    X = rng.normal(size=(n, 3))
+    arm = np.where(rng.random(n) < 0.5, "a", "control").astype(object)
+    effect = 2.0 * X[:, 0] if real else np.full(n, 0.5)
+    y = X[:, 1] + np.where(arm == "a", effect, 0.0) + rng.normal(0, 1.0, n)
+    return X, y, arm
+
+
+@pytest.mark.parametrize(("real", "lo", "hi"), [(True, 0.8, 1.3), (False, -0.5, 0.5)])
+def test_heterogeneity_slope_is_one_for_real_variation_and_zero_for_noise(
+    real: bool, lo: float, hi: float
+) -> None:
+    from models.uplift import SLearner
+    from training.uplift.calibration import apply_scale, heterogeneity_slope, level_fit
+
+    X, y, arm = _heterogeneous(0, real)
+    tr, te = slice(0, 3000), slice(3000, None)
+    params = {"n_estimators": 40, "learning_rate": 0.1, "min_child_samples": 30}
+    model = SLearner(base_params=params, control="control", outcome="continuous")
+    model.fit(X[tr], y[tr], arm[tr])
+    fit = level_fit(model, X[tr], y[tr], arm[tr])
+    slope, se = heterogeneity_slope(model, fit.baseline, X[te], y[te], arm[te])
+    assert lo < slope < hi and se < 0.3  # noise case: slope -0.03 +- 0.21 (seed 0)
+    before = model.predict(X[te])[:, 0]
+    apply_scale(model, 0.25, np.array([0.5]))
+    after = model.predict(X[te])[:, 0]
+    np.testing.assert_allclose(after, 0.5 + 0.25 * (before - 0.5), atol=1e-9)
+    with pytest.raises(ValueError, match="scale must lie in"):
+        apply_scale(model, 1.5, np.array([0.5]))

@@ -114,3 +114,25 @@ class Loaded:
 def test_predict_frame_calls_the_python_model_with_params():
     out = predict_frame(Loaded(), pd.DataFrame({"x": [1, 2]}), {"outcomes": ["spend"]})
     assert out["params"].tolist() == [{"outcomes": ["spend"]}] * 2
+
+
+class UpliftWithSE(Uplift):
+    """Uplift carrying the standard error of each treatment's level, as offers train writes it."""
+
+    meta_ = {"effect_se": {"spend": {"pts": 0.5, "credit": 1.5}}}
+
+
+def test_uncertainty_z_takes_each_offer_at_its_lower_confidence_bound():
+    frame = members("a", "b")
+    plain = model_inputs(Affinity({}), UpliftWithSE(), frame, OFFERS)
+    lcb = model_inputs(Affinity({}), UpliftWithSE(), frame, OFFERS, uncertainty_z=2.0)
+    diff = plain.incremental_spend - lcb.incremental_spend
+    np.testing.assert_allclose(diff[:, col("pts")], 1.0)  # its own level's SE
+    np.testing.assert_allclose(diff[:, col("welcome")], 3.0)  # a credit offer: its kind's SE
+    np.testing.assert_allclose(diff[:, col("disc")], 0.0)  # no SE known: the estimate
+    np.testing.assert_allclose(lcb.p_redeem, plain.p_redeem)  # P(redeem) untouched
+    # a model without SEs is used as is
+    no_se = model_inputs(Affinity({}), Uplift(), frame, OFFERS, uncertainty_z=2.0)
+    np.testing.assert_allclose(no_se.incremental_spend, plain.incremental_spend)
+    with pytest.raises(ValueError, match="uncertainty_z must be a finite number >= 0; got -1"):
+        model_inputs(Affinity({}), Uplift(), frame, OFFERS, uncertainty_z=-1.0)

@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,9 @@ class RetrainSettings:
     search: SearchSettings = field(default_factory=SearchSettings)
     uplift: UpliftTrainSettings = field(default_factory=UpliftTrainSettings)
     policy_gate: bool = True
+    # the metric gates' margin: a challenger is promoted when it beats the champion by more
+    # than this (negative: a fresher model may be this much worse); the policy gate is apart
+    min_delta: float = 0.0
     serve_url: str | None = None
     reload_timeout: float = 300.0
 
@@ -231,7 +234,7 @@ class _Job:
 
     def features(self) -> None:
         with self.step("features") as r:
-            as_of = self.s.as_of if self.s.as_of is not None else pd.Timestamp.utcnow()
+            as_of = self.s.as_of if self.s.as_of is not None else pd.Timestamp.now("UTC")
             as_of = pd.Timestamp(as_of).tz_localize(None) if as_of.tzinfo else as_of
             r.detail = {"as_of": str(as_of)}
             if self.s.features_out is None:
@@ -275,24 +278,26 @@ class _Job:
             self.say(f"{key}: v{result.version} {verdict}: {decision.reason}")
 
     def affinity(self) -> None:
-        from training.affinity.train import AFFINITY_MODEL, train_affinity
+        from training.affinity.train import AFFINITY_MODEL, DEFAULT_GATE, train_affinity
 
+        gate = replace(DEFAULT_GATE, min_delta=self.s.min_delta)
         both = {"eval": self.s.affinity.model_dump(), "search": self.s.search.model_dump()}
         key = _Settings(json.dumps(both, sort_keys=True, default=str))
         self._family(
             "affinity", AFFINITY_MODEL, key,
             lambda: train_affinity(
                 self.s.data_dir, self.s.affinity, self.s.search, self.registry,
-                dataset=self.s.data_dir.name,
+                gate=gate, dataset=self.s.data_dir.name,
             ),
         )  # fmt: skip
 
     def uplift(self) -> None:
-        from training.uplift.train import UPLIFT_MODEL, train_uplift
+        from training.uplift.train import DEFAULT_GATE, UPLIFT_MODEL, train_uplift
 
+        gate = replace(DEFAULT_GATE, min_delta=self.s.min_delta)
         self._family(
             "uplift", UPLIFT_MODEL, self.s.uplift,
-            lambda: train_uplift(self.s.data_dir, self.s.uplift, self.registry),
+            lambda: train_uplift(self.s.data_dir, self.s.uplift, self.registry, gate=gate),
         )  # fmt: skip
 
     def reload(self) -> None:

@@ -84,6 +84,17 @@ class PolicyGateResult:
         return out
 
 
+def _latest_observed_campaign(rows: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> pd.Timestamp:
+    """Start of the latest campaign with rows whose outcome window is over (in the training
+    set): a campaign still running (the service's decisions of today, exported by ``offers
+    export``) has no outcomes yet and cannot judge a policy. No such rows: the latest campaign.
+    """
+    logged = rows.loc[rows[S.CAMPAIGN_ID].notna()]
+    if logged.empty:
+        return latest_campaign_start(tables)
+    return pd.Timestamp(logged.groupby(S.CAMPAIGN_ID)[S.TS].min().max())
+
+
 class PolicyCheck:
     """``check(registry, name, champion_version, challenger_version)`` on ``data_dir``'s latest
     logged campaign (see the module docstring)."""
@@ -101,8 +112,8 @@ class PolicyCheck:
         from training.uplift.data import TrainingSetConfig, build_training_set
 
         tables = load_dir(self.data_dir)
-        T = latest_campaign_start(tables)
         train = build_training_set(self.data_dir, TrainingSetConfig(treatment="kind"))
+        T = _latest_observed_campaign(train.frame, tables)
         rows = _logged_rows(train, tables, T)
         early = train.subset((train.frame[S.TS] + pd.Timedelta(days=14) <= T).to_numpy())
         logged = rows[S.PROPENSITY].notna().all() and len(rows) > 0
@@ -129,7 +140,10 @@ class PolicyCheck:
             t = g[S.TS].min()
             pool = np.isin(offer_ids, g[S.OFFER_ID].dropna().unique())
             ids = g[S.MEMBER_ID].to_numpy(dtype=object)
-            inputs = model_inputs(affinity, uplift, g, o, model_versions=versions)
+            inputs = model_inputs(
+                affinity, uplift, g, o, model_versions=versions,
+                uncertainty_z=engine.settings.scoring.uncertainty_z,
+            )  # fmt: skip
             ctx = DecisionContext(str(g[S.CHANNEL].iloc[0]), t, "policy-gate", k=1)
             state = state_from_events(
                 tables["offer_events"], ids, o, t, engine.settings.caps.period_days

@@ -32,7 +32,7 @@ from models.uplift import LEARNERS
 from models.uplift.base import BaseUpliftLearner
 from models.uplift.encoding import FeatureEncoder
 from models.uplift.onnx_export import OnnxUpliftPredictor, export_onnx
-from training.uplift.calibration import apply_shifts, level_fit
+from training.uplift.calibration import apply_scale, apply_shifts, heterogeneity_slope, level_fit
 from training.uplift.data import (
     CONVERSION,
     OUTCOMES,
@@ -88,6 +88,10 @@ class UpliftTrainSettings:
     # empirical-Bayes shrinkage of each treatment's level toward its kind's and the mean of all
     # (training/uplift/calibration.py); off: each treatment keeps its own noisy ATT
     shrink_level: bool = True
+    # scale each member's deviation from the treatment's level by its out-of-sample slope on
+    # the test split, clipped to [heterogeneity_floor, 1] (training/uplift/calibration.py)
+    damp_heterogeneity: bool = True
+    heterogeneity_floor: float = 0.05
     min_treatment_rows: int = 50
     seed: int = 0
     # level calibration uses a seeded uniform sample of this many training rows when there are
@@ -225,6 +229,17 @@ def fit_uplift(
                 level[f"level_shift.{outcome}.{t}"] = float(fit.shifts[j])
                 level[f"level_att.{outcome}.{t}"] = float(fit.att[j])
                 level[f"level_se.{outcome}.{t}"] = float(fit.shrunk_se[j])
+            if settings.damp_heterogeneity and len(X_te):
+                y_te = te[outcome].to_numpy(dtype=np.float64)
+                if outcome != CONVERSION:
+                    y_te = y_te - (tr[outcome].to_numpy(dtype=np.float64)).mean()
+                labels_te = te[TREATMENT].to_numpy(dtype=object)
+                slope, slope_se = heterogeneity_slope(learner, fit.baseline, X_te, y_te, labels_te)
+                scale = float(np.clip(slope, settings.heterogeneity_floor, 1.0))
+                apply_scale(learner, scale, fit.shrunk)
+                level[f"heterogeneity_slope.{outcome}"] = slope
+                level[f"heterogeneity_slope_se.{outcome}"] = slope_se
+                level[f"heterogeneity_scale.{outcome}"] = scale
         if list(learner.treatments_) != keep:
             raise UpliftTrainError(f"{outcome}: fitted treatments {learner.treatments_} != {keep}")
         step(f"export {outcome} to ONNX")

@@ -287,6 +287,16 @@ def train_uplift(
             "window_days": settings.window_days,
             "learner": settings.learner,
             "feature_config": json.loads(training_set.feature_config.model_dump_json()),
+            # posterior standard error of each treatment's level (empirical Bayes), for the
+            # engine's lower confidence bound (ScoringSettings.uncertainty_z)
+            "effect_se": {
+                o: {
+                    t: fitted.metrics[f"level_se.{o}.{t}"]
+                    for t in fitted.treatments
+                    if f"level_se.{o}.{t}" in fitted.metrics
+                }
+                for o in settings.outcomes
+            },
         }
         arts = save_artifacts(fitted.onnx, fitted.encoder, meta, tmp_dir / "model")
         files = [
