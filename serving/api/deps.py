@@ -8,10 +8,14 @@ request, so the app itself sets none."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
+from serving.api.bundle import BundleHolder
+from serving.api.checkout import InFlight
+from serving.api.grants import GrantService
+from serving.api.history import MemberHistory
 from serving.api.metrics import ApiMetrics
 from serving.api.modelset import ModelHolder
 from serving.auth import ApiKeyRing, Principal, require_scope
@@ -40,12 +44,12 @@ class AppState:
     models: ModelHolder
     store: OffersStore | None = None
     decision_log: DecisionLogWriter | None = None
-    bundle: Any = None  # serving.api.bundle.BundleHolder when decisions are served
+    bundle: BundleHolder | None = None  # when decisions are served
     budget_counters: frozenset[str] = field(default_factory=frozenset)
-    grants: Any = None  # serving.api.grants.GrantService
+    grants: GrantService | None = None
     problems: dict[str, str] = field(default_factory=dict)  # check -> why not ready (start-up)
-    history: Any = None  # serving.api.history.MemberHistory: members' grants (cached)
-    checkouts: Any = None  # serving.api.checkout.InFlight: checkouts being decided
+    history: MemberHistory | None = None  # members' grants (cached)
+    checkouts: InFlight | None = None  # checkouts being decided
 
 
 async def get_state(request: Request) -> AppState:
