@@ -39,7 +39,7 @@ BASKET = ("category:coffee", "category:bakery", "category:grocery", "product:sku
 def _bundle(home: Path, force: bool):
     from bench.load import demo_env
     from models.affinity import FoldIn
-    from serving.api.bundle import BundleConfig, build_bundle, lkg_loader
+    from serving.api.bundle import BundleSettings, build_bundle, lkg_loader
     from serving.api.modelset import ModelHolder
     from serving.engine.adapters import python_model
 
@@ -51,7 +51,7 @@ def _bundle(home: Path, force: bool):
         json.loads(env["OFFERS_MODELS"]),
         lkg_loader(env["MLFLOW_TRACKING_URI"], home / "serving" / "models"),
     ).reload()
-    bundle = build_bundle(models, BundleConfig(home=home))
+    bundle = build_bundle(models, BundleSettings(home=home))
     if bundle.foldin is None and force:
         aff = python_model(models.models["affinity"].model)
         fold = FoldIn.from_pyfunc(aff, bundle.offer_ids, bundle.members.ids)

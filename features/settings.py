@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["OffersSettings", "default_tracking_uri", "get_settings"]
+__all__ = ["OffersSettings", "default_tracking_uri", "offers_settings"]
 
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ class OffersSettings(BaseSettings):
 
 
 @lru_cache(maxsize=1)
-def get_settings() -> OffersSettings:
+def offers_settings() -> OffersSettings:
     """The process-wide settings (cached; tests build their own ``OffersSettings``)."""
     return OffersSettings()
 

@@ -26,7 +26,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from features.settings import get_settings
+from features.settings import offers_settings
 from features.sources.summary import summarize
 from features.sources.validate import validate_dir
 from offers.cmd_data import render_validation
@@ -199,12 +199,12 @@ def demo(
     from offers.demo_requests import DemoClient, run_samples
     from offers.demo_server import DemoServer, DemoServerError, check_port
     from offers.registry_cli import fail
-    from serving.api.bundle import DEFAULT_MODELS, BundleConfig
+    from serving.api.bundle import DEFAULT_MODELS, BundleSettings
     from serving.settings import SCOPES, ServingSettings
 
     started = time.perf_counter()
-    home = get_settings().home
-    data_dir = out or get_settings().demo_data_dir
+    home = offers_settings().home
+    data_dir = out or offers_settings().demo_data_dir
     snapshot = home / "features" / "member_features.parquet"
     try:
         check_port(host, port)  # fail before the work, not after
@@ -219,7 +219,7 @@ def demo(
     settings = ServingSettings(
         home=home, models=DEFAULT_MODELS, api_keys={key: list(SCOPES)}, mlflow_tracking_uri=uri
     )
-    config = BundleConfig(home=home, catalog=data_dir / "catalog.yaml", member_features=snapshot)
+    config = BundleSettings(home=home, catalog=data_dir / "catalog.yaml", member_features=snapshot)
     server = DemoServer(settings, config, host, port)
     t0 = time.perf_counter()
     try:

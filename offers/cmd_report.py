@@ -51,10 +51,10 @@ def report_incrementality(
         fail("give --data DIR or --store URL")
     try:
         if store is not None:
-            from serving.api.bundle import BundleConfig
+            from serving.api.bundle import BundleSettings
             from serving.store import open_store
 
-            cat = catalog or BundleConfig().catalog_path()
+            cat = catalog or BundleSettings().catalog_path()
             st = open_store(store, migrate_schema=False)
             try:
                 inputs = from_store(st, cat, data=data)

@@ -86,7 +86,7 @@ def retrain_cmd(
     quiet_mlflow()
     import pandas as pd
 
-    from serving.api.bundle import BundleConfig
+    from serving.api.bundle import BundleSettings
     from training.affinity.search import SearchSettings
     from training.loop import RetrainSettings, retrain
     from training.registry import ModelRegistry
@@ -111,7 +111,7 @@ def retrain_cmd(
         store_url=store,
         since=since,
         as_of=None if as_of is None else pd.Timestamp(as_of),
-        features_out=features_out or BundleConfig().features_path(),
+        features_out=features_out or BundleSettings().features_path(),
         search=SearchSettings(
             als_trials=als_trials, bpr_trials=bpr_trials, seed=seed, num_threads=threads
         ),

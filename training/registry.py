@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from features.settings import default_tracking_uri, get_settings
+from features.settings import default_tracking_uri, offers_settings
 
 __all__ = [
     "CHALLENGER",
@@ -95,7 +95,7 @@ class ModelRegistry:
     ) -> None:
         from mlflow import MlflowClient
 
-        self.home = (home or get_settings().home).resolve()
+        self.home = (home or offers_settings().home).resolve()
         self.tracking_uri = tracking_uri or default_tracking_uri(self.home)
         self.experiment = experiment
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)

@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from features.settings import default_tracking_uri
-from serving.api.bundle import BundleConfig, BundleHolder
+from serving.api.bundle import BundleHolder, BundleSettings
 from serving.api.checkout import InFlight, start_sweeper, stop_sweeper
 from serving.api.deps import AppState
 from serving.api.errors import install_error_handlers
@@ -43,7 +43,7 @@ def create_app(
     settings: ServingSettings | None = None,
     *,
     model_loader: Loader | None = None,
-    bundle_config: BundleConfig | None = None,
+    bundle_config: BundleSettings | None = None,
 ) -> FastAPI:
     """The serving app for ``settings`` (default: from the environment).
 
@@ -52,7 +52,7 @@ def create_app(
     member snapshot from ``bundle_config``, default: the environment) is built with them.
     """
     settings = settings or get_settings()
-    bundle_config = bundle_config or BundleConfig(home=settings.home)
+    bundle_config = bundle_config or BundleSettings(home=settings.home)
     loader = model_loader or lkg_loader(
         settings.mlflow_tracking_uri or default_tracking_uri(settings.home),
         bundle_config.lkg_path(),
@@ -155,7 +155,7 @@ def create_app(
 
 def run_server(
     settings: ServingSettings | None = None,
-    bundle_config: BundleConfig | None = None,
+    bundle_config: BundleSettings | None = None,
     *,
     host: str | None = None,
     port: int | None = None,
@@ -178,7 +178,7 @@ def run_server(
 
 
 def prepare_shared_state(
-    settings: ServingSettings | None = None, bundle_config: BundleConfig | None = None
+    settings: ServingSettings | None = None, bundle_config: BundleSettings | None = None
 ) -> None:
     """Before starting several workers on one store: migrate the store, download the models'
     copies and make the budget counters follow the catalog, once (workers racing on them
@@ -194,7 +194,7 @@ def prepare_shared_state(
     from serving.engine import DecisionEngine
 
     settings = settings or get_settings()
-    bundle_config = bundle_config or BundleConfig(home=settings.home)
+    bundle_config = bundle_config or BundleSettings(home=settings.home)
     try:
         store = open_store_clearly(
             settings.resolved_database_url(), migrate_schema=settings.migrate_on_start

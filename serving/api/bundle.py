@@ -56,9 +56,9 @@ __all__ = [
     "AFFINITY",
     "DEFAULT_MODELS",
     "UPLIFT",
-    "BundleConfig",
     "BundleError",
     "BundleHolder",
+    "BundleSettings",
     "ServingBundle",
     "build_bundle",
     "lkg_loader",
@@ -79,7 +79,7 @@ class BundleError(RuntimeError):
     """The bundle cannot be built (names the missing model, file or column)."""
 
 
-class BundleConfig(OffersSettings):
+class BundleSettings(OffersSettings):
     """Where the bundle's files are (environment prefix ``OFFERS_``).
 
     OFFERS_CATALOG           catalog YAML (default ``$OFFERS_HOME/data/demo/catalog.yaml``)
@@ -393,7 +393,7 @@ def _with_basket(table: MemberTable, total: float | np.ndarray) -> MemberTable:
     )
 
 
-def build_bundle(models: ModelSet, config: BundleConfig) -> ServingBundle:
+def build_bundle(models: ModelSet, config: BundleSettings) -> ServingBundle:
     """Load the catalog and the snapshot and precompute both models' outputs (see module doc)."""
     for name in (AFFINITY, UPLIFT):
         if name not in models.models:
@@ -478,7 +478,7 @@ def _foldin(affinity: Any, offer_ids: Sequence[str], member_ids: np.ndarray) -> 
 
 
 def _snapshot_history(
-    config: BundleConfig, members: MemberTable, engine: DecisionEngine
+    config: BundleSettings, members: MemberTable, engine: DecisionEngine
 ) -> SnapshotHistory:
     """The snapshot members' sends and redemptions from the canonical ``offer_events``."""
     path = config.offer_events_path()
@@ -507,7 +507,7 @@ def _snapshot_history(
 class BundleHolder:
     """The current bundle and the offers whose store budget ran out (learned at grant time)."""
 
-    def __init__(self, config: BundleConfig) -> None:
+    def __init__(self, config: BundleSettings) -> None:
         self.config = config
         self.current: ServingBundle | None = None
         self._lock = threading.Lock()

@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from serving.api.budgets import BudgetSyncError, sync_budgets
-from serving.api.bundle import BundleConfig, build_bundle
+from serving.api.bundle import BundleSettings, build_bundle
 from serving.api.modelset import ModelLoadError, ModelSet
 
 __all__ = [
@@ -144,7 +144,7 @@ def explain_features(path: Path) -> str | None:
     return None
 
 
-def _bundle_error(exc: Exception, config: BundleConfig) -> ServingLoadError:
+def _bundle_error(exc: Exception, config: BundleSettings) -> ServingLoadError:
     """The bundle build failed: name the input at fault when it is the catalog or snapshot."""
     catalog = explain_catalog(config.catalog_path())
     if catalog is not None:

@@ -41,14 +41,16 @@ def _body(tid: str, member: str, basket=BASKET, total: float = 80.0, **extra) ->
 
 def _probe(world: dict, catalog: Path, members: list[str], **kw) -> dict[str, list[str]]:
     """Offers the engine gives each member at checkout (in-process, same champions)."""
-    from serving.api.bundle import DEFAULT_MODELS, BundleConfig, build_bundle, lkg_loader
+    from serving.api.bundle import DEFAULT_MODELS, BundleSettings, build_bundle, lkg_loader
     from serving.api.modelset import ModelHolder
     from serving.engine import DecisionContext
 
     home = world["home"]
     loader = lkg_loader(world["registry"].tracking_uri, home / "probe-models")
     models = ModelHolder(DEFAULT_MODELS, loader).reload()
-    config = BundleConfig(home=home, catalog=catalog, member_features=world["program"]["features"])
+    config = BundleSettings(
+        home=home, catalog=catalog, member_features=world["program"]["features"]
+    )
     bundle = build_bundle(models, config)
     as_of = pd.Timestamp(kw.get("as_of") or pd.Timestamp.now())
     out = {}

@@ -30,13 +30,13 @@ def _body(tid: str, member: str, lines: list[dict]) -> dict:
 
 @pytest.fixture(scope="module")
 def bundle(world):
-    from serving.api.bundle import DEFAULT_MODELS, BundleConfig, build_bundle, lkg_loader
+    from serving.api.bundle import DEFAULT_MODELS, BundleSettings, build_bundle, lkg_loader
     from serving.api.modelset import ModelHolder
 
     home, program = world["home"], world["program"]
     loader = lkg_loader(world["registry"].tracking_uri, home / "basket-probe-models")
     models = ModelHolder(DEFAULT_MODELS, loader).reload()
-    config = BundleConfig(
+    config = BundleSettings(
         home=home, catalog=program["catalog"], member_features=program["features"]
     )
     return build_bundle(models, config)

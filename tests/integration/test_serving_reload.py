@@ -26,7 +26,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from serving.api import create_app
-from serving.api.bundle import DEFAULT_MODELS, BundleConfig
+from serving.api.bundle import DEFAULT_MODELS, BundleSettings
 from serving.settings import ServingSettings
 from tests.support.api import (
     build_program,
@@ -70,7 +70,7 @@ def _app(trained: dict, tmp_path: Path, tracking: str, **paths: Path):
         mlflow_tracking_uri=tracking,
         database_url=f"sqlite:///{paths.get('db', tmp_path / 'offers.db')}",
     )
-    config = BundleConfig(
+    config = BundleSettings(
         home=tmp_path,
         catalog=paths.get("catalog", program["catalog"]),
         member_features=paths.get("features", program["features"]),

@@ -190,14 +190,14 @@ def checkout_target(world, members: list[str], total: float) -> tuple[str, list[
     """The offer the engine picks at checkout for most of ``members`` when it is the only one
     with budget left (probed in-process on the same champions, the members' history and the
     basket included), and the members who picked it."""
-    from serving.api.bundle import DEFAULT_MODELS, BundleConfig, build_bundle, lkg_loader
+    from serving.api.bundle import DEFAULT_MODELS, BundleSettings, build_bundle, lkg_loader
     from serving.api.modelset import ModelHolder
     from serving.engine import DecisionContext
 
     home, program = world["home"], world["program"]
     loader = lkg_loader(world["registry"].tracking_uri, home / "probe-models")
     models = ModelHolder(DEFAULT_MODELS, loader).reload()
-    config = BundleConfig(
+    config = BundleSettings(
         home=home,
         catalog=program["catalog"],
         member_features=program["features"],

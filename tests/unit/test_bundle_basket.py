@@ -54,7 +54,7 @@ def _catalog(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def bundle(pyfunc, tmp_path_factory):
-    from serving.api.bundle import AFFINITY, UPLIFT, BundleConfig, build_bundle
+    from serving.api.bundle import AFFINITY, UPLIFT, BundleSettings, build_bundle
     from serving.api.modelset import LoadedModel, ModelSet
 
     tmp = tmp_path_factory.mktemp("bundle")
@@ -66,7 +66,7 @@ def bundle(pyfunc, tmp_path_factory):
         holdout={"share": 0.0},
         exploration={"epsilon": 0.0},
     )
-    config = BundleConfig(
+    config = BundleSettings(
         home=tmp,
         catalog=_catalog(tmp / "catalog.yaml"),
         member_features=tmp / "features.parquet",

@@ -45,7 +45,7 @@ def _variables(cls: type[BaseSettings]) -> set[str]:
             out |= {str(a) for a in alias.choices}
         elif isinstance(alias, str):
             out.add(alias)
-        elif name != "engine":  # BundleConfig.engine: EngineSettings reads its own variables
+        elif name != "engine":  # BundleSettings.engine: EngineSettings reads its own variables
             out.add(prefix.upper() + name.upper())
     return out
 
