@@ -105,14 +105,12 @@ def incrementality_rows(state: Any) -> tuple[list[dict[str, Any]], str | None]:
         from serving.reports import incrementality, report_json
         from serving.reports.sources import from_store
 
-        bundle = state.bundle.current if state.bundle is not None else None
-        if bundle is None:
-            return [], "no decision bundle loaded: the holdout and catalog are unknown"
+        if state.bundle is None:
+            return [], "the service decides nothing (no models configured): no catalog"
         try:
             inputs = from_store(
                 state.store,
                 state.bundle.config.catalog_path(),
-                holdout=bundle.engine.settings.holdout,
                 since=datetime.now(UTC).replace(tzinfo=None) - timedelta(days=INCREMENTALITY_DAYS),
             )
             table = incrementality(inputs, dimensions=("all", "offer", "moment"))
