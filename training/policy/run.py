@@ -8,7 +8,10 @@ raises :class:`PolicyInputError` naming it):
   every LightGBM base model, ours and peers; 100), ``forest_trees`` (CausalML uplift random
   forest; 50), ``peers`` (``true``/``false``; peers run only when installed), ``learners``
   (ours besides the engine's, comma list), ``sample`` (evaluate a seeded subsample of rows),
-  ``calibrate`` (the engine learner's level calibration, as shipped; ``true``);
+  ``calibrate`` (the engine's shipped pieces: level, shrinkage, damping, lower bound; ``true``;
+  ``false``: the raw learner), ``uncertainty_z`` (the engine's lower bound; default the
+  engine's own, ``ScoringSettings.uncertainty_z``), ``slope_share`` (training rows held out for
+  the heterogeneity slope; 0.2, ``UpliftTrainSettings.test_share``);
 * Open Bandit: ``buckets`` (``day`` or ``week``), ``bootstrap`` (resamples; 200).
 
 The JSON shapes are documented in docs/benchmarks.md ("Policy value on randomised data").
@@ -26,7 +29,7 @@ __all__ = ["DATASETS", "parse_settings", "render_markdown", "run_dataset"]
 
 DATASETS = ("hillstrom", "starbucks", "open-bandit")
 _ARM_KEYS = {"splits", "test_size", "outcomes", "trees", "forest_trees", "peers", "learners",
-             "sample", "calibrate"}  # fmt: skip
+             "sample", "calibrate", "uncertainty_z", "slope_share"}  # fmt: skip
 _OBD_KEYS = {"buckets", "bootstrap"}
 
 
@@ -70,8 +73,13 @@ def parse_settings(dataset: str, items: list[str] | None) -> dict[str, Any]:
             out[key] = _int(key, value, 0 if key == "bootstrap" else 1)
         elif key == "sample":
             out[key] = _int(key, value, 100)
-        elif key == "test_size":
+        elif key in ("test_size", "slope_share"):
             out[key] = _float(key, value)
+        elif key == "uncertainty_z":
+            z = _float(key, value)
+            if not 0 <= z <= 5:
+                raise PolicyInputError(f"--set {key}={value!r}: must lie in [0, 5]")
+            out[key] = z
         elif key in ("peers", "calibrate"):
             if value.lower() not in ("true", "false"):
                 raise PolicyInputError(f"--set {key}={value!r}: expected true or false")
@@ -124,6 +132,8 @@ def run_dataset(
         base_params={"n_estimators": settings["trees"]} if "trees" in settings else None,
         peers=settings.get("peers", True),
         calibrate_level=settings.get("calibrate", True),
+        uncertainty_z=settings.get("uncertainty_z"),
+        **({"slope_share": settings["slope_share"]} if "slope_share" in settings else {}),
         forest_trees=settings.get("forest_trees", 50),
         sample=settings.get("sample"),
     )
