@@ -37,6 +37,7 @@ import os
 import random
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -797,6 +798,7 @@ def main(argv: list[str] | None = None) -> None:
             stop_server(server)
         if cluster is not None:
             cluster.stop()
+            shutil.rmtree(cluster.root, ignore_errors=True)
     cols = [c for c in rows[0] if c != "error_kinds"] if rows else []
     print(" ".join(f"{c:>12}" for c in cols))
     for row in rows:

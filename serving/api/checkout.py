@@ -127,9 +127,14 @@ def build_request(
     return GrantRequest(tuple(items), session)
 
 
-def past_grants(offers: list[dict[str, Any]], channel: str, now: datetime) -> list[PastGrant]:
-    """The history entries of rewards just granted."""
-    return [PastGrant(x["offer_id"], channel, now, bool(x["surprise"]), False) for x in offers]
+def past_grants(
+    offers: list[dict[str, Any]], channel: str, now: datetime, decision_id: str | None = None
+) -> list[PastGrant]:
+    """The history entries of rewards just granted (by decision ``decision_id``)."""
+    return [
+        PastGrant(x["offer_id"], channel, now, bool(x["surprise"]), False, decision_id)
+        for x in offers
+    ]
 
 
 async def run_sweeper(state: Any, interval: float, open_seconds: float) -> None:

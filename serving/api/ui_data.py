@@ -41,27 +41,33 @@ CACHE_SECONDS = 30.0
 GATE_METRICS: tuple[str, ...] = ("ndcg@10", "qini", "recall@10", "map@10", "catalog_coverage@10")
 DAYS_SHOWN = 60
 INCREMENTALITY_DAYS = 90  # decisions the page's incrementality table reads
-_cache: dict[tuple[int, str], tuple[float, Any]] = {}
-_cache_lock = threading.Lock()
+_lock = threading.Lock()
+
+
+def _page_state(state: Any) -> dict[str, Any]:
+    """The page's own cache and last reload, kept on the app's state (one per app)."""
+    with _lock:
+        return state.__dict__.setdefault("_ui", {"cache": {}, "reload": None})
 
 
 def _cached(state: Any, key: str, compute: Callable[[], Any]) -> Any:
-    k = (id(state), key)
+    cache = _page_state(state)["cache"]
     now = time.monotonic()
-    with _cache_lock:
-        hit = _cache.get(k)
+    with _lock:
+        hit = cache.get(key)
     if hit is not None and now - hit[0] < CACHE_SECONDS:
         return hit[1]
     value = compute()
-    with _cache_lock:
-        _cache[k] = (now, value)
+    with _lock:
+        cache[key] = (now, value)
     return value
 
 
-def clear_cache() -> None:
-    """Forget cached figures (after a reload: the versions changed)."""
-    with _cache_lock:
-        _cache.clear()
+def clear_cache(state: Any) -> None:
+    """Forget the cached figures of ``state``'s page (after a reload: the versions changed)."""
+    cache = _page_state(state)["cache"]
+    with _lock:
+        cache.clear()
 
 
 def budgets_frame(store: Any) -> pd.DataFrame:
@@ -105,14 +111,12 @@ def incrementality_rows(state: Any) -> tuple[list[dict[str, Any]], str | None]:
         from serving.reports import incrementality, report_json
         from serving.reports.sources import from_store
 
-        bundle = state.bundle.current if state.bundle is not None else None
-        if bundle is None:
-            return [], "no decision bundle loaded: the holdout and catalog are unknown"
+        if state.bundle is None:
+            return [], "the service decides nothing (no models configured): no catalog"
         try:
             inputs = from_store(
                 state.store,
                 state.bundle.config.catalog_path(),
-                holdout=bundle.engine.settings.holdout,
                 since=datetime.now(UTC).replace(tzinfo=None) - timedelta(days=INCREMENTALITY_DAYS),
             )
             table = incrementality(inputs, dimensions=("all", "offer", "moment"))
@@ -168,18 +172,16 @@ def registry_versions(state: Any) -> tuple[list[dict[str, Any]], str | None]:
     return _cached(state, "registry", compute)
 
 
-_reloads: dict[int, dict[str, str]] = {}
-
-
 def record_reload(state: Any, outcome: str, reason: str, key_id: str) -> None:
     """Remember the last reload asked from the page (this process)."""
     at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    _reloads[id(state)] = {"at": at, "outcome": outcome, "reason": reason, "key_id": key_id}
+    page = _page_state(state)
+    page["reload"] = {"at": at, "outcome": outcome, "reason": reason, "key_id": key_id}
 
 
 def last_reload(state: Any) -> dict[str, str] | None:
     """The last reload asked from the page in this process, or None."""
-    return _reloads.get(id(state))
+    return _page_state(state)["reload"]
 
 
 def _gate_metrics(metrics: dict[str, float]) -> dict[str, float]:

@@ -4,7 +4,10 @@ The API decides with both (the snapshot's events and the member's grants in the 
 e-mail send must too: a reward granted at checkout counts against the offer's
 ``per_member_cap``, the channel caps and "never the same surprise twice", whatever path
 decides next. :func:`store_grant_events` gives the store's grants that were not released as
-canonical ``offer_events`` rows (a ``sent`` per grant and a ``redeemed`` when redeemed).
+canonical ``offer_events`` rows (a ``sent`` per grant and a ``redeemed`` when redeemed, with
+the grant's ``decision_id``). A grant ``offers export`` already wrote into the data's
+``offer_events`` is that event, not a second send (``serving.engine.state.ExportedSends``, the
+rule the API applies too).
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import pandas as pd
 from sqlalchemy import select
 
 from features.sources import schema as S
+from serving.engine.state import ExportedSends
 from serving.store import OffersStore
 from serving.store.tables import grants
 
 __all__ = ["store_grant_events", "with_store_grants"]
 
-_COLUMNS = [S.EVENT_ID, S.MEMBER_ID, S.TS, S.EVENT, S.OFFER_ID, S.CHANNEL]
+_COLUMNS = [S.EVENT_ID, S.MEMBER_ID, S.TS, S.EVENT, S.OFFER_ID, S.CHANNEL, S.DECISION_ID]
 
 
 def store_grant_events(store: OffersStore) -> pd.DataFrame:
@@ -28,6 +32,7 @@ def store_grant_events(store: OffersStore) -> pd.DataFrame:
         grants.c.transaction_id,
         grants.c.offer_id,
         grants.c.member_id,
+        grants.c.decision_id,
         grants.c.channel,
         grants.c.state,
         grants.c.granted_at,
@@ -36,7 +41,9 @@ def store_grant_events(store: OffersStore) -> pd.DataFrame:
         rows = connection.execute(query).all()
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in _COLUMNS})
-    frame = pd.DataFrame(rows, columns=["tx", "offer", "member", "channel", "state", "at"])
+    frame = pd.DataFrame(
+        rows, columns=["tx", "offer", "member", "decision", "channel", "state", "at"]
+    )
     sent = pd.DataFrame(
         {
             S.EVENT_ID: "grant:" + frame["tx"] + ":" + frame["offer"],
@@ -45,6 +52,7 @@ def store_grant_events(store: OffersStore) -> pd.DataFrame:
             S.EVENT: "sent",
             S.OFFER_ID: frame["offer"],
             S.CHANNEL: frame["channel"],
+            S.DECISION_ID: frame["decision"],
         }
     )
     redeemed = sent.loc[(frame["state"] == "redeemed").to_numpy()].copy()
@@ -56,7 +64,9 @@ def store_grant_events(store: OffersStore) -> pd.DataFrame:
 def with_store_grants(
     events: pd.DataFrame | None, store: OffersStore | None
 ) -> pd.DataFrame | None:
-    """``events`` with the store's grants appended (unchanged without a store or grants)."""
+    """``events`` with the store's grants appended (unchanged without a store or grants); a
+    grant already in ``events`` (exported: its decision's ``sent`` of the offer) only adds its
+    redemption."""
     if store is None:
         return events
     extra = store_grant_events(store)
@@ -65,6 +75,7 @@ def with_store_grants(
     if events is None:
         return extra
     extra = extra.astype({S.TS: np.dtype("datetime64[us]")})
+    extra = ExportedSends.from_events(events).drop_from_events(extra)
     return pd.concat(
         [events, extra[[c for c in extra.columns if c in events.columns]]], ignore_index=True
     )

@@ -5,11 +5,16 @@
 :func:`state_from_events` (batch) or fill it from the serving store's counters; the engine only
 reads the arrays. :func:`remaining_budgets` turns the redemptions so far into what is left of
 each offer's budget.
+
+A store grant that ``offers export`` already wrote into the snapshot's ``offer_events`` (a
+``sent`` event with the grant's ``decision_id`` and ``offer_id``) is that event, not a second
+send: :class:`ExportedSends` holds the rule, applied on every path (one member, many members,
+and the batch's store-grant events through :meth:`ExportedSends.drop_from_events`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -23,6 +28,7 @@ from serving.engine.offers import OfferTable
 
 __all__ = [
     "EventArrays",
+    "ExportedSends",
     "MemberOfferState",
     "PastGrant",
     "SnapshotHistory",
@@ -37,13 +43,16 @@ DAY = np.timedelta64(86_400_000_000, "us")
 
 class PastGrant(NamedTuple):
     """One reward the service granted a member and did not release (the serving store's
-    ``grants`` rows): counted as a send of ``offer_id`` on ``channel`` at ``granted_at``."""
+    ``grants`` rows): counted as a send of ``offer_id`` on ``channel`` at ``granted_at``,
+    unless the snapshot already holds it as the ``sent`` event of ``decision_id`` (see
+    :class:`ExportedSends`)."""
 
     offer_id: str
     channel: str
     granted_at: datetime
     surprise: bool
     redeemed: bool = False
+    decision_id: str | None = None  # None: never matched to a snapshot event
 
 
 @dataclass(frozen=True)
@@ -114,25 +123,18 @@ class EventArrays:
         cls, events: pd.DataFrame, member_ids: np.ndarray, offers: OfferTable
     ) -> EventArrays:
         """The ``sent`` and ``redeemed`` rows of canonical ``offer_events`` (any time)."""
-        for col in (S.MEMBER_ID, S.TS, S.EVENT, S.OFFER_ID):
-            if col not in events.columns:
-                raise EngineInputError(f"offer_events: missing column {col!r}")
-        kind_col = events[S.EVENT].to_numpy(dtype=object)
-        keep = ((kind_col == "sent") | (kind_col == "redeemed")) & events[S.OFFER_ID].notna()
-        ev = events.loc[keep]
-        ids = pd.Index(np.asarray(member_ids, dtype=object))
-        rows = ids.get_indexer(ev[S.MEMBER_ID].astype(str).to_numpy(dtype=object))
-        cols = pd.Index(list(offers.ids)).get_indexer(ev[S.OFFER_ID].astype(str))
-        ok = (rows >= 0) & (cols >= 0)
-        ev = ev.loc[ok]
+        return cls._from_known(*_known_events(events, member_ids, offers))
+
+    @classmethod
+    def _from_known(cls, ev: pd.DataFrame, rows: np.ndarray, cols: np.ndarray) -> EventArrays:
         if S.CHANNEL in ev.columns:
             ch = pd.Index(list(S.CHANNELS), dtype=object).get_indexer(ev[S.CHANNEL].astype(object))
         else:
             ch = np.full(len(ev), -1)
         kind = np.where(ev[S.EVENT].to_numpy(dtype=object) == "sent", SENT, REDEEMED)
         return cls(
-            rows[ok].astype(np.int64),
-            cols[ok].astype(np.int64),
+            rows.astype(np.int64),
+            cols.astype(np.int64),
             ch.astype(np.int8),
             ev[S.TS].to_numpy(dtype="datetime64[us]"),
             kind.astype(np.int8),
@@ -162,24 +164,129 @@ class EventArrays:
 _EVENT_FIELDS = ("rows", "cols", "channel", "ts", "kind")
 
 
-def grant_arrays(grants: Iterable[PastGrant], offers: OfferTable, row: int = 0) -> EventArrays:
+def _known_events(
+    events: pd.DataFrame, member_ids: np.ndarray, offers: OfferTable
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The ``sent``/``redeemed`` rows of known members and offers, their member rows and
+    offer columns."""
+    for col in (S.MEMBER_ID, S.TS, S.EVENT, S.OFFER_ID):
+        if col not in events.columns:
+            raise EngineInputError(f"offer_events: missing column {col!r}")
+    kind_col = events[S.EVENT].to_numpy(dtype=object)
+    keep = ((kind_col == "sent") | (kind_col == "redeemed")) & events[S.OFFER_ID].notna()
+    ev = events.loc[keep]
+    ids = pd.Index(np.asarray(member_ids, dtype=object))
+    rows = ids.get_indexer(ev[S.MEMBER_ID].astype(str).to_numpy(dtype=object))
+    cols = pd.Index(list(offers.ids)).get_indexer(ev[S.OFFER_ID].astype(str))
+    ok = (rows >= 0) & (cols >= 0)
+    return ev.loc[ok], rows[ok], cols[ok]
+
+
+class ExportedSends:
+    """The snapshot's ``sent`` events that carry a ``decision_id``: (decision_id, offer_id) ->
+    the send's time (microseconds since the epoch), built once per snapshot.
+
+    The rule (the one place it is written): a store grant whose decision and offer are here
+    was exported into the snapshot by ``offers export``; its send is the snapshot's event and
+    is not counted again; a redemption the store knows of is kept (the snapshot may predate
+    it), no earlier than the snapshot's send, so that it still closes that send.
+    """
+
+    __slots__ = ("_sent_at",)
+
+    def __init__(self, sent_at: Mapping[tuple[str, str], int] | None = None) -> None:
+        self._sent_at = dict(sent_at) if sent_at else {}
+
+    @classmethod
+    def from_events(cls, events: pd.DataFrame | None) -> ExportedSends:
+        """From canonical ``offer_events`` (only ``sent`` rows with a ``decision_id`` and an
+        offer; a table without decision ids gives an empty set at the cost of one mask)."""
+        if events is None or S.DECISION_ID not in events.columns or not len(events):
+            return cls()
+        keep = (
+            events[S.DECISION_ID].notna().to_numpy()
+            & (events[S.EVENT].to_numpy(dtype=object) == "sent")
+            & events[S.OFFER_ID].notna().to_numpy()
+        )
+        if not keep.any():
+            return cls()
+        ev = events.loc[keep]
+        ts = ev[S.TS].to_numpy(dtype="datetime64[us]").view(np.int64)
+        order = np.argsort(ts, kind="stable")  # a key sent twice keeps its latest send
+        dec = ev[S.DECISION_ID].astype(str).to_numpy(dtype=object)[order]
+        off = ev[S.OFFER_ID].astype(str).to_numpy(dtype=object)[order]
+        keys = zip(dec.tolist(), off.tolist(), strict=True)
+        return cls(dict(zip(keys, ts[order].tolist(), strict=True)))
+
+    def __len__(self) -> int:
+        return len(self._sent_at)
+
+    def sent_at(self, decision_id: str | None, offer_id: str) -> int | None:
+        """When the snapshot sent ``offer_id`` for ``decision_id`` (us since the epoch), or
+        None when it holds no such send."""
+        if decision_id is None or not self._sent_at:
+            return None
+        return self._sent_at.get((decision_id, offer_id))
+
+    def drop_from_events(self, grant_events: pd.DataFrame) -> pd.DataFrame:
+        """Store grants given as ``offer_events`` rows (a ``sent``, and a ``redeemed`` when
+        redeemed, each with the grant's ``decision_id``) under this rule: exported sends
+        removed, their redemptions no earlier than the snapshot's send (the batch path's form
+        of :func:`grant_arrays`)."""
+        if not self._sent_at or not len(grant_events):
+            return grant_events
+        keys = zip(
+            grant_events[S.DECISION_ID].to_numpy(dtype=object).tolist(),
+            grant_events[S.OFFER_ID].astype(str).to_numpy(dtype=object).tolist(),
+            strict=True,
+        )
+        at = np.fromiter((self._sent_at.get(k, _NO_TIME) for k in keys), np.int64)
+        exported = at != _NO_TIME
+        if not exported.any():
+            return grant_events
+        keep = ~(exported & (grant_events[S.EVENT] == "sent").to_numpy())
+        out = grant_events.loc[keep].copy()
+        ts = out[S.TS].to_numpy(dtype="datetime64[us]").view(np.int64).copy()
+        out[S.TS] = np.maximum(ts, at[keep]).view("datetime64[us]")  # _NO_TIME: unchanged
+        return out
+
+
+_NO_TIME = np.iinfo(np.int64).min
+
+
+def grant_arrays(
+    grants: Iterable[PastGrant],
+    offers: OfferTable,
+    row: int = 0,
+    exported: ExportedSends | None = None,
+) -> EventArrays:
     """A member's store grants as events: a send at ``granted_at`` on its channel, plus a
-    redemption at the same time when it was redeemed (unknown offers are skipped)."""
+    redemption at the same time when it was redeemed (unknown offers are skipped); a grant in
+    ``exported`` gives its redemption only (see :class:`ExportedSends`)."""
     index = offers.index_of
     cols, ch, ts, kind = [], [], [], []
+    sent_at = exported.sent_at if exported is not None and len(exported) else None
     for g in grants:
         j = index.get(g.offer_id)
         if j is None:
             continue
         c = _CHANNEL_INDEX.get(g.channel, -1)
-        cols.append(j)
-        ch.append(c)
-        ts.append(g.granted_at)
-        kind.append(SENT)
-        if g.redeemed:
+        at = None if sent_at is None else sent_at(g.decision_id, g.offer_id)
+        if at is None:
             cols.append(j)
             ch.append(c)
             ts.append(g.granted_at)
+            kind.append(SENT)
+            if g.redeemed:
+                cols.append(j)
+                ch.append(c)
+                ts.append(g.granted_at)
+                kind.append(REDEEMED)
+        elif g.redeemed:  # the send is the snapshot's: keep what the store adds to it
+            cols.append(j)
+            ch.append(c)
+            granted = int(np.datetime64(g.granted_at, "us").astype(np.int64))
+            ts.append(np.datetime64(max(granted, at), "us"))
             kind.append(REDEEMED)
     if not cols:
         return EventArrays.empty()
@@ -318,23 +425,29 @@ def _state_of_one(
 
 class SnapshotHistory:
     """Past sends and redemptions of a member snapshot, grouped by member (built once at load;
-    :meth:`state_one` is then a slice and a tiny :func:`state_from_arrays`)."""
+    :meth:`state_one` is then a slice and a tiny :func:`state_from_arrays`). ``exported``: the
+    snapshot's sends with a decision id, so that store grants already exported into the
+    snapshot are not counted twice."""
 
-    def __init__(self, events: EventArrays, n_members: int) -> None:
+    def __init__(
+        self, events: EventArrays, n_members: int, exported: ExportedSends | None = None
+    ) -> None:
         order = np.argsort(events.rows, kind="stable")
         self.events = EventArrays(*(getattr(events, f)[order] for f in _EVENT_FIELDS))
         self.offsets = np.searchsorted(self.events.rows, np.arange(n_members + 1))
+        self.exported = exported if exported is not None else ExportedSends()
 
     @classmethod
     def from_events(
         cls, events: pd.DataFrame | None, member_ids: np.ndarray, offers: OfferTable
     ) -> SnapshotHistory:
-        arrays = (
-            EventArrays.empty()
-            if events is None
-            else EventArrays.from_events(events, member_ids, offers)
+        if events is None:
+            return cls(EventArrays.empty(), len(member_ids))
+        ev, rows, cols = _known_events(events, member_ids, offers)
+        # only sends counted here (known members and offers) may stand for a store grant
+        return cls(
+            EventArrays._from_known(ev, rows, cols), len(member_ids), ExportedSends.from_events(ev)
         )
-        return cls(arrays, len(member_ids))
 
     def member_events(self, row: int) -> EventArrays:
         """Row ``row``'s events as member 0 (no events for ``row < 0``: an unknown member)."""
@@ -352,7 +465,7 @@ class SnapshotHistory:
     ) -> MemberOfferState:
         """One member's counters (a 1-row state): the snapshot's events and the store's
         grants, before ``as_of``."""
-        events = self.member_events(row).concat(grant_arrays(grants, offers))
+        events = self.member_events(row).concat(grant_arrays(grants, offers, 0, self.exported))
         return _state_of_one(events, offers, as_of, period_days)
 
     def state_many(
@@ -385,7 +498,7 @@ class SnapshotHistory:
         events = EventArrays(member, e.cols[idx], e.channel[idx], e.ts[idx], e.kind[idx])
         if grants is not None:
             for i, member_grants in enumerate(grants):
-                events = events.concat(grant_arrays(member_grants, offers, row=i))
+                events = events.concat(grant_arrays(member_grants, offers, i, self.exported))
         return state_from_arrays(events, n, offers, as_of, period_days)
 
 

@@ -1,18 +1,19 @@
 """The report's inputs from a canonical data directory or from the serving store.
 
-From the store: each decision with offers is a ``sent`` per offer (its decision is its
-campaign), a decision without offers for a member in the program holdout (the engine's
-deterministic hash, ``serving.engine.holdout``) is a ``held_out``; ``redeemed`` feedback
-events and redeemed grants are redemptions; checkout sessions are the purchases (a checkout
-is a basket, and a checkout's decision counts purchases strictly after its own; the store
-keeps no amounts, so spend, margin and ROI need ``--data`` too).
+From the store: the events are the ones ``offers export`` writes
+(``serving.batch.export.store_events``: ``sent`` per offer of a decision, ``held_out`` per
+decision of a program holdout member as the decision recorded it, feedback with the campaign of
+its decision; API decisions grouped per channel and day), plus a redemption for every redeemed
+grant. Checkout sessions are the purchases (a checkout is a basket, and a checkout's decision
+counts purchases strictly after its own); the store keeps no amounts, so spend, margin and ROI
+need ``--data`` too.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -22,10 +23,9 @@ from features.sources import schema as S
 from features.sources.io import find_table_file, read_raw
 from serving.reports.incrementality import IncrementalityError, ReportInputs
 
-if TYPE_CHECKING:
-    from serving.engine.settings import HoldoutSettings
-
 __all__ = ["from_data_dir", "from_store", "offers_frame"]
+
+log = logging.getLogger(__name__)
 
 
 def _read(data: Path, table: str, columns: list[str], required: bool = True) -> pd.DataFrame | None:
@@ -99,47 +99,23 @@ def from_data_dir(data: Path, catalog: Path | None = None) -> ReportInputs:
 def from_store(
     store: object,
     catalog: Path,
-    holdout: HoldoutSettings | None = None,
     data: Path | None = None,
     since: datetime | None = None,
 ) -> ReportInputs:
-    """Inputs from an open ``OffersStore`` and the catalog it serves. ``holdout``: the
-    engine's ``HoldoutSettings`` (default: from the environment, as the service reads it).
-    ``data``: a data directory whose transactions and members give spend and the onboarding
-    stage (else checkouts are the purchases and spend is not estimated). ``since``: only
-    decisions made from then on (and what followed them)."""
-    from serving.engine.holdout import in_holdout
-    from serving.engine.settings import EngineSettings
-    from serving.store.tables import checkout_sessions, decisions, feedback_events, grants
+    """Inputs from an open ``OffersStore`` and the catalog it serves. ``data``: a data
+    directory whose transactions and members give spend and the onboarding stage (else
+    checkouts are the purchases and spend is not estimated). ``since``: only decisions made
+    from then on (and what followed them)."""
+    from serving.batch.export import store_events
+    from serving.store.tables import checkout_sessions, grants
 
+    events, _read, unknown = store_events(store, since)  # type: ignore[arg-type]
+    if unknown:
+        log.info("%d decision(s) without offers and no holdout flag: not compared", unknown)
+    after = since or datetime.min
     engine = store.engine  # type: ignore[attr-defined]
     with engine.connect() as c:
-        dec = pd.DataFrame(
-            c.execute(
-                select(
-                    decisions.c.decision_id,
-                    decisions.c.member_id,
-                    decisions.c.channel,
-                    decisions.c.offers,
-                    decisions.c.created_at,
-                ).where(decisions.c.created_at >= (since or datetime.min))
-            ).all(),
-            columns=["decision_id", "member_id", "channel", "offers", "ts"],
-        )
-        fb = pd.DataFrame(
-            c.execute(
-                select(
-                    feedback_events.c.member_id,
-                    feedback_events.c.offer_id,
-                    feedback_events.c.decision_id,
-                    feedback_events.c.ts,
-                )
-                .where(feedback_events.c.event == "redeemed")
-                .where(feedback_events.c.ts >= (since or datetime.min))
-            ).all(),
-            columns=["member_id", "offer_id", "decision_id", "ts"],
-        )
-        gr = pd.DataFrame(
+        redeemed = pd.DataFrame(
             c.execute(
                 select(
                     grants.c.member_id,
@@ -148,9 +124,9 @@ def from_store(
                     grants.c.redeemed_at,
                 )
                 .where(grants.c.state == "redeemed")
-                .where(grants.c.granted_at >= (since or datetime.min))
+                .where(grants.c.granted_at >= after)
             ).all(),
-            columns=["member_id", "offer_id", "decision_id", "ts"],
+            columns=[S.MEMBER_ID, S.OFFER_ID, S.DECISION_ID, S.TS],
         )
         sessions = pd.DataFrame(
             c.execute(
@@ -159,37 +135,25 @@ def from_store(
                     checkout_sessions.c.member_id,
                     checkout_sessions.c.created_at,
                     checkout_sessions.c.decision_id,
-                ).where(checkout_sessions.c.created_at >= (since or datetime.min))
+                ).where(checkout_sessions.c.created_at >= after)
             ).all(),
-            columns=["transaction_id", "member_id", "ts", "decision_id"],
+            columns=[S.TRANSACTION_ID, S.MEMBER_ID, S.TS, S.DECISION_ID],
         )
-    settings = holdout if holdout is not None else EngineSettings().holdout  # type: ignore[call-arg]
+    campaign = events.dropna(subset=[S.DECISION_ID]).drop_duplicates(S.DECISION_ID)
+    campaign = campaign.set_index(S.DECISION_ID)[S.CAMPAIGN_ID]
+    redeemed = redeemed.assign(
+        **{S.EVENT: "redeemed", S.CAMPAIGN_ID: redeemed[S.DECISION_ID].map(campaign)}
+    )
+    events = pd.concat([events, redeemed], ignore_index=True)
     # A checkout's decision happens at its purchase: the unit starts at the session's time and
-    # outcomes strictly after it (its own basket is not its outcome).
-    at_checkout = sessions.drop_duplicates("decision_id").set_index("decision_id")["ts"]
-    dec["ts"] = dec["decision_id"].map(at_checkout).fillna(dec["ts"])
-    sessions = sessions.drop(columns="decision_id")
-    n_offers = dec["offers"].map(len) if len(dec) else pd.Series(dtype=int)
-    sent = dec.loc[n_offers > 0].explode("offers")
-    sent = sent.assign(offer_id=sent["offers"].map(lambda x: x["offer_id"]), event="sent").drop(
-        columns="offers"
-    )
-    empty = dec.loc[n_offers == 0]
-    held = empty.loc[in_holdout(empty["member_id"].to_numpy(object), settings)]
-    held = held.assign(offer_id=None, event="held_out").drop(columns="offers")
-    red = pd.concat([fb, gr]).dropna(subset=["offer_id", "decision_id"])
-    red = red.drop_duplicates(["decision_id", "offer_id"]).assign(event="redeemed")
-    # Store decisions have no campaign: the channel and day group them (the strata).
-    day = pd.to_datetime(dec["ts"]).dt.strftime("%Y-%m-%d")
-    campaign = pd.Series(
-        (dec["channel"].astype(str) + "-" + day).to_numpy(), index=dec["decision_id"]
-    )
-    events = pd.concat([sent, held, red], ignore_index=True)
-    events["campaign_id"] = events["decision_id"].map(campaign)
-    events = events.drop(columns="channel", errors="ignore")
+    # outcomes come strictly after it (its own basket is not its outcome).
+    at_checkout = sessions.drop_duplicates(S.DECISION_ID).set_index(S.DECISION_ID)[S.TS]
+    moved = events[S.DECISION_ID].map(at_checkout)
+    events[S.TS] = moved.where(moved.notna() & (events[S.EVENT] != "redeemed"), events[S.TS])
+    sessions = sessions.drop(columns=S.DECISION_ID)
 
     joined = pd.Series(dtype="datetime64[us]")
-    baskets: pd.DataFrame | None = sessions.assign(amount=float("nan"))
+    baskets: pd.DataFrame | None = sessions.assign(**{S.AMOUNT: float("nan")})
     offers = None
     if data is not None:
         d = from_data_dir(data, catalog)

@@ -293,13 +293,21 @@ def member_grants(engine: Any, member_id: str) -> list[Any]:
                 grants.c.granted_at,
                 grants.c.surprise,
                 grants.c.state,
+                grants.c.decision_id,
             )
             .where(grants.c.member_id == member_id)
             .where(grants.c.state != "released")
             .order_by(grants.c.granted_at, grants.c.offer_id)
         ).all()
     return [
-        PastGrant(r.offer_id, r.channel, r.granted_at, bool(r.surprise), r.state == "redeemed")
+        PastGrant(
+            r.offer_id,
+            r.channel,
+            r.granted_at,
+            bool(r.surprise),
+            r.state == "redeemed",
+            r.decision_id,
+        )
         for r in rows
     ]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from serving.engine.settings import ScoringSettings
 from training.policy.run import run_dataset
 
 pytestmark = pytest.mark.integration
@@ -76,6 +77,18 @@ def test_hillstrom_report_shape_and_invariants(hillstrom_report) -> None:
     # the engine's learner is level-calibrated as shipped; the raw learner is reported beside it
     assert hillstrom_report["setup"]["engine_level_calibration"] is True
     assert "ours:S-uncalibrated" in hillstrom_report["splits"][0]["policies"]
+    # the shipped pieces: shrinkage, damping, the engine's default lower bound; each variant
+    pieces = hillstrom_report["setup"]["engine_pieces"]
+    assert pieces["uncertainty_z"] == ScoringSettings().uncertainty_z
+    assert pieces["shrinkage"] and pieces["damping"]
+    for run in hillstrom_report["splits"]:
+        assert {"engine (no LCB)", "engine (no LCB, no damping)", "engine (previous)",
+                "engine (no LCB, no damping, no shrinkage)"} <= set(run["policies"])  # fmt: skip
+        fit = run["engine_fit"]
+        assert fit["rows_fit"] + fit["rows_slope"] == run["n_train"]
+        assert 0.05 <= fit["heterogeneity_scale"] <= 1.0
+        # a shrunk level has a smaller standard error than the raw one it came from
+        assert all(s <= r + 1e-12 for s, r in zip(fit["shrunk_se"], fit["att_se"], strict=True))
 
 
 def test_hillstrom_random_policy_is_the_logging_policy(hillstrom_report, shared_data) -> None:

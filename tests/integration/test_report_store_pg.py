@@ -12,8 +12,6 @@ import pytest
 
 from features.catalog.model import default_catalog_path
 from serving.api import ui_data
-from serving.engine.holdout import in_holdout
-from serving.engine.settings import HoldoutSettings
 from serving.reports import incrementality
 from serving.reports.sources import from_store
 from serving.store import open_store
@@ -23,13 +21,12 @@ from tests.support.servers import fresh_postgres_database
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 11, 20, 10, 0)
-HOLDOUT = HoldoutSettings(share=0.3, salt="pg")
 
 
 def _seed_and_read(url: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(7)
     ids = np.array([f"m{i}" for i in range(300)], dtype=object)
-    held = in_holdout(ids, HOLDOUT)
+    held = rng.random(len(ids)) < 0.3
     store = open_store(url)
     try:
         store.set_budget("coffee-20pct", 500.0)
@@ -43,7 +40,8 @@ def _seed_and_read(url: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
                  "offers": [] if held[i] else [{"offer_id": offer, "rank": 1, "score": 1.0,
                                                 "propensity": 1.0}],
                  "model_versions": {}, "fallback": "personalised",
-                 "created_at": T0 + timedelta(days=i % 4)}
+                 "created_at": T0 + timedelta(days=i % 4), "held_out": bool(held[i]),
+                 "holdout_share": 0.3}
             )  # fmt: skip
             if rng.random() < (0.3 if held[i] else 0.55):
                 sessions.append(
@@ -65,7 +63,7 @@ def _seed_and_read(url: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
             c.execute(grants.insert(), granted)
         budgets = ui_data.budgets_frame(store)
         daily = ui_data.daily_frame(store)
-        inputs = from_store(store, default_catalog_path(), holdout=HOLDOUT, since=T0)
+        inputs = from_store(store, default_catalog_path(), since=T0)
     finally:
         store.close()
     table = incrementality(inputs)

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -66,6 +67,23 @@ def _traffic(url: str, members: list[str]) -> tuple[list[dict], int]:
     return answers, len(events)
 
 
+def _checkouts(url: str, members: list[str]) -> list[dict]:
+    """One purchase per member at the till (rewards granted and stored with the session)."""
+    out = []
+    with httpx.Client(base_url=url, headers=HEADERS, timeout=30) as client:
+        for i, m in enumerate(members):
+            body = {"transaction_id": f"till-{i}", "member_id": m, "total": 80.0,
+                    "basket": [{"quantity": 2, "unit_price": 40.0}]}  # fmt: skip
+            for _ in range(5):  # a busy store answers 503 with nothing reserved: retry
+                r = client.post("/v1/checkout/rewards", json=body)
+                if r.status_code != 503:
+                    break
+                time.sleep(0.2)
+            assert r.status_code == 200, r.text
+            out.append(r.json())
+    return out
+
+
 def test_retrain_closes_the_loop(tmp_path: Path) -> None:
     from serving.api.bundle import DEFAULT_MODELS
     from training.affinity.search import SearchSettings
@@ -101,7 +119,9 @@ def test_retrain_closes_the_loop(tmp_path: Path) -> None:
             "OFFERS_HOME": str(home),
             "OFFERS_DATABASE_URL": f"sqlite:///{db}",
             "MLFLOW_TRACKING_URI": tracking,
-            "OFFERS_API_KEYS": json.dumps({KEY: ["admin", "offers:read", "events:write"]}),
+            "OFFERS_API_KEYS": json.dumps(
+                {KEY: ["admin", "offers:read", "events:write", "checkout:write"]}
+            ),
             "OFFERS_MODELS": json.dumps(DEFAULT_MODELS),
             "OFFERS_CATALOG": str(data / "catalog.yaml"),
             "OFFERS_MEMBER_FEATURES": str(features),
@@ -116,6 +136,9 @@ def test_retrain_closes_the_loop(tmp_path: Path) -> None:
             json.dumps({"affinity": "1", "uplift": "1"})
         }
         held = [a for a in answers if a["held_out"]]
+        tills = _checkouts(server.url, members[:20])
+        granted = sum(len(t["rewards"]) for t in tills)
+        held_at_till = sum(a["held_out"] for a in answers[:20])  # the holdout is per member
         before = pd.read_parquet(data / "offer_events.parquet")
 
         run = _retrain(
@@ -133,10 +156,13 @@ def test_retrain_closes_the_loop(tmp_path: Path) -> None:
         assert all(s["status"] == "done" for s in result["steps"]), result["steps"]
         # every decision, held-out member and feedback event came back as offer_events
         shown = sum(len(a["offers"]) for a in answers)
-        assert steps["export"]["events.sent"] == shown
-        assert steps["export"]["events.held_out"] == len(held)
-        assert steps["export"]["written"] == shown + len(held) + n_events
+        assert granted > 0 and steps["export"]["read.grants"] == granted
+        # a checkout reward is in the decision log and in grants: one sent event
+        assert steps["export"]["events.sent"] == shown + granted
+        assert steps["export"]["events.held_out"] == len(held) + held_at_till
+        assert steps["export"]["written"] == shown + granted + len(held) + held_at_till + n_events
         after = pd.read_parquet(data / "offer_events.parquet")
+        assert (after[S.CHANNEL] == "checkout").sum() == granted + held_at_till
         assert len(after) == len(before) + steps["export"]["written"]
         logged = {a["decision_id"] for a in answers if a["offers"] or a["held_out"]}
         assert logged and logged <= set(after[S.DECISION_ID].dropna())
@@ -152,9 +178,6 @@ def test_retrain_closes_the_loop(tmp_path: Path) -> None:
         with httpx.Client(base_url=server.url, headers=HEADERS, timeout=30) as client:
             served = {m["name"]: m["version"] for m in client.get("/v1/models").json()["models"]}
             assert served == expected
-            again = client.get(f"/v1/members/{members[0]}/offers", params={"channel": "app"})
-            assert again.status_code == 200
-            assert again.json()["model_versions"] == expected
 
         # one parent run with a nested run per step
         client_ml = mlflow.MlflowClient(tracking_uri=tracking)
@@ -166,7 +189,8 @@ def test_retrain_closes_the_loop(tmp_path: Path) -> None:
         )
         assert sorted(r.info.run_name for r in children) == sorted(steps)
 
-        # the same data again: nothing new exported, nothing retrained, champions kept
+        # the same data again (no request since the export): nothing new exported, nothing
+        # retrained, champions kept
         rerun = _retrain(
             home, tracking, "--data", str(data), "--store", f"sqlite:///{db}",
             "--serve-url", server.url, "--api-key-env", KEY_ENV, "--features-out", str(features),
@@ -178,6 +202,12 @@ def test_retrain_closes_the_loop(tmp_path: Path) -> None:
         assert steps2["export"]["already_present"] == steps["export"]["written"]
         assert steps2["affinity"]["status"] == steps2["uplift"]["status"] == "skipped"
         assert registry.versions("offers-affinity") == ["1", "2"]
+
+        # answers name the new versions (after the re-run: a decision is new data)
+        with httpx.Client(base_url=server.url, headers=HEADERS, timeout=30) as client:
+            again = client.get(f"/v1/members/{members[0]}/offers", params={"channel": "app"})
+            assert again.status_code == 200
+            assert again.json()["model_versions"] == expected
     finally:
         server.stop()
 

@@ -139,11 +139,19 @@ def test_resume_refuses_another_chunk_size(tmp_path, features):
 
 
 def test_store_records_one_per_member(tmp_path, features):
+    from serving.engine.settings import HoldoutSettings
+
     store = FakeStore()
     out, _, _ = run(tmp_path, features, "o.csv", 200, store=store)
     assert len(store.rows) == N
     held = out.loc[out["holdout"], "decision_id"]
-    assert all(store.rows[d]["offers"] == [] for d in held)
+    assert len(held) and all(store.rows[d]["offers"] == [] for d in held)
+    # what offers export needs: the holdout flag and share, and the send's campaign
+    assert all(store.rows[d]["held_out"] is True for d in held)
+    assert sum(r["held_out"] for r in store.rows.values()) == len(held)
+    assert {r["campaign_id"] for r in store.rows.values()} == set(out["campaign_id"])
+    default_share = HoldoutSettings().share  # the campaign sets none
+    assert {r["holdout_share"] for r in store.rows.values()} == {default_share}
     shown = out.loc[out["status"] == "offers"]
     d = shown["decision_id"].iloc[0]
     ranks = [o["rank"] for o in store.rows[d]["offers"]]

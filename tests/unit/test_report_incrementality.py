@@ -141,14 +141,11 @@ def test_true_effects_lie_in_the_intervals_at_about_the_nominal_rate(tmp_path):
 
 
 def test_store_decisions_are_sends_and_holdout(tmp_path):
-    from serving.engine.holdout import in_holdout
-    from serving.engine.settings import HoldoutSettings
     from serving.store import open_store
     from serving.store.tables import checkout_sessions
 
-    holdout = HoldoutSettings(share=0.5, salt="t")
     ids = np.array([f"m{i}" for i in range(400)], dtype=object)
-    held = in_holdout(ids, holdout)
+    held = np.arange(400) % 2 == 0
     store = open_store(f"sqlite:///{tmp_path / 's.db'}")
     rng = np.random.default_rng(0)
     try:
@@ -158,7 +155,8 @@ def test_store_decisions_are_sends_and_holdout(tmp_path):
                                           "propensity": 1.0}]  # fmt: skip
             records.append(
                 {"decision_id": f"d{i}", "member_id": m, "channel": "app", "offers": offers,
-                 "model_versions": {}, "fallback": "personalised", "created_at": T0}
+                 "model_versions": {}, "fallback": "personalised", "created_at": T0,
+                 "held_out": bool(held[i]), "holdout_share": 0.5}
             )  # fmt: skip
             if rng.random() < (0.3 if held[i] else 0.6):  # treated buy more afterwards
                 sessions.append(
@@ -176,7 +174,7 @@ def test_store_decisions_are_sends_and_holdout(tmp_path):
         )  # fmt: skip
         from features.catalog.model import default_catalog_path
 
-        inputs = from_store(store, default_catalog_path(), holdout=holdout)
+        inputs = from_store(store, default_catalog_path())
     finally:
         store.close()
     table = incrementality(inputs).set_index(["dimension", "group"])

@@ -2,10 +2,14 @@
 
 Per split (``StratifiedShuffleSplit`` by arm, seeded) and outcome:
 
-1. the project's uplift learners (``models.uplift``; the engine's is what ``offers train
-   uplift`` ships by default: ``training.uplift.fit``'s S-learner over LightGBM with its level
-   calibration, ``training.uplift.calibration``) and every installed peer learner
-   (:mod:`training.policy.peers`) are fitted on the training rows, all arms at once;
+1. the project's uplift learners (``models.uplift``) and every installed peer learner
+   (:mod:`training.policy.peers`) are fitted on the training rows, all arms at once. The
+   engine's effects are built by the pieces ``offers train uplift`` and the serving adapter ship
+   (:mod:`training.policy.engine_effects`: level fit with empirical-Bayes shrinkage,
+   heterogeneity damping by a held-out slope, effects at the engine's lower confidence bound),
+   with the variants that drop one piece at a time, and ``engine (previous)``: the learner
+   fitted on all training rows with the unshrunk level calibration only (the engine before
+   the shrinkage, damping and LCB);
 2. each gives the engine's send rule on the test rows (:func:`send_policy`: the arm with the
    highest predicted effect net of its cost, or none);
 3. every policy (plus each arm to all, nobody and random over the arms) is valued on the test
@@ -31,14 +35,22 @@ import numpy as np
 from numpy.typing import NDArray
 
 from models.uplift import LEARNERS
-from training.policy.peers import PeerFit, available_peers, missing_peer_libraries
+from training.policy.engine_effects import (
+    ENGINE,
+    NO_LCB,
+    SHIPPED,
+    default_uncertainty_z,
+    engine_fit,
+)
+from training.policy.peers import available_peers, missing_peer_libraries
 from training.policy.policies import fixed_arm, send_policy, send_share, uniform
 from training.policy.randomized import PolicyInputError, ips, ips_contrast, snips
 
 __all__ = ["ArmData", "ArmsConfig", "evaluate_arms"]
 
 log = logging.getLogger(__name__)
-ENGINE = "engine"
+PREVIOUS = "engine (previous)"
+UNCALIBRATED = "ours:S-uncalibrated"
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,9 @@ class ArmData:
     outcomes: dict[str, NDArray[np.float64]]
     propensity_source: str
     notes: dict[str, Any] = field(default_factory=dict)
+    # group of each arm for the engine's shrinkage (e.g. the offer's kind; arm 0 ignored);
+    # None: every arm in one group
+    arm_groups: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         n = self.X.shape[0]
@@ -66,6 +81,11 @@ class ArmData:
         for name, y in self.outcomes.items():
             if y.shape != (n,):
                 raise PolicyInputError(f"{self.name}: outcome {name} has shape {y.shape}")
+        if self.arm_groups is not None and len(self.arm_groups) != len(self.arms):
+            raise PolicyInputError(
+                f"{self.name}: arm_groups has {len(self.arm_groups)} entries for "
+                f"{len(self.arms)} arms"
+            )
 
 
 @dataclass(frozen=True)
@@ -77,8 +97,12 @@ class ArmsConfig:
     seed: int = 0
     outcomes: tuple[str, ...] | None = None
     send_cost: dict[str, float] = field(default_factory=dict)  # outcome -> cost of one send
-    engine_learner: str = "S"  # offers train uplift's default (UpliftTrainSettings.learner)
-    calibrate_level: bool = True  # as offers train uplift (UpliftTrainSettings.calibrate_level)
+    engine_learner: str = SHIPPED.learner  # offers train uplift's default
+    # off: the engine is the raw learner (offers train uplift with calibrate_level=False ships
+    # no level, no damping and no standard errors, so no lower bound either)
+    calibrate_level: bool = SHIPPED.calibrate_level
+    uncertainty_z: float | None = None  # None: the engine's default (ScoringSettings)
+    slope_share: float = SHIPPED.test_share  # training rows held out for the slope
     learners: tuple[str, ...] = ("S", "T", "X", "CT")
     base_params: dict[str, Any] | None = None
     peers: bool = True
@@ -98,25 +122,37 @@ class ArmsConfig:
                 raise PolicyInputError(f"send_cost[{outcome!r}] must be >= 0; got {cost}")
         if self.sample is not None and self.sample < 100:
             raise PolicyInputError(f"sample must be >= 100 rows; got {self.sample}")
+        if self.uncertainty_z is not None and not (
+            np.isfinite(self.uncertainty_z) and 0 <= self.uncertainty_z <= 5
+        ):
+            raise PolicyInputError(f"uncertainty_z must lie in [0, 5]; got {self.uncertainty_z}")
+        if not 0.0 < self.slope_share < 1.0:
+            raise PolicyInputError(f"slope_share must be in (0, 1); got {self.slope_share}")
 
 
-def _ours(name: str, config: ArmsConfig, seed: int, calibrate: bool = False) -> PeerFit:
-    """Our learner ``name``; with ``calibrate``, level-calibrated on its training rows as
-    ``offers train uplift`` does (``training.uplift.calibration``: each arm's mean effect set
-    to its regression-adjusted ATT)."""
+def _ours(name: str, config: ArmsConfig, seed: int, previous: bool = False) -> Any:
+    """Our learner ``name`` fitted on all training rows. With ``previous``: both the raw
+    learner (``ours:<name>-uncalibrated``) and the engine before this session's pieces
+    (``engine (previous)``: level-calibrated to each arm's unshrunk regression-adjusted ATT,
+    ``training.uplift.calibration.level_fit`` with ``shrink=False``), from one fit."""
 
-    def fit_predict(X_tr, y_tr, arm_tr, X_te, n_arms):
-        model = LEARNERS[name](base_params=config.base_params, control=0, random_state=seed)
-        model.fit(X_tr, y_tr, arm_tr)
-        if calibrate:
-            from training.uplift.calibration import apply_shifts, level_shifts
-
-            apply_shifts(model, level_shifts(model, X_tr, y_tr, arm_tr))
+    def effects_of(model, X_te, n_arms):
         eff = np.zeros((len(X_te), n_arms - 1))
         pred = model.predict(X_te)
         for j, k in enumerate(model.treatments_):
             eff[:, int(k) - 1] = pred[:, j]
         return eff
+
+    def fit_predict(X_tr, y_tr, arm_tr, X_te, n_arms):
+        model = LEARNERS[name](base_params=config.base_params, control=0, random_state=seed)
+        model.fit(X_tr, y_tr, arm_tr)
+        if not previous:
+            return effects_of(model, X_te, n_arms)
+        from training.uplift.calibration import apply_shifts, level_fit
+
+        raw = effects_of(model, X_te, n_arms)
+        apply_shifts(model, level_fit(model, X_tr, y_tr, arm_tr, shrink=False).shifts)
+        return {PREVIOUS: effects_of(model, X_te, n_arms), f"ours:{name}-uncalibrated": raw}, None
 
     return fit_predict
 
@@ -154,7 +190,7 @@ def _split_run(
     outcome: str,
     train: NDArray,
     test: NDArray,
-    models: dict[str, PeerFit],
+    models: dict[str, Any],
     cost: float,
 ) -> dict[str, Any]:
     X, arm, y = data.X, data.arm, data.outcomes[outcome]
@@ -163,11 +199,17 @@ def _split_run(
     n = test.size
     policies: dict[str, NDArray] = {}
     seconds: dict[str, float] = {}
+    fit_info: dict[str, Any] = {}
     for name, fit_predict in models.items():
         start = time.perf_counter()
-        effects = fit_predict(X[train], y[train], arm[train], X[test], n_arms)
-        seconds[name] = round(time.perf_counter() - start, 2)
-        policies[name] = send_policy(effects, cost)
+        out = fit_predict(X[train], y[train], arm[train], X[test], n_arms)
+        # a peer returns one effect matrix; ours may return ({variant: effects}, info)
+        variants, info = out if isinstance(out, tuple) else ({name: out}, None)
+        if info is not None:
+            fit_info[name] = info
+        for variant, effects in variants.items():
+            seconds[variant] = round(time.perf_counter() - start, 2)
+            policies[variant] = send_policy(effects, cost)
     for k in range(1, n_arms):
         policies[f"all:{data.arms[k]}"] = fixed_arm(n, n_arms, k)
     policies["random"] = uniform(n, n_arms)
@@ -176,7 +218,7 @@ def _split_run(
     values = {name: _value(arm[test], y[test], p, pi, none, cost) for name, pi in policies.items()}
     for name, s in seconds.items():
         values[name]["fit_seconds"] = s
-    return {"values": values, "policies": policies}
+    return {"values": values, "policies": policies, "fit_info": fit_info}
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> float:
@@ -202,8 +244,14 @@ def evaluate_arms(
         data = ArmData(
             data.name, data.X[rows], data.arm[rows], data.arms, data.arm_probability,
             {k: v[rows] for k, v in data.outcomes.items()}, data.propensity_source, data.notes,
+            data.arm_groups,
         )  # fmt: skip
     splits = _splits(data.arm, config)
+    groups = (
+        None
+        if data.arm_groups is None
+        else {k: data.arm_groups[k] for k in range(1, len(data.arms))}
+    )
     runs: list[dict[str, Any]] = []
     for outcome in outcomes:
         y = data.outcomes[outcome]
@@ -211,15 +259,24 @@ def evaluate_arms(
         cost = float(config.send_cost.get(outcome, 0.0))
         for i, (train, test) in enumerate(splits):
             seed = config.seed + i
-            engine = _ours(config.engine_learner, config, seed, config.calibrate_level)
-            models: dict[str, PeerFit] = {ENGINE: engine}
+            models: dict[str, Any] = {}
+            if config.calibrate_level:
+                models[ENGINE] = engine_fit(
+                    seed,
+                    learner=config.engine_learner,
+                    base_params=config.base_params,
+                    groups=groups,
+                    uncertainty_z=config.uncertainty_z,
+                    slope_share=config.slope_share,
+                )
+                models[PREVIOUS] = _ours(config.engine_learner, config, seed, previous=True)
+            else:
+                models[ENGINE] = _ours(config.engine_learner, config, seed)
             for name in config.learners:
                 if not (binary or LEARNERS[name].supports_continuous):
                     continue
                 if name != config.engine_learner:
                     models[f"ours:{name}"] = _ours(name, config, seed)
-                elif config.calibrate_level:  # the engine's learner without the calibration
-                    models[f"ours:{name}-uncalibrated"] = _ours(name, config, seed)
             if config.peers:
                 peers = available_peers(binary, config.base_params, seed, config.forest_trees)
                 models.update(peers)
@@ -232,6 +289,7 @@ def evaluate_arms(
                     "n_test": int(test.size),
                     "send_cost": cost,
                     "policies": run["values"],
+                    "engine_fit": run["fit_info"].get(ENGINE),
                     "_pi": run["policies"],
                     "_test": test,
                 }
@@ -256,6 +314,22 @@ def evaluate_arms(
             "seed": config.seed,
             "engine_learner": config.engine_learner,
             "engine_level_calibration": config.calibrate_level,
+            "engine_pieces": {
+                "shrinkage": config.calibrate_level and SHIPPED.shrink_level,
+                "shrinkage_groups": list(data.arm_groups) if data.arm_groups else None,
+                "damping": config.calibrate_level and SHIPPED.damp_heterogeneity,
+                "heterogeneity_floor": SHIPPED.heterogeneity_floor,
+                "slope_share": config.slope_share,
+                "uncertainty_z": (
+                    (
+                        default_uncertainty_z()
+                        if config.uncertainty_z is None
+                        else config.uncertainty_z
+                    )
+                    if config.calibrate_level
+                    else 0.0
+                ),
+            },
             "learners": list(config.learners),
             "send_cost": {o: float(config.send_cost.get(o, 0.0)) for o in outcomes},
             "peers_missing": missing_peer_libraries() if config.peers else "not requested",
@@ -291,8 +365,10 @@ def _summarise(data: ArmData, runs: list[dict[str, Any]]) -> dict[str, Any]:
     for lib in ("causalml", "sklift"):
         chosen[f"best_{lib}"] = best([n for n in peers if n.startswith(lib + ":")])
     contrasts: dict[str, list[dict[str, Any]]] = {}
-    for label, other in chosen.items():
-        if other is None:
+    # the shipped engine against the variants without one of its pieces (what each one changes)
+    variants = {"no_lcb": NO_LCB, "previous": PREVIOUS}
+    for label, other in [*chosen.items(), *variants.items()]:
+        if other is None or other not in names:
             continue
         rows = []
         for r in runs:

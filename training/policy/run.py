@@ -8,7 +8,10 @@ raises :class:`PolicyInputError` naming it):
   every LightGBM base model, ours and peers; 100), ``forest_trees`` (CausalML uplift random
   forest; 50), ``peers`` (``true``/``false``; peers run only when installed), ``learners``
   (ours besides the engine's, comma list), ``sample`` (evaluate a seeded subsample of rows),
-  ``calibrate`` (the engine learner's level calibration, as shipped; ``true``);
+  ``calibrate`` (the engine's shipped pieces: level, shrinkage, damping, lower bound; ``true``;
+  ``false``: the raw learner), ``uncertainty_z`` (the engine's lower bound; default the
+  engine's own, ``ScoringSettings.uncertainty_z``), ``slope_share`` (training rows held out for
+  the heterogeneity slope; 0.2, ``UpliftTrainSettings.test_share``);
 * Open Bandit: ``buckets`` (``day`` or ``week``), ``bootstrap`` (resamples; 200).
 
 The JSON shapes are documented in docs/benchmarks.md ("Policy value on randomised data").
@@ -22,11 +25,11 @@ from typing import Any
 
 from training.policy.randomized import PolicyInputError
 
-__all__ = ["DATASETS", "parse_settings", "render_markdown", "run_dataset"]
+__all__ = ["DATASETS", "parse_settings", "render_markdown", "render_summary", "run_dataset"]
 
 DATASETS = ("hillstrom", "starbucks", "open-bandit")
 _ARM_KEYS = {"splits", "test_size", "outcomes", "trees", "forest_trees", "peers", "learners",
-             "sample", "calibrate"}  # fmt: skip
+             "sample", "calibrate", "uncertainty_z", "slope_share"}  # fmt: skip
 _OBD_KEYS = {"buckets", "bootstrap"}
 
 
@@ -70,8 +73,13 @@ def parse_settings(dataset: str, items: list[str] | None) -> dict[str, Any]:
             out[key] = _int(key, value, 0 if key == "bootstrap" else 1)
         elif key == "sample":
             out[key] = _int(key, value, 100)
-        elif key == "test_size":
+        elif key in ("test_size", "slope_share"):
             out[key] = _float(key, value)
+        elif key == "uncertainty_z":
+            z = _float(key, value)
+            if not 0 <= z <= 5:
+                raise PolicyInputError(f"--set {key}={value!r}: must lie in [0, 5]")
+            out[key] = z
         elif key in ("peers", "calibrate"):
             if value.lower() not in ("true", "false"):
                 raise PolicyInputError(f"--set {key}={value!r}: expected true or false")
@@ -124,6 +132,8 @@ def run_dataset(
         base_params={"n_estimators": settings["trees"]} if "trees" in settings else None,
         peers=settings.get("peers", True),
         calibrate_level=settings.get("calibrate", True),
+        uncertainty_z=settings.get("uncertainty_z"),
+        **({"slope_share": settings["slope_share"]} if "slope_share" in settings else {}),
         forest_trees=settings.get("forest_trees", 50),
         sample=settings.get("sample"),
     )
@@ -134,11 +144,84 @@ def _ci(e: dict[str, Any], digits: int = 4) -> str:
     return f"{e['value']:.{digits}f} [{e['low']:.{digits}f}, {e['high']:.{digits}f}]"
 
 
+ENGINE_ROWS = (
+    "engine",
+    "engine (no LCB)",
+    "engine (no LCB, no damping)",
+    "engine (no LCB, no damping, no shrinkage)",
+    "engine (previous)",
+)
+
+
+def _signed(rows: list[dict[str, Any]]) -> str:
+    """Paired differences per split; ``*`` where the 95% interval excludes 0."""
+    marks = ["*" if e["low"] > 0 or e["high"] < 0 else "" for e in rows]
+    return ", ".join(f"{e['value']:+.4g}{m}" for e, m in zip(rows, marks, strict=True))
+
+
+def render_summary(report: dict[str, Any]) -> str:
+    """One row per outcome: the engine and its variants, the best fixed arm and the best peer
+    (means over the splits of the net incremental value), and the paired differences."""
+    engines = [
+        n for n in ENGINE_ROWS if n in report["summary"][next(iter(report["summary"]))]["policies"]
+    ]
+    head = [
+        "outcome",
+        "send cost",
+        *engines,
+        "best fixed arm",
+        "best peer",
+        "engine − best fixed, per split",
+        "engine − best peer, per split",
+        "engine − engine (no LCB), per split",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for outcome, summary in report["summary"].items():
+        pol, chosen, con = summary["policies"], summary["chosen"], summary["engine_contrasts"]
+        cells = [outcome, f"{report['setup']['send_cost'][outcome]:g}"]
+        cells += [f"{pol[n]['net_incremental_mean']:.4g}" for n in engines]
+        for key in ("best_fixed", "best_peer"):
+            name = chosen[key]
+            cells.append("-" if name is None else f"{name} {pol[name]['net_incremental_mean']:.4g}")
+        for key in ("best_fixed", "best_peer", "no_lcb"):
+            rows = con.get(f"engine_minus_{key}")
+            cells.append(_signed(rows) if rows else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _render_fits(report: dict[str, Any], outcome: str) -> list[str]:
+    """The engine's fitted pieces per split: slope, scale and each arm's level."""
+    runs = [r for r in report["splits"] if r["outcome"] == outcome and r.get("engine_fit")]
+    if not runs:
+        return []
+    arms = report["arms"][1:]
+    lines = [
+        f"{report['dataset']} / {outcome}: the engine's pieces per split (z = "
+        f"{runs[0]['engine_fit']['uncertainty_z']:g}; level = raw ATT -> shrunk ± its SE)",
+        "",
+        "| split | slope (SE) | scale | " + " | ".join(arms) + " |",
+        "|---" * (len(arms) + 3) + "|",
+    ]
+    for r in runs:
+        f = r["engine_fit"]
+        se = "-" if f["heterogeneity_slope_se"] is None else f"{f['heterogeneity_slope_se']:.2f}"
+        levels = [
+            f"{a:.3g} -> {s:.3g} ± {e:.2g}"
+            for a, s, e in zip(f["att"], f["shrunk"], f["shrunk_se"], strict=True)
+        ]
+        lines.append(
+            f"| {r['split']} | {f['heterogeneity_slope']:.2f} ({se}) | "
+            f"{f['heterogeneity_scale']:.2f} | " + " | ".join(levels) + " |"
+        )
+    return [*lines, ""]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """Markdown tables of a report (the ones in docs/benchmarks.md)."""
     if report["dataset"] == "open-bandit":
         return _render_obd(report)
-    lines: list[str] = []
+    lines: list[str] = [render_summary(report), ""]
     for outcome, summary in report["summary"].items():
         runs = [r for r in report["splits"] if r["outcome"] == outcome]
         chosen = summary["chosen"]
@@ -160,18 +243,21 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name}{mark} | " + " | ".join(cells) + f" | {mean:.4f} |")
         lines += ["", f"{report['dataset']} / {outcome}: 95% intervals", "", head + " |",
                   "|---" * (len(runs) + 1) + "|"]  # fmt: skip
-        for label, name in (("engine", "engine"), ("best fixed", chosen["best_fixed"]),
+        shown = [(n, n) for n in ENGINE_ROWS if n in summary["policies"]]
+        for label, name in (*shown, ("best fixed", chosen["best_fixed"]),
                             ("best peer", chosen["best_peer"])):  # fmt: skip
             if name is None:
                 continue
             cells = [_ci(r["policies"][name]["net_incremental"]) for r in runs]
-            lines.append(f"| {label} ({name}) | " + " | ".join(cells) + " |")
+            title = label if label == name else f"{label} ({name})"
+            lines.append(f"| {title} | " + " | ".join(cells) + " |")
         for label, rows in summary["engine_contrasts"].items():
             if label.endswith(("causalml", "sklift")):
                 continue
             cells = [_ci(e) for e in rows]
             lines.append(f"| {label.replace('_', ' ')} (paired) | " + " | ".join(cells) + " |")
         lines.append("")
+        lines += _render_fits(report, outcome)
     return "\n".join(lines)
 
 

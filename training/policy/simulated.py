@@ -68,7 +68,6 @@ log = logging.getLogger(__name__)
 Step = Callable[[str], None]
 AFFINITY_URI = "models:/offers-affinity@champion"
 UPLIFT_URI = "models:/offers-uplift@champion"
-QUICK_UPLIFT_PARAMS = {"n_estimators": 60, "learning_rate": 0.1, "min_child_samples": 100}
 
 
 @dataclass
@@ -115,9 +114,8 @@ def train_shipped(
         registry,
         dataset=data_dir.name,
     )
-    params = dict(QUICK_UPLIFT_PARAMS)
-    if trees is not None:
-        params["n_estimators"] = trees
+    # offers train uplift's own defaults (what ships); --trees overrides the boosting rounds
+    params = {"n_estimators": trees} if trees is not None else None
     upl = train_uplift(data_dir, UpliftTrainSettings(base_params=params, seed=seed), registry)
     for name, result in (("offers-affinity", aff), ("offers-uplift", upl)):
         if not result.decision.promoted:

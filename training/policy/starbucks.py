@@ -165,4 +165,7 @@ def load_arms(data_dir: Path | None = None) -> ArmData:
             "offer_ids": offer_ids,
             "window_hours": [STARBUCKS_SEND_HOUR, end],
         },
+        # the engine shrinks each offer's level toward its kind's (bogo, discount,
+        # informational), as offers train uplift does with offer -> kind
+        arm_groups=("none", *portfolio["offer_type"].astype(str).tolist()),
     )

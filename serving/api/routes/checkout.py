@@ -130,7 +130,8 @@ async def _checkout(state: Any, body: CheckoutRequest, basket_total: float) -> C
     granted = [d["offers"][i] for i in outcome.granted]
     _record(state, body.member_id, body.channel, {**d, "offers": granted}, bundle.versions)
     if state.history is not None:
-        state.history.add(body.member_id, past_grants(granted, body.channel, now.to_pydatetime()))
+        grants = past_grants(granted, body.channel, now.to_pydatetime(), d["decision_id"])
+        state.history.add(body.member_id, grants)
     return CheckoutResponse(**{**outcome.response, "state": "open"})
 
 

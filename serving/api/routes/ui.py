@@ -215,7 +215,7 @@ async def ui_reload(request: Request, state: StateDep, principal: PrincipalDep) 
     except ServingLoadError as exc:
         log.warning("reload refused (%s): %s", exc.check, exc)
         outcome, reason = "refused", str(exc)[:500]
-    ui_data.clear_cache()
+    ui_data.clear_cache(state)
     ui_data.record_reload(state, outcome, reason, principal.key_id)
     return RedirectResponse(f"{_root(request)}/ui?msg={outcome}", status_code=303)
 
