@@ -331,3 +331,19 @@ def test_exported_history_equals_the_history_before_the_export(seed):
     for r in rows:
         one = got.state_one(int(r), CAPPED, AS_OF, grants[r], period_days=7)
         _assert_same(one, after.take(np.array([r])))
+
+
+def test_exported_sends_hold_only_sends_with_a_decision_id_and_the_latest_of_a_repeat():
+    rows = [
+        _exported("a", "d1", "cap2", 3),
+        _exported("a", "d1", "cap2", 1),  # the same send twice (hand-merged tables): latest
+        {**_exported("a", "d2", "cap2", 2), "event": "redeemed"},
+        _exported("a", None, "pts", 2),
+    ]
+    sends = ExportedSends.from_events(pd.DataFrame(rows))
+    assert len(sends) == 1
+    assert sends.sent_at("d1", "cap2") == (_at(1) + MS).value // 1000
+    assert sends.sent_at("d2", "cap2") is None and sends.sent_at(None, "pts") is None
+    no_ids = pd.DataFrame([_exported("a", None, "pts", 2)])
+    assert len(ExportedSends.from_events(no_ids)) == 0
+    assert len(ExportedSends.from_events(no_ids.drop(columns="decision_id"))) == 0
