@@ -264,7 +264,8 @@ def grant_arrays(
     redemption at the same time when it was redeemed (unknown offers are skipped); a grant in
     ``exported`` gives its redemption only (see :class:`ExportedSends`)."""
     index = offers.index_of
-    cols, ch, ts, kind = [], [], [], []
+    cols, ch, kind = [], [], []
+    ts: list[datetime | np.datetime64] = []
     sent_at = exported.sent_at if exported is not None and len(exported) else None
     for g in grants:
         j = index.get(g.offer_id)
