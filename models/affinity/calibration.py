@@ -80,6 +80,39 @@ class RedeemCalibrator:
             self.offsets_ = _logit(rate) - _logit(base)
         return self
 
+    def add_rates(
+        self,
+        groups: np.ndarray,
+        sends: np.ndarray,
+        redemptions: np.ndarray,
+        reference: float,
+    ) -> Self:
+        """Offsets for groups the pairs did not cover, from their own ``redemptions`` per
+        ``sends`` (e.g. an offer's whole logged history) against ``reference`` (the map's mean
+        prediction, an average offer), shrunk by ``prior_pairs`` as in :meth:`fit`. Groups
+        that already have an offset, or no sends, are left as they are."""
+        g = np.asarray(groups).astype(str).ravel()
+        n = np.asarray(sends, dtype=np.float64).ravel()
+        k = np.asarray(redemptions, dtype=np.float64).ravel()
+        if not (len(g) == len(n) == len(k)):
+            raise AffinityInputError(
+                f"groups, sends and redemptions differ in length: {len(g)}, {len(n)}, {len(k)}"
+            )
+        if ((n < 0) | (k < 0) | (k > n)).any():
+            raise AffinityInputError("sends and redemptions must be >= 0 with redemptions <= sends")
+        if not 0 < reference < 1:
+            raise AffinityInputError(f"reference must lie in (0, 1), got {reference}")
+        have = set(getattr(self, "groups_", np.empty(0, dtype=str)).tolist())
+        new = np.array([x not in have for x in g.tolist()], dtype=bool) & (n > 0)
+        if not new.any():
+            return self
+        rate = (k[new] + self.prior_pairs * reference) / (n[new] + self.prior_pairs)
+        groups_ = np.r_[getattr(self, "groups_", np.empty(0, dtype=str)), g[new]].astype(str)
+        offsets_ = np.r_[getattr(self, "offsets_", np.empty(0)), _logit(rate) - _logit(reference)]
+        order = np.argsort(groups_, kind="stable")
+        self.groups_, self.offsets_ = groups_[order], offsets_[order]
+        return self
+
     def _map(self, s: np.ndarray) -> np.ndarray:
         if self.method == "isotonic":
             return np.interp(s, self.x_, self.y_)

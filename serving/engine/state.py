@@ -203,20 +203,20 @@ class ExportedSends:
         offer; a table without decision ids gives an empty set at the cost of one mask)."""
         if events is None or S.DECISION_ID not in events.columns or not len(events):
             return cls()
-        keep = (
-            events[S.DECISION_ID].notna().to_numpy()
-            & (events[S.EVENT].to_numpy(dtype=object) == "sent")
-            & events[S.OFFER_ID].notna().to_numpy()
-        )
-        if not keep.any():
+        has_decision = events[S.DECISION_ID].notna().to_numpy()
+        if not has_decision.any():
             return cls()
+        sent = (events[S.EVENT] == "sent").to_numpy(dtype=bool, na_value=False)
+        keep = has_decision & sent & events[S.OFFER_ID].notna().to_numpy()
         ev = events.loc[keep]
+        dec = ev[S.DECISION_ID].astype(str).to_numpy(dtype=object).tolist()
+        off = ev[S.OFFER_ID].astype(str).to_numpy(dtype=object).tolist()
         ts = ev[S.TS].to_numpy(dtype="datetime64[us]").view(np.int64)
-        order = np.argsort(ts, kind="stable")  # a key sent twice keeps its latest send
-        dec = ev[S.DECISION_ID].astype(str).to_numpy(dtype=object)[order]
-        off = ev[S.OFFER_ID].astype(str).to_numpy(dtype=object)[order]
-        keys = zip(dec.tolist(), off.tolist(), strict=True)
-        return cls(dict(zip(keys, ts[order].tolist(), strict=True)))
+        sent_at = dict(zip(zip(dec, off, strict=True), ts.tolist(), strict=True))
+        if len(sent_at) < len(ts):  # a key sent twice (export writes it once): keep the latest
+            for key, t in zip(zip(dec, off, strict=True), ts.tolist(), strict=True):
+                sent_at[key] = max(sent_at[key], t)
+        return cls(sent_at)
 
     def __len__(self) -> int:
         return len(self._sent_at)
@@ -264,7 +264,8 @@ def grant_arrays(
     redemption at the same time when it was redeemed (unknown offers are skipped); a grant in
     ``exported`` gives its redemption only (see :class:`ExportedSends`)."""
     index = offers.index_of
-    cols, ch, ts, kind = [], [], [], []
+    cols, ch, kind = [], [], []
+    ts: list[datetime | np.datetime64] = []
     sent_at = exported.sent_at if exported is not None and len(exported) else None
     for g in grants:
         j = index.get(g.offer_id)

@@ -119,3 +119,27 @@ def test_heterogeneity_slope_is_one_for_real_variation_and_zero_for_noise(
     np.testing.assert_allclose(after, 0.5 + 0.25 * (before - 0.5), atol=1e-9)
     with pytest.raises(ValueError, match="scale must lie in"):
         apply_scale(model, 1.5, np.array([0.5]))
+
+
+def test_offers_the_pairs_did_not_cover_take_their_own_logged_rate() -> None:
+    rng = np.random.default_rng(5)
+    scores = rng.normal(size=2000)
+    labels = (rng.random(2000) < 0.05).astype(float)
+    groups = np.full(2000, "offer:seen")
+    cal = RedeemCalibrator("platt", prior_pairs=50).fit(scores, labels, groups=groups)
+    seen_offset = float(cal.offsets_for(np.array(["offer:seen"]))[0])
+    cal.add_rates(
+        np.array(["offer:seen", "offer:hist", "offer:none"]),
+        sends=np.array([100.0, 1000.0, 0.0]),
+        redemptions=np.array([90.0, 280.0, 0.0]),
+        reference=0.05,
+    )
+    # a group fitted on pairs keeps its offset; one with history gets its rate; none: no offset
+    assert float(cal.offsets_for(np.array(["offer:seen"]))[0]) == pytest.approx(seen_offset)
+    p_hist = cal.predict(np.zeros(1), np.array(["offer:hist"]))[0]
+    assert abs(p_hist / cal.predict(np.zeros(1))[0] - 0.27 / 0.05) < 1.5  # ~ its 0.28 rate
+    assert cal.offsets_for(np.array(["offer:none"]))[0] == 0.0
+    back = RedeemCalibrator.from_arrays(cal.to_arrays())
+    assert back.predict(np.zeros(1), np.array(["offer:hist"]))[0] == pytest.approx(p_hist)
+    with pytest.raises(Exception, match="redemptions <= sends"):
+        cal.add_rates(np.array(["offer:x"]), np.array([1.0]), np.array([2.0]), reference=0.05)

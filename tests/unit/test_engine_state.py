@@ -6,16 +6,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.catalog.model import parse_catalog
 from features.sources.schema import CHANNELS
 from serving.engine.errors import EngineInputError
 from serving.engine.offers import OfferTable
 from serving.engine.state import (
+    ExportedSends,
     PastGrant,
     SnapshotHistory,
     remaining_budgets,
     state_from_events,
 )
 from tests.support.engine import AS_OF, catalog, col
+from tests.support.engine import OFFERS as FIXTURE_OFFERS
 
 OFFERS = OfferTable.from_catalog(catalog())
 IDS = np.array(["a", "b"], dtype=object)
@@ -185,3 +188,162 @@ def test_one_member_fast_path_equals_the_vectorised_counters(seed):
         _state_of_one(events, OFFERS, AS_OF, period_days=7),
         state_from_arrays(events, 1, OFFERS, AS_OF, period_days=7),
     )
+
+
+# -- store grants already exported into the snapshot (offers export) ---------------------------
+
+CAPPED = OfferTable.from_catalog(
+    parse_catalog(
+        {
+            "program": "Test",
+            "offers": [
+                *FIXTURE_OFFERS,
+                {"offer_id": "cap2", "name": "Twice at most", "kind": "credit",
+                 "reward_value": 2, "cost": 1, "per_member_cap": 2, "duration_days": 1},
+            ],
+        },
+        "test",
+    )
+)  # fmt: skip
+CAP2 = CAPPED.index_of["cap2"]
+CHECKOUT = CHANNELS.index("checkout")
+MS = pd.Timedelta(milliseconds=3)  # the decision record is written just after the grant
+
+
+def _exported(member, decision, offer, days, ts_shift=MS):
+    """The ``sent`` event ``offers export`` writes for a checkout grant (decision's time)."""
+    return {
+        "member_id": member,
+        "ts": _at(days) + ts_shift,
+        "event": "sent",
+        "offer_id": offer,
+        "channel": "checkout",
+        "decision_id": decision,
+    }
+
+
+def _grant(offer, days, decision, *, surprise=False, redeemed=False):
+    return PastGrant(offer, "checkout", _at(days).to_pydatetime(), surprise, redeemed, decision)
+
+
+def _at(days: float) -> pd.Timestamp:
+    return (AS_OF - pd.Timedelta(days=days)).floor("us")
+
+
+def _capped(st) -> bool:
+    """The engine's per-member cap rule (eligibility.py) for cap2."""
+    return not (st.received < CAPPED.per_member_cap[None, :])[0, CAP2]
+
+
+def _batch_state(snapshot: pd.DataFrame, grants, member="a") -> object:
+    """``offers score``'s history: the snapshot plus the store's grants as events, the rule
+    applied by :meth:`ExportedSends.drop_from_events` (serving/batch/history.py)."""
+    rows = []
+    for g in grants:
+        base = {"member_id": member, "ts": pd.Timestamp(g.granted_at), "offer_id": g.offer_id,
+                "channel": g.channel, "decision_id": g.decision_id}  # fmt: skip
+        rows.append({**base, "event": "sent"})
+        if g.redeemed:
+            rows.append({**base, "event": "redeemed"})
+    extra = pd.DataFrame(rows).astype({"ts": "datetime64[us]"})
+    extra = ExportedSends.from_events(snapshot).drop_from_events(extra)
+    both = pd.concat([snapshot.astype({"ts": "datetime64[us]"}), extra], ignore_index=True)
+    return state_from_events(both, IDS, CAPPED, AS_OF, period_days=7)
+
+
+def test_an_exported_grant_counts_once_and_the_cap_is_reached_at_the_cap():
+    snapshot = pd.DataFrame(
+        [
+            _exported("a", "d1", "cap2", 2),
+            _exported("a", "d1", "bday", 2),
+            _exported("b", None, "cap2", 3),  # a send without a decision id: counted as ever
+        ]
+    )
+    hist = SnapshotHistory.from_events(snapshot, IDS, CAPPED)
+    assert len(hist.exported) == 2
+    first = [_grant("cap2", 2, "d1"), _grant("bday", 2, "d1", surprise=True)]
+    st = hist.state_one(0, CAPPED, AS_OF, first, period_days=7)
+    assert st.received[0, CAP2] == 1 and not _capped(st)  # once, not twice: one more allowed
+    assert st.channel_recent[0, CHECKOUT] == 2 and st.surprises_year[0] == 1
+    assert st.last_surprise[0] == CAPPED.index_of["bday"]
+    # the second grant, not exported yet, reaches the cap of 2
+    second = [*first, _grant("cap2", 1, "d2")]
+    st2 = hist.state_one(0, CAPPED, AS_OF, second, period_days=7)
+    assert st2.received[0, CAP2] == 2 and _capped(st2)
+    assert st2.channel_recent[0, CHECKOUT] == 3
+    # a grant without a decision id (or of another decision) is never taken for the snapshot's
+    unmatched = [g._replace(decision_id=None) for g in first]
+    st3 = hist.state_one(0, CAPPED, AS_OF, unmatched, period_days=7)
+    assert st3.received[0, CAP2] == 2 and st3.surprises_year[0] == 2
+    # another member's grant of the same offer with the same decision id is not this send
+    other = hist.state_one(1, CAPPED, AS_OF, [_grant("cap2", 1, "d9")], period_days=7)
+    assert other.received[0, CAP2] == 2
+    # every path gives the same counters: many members (API batch), offers score (batch)
+    many = hist.state_many(np.array([0, 1]), CAPPED, AS_OF, [second, []], period_days=7)
+    _assert_same(many.take(np.array([0])), st2)
+    _assert_same(_batch_state(snapshot, second).take(np.array([0])), st2)
+
+
+def test_a_redemption_after_the_export_still_closes_the_exported_send():
+    """The snapshot holds the send (at the decision's time, just after the grant) but not the
+    redemption; the store's grant is redeemed: not active, received once."""
+    snapshot = pd.DataFrame([_exported("a", "d1", "pts", 2)])
+    hist = SnapshotHistory.from_events(snapshot, IDS, CAPPED)
+    grants = [_grant("pts", 2, "d1", redeemed=True)]
+    st = hist.state_one(0, CAPPED, AS_OF, grants, period_days=7)
+    pts = CAPPED.index_of["pts"]
+    assert st.received[0, pts] == 1 and not st.active[0, pts]
+    _assert_same(_batch_state(snapshot, grants).take(np.array([0])), st)
+    _assert_same(hist.state_many(np.array([0]), CAPPED, AS_OF, [grants], period_days=7), st)
+    # not redeemed: the exported send is active (the open-ended offer's 14 days)
+    st = hist.state_one(0, CAPPED, AS_OF, [grants[0]._replace(redeemed=False)], period_days=7)
+    assert st.received[0, pts] == 1 and st.active[0, pts]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_exported_history_equals_the_history_before_the_export(seed):
+    """Random grants of random members, some exported into the snapshot: each path's counters
+    equal those of the snapshot without the exported events plus all the grants."""
+    rng = np.random.default_rng(seed)
+    members = [f"m{i}" for i in range(8)]
+    ids = np.array(members, dtype=object)
+    base = _random_events(seed, members)
+    grants: list[list[PastGrant]] = [[] for _ in members]
+    exported = []
+    for k in range(40):
+        i = int(rng.integers(0, len(members)))
+        offer = CAPPED.ids[int(rng.integers(0, CAPPED.n))]
+        # distinct times, none within the export's few ms of a window's edge
+        days = float(rng.choice([0.2, 1.0, 5.0, 20.0, 400.0, -1.0])) + (k + 1) * 1e-3
+        g = _grant(offer, days, f"d{k}", surprise=bool(CAPPED.surprise[CAPPED.index_of[offer]]),
+                   redeemed=bool(rng.random() < 0.3))  # fmt: skip
+        grants[i].append(g)
+        if rng.random() < 0.5:
+            exported.append(_exported(members[i], f"d{k}", offer, days))
+    want = SnapshotHistory.from_events(base, ids, CAPPED)
+    snap = pd.concat([base, pd.DataFrame(exported)], ignore_index=True)
+    got = SnapshotHistory.from_events(snap, ids, CAPPED)
+    rows = np.arange(len(members))
+    before = want.state_many(rows, CAPPED, AS_OF, grants, period_days=7)
+    after = got.state_many(rows, CAPPED, AS_OF, grants, period_days=7)
+    _assert_same(after, before)
+    assert after.received.sum() > 0
+    for r in rows:
+        one = got.state_one(int(r), CAPPED, AS_OF, grants[r], period_days=7)
+        _assert_same(one, after.take(np.array([r])))
+
+
+def test_exported_sends_hold_only_sends_with_a_decision_id_and_the_latest_of_a_repeat():
+    rows = [
+        _exported("a", "d1", "cap2", 3),
+        _exported("a", "d1", "cap2", 1),  # the same send twice (hand-merged tables): latest
+        {**_exported("a", "d2", "cap2", 2), "event": "redeemed"},
+        _exported("a", None, "pts", 2),
+    ]
+    sends = ExportedSends.from_events(pd.DataFrame(rows))
+    assert len(sends) == 1
+    assert sends.sent_at("d1", "cap2") == (_at(1) + MS).value // 1000
+    assert sends.sent_at("d2", "cap2") is None and sends.sent_at(None, "pts") is None
+    no_ids = pd.DataFrame([_exported("a", None, "pts", 2)])
+    assert len(ExportedSends.from_events(no_ids)) == 0
+    assert len(ExportedSends.from_events(no_ids.drop(columns="decision_id"))) == 0

@@ -191,3 +191,63 @@ def test_cli_refuses_non_loopback_and_unbounded_runs(capsys):
     with pytest.raises(SystemExit):
         load.main(["--start-server", "--home", "/nonexistent/offers-home"])
     assert "trained data home" in capsys.readouterr().err
+
+
+def test_server_cpu_per_request_and_its_ratio_to_healthz_at_the_same_rate():
+    def row(kind, rate, cpu_s, n=100):
+        lat = np.ones(n)
+        return load.summarize(
+            kind, rate, lat, errors=0, timeouts=0, dropped=0, elapsed=1.0, server_cpu_s=cpu_s
+        )
+
+    rows = load.with_healthz_ratio(
+        [row("trivial", 250.0, 0.02), row("checkout", 250.0, 0.1), row("checkout", 500.0, 0.1)]
+    )
+    assert [r["server_cpu_ms"] for r in rows] == [0.2, 1.0, 1.0]
+    assert rows[0]["cpu_x_healthz"] == 1.0 and rows[1]["cpu_x_healthz"] == 5.0
+    assert np.isnan(rows[2]["cpu_x_healthz"])  # no /healthz step at 500/s in this run
+    unknown = load.summarize("x", 1.0, np.ones(3), errors=0, timeouts=0, dropped=0, elapsed=1.0)
+    assert np.isnan(unknown["server_cpu_ms"]) and unknown["load_avg"] >= 0
+
+
+def test_server_cpu_counts_the_worker_children():
+    import subprocess
+
+    import psutil
+
+    # a parent that only waits on a child that spends 0.4 s of CPU and then idles (a uvicorn
+    # --workers parent and its worker)
+    child = (
+        "import time\nt = time.process_time()\n"
+        "while time.process_time() - t < 0.4: pass\ntime.sleep(60)\n"
+    )
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])",
+        ]
+    )
+    try:
+        clock = load.ServerCpu(parent.pid)
+        deadline = time.monotonic() + 30
+        seen = clock()
+        while seen < 0.4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            seen = clock()
+        own = psutil.Process(parent.pid).cpu_times()
+    finally:
+        for proc in psutil.Process(parent.pid).children(recursive=True):
+            proc.kill()
+        parent.kill()
+        parent.wait(30)
+    assert seen >= 0.4 > own.user + own.system  # the child's CPU, counted with the parent's
+
+
+def test_cli_refuses_unknown_kinds_and_postgres_without_a_started_server(capsys):
+    with pytest.raises(SystemExit):
+        load.main(["--key", "k", "--features", "f", "--kinds", "checkout,nope"])
+    assert "--kinds" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load.main(["--key", "k", "--features", "f", "--postgres"])
+    assert "--postgres needs --start-server" in capsys.readouterr().err

@@ -169,3 +169,21 @@ def test_roster_skips_members_without_grants_and_follows_own_grants():
     assert reads == ["m1", "m3"] and len(roster_reads) == 2
     assert history.load("m2") == () and reads == ["m1", "m3"]
     assert history.stats()["roster_skips"] >= 1
+
+
+def test_checkout_history_entries_carry_their_decision_id():
+    """This process's own grants name their decision, so that once ``offers export`` has put
+    them in the snapshot they are recognised there and not counted twice."""
+    from serving.api.checkout import past_grants
+
+    offers = [{"offer_id": "a", "surprise": False}, {"offer_id": "s", "surprise": True}]
+    got = past_grants(offers, "checkout", T0, "d-7")
+    assert [(g.offer_id, g.surprise, g.decision_id) for g in got] == [
+        ("a", False, "d-7"),
+        ("s", True, "d-7"),
+    ]
+    assert _grant("a").decision_id is None  # older callers: never matched to a snapshot send
+    history = MemberHistory(_Reads(), clock=lambda: 0.0)
+    history.load("m1")
+    history.add("m1", got)
+    assert [g.decision_id for g in history.load("m1")] == ["d-7", "d-7"]

@@ -50,7 +50,7 @@ def test_variants_differ_by_exactly_one_piece() -> None:
     X, y, arm = _randomised(3_000, 1, lambda a, X: 0.5 * (a == 1))
     fit = E.engine_fit(0, base_params=FEW_TREES, uncertainty_z=1.5)
     effects, info = fit(X[:2_400], y[:2_400], arm[:2_400], X[2_400:], 3)
-    assert set(effects) == {E.ENGINE, E.NO_LCB, E.NO_DAMPING, E.NO_SHRINKAGE}
+    assert set(effects) == {E.ENGINE, E.NO_LCB, E.NO_DAMPING, E.NO_SHRINKAGE, E.REFIT}
     assert info["rows_fit"] == 1_920 and info["rows_slope"] == 480  # 20% held out
     se, shrunk = np.array(info["shrunk_se"]), np.array(info["shrunk"])
     scale = info["heterogeneity_scale"]

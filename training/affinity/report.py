@@ -128,8 +128,26 @@ def _choose_method(scores: np.ndarray, labels: np.ndarray, members: np.ndarray) 
     return best
 
 
+def _history_rates(events: Any, before: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Item keys, sends and redemptions (capped at sends) of each offer logged before
+    ``before`` (the offers' own history, for offers the calibration pairs did not see)."""
+    from models.affinity.interactions import item_key
+
+    ev = events if isinstance(events, pd.DataFrame) else pd.DataFrame(events)
+    ev = ev.loc[(ev["ts"] < before) & ev["offer_id"].notna(), ["offer_id", "event"]]
+    counts = pd.crosstab(ev["offer_id"].astype(str), ev["event"])
+    sends = counts.get("sent", pd.Series(0, index=counts.index)).to_numpy(dtype=np.float64)
+    red = counts.get("redeemed", pd.Series(0, index=counts.index)).to_numpy(dtype=np.float64)
+    keys = np.asarray(item_key("offer", counts.index.to_numpy(dtype=str)), dtype=str)
+    return keys, sends, np.minimum(red, sends)
+
+
 def _calibrate(
-    valid_model: AffinityModel, test_model: AffinityModel, valid: Task, test: Task
+    valid_model: AffinityModel,
+    test_model: AffinityModel,
+    valid: Task,
+    test: Task,
+    history: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[RedeemCalibrator | None, dict[str, Any] | None, tuple | None]:
     """P(redeem) from the shipped model's score, fitted on the validation window's pairs
     (method chosen on a member split of them), scored on the test window's pairs."""
@@ -145,6 +163,9 @@ def _calibrate(
     assert valid.pair_items is not None and test.pair_items is not None
     items_valid = np.asarray(valid.train.item_ids, dtype=str)[valid.pair_items]
     cal = RedeemCalibrator(method).fit(s_valid, y_valid, groups=items_valid)  # type: ignore[arg-type]
+    if history is not None:  # offers the window did not send: their own logged rate
+        reference = float(np.clip(cal.predict(s_valid).mean(), 1e-4, 1 - 1e-4))
+        cal.add_rates(*history, reference=reference)
     p = cal.predict(
         pair_scores(test_model, test), np.asarray(test.train.item_ids, dtype=str)[test.pair_items]
     )
@@ -200,7 +221,14 @@ def run_evaluation(
         metrics[name] = evaluate_model(models[name], test, settings.ks)
     step("evaluate", len(MODEL_ORDER), len(MODEL_ORDER))
     try:
-        cal, cal_info, curve = _calibrate(valid_models[SHIPPED], models[SHIPPED], valid, test)
+        history = (
+            _history_rates(tables["offer_events"], windows.test_start)
+            if "offer_events" in tables
+            else None
+        )
+        cal, cal_info, curve = _calibrate(
+            valid_models[SHIPPED], models[SHIPPED], valid, test, history
+        )
     except AffinityInputError as exc:  # e.g. a single class in the window
         cal, cal_info, curve = None, {"skipped": str(exc)}, None
     kmax = max(settings.ks)

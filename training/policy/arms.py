@@ -38,6 +38,7 @@ from models.uplift import LEARNERS
 from training.policy.engine_effects import (
     ENGINE,
     NO_LCB,
+    REFIT,
     SHIPPED,
     default_uncertainty_z,
     engine_fit,
@@ -366,7 +367,7 @@ def _summarise(data: ArmData, runs: list[dict[str, Any]]) -> dict[str, Any]:
         chosen[f"best_{lib}"] = best([n for n in peers if n.startswith(lib + ":")])
     contrasts: dict[str, list[dict[str, Any]]] = {}
     # the shipped engine against the variants without one of its pieces (what each one changes)
-    variants = {"no_lcb": NO_LCB, "previous": PREVIOUS}
+    variants = {"no_lcb": NO_LCB, "previous": PREVIOUS, "refit": REFIT}
     for label, other in [*chosen.items(), *variants.items()]:
         if other is None or other not in names:
             continue

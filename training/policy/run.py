@@ -150,6 +150,7 @@ ENGINE_ROWS = (
     "engine (no LCB, no damping)",
     "engine (no LCB, no damping, no shrinkage)",
     "engine (previous)",
+    "engine (refit on all rows)",
 )
 
 
@@ -174,6 +175,8 @@ def render_summary(report: dict[str, Any]) -> str:
         "engine − best fixed, per split",
         "engine − best peer, per split",
         "engine − engine (no LCB), per split",
+        "engine − engine (previous), per split",
+        "engine − engine (refit on all rows), per split",
     ]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for outcome, summary in report["summary"].items():
@@ -183,7 +186,7 @@ def render_summary(report: dict[str, Any]) -> str:
         for key in ("best_fixed", "best_peer"):
             name = chosen[key]
             cells.append("-" if name is None else f"{name} {pol[name]['net_incremental_mean']:.4g}")
-        for key in ("best_fixed", "best_peer", "no_lcb"):
+        for key in ("best_fixed", "best_peer", "no_lcb", "previous", "refit"):
             rows = con.get(f"engine_minus_{key}")
             cells.append(_signed(rows) if rows else "-")
         lines.append("| " + " | ".join(cells) + " |")
