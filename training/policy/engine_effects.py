@@ -78,7 +78,7 @@ EngineFit = Callable[
 
 def default_uncertainty_z() -> float:
     """The engine's default ``z`` of its lower confidence bound (``ScoringSettings``)."""
-    return float(ScoringSettings().uncertainty_z)
+    return float(ScoringSettings.model_validate({}).uncertainty_z)
 
 
 def lower_bound(effects: NDArray, se: NDArray, z: float) -> NDArray[np.float64]:
