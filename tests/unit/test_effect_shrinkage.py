@@ -143,3 +143,11 @@ def test_offers_the_pairs_did_not_cover_take_their_own_logged_rate() -> None:
     assert back.predict(np.zeros(1), np.array(["offer:hist"]))[0] == pytest.approx(p_hist)
     with pytest.raises(Exception, match="redemptions <= sends"):
         cal.add_rates(np.array(["offer:x"]), np.array([1.0]), np.array([2.0]), reference=0.05)
+
+
+def test_two_estimates_are_not_pooled() -> None:
+    # a variance cannot be estimated from two numbers: Hillstrom's two e-mails keep their own
+    post, post_se, info = shrink_effects([0.2, 0.6], [0.15, 0.15])
+    np.testing.assert_allclose(post, [0.2, 0.6])
+    np.testing.assert_allclose(post_se, [0.15, 0.15])
+    assert info["tau2_within"] == float("inf")

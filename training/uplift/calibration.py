@@ -76,6 +76,9 @@ class LevelFit:
     baseline: Any = None  # X -> E[y | x, control] (the outcome model fitted on control rows)
 
 
+MIN_POOLED = 3  # estimates needed at a level before its variance is estimated and pooled
+
+
 def _dl_tau2(
     x: NDArray[np.float64], v: NDArray[np.float64], centre: NDArray[np.float64], df: int
 ) -> float:
@@ -98,7 +101,9 @@ def shrink_effects(
     ``att[i]`` estimates effect ``i`` with standard error ``se[i]`` (> 0). Two levels: each group's
     precision-weighted mean is shrunk toward the mean of all, by the between-group variance;
     each estimate is then shrunk toward its group's shrunk mean, by the within-group variance
-    (both DerSimonian-Laird). ``groups=None``: one group. Returns the posterior means, their
+    (both DerSimonian-Laird; a level with fewer than ``MIN_POOLED`` estimates, or fewer than
+    ``MIN_POOLED - 1`` within-group degrees of freedom, is not pooled: the variance cannot be
+    estimated from so few). ``groups=None``: one group. Returns the posterior means, their
     standard errors (given the estimated variances) and the variances (``tau2_between``,
     ``tau2_within``)."""
     x = np.asarray(att, dtype=np.float64)
@@ -121,12 +126,17 @@ def shrink_effects(
     mg = np.bincount(g, weights=w * x, minlength=n_g) / wg
     vg = 1.0 / wg
     mu = float(np.sum(mg / vg) / np.sum(1.0 / vg)) if n_g else 0.0
-    tau_b = _dl_tau2(mg, vg, np.full(n_g, mu), n_g - 1)
-    kb = tau_b / (tau_b + vg)
+    # a variance is not estimated from fewer than MIN_POOLED estimates: no pooling at that
+    # level (on Hillstrom's two e-mails DL often gave 0 and pooled a well-measured difference)
+    tau_b = _dl_tau2(mg, vg, np.full(n_g, mu), n_g - 1) if n_g >= MIN_POOLED else np.inf
+    kb = np.ones(n_g) if np.isinf(tau_b) else tau_b / (tau_b + vg)
     mg_post = mu + kb * (mg - mu)
-    vg_post = kb * vg + (1 - kb) ** 2 / np.sum(1.0 / (vg + tau_b))  # incl. the mean's own error
-    tau_w = _dl_tau2(x, v, mg[g], len(x) - n_g)
-    kw = tau_w / (tau_w + v)
+    # incl. the error of the mean it is pulled to (none when the level is not pooled)
+    var_mu = 0.0 if np.isinf(tau_b) else 1.0 / np.sum(1.0 / (vg + tau_b))
+    vg_post = kb * vg + (1 - kb) ** 2 * var_mu
+    df_w = len(x) - n_g
+    tau_w = _dl_tau2(x, v, mg[g], df_w) if df_w + 1 >= MIN_POOLED else np.inf
+    kw = np.ones(len(x)) if np.isinf(tau_w) else tau_w / (tau_w + v)
     post = mg_post[g] + kw * (x - mg_post[g])
     post_var = kw * v + (1 - kw) ** 2 * vg_post[g]
     return post, np.sqrt(post_var), {"tau2_between": tau_b, "tau2_within": tau_w, "mean": mu}
