@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,7 +123,7 @@ def _unauthorized(reason: str) -> HTTPException:
     )
 
 
-def require_scope(scope: str) -> Callable[..., Principal]:
+def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
     """A FastAPI dependency that admits a request only with a key holding ``scope``."""
     if scope not in SCOPES:
         raise ValueError(f"scope {scope!r} is not one of {list(SCOPES)}")
