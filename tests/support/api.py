@@ -123,6 +123,10 @@ class Server:
             "OFFERS_HOME": str(self.home),
             "OFFERS_API_KEYS": json.dumps({KEY_ALL: SCOPES_ALL, KEY_READ: ["offers:read"]}),
             "OFFERS_MODELS": json.dumps(DEFAULT_MODELS),
+            # a 1,500-member program with quick models: at the engine's default lower bound
+            # (uncertainty_z 1) no offer pays and nothing would be sent; the API's mechanics
+            # (budgets, caps, sessions) are tested on the point estimates
+            "OFFERS_ENGINE_SCORING__UNCERTAINTY_Z": "0",
             "OFFERS_CATALOG": str(self.program["catalog"]),
             "OFFERS_MEMBER_FEATURES": str(self.program["features"]),
             # the members' past offer events (the catalog may be a copy elsewhere)
