@@ -201,11 +201,15 @@ def checkout_target(world, members: list[str], total: float) -> tuple[str, list[
     home, program = world["home"], world["program"]
     loader = lkg_loader(world["registry"].tracking_uri, home / "probe-models")
     models = ModelHolder(DEFAULT_MODELS, loader).reload()
+    from serving.engine import EngineSettings
+
     config = BundleSettings(
         home=home,
         catalog=program["catalog"],
         member_features=program["features"],
         offer_events=program["dir"] / "offer_events.parquet",
+        # as the test Server decides: on point estimates (see Server.start)
+        engine=EngineSettings(scoring={"uncertainty_z": 0.0}),
     )
     bundle = build_bundle(models, config)
     ids = list(bundle.offer_ids)
