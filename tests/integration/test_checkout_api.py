@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.support.api import KEY_ALL, ROOT, Server, checkout_target
+from tests.support.api import KEY_ALL, ROOT, Server, checkout_target, point_estimates_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 log = logging.getLogger(__name__)
@@ -49,7 +49,10 @@ def _probe(world: dict, catalog: Path, members: list[str], **kw) -> dict[str, li
     loader = lkg_loader(world["registry"].tracking_uri, home / "probe-models")
     models = ModelHolder(DEFAULT_MODELS, loader).reload()
     config = BundleSettings(
-        home=home, catalog=catalog, member_features=world["program"]["features"]
+        home=home,
+        catalog=catalog,
+        member_features=world["program"]["features"],
+        engine=point_estimates_engine(),  # as the test Server decides (see Server.start)
     )
     bundle = build_bundle(models, config)
     as_of = pd.Timestamp(kw.get("as_of") or pd.Timestamp.now())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tests.support.api import Server
+from tests.support.api import Server, point_estimates_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,7 +37,10 @@ def bundle(world):
     loader = lkg_loader(world["registry"].tracking_uri, home / "basket-probe-models")
     models = ModelHolder(DEFAULT_MODELS, loader).reload()
     config = BundleSettings(
-        home=home, catalog=program["catalog"], member_features=program["features"]
+        home=home,
+        catalog=program["catalog"],
+        member_features=program["features"],
+        engine=point_estimates_engine(),  # as the test Server decides (see Server.start)
     )
     return build_bundle(models, config)
 

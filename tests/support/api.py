@@ -190,6 +190,14 @@ class _RetryBusy(httpx.HTTPTransport):
         return response
 
 
+def point_estimates_engine():
+    """Engine settings deciding on point estimates (``uncertainty_z`` 0), as the test Server
+    does: on the tests' 1,500-member programs every lower bound is negative."""
+    from serving.engine import EngineSettings
+
+    return EngineSettings(scoring={"uncertainty_z": 0.0})
+
+
 def checkout_target(world, members: list[str], total: float) -> tuple[str, list[str]]:
     """The offer the engine picks at checkout for most of ``members`` when it is the only one
     with budget left (probed in-process on the same champions, the members' history and the
@@ -201,15 +209,13 @@ def checkout_target(world, members: list[str], total: float) -> tuple[str, list[
     home, program = world["home"], world["program"]
     loader = lkg_loader(world["registry"].tracking_uri, home / "probe-models")
     models = ModelHolder(DEFAULT_MODELS, loader).reload()
-    from serving.engine import EngineSettings
-
     config = BundleSettings(
         home=home,
         catalog=program["catalog"],
         member_features=program["features"],
         offer_events=program["dir"] / "offer_events.parquet",
         # as the test Server decides: on point estimates (see Server.start)
-        engine=EngineSettings(scoring={"uncertainty_z": 0.0}),
+        engine=point_estimates_engine(),
     )
     bundle = build_bundle(models, config)
     ids = list(bundle.offer_ids)
