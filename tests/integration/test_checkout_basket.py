@@ -46,8 +46,11 @@ def bundle(world):
 
 
 @pytest.fixture(scope="module")
-def server(world):
-    srv = Server(world["home"], world["program"], world["registry"].tracking_uri).start()
+def server(world, tmp_path_factory):
+    # its own store: grants made by earlier modules' checkouts in the shared home would be the
+    # members' history on the server and not in the in-process bundle compared with it
+    db = f"sqlite:///{tmp_path_factory.mktemp('basket-store') / 'offers.db'}"
+    srv = Server(world["home"], world["program"], world["registry"].tracking_uri, db).start()
     yield srv
     srv.stop()
 
