@@ -43,6 +43,7 @@ from serving.engine.settings import GLOBAL_POPULAR, PERSONALISED, SEGMENT_POPULA
 __all__ = [
     "affinity_matrix",
     "effect_se",
+    "lower_bound",
     "model_inputs",
     "predict_frame",
     "python_model",
@@ -176,6 +177,18 @@ def effect_se(model: Any, offers: OfferTable, outcome: str = SPEND_OUTCOME) -> n
     return out
 
 
+def lower_bound(effects: np.ndarray, se: np.ndarray, z: float) -> np.ndarray:
+    """``effects - z x se``: (n, m) effects at their lower confidence bound, ``se`` one per
+    column (the one rule of ``ScoringSettings.uncertainty_z``)."""
+    eff = np.asarray(effects, dtype=np.float64)
+    s = np.asarray(se, dtype=np.float64)
+    if eff.ndim != 2 or s.shape != (eff.shape[1],):
+        raise ValueError(f"se must have one entry per arm ({eff.shape[-1]}); got {s.shape}")
+    if not (np.isfinite(z) and z >= 0):
+        raise ValueError(f"uncertainty_z must be a finite number >= 0; got {z!r}")
+    return eff - z * s[None, :]
+
+
 def model_inputs(
     affinity: Any,
     uplift: Any,
@@ -196,7 +209,7 @@ def model_inputs(
     p, names = affinity_matrix(affinity, members, offers, segment_column, baskets)
     s = uplift_matrix(uplift, members, offers, outcome)
     if uncertainty_z > 0:
-        s -= uncertainty_z * effect_se(uplift, offers, outcome)[None, :]
+        s = lower_bound(s, effect_se(uplift, offers, outcome), uncertainty_z)
     return ScoreInputs(
         p,
         s,

@@ -82,14 +82,14 @@ def default_uncertainty_z() -> float:
 
 
 def lower_bound(effects: NDArray, se: NDArray, z: float) -> NDArray[np.float64]:
-    """``effects - z x se`` per arm column (the serving adapter's rule on one outcome)."""
-    eff = np.asarray(effects, dtype=np.float64)
-    s = np.asarray(se, dtype=np.float64)
-    if s.shape != (eff.shape[1],):
-        raise PolicyInputError(f"se must have one entry per arm ({eff.shape[1]}); got {s.shape}")
-    if not (np.isfinite(z) and z >= 0):
-        raise PolicyInputError(f"uncertainty_z must be a finite number >= 0; got {z!r}")
-    return eff - z * s[None, :]
+    """``effects - z x se`` per arm column: the serving adapter's rule
+    (:func:`serving.engine.adapters.lower_bound`), its errors as :class:`PolicyInputError`."""
+    from serving.engine.adapters import lower_bound as serving_lower_bound
+
+    try:
+        return serving_lower_bound(effects, se, z)
+    except ValueError as exc:
+        raise PolicyInputError(str(exc)) from None
 
 
 def _holdout(arm: NDArray, share: float, seed: int) -> tuple[NDArray, NDArray]:
