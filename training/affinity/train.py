@@ -84,8 +84,13 @@ def test_window_id(fingerprint: str, report: dict[str, Any]) -> str:
 
 def requirements() -> list[str]:
     """Pinned pip requirements of the pyfunc (the installed versions; no inference)."""
+    return pinned(_REQUIREMENTS)
+
+
+def pinned(dists: tuple[str, ...]) -> list[str]:
+    """``dist==<installed version>`` for each of ``dists`` (the name alone if not installed)."""
     out = []
-    for dist in _REQUIREMENTS:
+    for dist in dists:
         try:
             out.append(f"{dist}=={md.version(dist)}")
         except md.PackageNotFoundError:

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata as md
 import json
 import logging
 import subprocess
@@ -152,13 +151,9 @@ def _params(fitted: FittedUplift, settings: UpliftTrainSettings) -> dict[str, An
 
 
 def _requirements() -> list[str]:
-    out = []
-    for dist in _REQUIREMENTS:
-        try:
-            out.append(f"{dist}=={md.version(dist)}")
-        except md.PackageNotFoundError:
-            out.append(dist)
-    return out
+    from training.affinity.train import pinned
+
+    return pinned(_REQUIREMENTS)
 
 
 class _Rescorer:
