@@ -72,6 +72,14 @@ OutcomesOpt = Annotated[
 ]
 GateOpt = Annotated[Outcome, typer.Option(help="outcome whose test Qini gates promotion")]
 WindowOpt = Annotated[float, typer.Option(min=0.001, help="outcome window after a send (days)")]
+LevelWindowOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        help="the spend level (mean effect per offer) is measured over this window after a "
+        "send, net of the purchases a send pulls forward (days; 0: over --window-days)",
+    ),
+]
 ShareOpt = Annotated[float, typer.Option(help="share of rows (latest campaigns) held out")]
 SplitOpt = Annotated[str | None, typer.Option(help="test split start (default: by --test-share)")]
 PropOpt = Annotated[bool, typer.Option(help="weight rows by 1 / logged propensity")]
@@ -108,6 +116,7 @@ def _settings(
     propensity: bool,
     calibrate: bool,
     seed: int,
+    level_window_days: float = 44.0,
 ) -> Any:
     from training.uplift.fit import UpliftTrainSettings
 
@@ -128,6 +137,7 @@ def _settings(
             use_propensity=propensity,
             calibrate_level=calibrate,
             seed=seed,
+            level_window_days=level_window_days or None,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -170,6 +180,7 @@ def train_uplift_command(
     outcomes: OutcomesOpt = "conversion,spend",
     gate_outcome: GateOpt = Outcome.conversion,
     window_days: WindowOpt = 14.0,
+    level_window_days: LevelWindowOpt = 44.0,
     test_share: ShareOpt = 0.2,
     split_at: SplitOpt = None,
     propensity: PropOpt = False,
@@ -190,7 +201,7 @@ def train_uplift_command(
 
     settings = _settings(
         learner, base_learner, base_params, treatment, outcomes, gate_outcome,
-        window_days, test_share, split_at, propensity, calibrate, seed,
+        window_days, test_share, split_at, propensity, calibrate, seed, level_window_days,
     )  # fmt: skip
     _check_engine(engine)
     if not data.is_dir():
@@ -230,6 +241,7 @@ def evaluate_uplift_command(
     outcomes: OutcomesOpt = "conversion,spend",
     gate_outcome: GateOpt = Outcome.conversion,
     window_days: WindowOpt = 14.0,
+    level_window_days: LevelWindowOpt = 44.0,
     test_share: ShareOpt = 0.2,
     split_at: SplitOpt = None,
     propensity: PropOpt = False,
@@ -246,7 +258,7 @@ def evaluate_uplift_command(
 
     settings = _settings(
         learner, base_learner, base_params, treatment, outcomes, gate_outcome,
-        window_days, test_share, split_at, propensity, calibrate, seed,
+        window_days, test_share, split_at, propensity, calibrate, seed, level_window_days,
     )  # fmt: skip
     _check_engine(engine)
     if not data.is_dir():

@@ -129,6 +129,22 @@ def test_window_is_configurable() -> None:
     ]
 
 
+def test_level_window_spend_is_known_only_where_its_window_is_over(data) -> None:
+    assert "spend_level" not in data.frame.columns  # only when asked for
+    built = _build(TrainingSetConfig(level_window_days=30.0))
+    f = built.frame.set_index("event_id")
+    # the rows are those of the 14-day outcome; the level outcome adds the later baskets
+    assert sorted(f.index) == ["e1", "e2", "e3", "e6", "e7"]
+    assert f.loc["e1", "spend"] == pytest.approx(22.0)
+    assert f.loc["e1", "spend_level"] == pytest.approx(1022.0)  # 1000 at S1 + 14 d + 1 s
+    assert f.loc["e2", "spend_level"] == pytest.approx(0.0)
+    assert f.loc["e3", "spend_level"] == pytest.approx(20.0)
+    # S2 + 30 d is after the data end (2024-07-01): not known yet, not zero
+    assert f.loc[["e6", "e7"], "spend_level"].isna().all()
+    with pytest.raises(UpliftDataError, match=r"level_window_days must be >= window_days \(14"):
+        TrainingSetConfig(level_window_days=7.0)
+
+
 def test_treatment_labels_and_logged_propensity(data) -> None:
     f = data.frame.set_index("event_id")
     assert f["treatment"].to_dict() == {

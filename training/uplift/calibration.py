@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,7 @@ __all__ = [
     "LevelFit",
     "apply_scale",
     "apply_shifts",
+    "control_baseline",
     "heterogeneity_slope",
     "level_fit",
     "level_shifts",
@@ -159,22 +160,16 @@ def level_fit(
     ``X``, ``y``, ``labels`` (and optional row ``weights``) are the learner's training rows.
     """
     w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
-    control = labels == learner.control
-    binary = learner.outcome_ == "binary"
-    f0 = make_base_estimator(
-        learner.base_learner,
-        "classifier" if binary else "regressor",
-        learner.base_params,
-        learner.random_state,
-    )
-    f0.fit(X[control], y[control], sample_weight=w[control])
+    baseline = control_baseline(learner, X, y, labels, w)
     effects = learner.predict(X)
     k = len(learner.treatments_)
+    missing = [str(t) for t in learner.treatments_ if not np.any(labels == t)]
+    if missing:
+        raise ValueError(f"level_fit: no rows of treatment(s) {missing}")
     att, se, mean_pred = np.zeros(k), np.zeros(k), np.zeros(k)
     for j, treatment in enumerate(learner.treatments_):
         rows = labels == treatment
-        base = f0.predict_proba(X[rows])[:, 1] if binary else f0.predict(X[rows])
-        r, wr = y[rows] - base, w[rows]
+        r, wr = y[rows] - baseline(X[rows]), w[rows]
         att[j] = np.average(r, weights=wr)
         # standard error of a weighted mean (floored: a constant residual is not certainty)
         var = float(np.sum(wr**2 * (r - att[j]) ** 2) / np.sum(wr) ** 2)
@@ -192,11 +187,35 @@ def level_fit(
         dict(zip(names, np.round(att, 4), strict=True)),
         dict(zip(names, np.round(shrunk, 4), strict=True)),
     )
+    return LevelFit(names, att, se, shrunk, shrunk_se, shifts, info, baseline)
+
+
+def control_baseline(
+    learner: BaseUpliftLearner,
+    X: NDArray[np.float64],
+    y: NDArray[np.float64],
+    labels: NDArray[Any],
+    weights: NDArray[np.float64] | None = None,
+) -> Callable[[NDArray[np.float64]], NDArray[np.float64]]:
+    """The outcome without treatment, ``f0(x)``: the learner's base model fitted on the control
+    rows of ``X``/``y`` (a probability for a binary learner)."""
+    control = labels == learner.control
+    if not control.any():
+        raise ValueError(f"control_baseline: no rows of the control {learner.control!r}")
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
+    binary = learner.outcome_ == "binary"
+    f0 = make_base_estimator(
+        learner.base_learner,
+        "classifier" if binary else "regressor",
+        learner.base_params,
+        learner.random_state,
+    )
+    f0.fit(X[control], y[control], sample_weight=w[control])
 
     def baseline(Z: NDArray[np.float64]) -> NDArray[np.float64]:
         return f0.predict_proba(Z)[:, 1] if binary else f0.predict(Z)
 
-    return LevelFit(names, att, se, shrunk, shrunk_se, shifts, info, baseline)
+    return baseline
 
 
 def heterogeneity_slope(

@@ -16,6 +16,12 @@ of a campaign's control group, logged at the send time) in ``offer_events``:
   the offer sent, a lower bound of the probability of the kind (exact when the member was
   eligible for one offer of that kind).
 
+* **level outcome** (``TrainingSetConfig.level_window_days``, optional): ``spend_level``, the
+  spend over the longer window ``(ts, ts + level_window_days]``, NaN where that window is not
+  over by the data end. It measures the mean effect of a send net of the baskets it pulls
+  forward: a send that brings a purchase forward shows a gain in a 14-day window and the loss
+  of the basket it replaced only later (training/uplift/fit.py uses it for the spend level).
+
 Rows whose outcome window is not over by the end of the data (``data_end``, default the latest
 timestamp in transactions and offer events) are dropped, since their outcome is unknown.
 
@@ -54,6 +60,7 @@ __all__ = [
     "CONVERSION",
     "OUTCOMES",
     "SPEND",
+    "SPEND_LEVEL",
     "TREATMENT",
     "TrainingSetConfig",
     "UpliftDataError",
@@ -67,6 +74,7 @@ log = logging.getLogger(__name__)
 
 CONVERSION = "conversion"
 SPEND = "spend"
+SPEND_LEVEL = "spend_level"  # spend over the level window (NaN where it is not over)
 OUTCOMES: tuple[str, ...] = (CONVERSION, SPEND)
 TREATMENT = "treatment"
 ARM_COLUMNS: tuple[str, ...] = (
@@ -94,10 +102,17 @@ class TrainingSetConfig:
     treatment: Literal["kind", "offer"] = "kind"
     control_label: str = "control"
     data_end: Any | None = None  # None: latest timestamp in transactions and offer events
+    # None: no ``spend_level`` column; else its window, at least ``window_days``
+    level_window_days: float | None = None
 
     def __post_init__(self) -> None:
         if not self.window_days > 0:
             raise UpliftDataError(f"window_days must be > 0; got {self.window_days}")
+        if self.level_window_days is not None and not self.level_window_days >= self.window_days:
+            raise UpliftDataError(
+                f"level_window_days must be >= window_days ({self.window_days}); got "
+                f"{self.level_window_days}"
+            )
         if self.treatment not in ("kind", "offer"):
             raise UpliftDataError(f"treatment must be 'kind' or 'offer'; got {self.treatment!r}")
         if not self.control_label:
@@ -200,6 +215,8 @@ def build_training_set(
     arms = arms.merge(outcomes, on=S.EVENT_ID, how="left", validate="one_to_one")
     arms[SPEND] = arms[SPEND].fillna(0.0)
     arms[CONVERSION] = arms[CONVERSION].fillna(0).astype(np.int64)
+    if config.level_window_days is not None:
+        arms[SPEND_LEVEL] = _level_outcome(tables, arms, config.level_window_days, data_end)
 
     fcfg = resolve_categories(tables, feature_config or FeatureConfig(), before=arms[S.TS].max())
     pairs = arms[[S.MEMBER_ID, S.TS]].drop_duplicates()
@@ -332,6 +349,17 @@ def _outcomes(tables: Any, arms: pd.DataFrame, window_days: float) -> pd.DataFra
             SPEND: out["_units"].fillna(0).astype(np.float64) / _MONEY_SCALE,
         }
     )
+
+
+def _level_outcome(
+    tables: Any, arms: pd.DataFrame, window_days: float, data_end: pd.Timestamp
+) -> np.ndarray:
+    """Spend per row of ``arms`` over ``(ts, ts + window_days]``; NaN where that window ends
+    after ``data_end`` (its outcome is not known yet)."""
+    out = _outcomes(tables, arms, window_days).set_index(S.EVENT_ID)[SPEND]
+    spend = out.reindex(arms[S.EVENT_ID]).fillna(0.0).to_numpy(dtype=np.float64)
+    over = (arms[S.TS] + pd.Timedelta(days=window_days) <= data_end).to_numpy()
+    return np.where(over, spend, np.nan)
 
 
 def time_split(

@@ -32,10 +32,18 @@ from models.uplift import LEARNERS
 from models.uplift.base import BaseUpliftLearner
 from models.uplift.encoding import FeatureEncoder
 from models.uplift.onnx_export import OnnxUpliftPredictor, export_onnx
-from training.uplift.calibration import apply_scale, apply_shifts, heterogeneity_slope, level_fit
+from training.uplift.calibration import (
+    apply_scale,
+    apply_shifts,
+    control_baseline,
+    heterogeneity_slope,
+    level_fit,
+)
 from training.uplift.data import (
     CONVERSION,
     OUTCOMES,
+    SPEND,
+    SPEND_LEVEL,
     TREATMENT,
     TrainingSetConfig,
     UpliftTrainingSet,
@@ -80,6 +88,14 @@ class UpliftTrainSettings:
     treatment: Literal["kind", "offer", "auto"] = "auto"
     min_offer_rows: int = 300
     window_days: float = 14.0
+    # the spend level (each treatment's mean effect) is measured over this longer window, on
+    # the training rows whose longer window is over by the data end: a send that pulls a
+    # purchase forward gains in the first 14 days and loses the replaced basket later. None:
+    # over ``window_days``. Measured in docs/engine.md ("The level window").
+    level_window_days: float | None = 44.0
+    # fewest rows per treatment (and control) with a known level-window outcome; fewer: the
+    # spend level falls back to ``window_days`` (logged, and recorded as level_window.spend)
+    min_level_rows: int = 30
     control_label: str = "control"
     test_share: float = 0.2
     split_at: str | None = None
@@ -108,6 +124,11 @@ class UpliftTrainSettings:
             raise ValueError(
                 f"gate_outcome {self.gate_outcome!r} must be one of the outcomes {self.outcomes}"
             )
+        if self.level_window_days is not None and not self.level_window_days >= self.window_days:
+            raise ValueError(
+                f"level_window_days must be >= window_days ({self.window_days:g}) or None; got "
+                f"{self.level_window_days}"
+            )
         if self.level_rows is not None and self.level_rows < 1:
             raise ValueError(f"level_rows must be >= 1 or None; got {self.level_rows}")
         if self.learner == "CT" and self.outcomes != (CONVERSION,):
@@ -120,6 +141,7 @@ class UpliftTrainSettings:
             window_days=self.window_days,
             treatment=self.treatment,
             control_label=self.control_label,
+            level_window_days=self.level_window_days,
         )
 
 
@@ -166,6 +188,38 @@ def _row_sample(n: int, size: int | None, seed: int) -> np.ndarray | slice:
     if size is None or n <= size:
         return slice(None)
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def _level_rows(
+    tr: pd.DataFrame,
+    outcome: str,
+    cal: np.ndarray | slice,
+    arms: list[str],
+    settings: UpliftTrainSettings,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """For the spend level over the level window: the rows of ``tr[cal]`` whose level-window
+    outcome is known (a mask) and that outcome (centred like the fitted one; a constant does not
+    move an effect), or None to measure the level over ``window_days`` (another outcome, no
+    level window, or fewer than ``min_level_rows`` known rows for some arm of ``arms``)."""
+    if outcome != SPEND or settings.level_window_days is None or SPEND_LEVEL not in tr.columns:
+        return None
+    y_long = tr[SPEND_LEVEL].to_numpy(dtype=np.float64)[cal]
+    known = np.isfinite(y_long)
+    labels = tr[TREATMENT].to_numpy(dtype=object)[cal][known]
+    counts = pd.Series(labels).value_counts()
+    short = {a: int(counts.get(a, 0)) for a in arms if counts.get(a, 0) < settings.min_level_rows}
+    if short:
+        log.warning(
+            "spend level over %g days instead of %g: fewer than %d rows with a known outcome "
+            "for %s",
+            settings.window_days,
+            settings.level_window_days,
+            settings.min_level_rows,
+            short,
+        )
+        return None
+    y_known = y_long[known]
+    return known, y_known - y_known.mean()
 
 
 def fit_uplift(
@@ -215,15 +269,36 @@ def fit_uplift(
         learner.fit(X_tr, y, labels_tr, prop)
         if settings.calibrate_level:
             cal = _row_sample(len(y), settings.level_rows, settings.seed)
-            fit = level_fit(
-                learner,
-                X_tr[cal],
-                y[cal],
-                labels_tr[cal],
-                None if prop is None else 1 / prop[cal],
-                groups=_kind_of(tr, data.control),
-                shrink=settings.shrink_level,
-            )
+            weights = None if prop is None else 1 / prop[cal]
+            long = _level_rows(tr, outcome, cal, [*keep, data.control], settings)
+            if long is None:
+                fit = level_fit(
+                    learner,
+                    X_tr[cal],
+                    y[cal],
+                    labels_tr[cal],
+                    weights,
+                    groups=_kind_of(tr, data.control),
+                    shrink=settings.shrink_level,
+                )
+                baseline = fit.baseline
+            else:
+                rows, y_long = long
+                fit = level_fit(
+                    learner,
+                    X_tr[cal][rows],
+                    y_long,
+                    labels_tr[cal][rows],
+                    None if weights is None else weights[rows],
+                    groups=_kind_of(tr, data.control),
+                    shrink=settings.shrink_level,
+                )
+                # the heterogeneity slope below is measured on the window_days outcome
+                baseline = control_baseline(learner, X_tr[cal], y[cal], labels_tr[cal], weights)
+                level[f"rows.level_window.{outcome}"] = float(rows.sum())
+            if outcome == SPEND:
+                used = settings.window_days if long is None else settings.level_window_days
+                level[f"level_window.{outcome}"] = float(used)
             apply_shifts(learner, fit.shifts)
             for j, t in enumerate(fit.treatments):
                 level[f"level_shift.{outcome}.{t}"] = float(fit.shifts[j])
@@ -234,7 +309,7 @@ def fit_uplift(
                 if outcome != CONVERSION:
                     y_te = y_te - (tr[outcome].to_numpy(dtype=np.float64)).mean()
                 labels_te = te[TREATMENT].to_numpy(dtype=object)
-                slope, slope_se = heterogeneity_slope(learner, fit.baseline, X_te, y_te, labels_te)
+                slope, slope_se = heterogeneity_slope(learner, baseline, X_te, y_te, labels_te)
                 scale = float(np.clip(slope, settings.heterogeneity_floor, 1.0))
                 apply_scale(learner, scale, fit.shrunk)
                 level[f"heterogeneity_slope.{outcome}"] = slope

@@ -280,6 +280,7 @@ def train_uplift(
             "control": training_set.control,
             "treatment_grain": settings.treatment,
             "window_days": settings.window_days,
+            "level_window_days": settings.level_window_days,
             "learner": settings.learner,
             "feature_config": json.loads(training_set.feature_config.model_dump_json()),
             # posterior standard error of each treatment's level (empirical Bayes), for the
