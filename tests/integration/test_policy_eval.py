@@ -104,6 +104,10 @@ def test_evaluate_policy_json(program_dir):
     )
     # what ships: versions from the scratch registry, trained before T and to the end
     assert set(report["models"]["end"]) == {"affinity", "uplift"}
+    # the uplift level the decisions rest on, and the window it was measured over
+    levels = report["models"]["uplift_levels_end"]
+    assert levels["level_window.spend"] in (14.0, 44.0)
+    assert any(k.startswith("level_att.spend.") for k in levels)
     assert report["setup"]["held_out_campaign_start"] < report["setup"]["as_of"]
     # the engine's settings chosen by DR value on the held-out campaign: every candidate was
     # estimated, the choice is the default unless beaten, and the tuned engine was evaluated

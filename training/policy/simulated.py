@@ -28,7 +28,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,9 @@ class ShippedModels:
     uplift: Any
     versions: dict[str, str]
     feature_config: Any
+    # the uplift fit's level metrics (level_window.spend, level_att/level_se per treatment,
+    # heterogeneity_scale per outcome): what the decisions rest on, for the run's record
+    uplift_levels: dict[str, float] = field(default_factory=dict)
 
     def inputs(self, members: pd.DataFrame, engine: DecisionEngine, segment_column: str) -> Any:
         return model_inputs(
@@ -126,8 +129,13 @@ def train_shipped(
     py = u.model.unwrap_python_model() if hasattr(u.model, "unwrap_python_model") else u.model
     raw = (getattr(py, "meta_", None) or {}).get("feature_config")
     config = FeatureConfig.model_validate(raw) if raw is not None else None
+    levels = {
+        k: float(v)
+        for k, v in upl.metrics.items()
+        if k.startswith(("level_", "heterogeneity_", "rows.level_window"))
+    }
     return ShippedModels(
-        a.model, u.model, {"affinity": str(a.version), "uplift": str(u.version)}, config
+        a.model, u.model, {"affinity": str(a.version), "uplift": str(u.version)}, config, levels
     )
 
 
@@ -460,6 +468,7 @@ def run_policy_evaluation(
             "decided through the one adapter and the engine",
             "end": shipped.versions,
             "before_T": before.versions,
+            "uplift_levels_end": shipped.uplift_levels,
         },
         "off_policy_setup": ope_info,
         "off_policy_candidates": {n: v for n, v in ope.items() if n.startswith("engine[")},
