@@ -127,7 +127,9 @@ class Term:
     def evaluate(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
         """This term's output for every row of ``X``."""
         if self.indicator:
-            extra = np.broadcast_to(np.asarray(self.indicator), (X.shape[0], len(self.indicator)))
+            extra = np.broadcast_to(
+                np.asarray(self.indicator, dtype=X.dtype), (X.shape[0], len(self.indicator))
+            )
             X = np.hstack([X, extra])
         if self.output == "proba":
             return self.estimator.predict_proba(X)[:, 1].astype(np.float64)
@@ -142,16 +144,24 @@ class Readout:
     weights: NDArray[np.float64]
     intercept: NDArray[np.float64]
 
-    def evaluate(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Effects for every row of ``X``: shape ``(n, n_treatments)``."""
-        outputs = np.column_stack([term.evaluate(X) for term in self.terms])
-        return outputs @ self.weights + self.intercept
+    def evaluate(self, X: NDArray[np.floating], chunk_rows: int = 100_000) -> NDArray[np.float64]:
+        """Effects for every row of ``X``: shape ``(n, n_treatments)``, ``chunk_rows`` rows at a
+        time (a term with indicator columns copies its rows; a chunk's copy stays small)."""
+        out = np.empty((X.shape[0], self.weights.shape[1]))
+        for start in range(0, X.shape[0], chunk_rows):
+            part = X[start : start + chunk_rows]
+            outputs = np.column_stack([term.evaluate(part) for term in self.terms])
+            out[start : start + len(part)] = outputs @ self.weights + self.intercept
+        return out
 
 
-def _as_matrix(X: ArrayLike | pd.DataFrame) -> tuple[NDArray[np.float64], list[str] | None]:
+def _as_matrix(X: ArrayLike | pd.DataFrame) -> tuple[NDArray[np.floating], list[str] | None]:
+    """``X`` as a 2-D float array: a float32 array stays float32 (no copy; the encoder's
+    float32 matrix holds the same values as its float64 one), anything else becomes float64."""
     names = [str(c) for c in X.columns] if isinstance(X, pd.DataFrame) else None
+    dtype = np.float32 if isinstance(X, np.ndarray) and X.dtype == np.float32 else np.float64
     try:
-        arr = np.asarray(X, dtype=np.float64)
+        arr = np.asarray(X, dtype=dtype)
     except (TypeError, ValueError) as exc:
         raise UpliftInputError(
             f"X must be numeric (encode categoricals first); could not convert: {exc}"

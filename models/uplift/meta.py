@@ -38,7 +38,7 @@ class SLearner(BaseUpliftLearner):
 
     def _fit(self, X, y, group, weights) -> Readout:
         k = len(self.treatments_)
-        indicators = np.zeros((X.shape[0], k))
+        indicators = np.zeros((X.shape[0], k), dtype=X.dtype)
         treated = group > 0
         indicators[np.flatnonzero(treated), group[treated] - 1] = 1.0
         model = self._fit_estimator(

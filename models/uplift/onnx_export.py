@@ -204,6 +204,8 @@ class OnnxUpliftPredictor:
     metadata.
     """
 
+    chunk_rows = 100_000
+
     def __init__(self, model_bytes: bytes, intra_op_threads: int = 1) -> None:
         import onnxruntime as ort
 
@@ -225,5 +227,13 @@ class OnnxUpliftPredictor:
             arr = arr.reshape(1, -1)
         if arr.ndim != 2 or arr.shape[1] != self.n_features:
             raise UpliftInputError(f"X must have shape (n, {self.n_features}); got {arr.shape}")
-        (out,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(arr)})
-        return out.astype(np.float64)
+        if arr.shape[0] <= self.chunk_rows:  # the serving path: one call
+            (out,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(arr)})
+            return out.astype(np.float64)
+        # chunks of rows: onnxruntime's intermediate tensors (one per tree ensemble and, for
+        # the S-learner, a copy of the rows per arm) then stay the size of a chunk
+        parts = []
+        for start in range(0, arr.shape[0], self.chunk_rows):
+            part = np.ascontiguousarray(arr[start : start + self.chunk_rows])
+            parts.append(self._session.run([OUTPUT_NAME], {INPUT_NAME: part})[0])
+        return np.concatenate(parts).astype(np.float64)
