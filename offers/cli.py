@@ -40,6 +40,20 @@ def evaluate_group(parent: typer.Typer) -> typer.Typer:
     return command_group(parent, "evaluate", "Offline evaluation on held-out data.")
 
 
+def check_memory_limit(value: str | None) -> str | None:
+    """Typer callback of ``--memory-limit``: a size such as 4GB, else an error naming the value
+    (typer adds the option's name)."""
+    if value is None:
+        return None
+    from features.pipeline.engines import check_memory_limit as check
+
+    try:
+        check(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    return value
+
+
 @app.callback()
 def _root() -> None:
     """Personalised loyalty offers: data, features, training, evaluation and serving."""

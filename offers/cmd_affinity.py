@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from offers.cli import evaluate_group, train_group
+from offers.cli import check_memory_limit, evaluate_group, train_group
 from offers.registry_cli import (
     PolicyGateOpt,
     TrackingUriOpt,
@@ -151,7 +151,10 @@ EngineOpt = Annotated[
 ]
 MemoryOpt = Annotated[
     str | None,
-    typer.Option(help="memory limit of the input queries, e.g. 4GB (DuckDB spills past it)"),
+    typer.Option(
+        help="memory limit of the input queries, e.g. 4GB (DuckDB spills past it)",
+        callback=check_memory_limit,
+    ),
 ]
 
 

@@ -24,6 +24,7 @@ from features.pipeline.config import FeatureConfig
 from features.pipeline.engines import ENGINES, connect
 from features.pipeline.output import FeatureFileSummary, write_features
 from features.sources.schema import TS
+from offers.cli import check_memory_limit
 
 console = Console()
 
@@ -77,7 +78,10 @@ def features(
     ] = None,
     memory_limit: Annotated[
         str | None,
-        typer.Option(help="DuckDB memory limit, e.g. 4GB (spills to a temp directory past it)"),
+        typer.Option(
+            help="DuckDB memory limit, e.g. 4GB (spills to a temp directory past it)",
+            callback=check_memory_limit,
+        ),
     ] = None,
     history_start: Annotated[
         str | None,

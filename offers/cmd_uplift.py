@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from offers.cli import evaluate_group, train_group
+from offers.cli import check_memory_limit, evaluate_group, train_group
 from offers.registry_cli import (
     PolicyGateOpt,
     TrackingUriOpt,
@@ -92,7 +92,10 @@ EngineOpt = Annotated[
 ]
 MemoryOpt = Annotated[
     str | None,
-    typer.Option(help="memory limit of the training-set queries, e.g. 4GB (DuckDB spills)"),
+    typer.Option(
+        help="memory limit of the training-set queries, e.g. 4GB (DuckDB spills)",
+        callback=check_memory_limit,
+    ),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from typing import Any
 
@@ -11,11 +12,37 @@ from ibis.backends import BaseBackend
 
 from features.pipeline.tables import FeatureInputError
 
-__all__ = ["ENGINES", "connect", "spark_session"]
+__all__ = ["ENGINES", "check_memory_limit", "connect", "spark_memory", "spark_session"]
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("duckdb", "spark")
+
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$", re.IGNORECASE)
+
+
+def check_memory_limit(value: str) -> int:
+    """The bytes of a memory limit such as ``"4GB"``, ``"512MB"`` or ``"1.5GiB"`` (a number and
+    one of the units DuckDB reads: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB; at least 1 MB).
+    Raises :class:`FeatureInputError` naming the value otherwise."""
+    m = _SIZE.match(str(value))
+    unit = m.group(2).lower() if m else ""
+    if m is None or unit not in _UNITS:
+        raise FeatureInputError(
+            f"memory limit {value!r} is not a size such as 4GB or 512MB (a number and one of "
+            "B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+        )
+    size = int(float(m.group(1)) * _UNITS[unit])
+    if size < 10**6:
+        raise FeatureInputError(f"memory limit {value!r} is below 1MB")
+    return size
+
+
+def spark_memory(value: str) -> str:
+    """A memory limit (:func:`check_memory_limit`) as a Spark memory setting, in MiB."""
+    return f"{max(1, check_memory_limit(value) // 2**20)}m"
 
 
 def spark_session(
@@ -56,6 +83,8 @@ def connect(engine: str = "duckdb", memory_limit: str | None = None, **kwargs: A
     such as ``"4GB"`` past which it spills to a temporary directory; ``spark``: a local
     session, or the session passed as ``session=``)."""
     if engine == "duckdb":
+        if memory_limit is not None:
+            check_memory_limit(memory_limit)
         con = ibis.duckdb.connect(**kwargs)
         if memory_limit is not None:
             con.raw_sql(f"SET memory_limit = '{memory_limit.replace(chr(39), '')}'")

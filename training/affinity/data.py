@@ -25,7 +25,7 @@ import ibis.expr.types as ir
 import pandas as pd
 
 from features.pipeline import FeatureTables, load_tables
-from features.pipeline.engines import connect
+from features.pipeline.engines import connect, spark_memory
 from features.sources import schema as S
 
 __all__ = ["EVENT_COLUMNS", "AffinityTables", "open_affinity_tables"]
@@ -62,7 +62,7 @@ def open_affinity_tables(
     if engine == "duckdb":
         con = connect(engine, memory_limit=memory_limit)
     elif memory_limit is not None:
-        con = connect(engine, driver_memory=memory_limit.lower().replace("gb", "g"))
+        con = connect(engine, driver_memory=spark_memory(memory_limit))
     else:
         con = connect(engine)
     ft = load_tables(Path(data_dir), con)

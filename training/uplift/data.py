@@ -51,7 +51,7 @@ from features.pipeline import (
     to_timestamp,
 )
 from features.pipeline.config import FeatureConfig
-from features.pipeline.engines import connect
+from features.pipeline.engines import connect, spark_memory
 from features.pipeline.pit import TablesLike
 from features.sources import schema as S
 
@@ -183,7 +183,7 @@ def open_tables(
     if engine == "duckdb":
         con = connect(engine, memory_limit=memory_limit)
     elif memory_limit is not None:
-        con = connect(engine, driver_memory=memory_limit.lower().replace("gb", "g"))
+        con = connect(engine, driver_memory=spark_memory(memory_limit))
     else:
         con = connect(engine)
     return load_tables(Path(data_dir), con)

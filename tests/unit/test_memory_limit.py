@@ -1,0 +1,64 @@
+"""``--memory-limit`` (features, train/evaluate affinity and uplift): a size DuckDB reads, or a
+clear error naming the option and the value before any data is opened."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from features.pipeline import FeatureInputError
+from features.pipeline.engines import check_memory_limit, connect, spark_memory
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [("4GB", 4 * 10**9), ("512mb", 512 * 10**6), ("1.5GiB", 3 * 2**29), (" 2 GB ", 2 * 10**9)],
+)
+def test_sizes_duckdb_reads_are_accepted(value: str, size: int) -> None:
+    assert check_memory_limit(value) == size
+
+
+@pytest.mark.parametrize("value", ["lots", "4", "4 gigs", "-1GB", "GB", "4GB;drop", ""])
+def test_other_values_are_rejected_naming_the_value(value: str) -> None:
+    with pytest.raises(FeatureInputError, match=re.escape(f"memory limit {value!r} is not a size")):
+        check_memory_limit(value)
+
+
+def test_below_one_megabyte_is_rejected() -> None:
+    with pytest.raises(FeatureInputError, match="'10KB' is below 1MB"):
+        check_memory_limit("10KB")
+
+
+def test_duckdb_gets_the_limit_and_spark_the_same_size() -> None:
+    con = connect("duckdb", memory_limit="1.5GiB")
+    limit = con.raw_sql("SELECT current_setting('memory_limit')").fetchone()[0]
+    assert limit.replace(" ", "") in {"1.5GiB", "1.4GiB"}  # DuckDB prints binary units
+    with pytest.raises(FeatureInputError, match="'x' is not a size"):
+        connect("duckdb", memory_limit="x")
+    assert spark_memory("4GB") == "3814m" and spark_memory("2GiB") == "2048m"
+
+
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [
+        ("cmd_affinity", ["train", "affinity"]),
+        ("cmd_affinity", ["evaluate", "affinity"]),
+        ("cmd_uplift", ["train", "uplift"]),
+        ("cmd_uplift", ["evaluate", "uplift"]),
+        ("cmd_features", ["features", "--as-of", "2026-01-01"]),
+    ],
+)
+def test_cli_names_the_option_and_the_value(module: str, args: list[str], tmp_path: Path) -> None:
+    import importlib
+
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    importlib.import_module(f"offers.{module}").register(app)
+    res = CliRunner().invoke(app, [*args, "--data", str(tmp_path), "--memory-limit", "4 gigs"])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.replace("│", " ").split())  # rich's box, wrapped lines
+    assert "--memory-limit" in text and "'4 gigs' is not a size such as 4GB" in text
