@@ -247,8 +247,9 @@ def fit_uplift(
     train, test = train & in_model, test & in_model
     tr, te = data.frame[train], data.frame[test].reset_index(drop=True)
     encoder = FeatureEncoder().fit(tr[list(data.feature_columns)])
-    X_tr = encoder.transform(tr[list(data.feature_columns)])
-    X_te = encoder.transform(te[list(data.feature_columns)])
+    # float32 holds the encoder's 16-bit values exactly: half the memory, the same trees
+    X_tr = encoder.transform(tr[list(data.feature_columns)], dtype=np.float32)
+    X_te = encoder.transform(te[list(data.feature_columns)], dtype=np.float32)
     prop = _propensity(tr) if settings.use_propensity else None
     learners, onnx_models, effects, parity, level = {}, {}, {}, {}, {}
     for outcome in settings.outcomes:
