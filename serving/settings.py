@@ -87,6 +87,7 @@ class ServingSettings(OffersSettings):
     keep_alive_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
     max_connections: int = Field(default=1_000, ge=1, le=1_000_000)
     metrics_exposure: Literal["admin", "open", "off"] = "admin"
+    lean_routes: bool = True  # checkout and member offers without FastAPI's machinery (lean.py)
     event_max_age_days: float = Field(default=400.0, gt=0, le=36_500)
     event_max_ahead_seconds: float = Field(default=86_400.0, ge=0, le=31_536_000)
 

@@ -19,6 +19,7 @@ from serving.api.deps import AppState
 from serving.api.errors import install_error_handlers
 from serving.api.grants import GrantService
 from serving.api.history import MemberHistory
+from serving.api.lean import LeanRoutes
 from serving.api.limits import LimitsMiddleware, uvicorn_options
 from serving.api.metrics import ApiMetrics, MetricsMiddleware
 from serving.api.modelset import Loader, ModelHolder
@@ -136,6 +137,8 @@ def create_app(
     app.state.keyring = state.keyring  # read by serving.auth.require_scope
     install_error_handlers(app)
     document_api_keys(app)
+    if settings.lean_routes:  # innermost: inside the limits and the metrics
+        app.add_middleware(LeanRoutes, state=state, routes=app.routes)
     app.add_middleware(
         LimitsMiddleware,
         keyring=state.keyring,

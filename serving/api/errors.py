@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.api.limits import huge_integer_fields
 
-__all__ = ["install_error_handlers"]
+__all__ = ["error_response", "install_error_handlers"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,16 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     route = getattr(request.scope.get("route"), "path", "unmatched")
     log.error("unhandled %s on %s %s", type(exc).__name__, request.method, route)
     return JSONResponse(status_code=500, content={"error": "internal_error", "detail": None})
+
+
+async def error_response(request: Request, exc: Exception) -> JSONResponse:
+    """The answer the app's handlers give for a validation or HTTP error (the lean path,
+    :mod:`serving.api.lean`, answers the errors its service functions raise with it)."""
+    if isinstance(exc, RequestValidationError):
+        return await _validation(request, exc)
+    if isinstance(exc, StarletteHTTPException):
+        return await _http(request, exc)
+    raise exc
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -52,6 +52,13 @@ class ApiMetrics:
             ["offer_id", "fallback"],
             registry=self.registry,
         )
+        self.lean = Counter(
+            "offers_lean_path_requests",
+            "Checkout and member-offers requests by who answered them: the lean path, or "
+            "FastAPI when the lean path handed them over (refusals, unusual input)",
+            ["route", "answered_by"],
+            registry=self.registry,
+        )
         self.model_info = Gauge(
             "offers_model_info",
             "Loaded model versions (value 1)",

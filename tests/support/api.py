@@ -102,6 +102,7 @@ class Server:
         tracking_uri: str,
         db_url: str | None = None,
         workers: int = 1,
+        env: dict[str, str] | None = None,
     ):
         self.home, self.program, self.tracking_uri, self.db_url = (
             home,
@@ -110,6 +111,7 @@ class Server:
             db_url,
         )
         self.workers = workers
+        self.env = env or {}  # added last: overrides the defaults below
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -138,6 +140,7 @@ class Server:
         env.pop("OFFERS_DATABASE_URL", None)
         if self.db_url:
             env["OFFERS_DATABASE_URL"] = self.db_url
+        env.update(self.env)
         cmd = [sys.executable, "-m", "uvicorn", "serving.api:create_app", "--factory",
                "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"]  # fmt: skip
         if self.workers > 1:  # the CLI: prepares the store and models once, then N workers

@@ -146,6 +146,12 @@ async def checkout_rewards(
     budget is reserved atomically with the session before the answer; a reward that reached a
     cap or budget since the decision is dropped and named. The same ``transaction_id`` again
     returns the stored answer (same decision id) and reserves nothing."""
+    return await checkout_answer(state, body, dry_run)
+
+
+async def checkout_answer(state: Any, body: CheckoutRequest, dry_run: bool) -> CheckoutResponse:
+    """The checkout answer, for the route above and the lean path (:mod:`serving.api.lean`):
+    HTTP errors are raised as ``HTTPException`` / ``RequestValidationError``."""
     basket_total = lines_total(body.basket)
     if total_mismatch(body.total, basket_total):
         raise _invalid(

@@ -121,6 +121,14 @@ async def member_offers(
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
 ) -> MemberOffersResponse:
     """Ranked offers with explanations; unknown members get cold-start offers (fallback named)."""
+    return await offers_for_member(state, member_id, channel, k)
+
+
+async def offers_for_member(
+    state: Any, member_id: str, channel: str, k: int
+) -> MemberOffersResponse:
+    """The member-offers answer, for the route above and the lean path
+    (:mod:`serving.api.lean`): decide, log the decision, build the response."""
     bundle = _bundle(state)
     ctx = DecisionContext(channel, _decision_time(state), _request_id(), k=k)
     history = await state.history.get(member_id) if state.history is not None else ()
