@@ -243,7 +243,11 @@ def build_training_set(
 def _to_pandas(expr: Any) -> pd.DataFrame:
     """``expr.to_pandas()`` with the same dtypes and less memory: Ibis' DuckDB backend turns
     every column holding a null into a Python list (one object per value: several GB for the
-    1.8M rows of a 1M-member program); float columns are converted from Arrow directly."""
+    1.8M rows of a 1M-member program); float columns are converted from Arrow directly. Each
+    column is converted on its own (Ibis' per-column conversion) and dropped from the Arrow
+    table as it goes, and the columns are not consolidated into one block at the end: at most
+    the Arrow table plus one column's Python objects are alive (docs/benchmarks.md,
+    "Retraining at scale")."""
     import pyarrow.types as pat
 
     backend = expr._find_backend(use_default=True)
@@ -251,28 +255,40 @@ def _to_pandas(expr: Any) -> pd.DataFrame:
         return expr.to_pandas()
     from ibis.backends.duckdb.converter import DuckDBPandasData
 
+    schema = expr.schema()
     table = expr.to_pyarrow()
-    columns: dict[str, Any] = {}
-    for name, col in zip(table.column_names, table.columns, strict=True):
+    columns: dict[str, pd.Series] = {}
+    for name in list(table.column_names):
+        col = table.column(name)
         slow = pat.is_nested(col.type) or pat.is_dictionary(col.type) or col.null_count
-        columns[name] = (
-            col.to_pylist() if slow and not pat.is_floating(col.type) else col.to_pandas()
-        )
-    del table
-    return DuckDBPandasData.convert_table(pd.DataFrame(columns), expr.schema())
+        values = col.to_pylist() if slow and not pat.is_floating(col.type) else col.to_pandas()
+        table = table.drop_columns([name])
+        del col
+        # the one-column frame infers the dtype exactly as ``pd.DataFrame(columns)`` did
+        raw = pd.DataFrame({name: values})[name]
+        del values
+        columns[name] = DuckDBPandasData.convert_column(raw, schema[name])
+        del raw
+    return pd.DataFrame(columns, copy=False)
 
 
 def _attach(arms: pd.DataFrame, feats: pd.DataFrame) -> pd.DataFrame:
     """Arms sorted by (ts, event_id) with the features of their (member, ts) pair; arms without
-    a pair (member not joined yet) are left out. One copy of the features, no merge."""
+    a pair (member not joined yet) are left out. No merge: each feature column is taken in the
+    arms' order and removed from ``feats`` (which this empties), so a column's memory is
+    released as its copy is made instead of holding every feature twice."""
     keys = [S.MEMBER_ID, S.TS]
     if feats.duplicated(keys).any():
         raise UpliftDataError("features: more than one row per (member_id, ts) pair")
     arms = arms.sort_values([S.TS, S.EVENT_ID], kind="mergesort")
     at = pd.MultiIndex.from_frame(feats[keys]).get_indexer(pd.MultiIndex.from_frame(arms[keys]))
     found = at >= 0
-    rest = feats.drop(columns=keys).take(at[found]).reset_index(drop=True)
-    return pd.concat([arms[found].reset_index(drop=True), rest], axis=1)
+    rows = at[found]
+    out = arms[found].reset_index(drop=True)
+    taken: dict[str, pd.Series] = {}
+    for name in [c for c in feats.columns if c not in keys]:
+        taken[name] = feats.pop(name).take(rows).reset_index(drop=True)
+    return pd.concat([out, pd.DataFrame(taken, copy=False)], axis=1)
 
 
 def _arms(tables: Any, config: TrainingSetConfig) -> pd.DataFrame:
