@@ -39,9 +39,11 @@ BASKET = ("category:coffee", "category:bakery", "category:grocery", "product:sku
 def _bundle(home: Path, force: bool):
     from bench.load import demo_env
     from models.affinity import FoldIn
-    from serving.api.bundle import BundleSettings, build_bundle, lkg_loader
+    from serving.api.bundle import build_bundle
     from serving.api.modelset import ModelHolder
     from serving.engine.adapters import python_model
+    from serving.loader import lkg_loader
+    from serving.settings import BundleSettings
 
     env = demo_env(home)
     if not env:

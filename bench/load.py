@@ -556,7 +556,7 @@ def demo_env(home: Path) -> dict[str, str]:
     if sys.path[0] != root:  # bench/features.py must not shadow the features package
         sys.path.insert(0, root)
     from offers.demo_pipeline import local_tracking_uri
-    from serving.api.bundle import DEFAULT_MODELS
+    from serving.api.modelset import DEFAULT_MODELS
 
     return {
         "OFFERS_MODELS": json.dumps(DEFAULT_MODELS),

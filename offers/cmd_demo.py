@@ -93,7 +93,7 @@ def _summary(tables: dict, frame: pd.DataFrame) -> None:
 
 def serve_command(home: Path, tracking_uri: str, catalog: Path, snapshot: Path, port: int) -> str:
     """The shell command that serves the demo's models again without the demo."""
-    from serving.api.bundle import DEFAULT_MODELS
+    from serving.api.modelset import DEFAULT_MODELS
 
     env = {
         "OFFERS_HOME": home,
@@ -199,8 +199,8 @@ def demo(
     from offers.demo_requests import DemoClient, run_samples
     from offers.demo_server import DemoServer, DemoServerError, check_port
     from offers.registry_cli import fail
-    from serving.api.bundle import DEFAULT_MODELS, BundleSettings
-    from serving.settings import SCOPES, ServingSettings
+    from serving.api.modelset import DEFAULT_MODELS
+    from serving.settings import SCOPES, BundleSettings, ServingSettings
 
     started = time.perf_counter()
     home = offers_settings().home

@@ -51,7 +51,7 @@ def report_incrementality(
         fail("give --data DIR or --store URL")
     try:
         if store is not None:
-            from serving.api.bundle import BundleSettings
+            from serving.settings import BundleSettings
             from serving.store import open_store
 
             cat = catalog or BundleSettings().catalog_path()

@@ -86,7 +86,7 @@ def retrain_cmd(
     quiet_mlflow()
     import pandas as pd
 
-    from serving.api.bundle import BundleSettings
+    from serving.settings import BundleSettings
     from training.affinity.search import SearchSettings
     from training.loop import RetrainSettings, retrain
     from training.registry import ModelRegistry

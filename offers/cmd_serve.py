@@ -40,7 +40,7 @@ def serve(
 
     settings = get_settings()
     if not settings.models:  # the service decides with the champions unless told otherwise
-        from serving.api.bundle import DEFAULT_MODELS
+        from serving.api.modelset import DEFAULT_MODELS
 
         settings = settings.model_copy(update={"models": dict(DEFAULT_MODELS)})
         os.environ["OFFERS_MODELS"] = json.dumps(DEFAULT_MODELS)  # for --workers processes

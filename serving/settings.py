@@ -31,6 +31,10 @@ Limits and timeouts of the HTTP surface (docs/serving.md "Limits, timeouts and m
     OFFERS_EVENT_MAX_AGE_DAYS / OFFERS_EVENT_MAX_AHEAD_SECONDS
                                          accepted feedback event times: now - 400 days to
                                          now + 1 day
+
+The decision bundle's files and the engine (``BundleSettings``):
+    OFFERS_CATALOG / OFFERS_MEMBER_FEATURES / OFFERS_OFFER_EVENTS / OFFERS_LKG_DIR
+    OFFERS_ENGINE_*                      the decision engine (``EngineSettings``)
 """
 
 from __future__ import annotations
@@ -45,8 +49,10 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from features.settings import OffersSettings
+from features.sources.io import find_table_file
+from serving.engine.settings import EngineSettings
 
-__all__ = ["SCOPES", "ServingSettings", "SettingsError", "get_settings"]
+__all__ = ["SCOPES", "BundleSettings", "ServingSettings", "SettingsError", "get_settings"]
 
 SCOPES: tuple[str, ...] = ("offers:read", "checkout:write", "events:write", "admin")
 
@@ -114,6 +120,41 @@ class ServingSettings(OffersSettings):
         if self.api_keys_file is not None:
             keys.update(_read_keys_file(self.api_keys_file))
         return keys
+
+
+class BundleSettings(OffersSettings):
+    """Where the decision bundle's files are (environment prefix ``OFFERS_``), and the engine.
+
+    OFFERS_CATALOG           catalog YAML (default ``$OFFERS_HOME/data/demo/catalog.yaml``)
+    OFFERS_MEMBER_FEATURES   member feature snapshot, Parquet from ``offers features``
+                             (default ``$OFFERS_HOME/features/member_features.parquet``)
+    OFFERS_LKG_DIR           last-known-good model copies (default ``$OFFERS_HOME/serving/models``)
+    OFFERS_OFFER_EVENTS      canonical ``offer_events`` (Parquet/CSV) the snapshot's members'
+                             history comes from (default: the ``offer_events`` table next to
+                             the catalog; none there: no history before the service's grants)
+    """
+
+    model_config = SettingsConfigDict(env_prefix="OFFERS_", extra="ignore")
+
+    catalog: Path | None = None
+    member_features: Path | None = None
+    lkg_dir: Path | None = None
+    offer_events: Path | None = None
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+
+    def catalog_path(self) -> Path:
+        return self.catalog or self.home / "data" / "demo" / "catalog.yaml"
+
+    def features_path(self) -> Path:
+        return self.member_features or self.home / "features" / "member_features.parquet"
+
+    def lkg_path(self) -> Path:
+        return self.lkg_dir or self.home / "serving" / "models"
+
+    def offer_events_path(self) -> Path | None:
+        if self.offer_events is not None:
+            return self.offer_events
+        return find_table_file(self.catalog_path().parent, "offer_events")
 
 
 def _check_scopes(scopes: list[str], where: str) -> None:

@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from features.settings import default_tracking_uri
-from serving.api.bundle import BundleHolder, BundleSettings
+from serving.api.bundle import BundleHolder
 from serving.api.checkout import InFlight, start_sweeper, stop_sweeper
 from serving.api.deps import AppState
 from serving.api.errors import install_error_handlers
@@ -32,7 +32,7 @@ from serving.api.startup import (
 )
 from serving.auth import ApiKeyRing, document_api_keys
 from serving.loader import LoaderSettings, fetch_copy, lkg_loader
-from serving.settings import ServingSettings, get_settings
+from serving.settings import BundleSettings, ServingSettings, get_settings
 from serving.store import DecisionLogWriter
 
 __all__ = ["create_app", "prepare_shared_state", "run_server"]

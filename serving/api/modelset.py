@@ -17,9 +17,27 @@ from typing import Any
 from serving.loader import REGISTRY, ModelCopy
 from serving.store import utcnow
 
-__all__ = ["LoadedModel", "Loader", "ModelHolder", "ModelLoadError", "ModelSet"]
+__all__ = [
+    "AFFINITY",
+    "DEFAULT_MODELS",
+    "UPLIFT",
+    "LoadedModel",
+    "Loader",
+    "ModelHolder",
+    "ModelLoadError",
+    "ModelSet",
+]
 
 log = logging.getLogger(__name__)
+
+# The two models a decision needs (the bundle is built when both are configured), and the URIs
+# the service loads unless ``OFFERS_MODELS`` says otherwise: the registry's champions.
+AFFINITY = "affinity"
+UPLIFT = "uplift"
+DEFAULT_MODELS = {
+    AFFINITY: "models:/offers-affinity@champion",
+    UPLIFT: "models:/offers-uplift@champion",
+}
 
 
 class ModelLoadError(RuntimeError):

@@ -26,8 +26,9 @@ from typing import Any
 import pandas as pd
 
 from serving.api.budgets import BudgetSyncError, sync_budgets
-from serving.api.bundle import BundleSettings, build_bundle
+from serving.api.bundle import build_bundle
 from serving.api.modelset import ModelLoadError, ModelSet
+from serving.settings import BundleSettings
 
 __all__ = [
     "RELOAD_CHECKS",

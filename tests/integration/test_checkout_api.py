@@ -41,9 +41,11 @@ def _body(tid: str, member: str, basket=BASKET, total: float = 80.0, **extra) ->
 
 def _probe(world: dict, catalog: Path, members: list[str], **kw) -> dict[str, list[str]]:
     """Offers the engine gives each member at checkout (in-process, same champions)."""
-    from serving.api.bundle import DEFAULT_MODELS, BundleSettings, build_bundle, lkg_loader
-    from serving.api.modelset import ModelHolder
+    from serving.api.bundle import build_bundle
+    from serving.api.modelset import DEFAULT_MODELS, ModelHolder
     from serving.engine import DecisionContext
+    from serving.loader import lkg_loader
+    from serving.settings import BundleSettings
 
     home = world["home"]
     loader = lkg_loader(world["registry"].tracking_uri, home / "probe-models")

@@ -30,8 +30,10 @@ def _body(tid: str, member: str, lines: list[dict]) -> dict:
 
 @pytest.fixture(scope="module")
 def bundle(world):
-    from serving.api.bundle import DEFAULT_MODELS, BundleSettings, build_bundle, lkg_loader
-    from serving.api.modelset import ModelHolder
+    from serving.api.bundle import build_bundle
+    from serving.api.modelset import DEFAULT_MODELS, ModelHolder
+    from serving.loader import lkg_loader
+    from serving.settings import BundleSettings
 
     home, program = world["home"], world["program"]
     loader = lkg_loader(world["registry"].tracking_uri, home / "basket-probe-models")

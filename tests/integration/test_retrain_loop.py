@@ -85,7 +85,7 @@ def _checkouts(url: str, members: list[str]) -> list[dict]:
 
 
 def test_retrain_closes_the_loop(tmp_path: Path) -> None:
-    from serving.api.bundle import DEFAULT_MODELS
+    from serving.api.modelset import DEFAULT_MODELS
     from training.affinity.search import SearchSettings
     from training.loop import EXIT_PROMOTED, RetrainSettings, retrain
     from training.registry import ModelRegistry

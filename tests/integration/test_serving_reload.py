@@ -26,8 +26,8 @@ import yaml
 from fastapi.testclient import TestClient
 
 from serving.api import create_app
-from serving.api.bundle import DEFAULT_MODELS, BundleSettings
-from serving.settings import ServingSettings
+from serving.api.modelset import DEFAULT_MODELS
+from serving.settings import BundleSettings, ServingSettings
 from tests.support.api import (
     build_program,
     train_affinity_quick,

@@ -118,7 +118,7 @@ class Server:
         self.log = home / f"server-{self.port}.log"
 
     def start(self, tracking_uri: str | None = None) -> Server:
-        from serving.api.bundle import DEFAULT_MODELS
+        from serving.api.modelset import DEFAULT_MODELS
 
         env = {
             **os.environ,
@@ -205,9 +205,11 @@ def checkout_target(world, members: list[str], total: float) -> tuple[str, list[
     """The offer the engine picks at checkout for most of ``members`` when it is the only one
     with budget left (probed in-process on the same champions, the members' history and the
     basket included), and the members who picked it."""
-    from serving.api.bundle import DEFAULT_MODELS, BundleSettings, build_bundle, lkg_loader
-    from serving.api.modelset import ModelHolder
+    from serving.api.bundle import build_bundle
+    from serving.api.modelset import DEFAULT_MODELS, ModelHolder
     from serving.engine import DecisionContext
+    from serving.loader import lkg_loader
+    from serving.settings import BundleSettings
 
     home, program = world["home"], world["program"]
     loader = lkg_loader(world["registry"].tracking_uri, home / "probe-models")

@@ -54,8 +54,9 @@ def _catalog(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def bundle(pyfunc, tmp_path_factory):
-    from serving.api.bundle import AFFINITY, UPLIFT, BundleSettings, build_bundle
-    from serving.api.modelset import LoadedModel, ModelSet
+    from serving.api.bundle import build_bundle
+    from serving.api.modelset import AFFINITY, UPLIFT, LoadedModel, ModelSet
+    from serving.settings import BundleSettings
 
     tmp = tmp_path_factory.mktemp("bundle")
     frame = pd.DataFrame({"member_id": MEMBERS, "lifecycle_stage": "active", "as_of": NOW})

@@ -103,7 +103,7 @@ def test_settings_validate_thresholds():
 
 
 def test_basket_moments_of_one_member_equal_the_vectorised_detectors():
-    from serving.api.bundle import _with_basket
+    from serving.api.bundle.member_rows import with_basket
     from serving.engine.moments import basket_moments
 
     rng = np.random.default_rng(3)
@@ -118,7 +118,7 @@ def test_basket_moments_of_one_member_equal_the_vectorised_detectors():
         )
     table = MemberTable.from_frame(members(*rows))
     totals = rng.choice([np.nan, 0.0, 12.0, 29.99, 30.0, 45.0, 150.0], size=table.n)
-    table = _with_basket(table, totals)
+    table = with_basket(table, totals)
     settings = MomentSettings()
     many = basket_moments(table, settings).flags
     assert many.any() and not many.all()

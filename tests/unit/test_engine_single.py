@@ -86,10 +86,10 @@ def _setup(n: int, seed: int, eps: float, holdout: float, basis: str = "expected
 
 
 def _table(engine, frame, i, basket):
-    from serving.api.bundle import _with_basket
+    from serving.api.bundle.member_rows import with_basket
 
     t = engine.member_table(frame.iloc[[i]].reset_index(drop=True))
-    return _with_basket(t, basket) if basket is not None else t
+    return with_basket(t, basket) if basket is not None else t
 
 
 @pytest.mark.parametrize(
