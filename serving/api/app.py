@@ -101,6 +101,7 @@ def create_app(
                 max_members=settings.history_max_members,
                 ttl_seconds=settings.history_ttl_seconds,
                 read_roster=state.store.members_with_grants,
+                read_live=state.store.live_grants,  # all members' grants in one query
             )
             state.checkouts = InFlight()
             if settings.models:
