@@ -10,16 +10,22 @@ Steps, each its own ``offers`` process (what a data scientist runs):
 
 Every step gets ``--memory-limit`` when given, and ``--engine`` for the steps that have it.
 Peak memory is the largest resident set of the step's process tree (Python, DuckDB threads, the
-Spark JVM), sampled every 0.1 s; CPU seconds are the process's and its children's user + system
-time (``wait4``), the step's cost on a machine nobody else uses. The load average is printed
-with every figure: other jobs on the machine slow the wall times down, so repeat a measurement
-taken under load. With
-``--runs N`` every step runs N times and the median wall time and the largest peak are shown
-(each run registers new versions in a throw-away MLflow store under ``--work``).
+Spark JVM), sampled every 0.1 s, and ``maxrss``, the kernel's "maximum resident set size" of
+the process and its waited-for children (what ``/usr/bin/time -v`` prints); CPU seconds are the
+process's and its children's user + system time (``wait4``), the step's cost on a machine
+nobody else uses. The load average is printed with every figure: other jobs on the machine slow
+the wall times down, so repeat a measurement taken under load. With ``--repeats N`` (alias
+``--runs``) every step runs N times and the median wall time and the largest peak are shown
+(each run registers new versions in a throw-away MLflow store under ``--out``). Give one
+size or several (``--members 100000 1000000``: one table per size, smallest first).
 
-    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/retrain.py --data /work/runs/p1m \\
-        --memory-limit 4GB
-    .venv/bin/python bench/retrain.py --members 100000 --seed 77 --work /work/runs/bench
+``--as-limit-gib G`` runs every step under an address-space limit of G GiB (``RLIMIT_AS``, as
+``prlimit --as`` does): a step that would need more fails (non-zero exit, ``MemoryError`` in
+its log) instead of taking a shared machine's memory.
+
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/retrain.py --members 100000 1000000 \\
+        --seed 77 --out /work/runs/bench-retrain --memory-limit 2GB --as-limit-gib 14
+    .venv/bin/python bench/retrain.py --data /work/runs/p1m --memory-limit 4GB
     .venv/bin/python bench/retrain.py --data /work/runs/p100k --engine spark --steps affinity
 
 Prints one JSON line per step run, then a Markdown table; asserts nothing.
@@ -30,13 +36,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 OFFERS = [str(REPO / ".venv" / "bin" / "offers")]
@@ -108,12 +115,29 @@ def commands(args: argparse.Namespace, data: Path, work: Path) -> dict[str, list
     return {s: out[s] for s in args.steps}
 
 
-def run_step(step: str, cmd: list[str], env: dict[str, str], log: Path) -> dict[str, object]:
+def _address_space_limit(gib: float | None):
+    """A ``preexec_fn`` setting ``RLIMIT_AS`` to ``gib`` GiB in the child (None: no limit)."""
+    if gib is None:
+        return None
+    limit = int(gib * 2**30)
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def run_step(
+    step: str, cmd: list[str], env: dict[str, str], log: Path, as_limit_gib: float | None = None
+) -> dict[str, object]:
     """Run one step as a process; its wall time, peak RSS, exit code and load averages."""
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+            preexec_fn=_address_space_limit(as_limit_gib),
+        )
         with PeakRSS(proc.pid) as rss:
             _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
@@ -125,6 +149,7 @@ def run_step(step: str, cmd: list[str], env: dict[str, str], log: Path) -> dict[
         # machine is not shared (wall time on 2 idle cores is at least half of it)
         "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
         "peak_gib": round(rss.peak / 2**30, 2),
+        "maxrss_gib": round(usage.ru_maxrss * 1024 / 2**30, 2),  # ru_maxrss is in KiB
         "exit": code,
         "load_start": round(load0, 1),
         "load_end": round(os.getloadavg()[0], 1),
@@ -141,45 +166,75 @@ def simulate(members: int, seed: int, work: Path) -> Path:
     return out
 
 
+def table(data: Path, args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> str:
+    """The Markdown table of one data set's steps."""
+    lines = [
+        f"\n{data} ({args.engine}, memory limit {args.memory_limit or 'none'}, address-space "
+        f"limit {f'{args.as_limit_gib:g} GiB' if args.as_limit_gib else 'none'}, "
+        f"{args.runs} run(s) per step)\n",
+        "| step | wall s (median) | CPU s (median) | peak GiB (tree, max) | maxrss GiB (max) "
+        "| exit | load start..end |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    total = total_cpu = 0.0
+    for step, runs in results.items():
+        wall = statistics.median(float(r["seconds"]) for r in runs)
+        cpu = statistics.median(float(r["cpu_seconds"]) for r in runs)
+        total, total_cpu = total + wall, total_cpu + cpu
+        peak = max(float(r["peak_gib"]) for r in runs)
+        maxrss = max(float(r["maxrss_gib"]) for r in runs)
+        loads = ", ".join(f"{r['load_start']}..{r['load_end']}" for r in runs)
+        codes = ",".join(str(r["exit"]) for r in runs)
+        lines.append(
+            f"| {step} | {wall:.1f} | {cpu:.1f} | {peak:.2f} | {maxrss:.2f} | {codes} | {loads} |"
+        )
+    lines.append(f"| **total** | {total:.1f} | {total_cpu:.1f} | | | | |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, help="a canonical data directory (else --members)")
-    p.add_argument("--members", type=int, default=100_000, help="simulate this many members")
+    p.add_argument("--members", type=int, nargs="+", default=[100_000], help="simulate these sizes")
     p.add_argument("--seed", type=int, default=77)
-    p.add_argument("--work", type=Path, default=Path("/work/runs/bench-retrain"))
+    p.add_argument(
+        "--out", "--work", dest="work", type=Path, default=Path("/work/runs/bench-retrain")
+    )
     p.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
     p.add_argument("--engine", default="duckdb", choices=("duckdb", "spark"))
     p.add_argument("--memory-limit", default=None, help="passed to every step, e.g. 4GB")
+    p.add_argument("--as-limit-gib", type=float, default=None, help="RLIMIT_AS of every step")
     p.add_argument("--as-of", default=None, help="features as of (default: the data's end)")
-    p.add_argument("--runs", type=int, default=1, help="runs per step (median wall time)")
+    p.add_argument(
+        "--repeats", "--runs", dest="runs", type=int, default=1, help="runs per step (median)"
+    )
     p.add_argument("--affinity-args", default="", help="more options of train affinity")
     p.add_argument("--uplift-args", default="", help="more options of train uplift")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    data = args.data or simulate(args.members, args.seed, args.work)
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OFFERS_HOME": str(args.work / "home")}
-    results: dict[str, list[dict[str, object]]] = {}
-    for step, cmd in commands(args, data, args.work).items():
-        for i in range(args.runs):
-            r = run_step(step, cmd, env, args.work / f"{step}-{i}.log")
-            r |= {"run": i, "data": str(data), "engine": args.engine, "cmd": " ".join(cmd)}
-            print(json.dumps(r), flush=True)
-            results.setdefault(step, []).append(r)
-    print(f"\n{data} ({args.engine}, memory limit {args.memory_limit or 'none'}, "
-          f"{args.runs} run(s) per step)\n")  # fmt: skip
-    print("| step | wall s (median) | CPU s (median) | peak GiB (max) | exit | load start..end |")
-    print("| --- | ---: | ---: | ---: | --- | --- |")
-    total = total_cpu = 0.0
-    for step, runs in results.items():
-        wall = statistics.median(float(r["seconds"]) for r in runs)  # type: ignore[arg-type]
-        cpu = statistics.median(float(r["cpu_seconds"]) for r in runs)  # type: ignore[arg-type]
-        total, total_cpu = total + wall, total_cpu + cpu
-        peak = max(float(r["peak_gib"]) for r in runs)  # type: ignore[arg-type]
-        loads = ", ".join(f"{r['load_start']}..{r['load_end']}" for r in runs)
-        codes = ",".join(str(r["exit"]) for r in runs)
-        print(f"| {step} | {wall:.1f} | {cpu:.1f} | {peak:.2f} | {codes} | {loads} |")
-    print(f"| **total** | {total:.1f} | {total_cpu:.1f} | | | |")
-    sys.stdout.flush()
+    datasets = [args.data] if args.data else [
+        simulate(n, args.seed, args.work) for n in sorted(args.members)
+    ]  # fmt: skip
+    tables = []
+    for data in datasets:
+        env = {
+            **os.environ,
+            "OPENBLAS_NUM_THREADS": "1",
+            "OFFERS_HOME": str(args.work / f"home-{data.name}"),
+        }
+        env.pop("MLFLOW_TRACKING_URI", None)  # the throw-away store under OFFERS_HOME
+        results: dict[str, list[dict[str, Any]]] = {}
+        out = args.work / f"out-{data.name}"  # the features file; never inside the data
+        out.mkdir(exist_ok=True)
+        for step, cmd in commands(args, data, out).items():
+            for i in range(args.runs):
+                log = args.work / f"{data.name}-{step}-{i}.log"
+                r = run_step(step, cmd, env, log, args.as_limit_gib)
+                r |= {"run": i, "data": str(data), "engine": args.engine, "cmd": " ".join(cmd)}
+                print(json.dumps(r), flush=True)
+                results.setdefault(step, []).append(r)
+        tables.append(table(data, args, results))
+    print("\n".join(tables), flush=True)
 
 
 if __name__ == "__main__":
