@@ -43,7 +43,7 @@ def _bundle(home: Path, force: bool):
     from serving.api.modelset import ModelHolder
     from serving.engine.adapters import python_model
     from serving.loader import lkg_loader
-    from serving.settings import BundleSettings
+    from serving.settings import Settings
 
     env = demo_env(home)
     if not env:
@@ -53,7 +53,7 @@ def _bundle(home: Path, force: bool):
         json.loads(env["OFFERS_MODELS"]),
         lkg_loader(env["MLFLOW_TRACKING_URI"], home / "serving" / "models"),
     ).reload()
-    bundle = build_bundle(models, BundleSettings(home=home))
+    bundle = build_bundle(models, Settings(data={"home": home}))
     if bundle.foldin is None and force:
         aff = python_model(models.models["affinity"].model)
         fold = FoldIn.from_pyfunc(aff, bundle.offer_ids, bundle.members.ids)

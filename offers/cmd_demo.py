@@ -26,7 +26,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from features.settings import offers_settings
+from features.settings import DataSettings
 from features.sources.summary import summarize
 from features.sources.validate import validate_dir
 from offers.cmd_data import render_validation
@@ -200,11 +200,12 @@ def demo(
     from offers.demo_server import DemoServer, DemoServerError, check_port
     from offers.registry_cli import fail
     from serving.api.modelset import DEFAULT_MODELS
-    from serving.settings import SCOPES, BundleSettings, ServingSettings
+    from serving.settings import SCOPES, Settings
 
     started = time.perf_counter()
-    home = offers_settings().home
-    data_dir = out or offers_settings().demo_data_dir
+    data = DataSettings()
+    home = data.home
+    data_dir = out or data.demo_data_dir
     snapshot = home / "features" / "member_features.parquet"
     try:
         check_port(host, port)  # fail before the work, not after
@@ -216,18 +217,24 @@ def demo(
     _train(data_dir, home, uri, members, seed)
 
     key = demo_key(home)
-    settings = ServingSettings(
-        home=home, models=DEFAULT_MODELS, api_keys={key: list(SCOPES)}, mlflow_tracking_uri=uri
+    settings = Settings(
+        data={"home": home},
+        registry={"mlflow_tracking_uri": uri},
+        serving={
+            "models": DEFAULT_MODELS,
+            "api_keys": {key: list(SCOPES)},
+            "catalog": data_dir / "catalog.yaml",
+            "member_features": snapshot,
+        },
     )
-    config = BundleSettings(home=home, catalog=data_dir / "catalog.yaml", member_features=snapshot)
-    server = DemoServer(settings, config, host, port)
+    server = DemoServer(settings, host, port)
     t0 = time.perf_counter()
     try:
         with console.status(f"starting the API on {server.url} (models, snapshot, store)"):
             server.start()
     except DemoServerError as exc:
         fail(str(exc))
-    store = settings.resolved_database_url().split("://", 1)[0]
+    store = settings.database_url().split("://", 1)[0]
     _timed(f"serving on {server.url} (store: {store})", t0)
 
     ids = sorted(frame["member_id"].astype(str))
@@ -241,7 +248,7 @@ def demo(
             "duplicate event stored once: "
             + ("[green]yes[/]" if samples.duplicate_stored_once else "[red]no[/]")
         )
-        serve_cmd = serve_command(home, uri, config.catalog_path(), snapshot, port)
+        serve_cmd = serve_command(home, uri, settings.catalog_path(), snapshot, port)
         _how_to(server.url, key, home, ids[0], serve_cmd)
         console.print(f"[bold]demo ready[/] in {time.perf_counter() - started:.1f} s")
         if not samples.ok:

@@ -27,9 +27,9 @@ class DataSet(StrEnum):
 
 def default_src(dataset: str) -> Path:
     """``$OFFERS_SHARED_DATA/<dataset>``, or ``../shared/data/<dataset>`` beside the repository."""
-    from features.settings import OffersSettings
+    from features.settings import DataSettings
 
-    return OffersSettings().shared_data / dataset
+    return DataSettings().shared_data / dataset
 
 
 def render_report(report: ImportReport, out: Console = console) -> None:

@@ -51,10 +51,10 @@ def report_incrementality(
         fail("give --data DIR or --store URL")
     try:
         if store is not None:
-            from serving.settings import BundleSettings
+            from serving.settings import Settings
             from serving.store import open_store
 
-            cat = catalog or BundleSettings().catalog_path()
+            cat = catalog or Settings().catalog_path()
             st = open_store(store, migrate_schema=False)
             try:
                 inputs = from_store(st, cat, data=data)
@@ -94,9 +94,9 @@ def _log_mlflow(tracking_uri: str | None, paths: list[Path], meta: dict, allrow:
     quiet_mlflow()
     import mlflow
 
-    from features.settings import default_tracking_uri
+    from serving.settings import Settings
 
-    uri = tracking_uri or default_tracking_uri()
+    uri = tracking_uri or Settings().tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run(run_name="incrementality") as run:

@@ -86,7 +86,7 @@ def retrain_cmd(
     quiet_mlflow()
     import pandas as pd
 
-    from serving.settings import BundleSettings
+    from serving.settings import Settings
     from training.affinity.search import SearchSettings
     from training.loop import RetrainSettings, retrain
     from training.registry import ModelRegistry
@@ -94,9 +94,14 @@ def retrain_cmd(
 
     if not data.is_dir():
         fail(f"--data {data}: not a directory")
+    env = Settings()
     api_key = None
     if serve_url is not None:
-        api_key = os.environ.get(api_key_env)
+        if api_key_env == DEFAULT_KEY_ENV:  # OFFERS_ADMIN_KEY: the tree's training section
+            secret = env.training.admin_key
+            api_key = None if secret is None else secret.get_secret_value()
+        else:  # a variable the operator names on the command line: its name is not a setting
+            api_key = os.environ.get(api_key_env)
         if not api_key:
             fail(f"--api-key-env: ${api_key_env} is not set (an API key with the admin scope)")
     try:
@@ -111,7 +116,7 @@ def retrain_cmd(
         store_url=store,
         since=since,
         as_of=None if as_of is None else pd.Timestamp(as_of),
-        features_out=features_out or BundleSettings().features_path(),
+        features_out=features_out or env.features_path(),
         search=SearchSettings(
             als_trials=als_trials, bpr_trials=bpr_trials, seed=seed, num_threads=threads
         ),

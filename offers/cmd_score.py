@@ -104,10 +104,10 @@ def score_command(
         console.print(f"{n:,} members to score (features with {source} configuration)")
     store = None
     if not no_store:
-        from serving.settings import ServingSettings
+        from serving.settings import Settings
         from serving.store import open_store
 
-        store = open_store(store_url or ServingSettings().resolved_database_url())
+        store = open_store(store_url or Settings().database_url())
     events = None
     try:
         from features.pipeline import load_tables

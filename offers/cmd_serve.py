@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from serving.settings import ServingSettings
+    from serving.settings import Settings
 
 __all__ = ["register"]
 
@@ -39,15 +39,16 @@ def serve(
     from serving.settings import get_settings
 
     settings = get_settings()
-    if not settings.models:  # the service decides with the champions unless told otherwise
+    if not settings.serving.models:  # the service decides with the champions unless told so
         from serving.api.modelset import DEFAULT_MODELS
 
-        settings = settings.model_copy(update={"models": dict(DEFAULT_MODELS)})
+        serving = settings.serving.model_copy(update={"models": dict(DEFAULT_MODELS)})
+        settings = settings.model_copy(update={"serving": serving})
         os.environ["OFFERS_MODELS"] = json.dumps(DEFAULT_MODELS)  # for --workers processes
-    bind_host, bind_port = host or settings.host, port or settings.port
+    bind_host, bind_port = host or settings.serving.host, port or settings.serving.port
     typer.echo(
         f"serving on http://{bind_host}:{bind_port} "
-        f"(store: {settings.resolved_database_url().split('://', 1)[0]}, workers: {workers})"
+        f"(store: {settings.database_url().split('://', 1)[0]}, workers: {workers})"
     )
     # Header read timeout, keep-alive timeout and connection limit from the OFFERS_* settings
     # (docs/serving.md "Limits, timeouts and metrics"). No access log: paths carry member ids.
@@ -85,13 +86,13 @@ def serve(
     )
 
 
-def shared_sqlite_lock_wait(settings: ServingSettings) -> None:
+def shared_sqlite_lock_wait(settings: Settings) -> None:
     """Workers sharing one SQLite file contend for its single write lock, and SQLite's busy
     handler is not fair: at the one-process default (0.25 s) 3-9% of their commits gave up
     under load (bench/sqlite_lock_wait.py, bench/load.py with 2 workers: 250 of 2,854
     checkouts 503), none at 2 s. Unless OFFERS_STORE_LOCK_WAIT_SECONDS is set, the workers
     wait up to MULTI_WORKER_SQLITE_LOCK_WAIT seconds (a lock held longer still fails)."""
-    url = settings.resolved_database_url()
+    url = settings.database_url()
     if url.startswith("sqlite") and "OFFERS_STORE_LOCK_WAIT_SECONDS" not in os.environ:
         os.environ["OFFERS_STORE_LOCK_WAIT_SECONDS"] = str(MULTI_WORKER_SQLITE_LOCK_WAIT)
         typer.echo(

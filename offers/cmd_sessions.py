@@ -33,8 +33,8 @@ def sweep_command(
     from serving.store import open_store
 
     settings = get_settings()
-    url = store or settings.resolved_database_url()
-    limit = settings.checkout_open_seconds if open_seconds is None else open_seconds
+    url = store or settings.database_url()
+    limit = settings.serving.checkout_open_seconds if open_seconds is None else open_seconds
     opened = open_store(url, migrate_schema=True)
     try:
         result = opened.sweep_sessions(limit)

@@ -49,11 +49,10 @@ def _get_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
 
 
 class DemoServer:
-    """uvicorn serving ``create_app(settings, bundle_config=...)`` on ``host:port``."""
+    """uvicorn serving ``create_app(settings)`` on ``host:port``."""
 
-    def __init__(self, settings: Any, bundle_config: Any, host: str, port: int) -> None:
+    def __init__(self, settings: Any, host: str, port: int) -> None:
         self.settings = settings
-        self.bundle_config = bundle_config
         self.host = host
         self.port = port
         self.url = f"http://{host}:{port}"
@@ -68,7 +67,7 @@ class DemoServer:
         from serving.api.app import create_app
 
         check_port(self.host, self.port)
-        app = create_app(self.settings, bundle_config=self.bundle_config)
+        app = create_app(self.settings)
         config = uvicorn.Config(
             app, host=self.host, port=self.port, log_level="warning", access_log=False
         )

@@ -5,7 +5,7 @@ One loader for every path that decides: the API (lifespan and reload), ``offers 
 (:func:`serving.batch.load_scorer`) and policy evaluation.
 
 * The tracking store is ``MLFLOW_TRACKING_URI`` or, by default, the SQLite file under
-  ``OFFERS_HOME`` (:func:`features.settings.default_tracking_uri`): the same store that
+  ``OFFERS_HOME`` (:meth:`serving.settings.Settings.tracking_uri`): the same store that
   ``offers train`` registers into.
 * A registry model is downloaded once per version into ``<lkg_dir>/<name>/v<version>-<origin>``
   and loaded from there (source ``registry``).
@@ -38,10 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
-
-from features.settings import OffersSettings, default_tracking_uri
+from serving.settings import DataSettings, RegistrySettings
 
 __all__ = [
     "CURRENT",
@@ -49,7 +46,6 @@ __all__ = [
     "LOCAL_DIR",
     "REGISTRY",
     "LkgLoader",
-    "LoaderSettings",
     "ModelCopy",
     "ModelSourceError",
     "RegistryUnavailable",
@@ -76,23 +72,6 @@ class ModelSourceError(RuntimeError):
 
 class RegistryUnavailable(ConnectionError):
     """The tracking server did not answer within the timeout (names it and the timeout)."""
-
-
-class LoaderSettings(OffersSettings):
-    """Loader settings (environment prefix ``OFFERS_``).
-
-    OFFERS_REGISTRY_TIMEOUT  seconds to connect to AND read from an http(s) tracking server
-                             (default 3); past it the last-known-good copy is served
-    OFFERS_LKG_DIR           last-known-good copies (default ``$OFFERS_HOME/serving/models``)
-    """
-
-    model_config = SettingsConfigDict(env_prefix="OFFERS_", extra="ignore")
-
-    registry_timeout: float = Field(default=3.0, gt=0, le=600)
-    lkg_dir: Path | None = None
-
-    def lkg_path(self) -> Path:
-        return self.lkg_dir or self.home / "serving" / "models"
 
 
 @dataclass(frozen=True)
@@ -249,20 +228,20 @@ def load_model(
 ) -> ModelCopy:
     """Load ``uri`` (``models:/name@alias``, ``runs:/...`` or a local model directory) as a
     pyfunc. ``tracking_uri`` defaults to the one shared store
-    (:func:`~features.settings.default_tracking_uri`). With ``fallback`` a registry failure
+    (:meth:`~serving.settings.RegistrySettings.tracking_uri`). With ``fallback`` a registry failure
     loads the last-known-good copy under ``lkg_dir`` instead (raises
     :class:`ModelSourceError` when there is none). The pointer is not moved."""
     import mlflow
 
-    settings = LoaderSettings()
-    timeout = timeout or settings.registry_timeout
-    lkg = lkg_dir or settings.lkg_path()
+    registry, home = RegistrySettings(), DataSettings().home
+    timeout = timeout or registry.registry_timeout
+    lkg = lkg_dir or registry.lkg_path(home)
     local = _local_dir(uri)
     if local is not None:
         return ModelCopy(
             name, uri, mlflow.pyfunc.load_model(str(local)), local.name, LOCAL_DIR, local
         )
-    tracking = tracking_uri or default_tracking_uri(settings.home)
+    tracking = tracking_uri or registry.tracking_uri(home)
     try:
         path, version = fetch_copy(name, uri, tracking, lkg, timeout)
     except Exception as exc:

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from features.settings import default_tracking_uri, offers_settings
+from serving.settings import DataSettings, RegistrySettings
 
 __all__ = [
     "CHALLENGER",
@@ -35,7 +35,6 @@ __all__ = [
     "GateDecision",
     "ModelRegistry",
     "RegistryError",
-    "default_tracking_uri",
     "metric_key",
 ]
 
@@ -95,8 +94,8 @@ class ModelRegistry:
     ) -> None:
         from mlflow import MlflowClient
 
-        self.home = (home or offers_settings().home).resolve()
-        self.tracking_uri = tracking_uri or default_tracking_uri(self.home)
+        self.home = (home or DataSettings().home).resolve()
+        self.tracking_uri = tracking_uri or RegistrySettings().tracking_uri(self.home)
         self.experiment = experiment
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         # ``policy_check(registry, name, champion_version, challenger_version)`` -> a result with

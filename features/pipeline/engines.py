@@ -57,9 +57,9 @@ def spark_session(
     except ImportError as exc:  # the `spark` extra is not installed
         raise FeatureInputError("engine 'spark' needs pyspark (pip install '.[spark]')") from exc
     if master is None:
-        from features.settings import OffersSettings
+        from features.settings import FeaturesSettings
 
-        master = OffersSettings().spark_master
+        master = FeaturesSettings().spark_master
     spark = (
         SparkSession.builder.master(master)
         .appName("loyalty-offers-features")

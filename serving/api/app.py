@@ -12,7 +12,6 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from features.settings import default_tracking_uri
 from serving.api.bundle import BundleHolder
 from serving.api.checkout import InFlight, start_sweeper, stop_sweeper
 from serving.api.deps import AppState
@@ -31,8 +30,8 @@ from serving.api.startup import (
     open_store_clearly,
 )
 from serving.auth import ApiKeyRing, document_api_keys
-from serving.loader import LoaderSettings, fetch_copy, lkg_loader
-from serving.settings import BundleSettings, ServingSettings, get_settings
+from serving.loader import fetch_copy, lkg_loader
+from serving.settings import Settings, get_settings
 from serving.store import DecisionLogWriter
 
 __all__ = ["create_app", "prepare_shared_state", "run_server"]
@@ -40,32 +39,24 @@ __all__ = ["create_app", "prepare_shared_state", "run_server"]
 log = logging.getLogger(__name__)
 
 
-def create_app(
-    settings: ServingSettings | None = None,
-    *,
-    model_loader: Loader | None = None,
-    bundle_config: BundleSettings | None = None,
-) -> FastAPI:
-    """The serving app for ``settings`` (default: from the environment).
+def create_app(settings: Settings | None = None, *, model_loader: Loader | None = None) -> FastAPI:
+    """The serving app for ``settings`` (default: the environment's, :func:`get_settings`).
 
     ``model_loader`` replaces the MLflow loader with its last-known-good copies (tests).
     When the models include ``affinity`` and ``uplift``, the decision bundle (catalog and
-    member snapshot from ``bundle_config``, default: the environment) is built with them.
+    member snapshot of ``settings.serving``, engine ``settings.engine``) is built with them.
     """
     settings = settings or get_settings()
-    bundle_config = bundle_config or BundleSettings(home=settings.home)
-    loader = model_loader or lkg_loader(
-        settings.mlflow_tracking_uri or default_tracking_uri(settings.home),
-        bundle_config.lkg_path(),
-    )
+    serving, store = settings.serving, settings.store
+    loader = model_loader or lkg_loader(settings.tracking_uri(), settings.lkg_path())
     state = AppState(
         settings=settings,
-        keyring=ApiKeyRing.from_settings(settings),
+        keyring=ApiKeyRing.from_settings(serving),
         metrics=ApiMetrics(),
-        models=ModelHolder(settings.models, loader),
+        models=ModelHolder(serving.models, loader),
     )
-    if {"affinity", "uplift"} <= set(settings.models):
-        state.bundle = BundleHolder(bundle_config)
+    if {"affinity", "uplift"} <= set(serving.models):
+        state.bundle = BundleHolder(settings)
     if not len(state.keyring):
         log.warning("no API keys configured: every /v1 endpoint will answer 401")
 
@@ -77,10 +68,10 @@ def create_app(
         try:
             state.store = await to_thread.run_sync(
                 lambda: open_store_clearly(
-                    settings.resolved_database_url(),
-                    migrate_schema=settings.migrate_on_start,
-                    sqlite_synchronous=settings.sqlite_synchronous,
-                    lock_wait_seconds=settings.store_lock_wait_seconds,
+                    settings.database_url(),
+                    migrate_schema=store.migrate_on_start,
+                    sqlite_synchronous=store.sqlite_synchronous,
+                    lock_wait_seconds=store.store_lock_wait_seconds,
                 )
             )
         except StoreOpenError as exc:
@@ -89,8 +80,8 @@ def create_app(
         if state.store is not None:
             state.decision_log = DecisionLogWriter(
                 state.store,
-                flush_seconds=settings.decision_log_flush_seconds,
-                max_batch=settings.decision_log_max_batch,
+                flush_seconds=store.decision_log_flush_seconds,
+                max_batch=store.decision_log_max_batch,
             )
             state.grants = GrantService(
                 state.store,
@@ -98,13 +89,13 @@ def create_app(
             )
             state.history = MemberHistory(
                 state.store.member_grants,
-                max_members=settings.history_max_members,
-                ttl_seconds=settings.history_ttl_seconds,
+                max_members=serving.history_max_members,
+                ttl_seconds=serving.history_ttl_seconds,
                 read_roster=state.store.members_with_grants,
                 read_live=state.store.live_grants,  # all members' grants in one query
             )
             state.checkouts = InFlight()
-            if settings.models:
+            if serving.models:
                 try:
                     await to_thread.run_sync(lambda: load_serving(state, at_start=True))
                 except ServingLoadError as exc:
@@ -114,7 +105,7 @@ def create_app(
                     state.problems["bundle"] = f"{type(exc).__name__}: {exc}"
                     log.exception("not ready: decision bundle not built")
         sweeping = start_sweeper(
-            state, settings.checkout_sweep_seconds, settings.checkout_open_seconds
+            state, serving.checkout_sweep_seconds, serving.checkout_open_seconds
         )
         try:
             yield
@@ -138,12 +129,12 @@ def create_app(
     app.state.keyring = state.keyring  # read by serving.auth.require_scope
     install_error_handlers(app)
     document_api_keys(app)
-    if settings.lean_routes:  # innermost: inside the limits and the metrics
+    if serving.lean_routes:  # innermost: inside the limits and the metrics
         app.add_middleware(LeanRoutes, state=state, routes=app.routes)
     app.add_middleware(
         LimitsMiddleware,
         keyring=state.keyring,
-        max_body_bytes=settings.max_body_bytes,
+        max_body_bytes=serving.max_body_bytes,
     )
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: counts refusals
     app.include_router(health.router)
@@ -158,8 +149,7 @@ def create_app(
 
 
 def run_server(
-    settings: ServingSettings | None = None,
-    bundle_config: BundleSettings | None = None,
+    settings: Settings | None = None,
     *,
     host: str | None = None,
     port: int | None = None,
@@ -170,20 +160,18 @@ def run_server(
     import uvicorn
 
     settings = settings or get_settings()
-    app = create_app(settings, bundle_config=bundle_config)
+    app = create_app(settings)
     uvicorn.run(
         app,
-        host=host or settings.host,
-        port=port or settings.port,
+        host=host or settings.serving.host,
+        port=port or settings.serving.port,
         log_level=log_level,
         access_log=False,
         **uvicorn_options(settings),
     )
 
 
-def prepare_shared_state(
-    settings: ServingSettings | None = None, bundle_config: BundleSettings | None = None
-) -> None:
+def prepare_shared_state(settings: Settings | None = None) -> None:
     """Before starting several workers on one store: migrate the store, download the models'
     copies and make the budget counters follow the catalog, once (workers racing on them
     would fail or duplicate work). Failures are logged in one line naming the file, field and
@@ -198,22 +186,21 @@ def prepare_shared_state(
     from serving.engine import DecisionEngine
 
     settings = settings or get_settings()
-    bundle_config = bundle_config or BundleSettings(home=settings.home)
     try:
         store = open_store_clearly(
-            settings.resolved_database_url(), migrate_schema=settings.migrate_on_start
+            settings.database_url(), migrate_schema=settings.store.migrate_on_start
         )
     except StoreOpenError as exc:
         log.error("not ready: %s", exc)
         return
     try:
-        tracking = settings.mlflow_tracking_uri or default_tracking_uri(settings.home)
-        timeout = LoaderSettings(home=settings.home).registry_timeout
-        for name, uri in settings.models.items():
+        tracking = settings.tracking_uri()
+        timeout = settings.registry.registry_timeout
+        for name, uri in settings.serving.models.items():
             if Path(uri).is_dir():
                 continue  # a local model directory: nothing to download
             try:
-                fetch_copy(name, uri, tracking, bundle_config.lkg_path(), timeout)
+                fetch_copy(name, uri, tracking, settings.lkg_path(), timeout)
             except Exception as exc:
                 log.warning(
                     "model %s not downloaded (%s: %s); each worker loads it or its local copy",
@@ -221,17 +208,17 @@ def prepare_shared_state(
                     type(exc).__name__,
                     str(exc)[:200],
                 )
-        problem = explain_catalog(bundle_config.catalog_path())
+        problem = explain_catalog(settings.catalog_path())
         if problem is not None:
             log.error("not ready: %s", problem)
             return
         try:
-            catalog = load_catalog(bundle_config.catalog_path())
-            engine = DecisionEngine(catalog, bundle_config.engine)
+            catalog = load_catalog(settings.catalog_path())
+            engine = DecisionEngine(catalog, settings.engine)
         except Exception as exc:  # e.g. engine settings naming offers the catalog lacks
             log.error(
                 "not ready: OFFERS_CATALOG: catalog %s not usable: %s: %s",
-                bundle_config.catalog_path(),
+                settings.catalog_path(),
                 type(exc).__name__,
                 exc,
             )

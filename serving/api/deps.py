@@ -19,7 +19,7 @@ from serving.api.history import MemberHistory
 from serving.api.metrics import ApiMetrics
 from serving.api.modelset import ModelHolder
 from serving.auth import ApiKeyRing, Principal, require_scope
-from serving.settings import ServingSettings
+from serving.settings import Settings
 from serving.store import DecisionLogWriter, OffersStore
 
 __all__ = [
@@ -38,7 +38,7 @@ __all__ = [
 class AppState:
     """What the lifespan builds once and every request shares."""
 
-    settings: ServingSettings
+    settings: Settings
     keyring: ApiKeyRing
     metrics: ApiMetrics
     models: ModelHolder
@@ -56,11 +56,11 @@ async def get_state(request: Request) -> AppState:
     return request.app.state.offers
 
 
-async def get_app_settings(request: Request) -> ServingSettings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.offers.settings
 
 
-SettingsDep = Annotated[ServingSettings, Depends(get_app_settings)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StateDep = Annotated[AppState, Depends(get_state)]
 OffersReader = Annotated[Principal, Depends(require_scope("offers:read"))]
 CheckoutWriter = Annotated[Principal, Depends(require_scope("checkout:write"))]

@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serving.auth import PRINCIPAL_KEY, ApiKeyRing, request_key
-from serving.settings import ServingSettings, get_settings
+from serving.settings import Settings, get_settings
 
 __all__ = [
     "BODY_KEY",
@@ -245,13 +245,13 @@ class ReadTimeoutHttpToolsProtocol(HttpToolsProtocol):
     def _header_seconds(self) -> float:
         cls = type(self)
         if cls.header_timeout is None:
-            cls.header_timeout = get_settings().header_read_timeout_seconds
+            cls.header_timeout = get_settings().serving.header_read_timeout_seconds
         return cls.header_timeout
 
     def _body_seconds(self) -> float:
         cls = type(self)
         if cls.body_timeout is None:
-            cls.body_timeout = get_settings().body_read_timeout_seconds
+            cls.body_timeout = get_settings().serving.body_read_timeout_seconds
         return cls.body_timeout
 
     def _arm(self, seconds: float, what: str) -> None:
@@ -279,13 +279,14 @@ class ReadTimeoutHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def uvicorn_options(settings: ServingSettings) -> dict[str, Any]:
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.run``/``uvicorn.Config``: the read-timeout protocol, the
-    keep-alive timeout and the concurrent connection limit of ``settings``."""
-    ReadTimeoutHttpToolsProtocol.header_timeout = settings.header_read_timeout_seconds
-    ReadTimeoutHttpToolsProtocol.body_timeout = settings.body_read_timeout_seconds
+    keep-alive timeout and the concurrent connection limit of ``settings.serving``."""
+    serving = settings.serving
+    ReadTimeoutHttpToolsProtocol.header_timeout = serving.header_read_timeout_seconds
+    ReadTimeoutHttpToolsProtocol.body_timeout = serving.body_read_timeout_seconds
     return {
         "http": ReadTimeoutHttpToolsProtocol,
-        "timeout_keep_alive": settings.keep_alive_timeout_seconds,
-        "limit_concurrency": settings.max_connections,
+        "timeout_keep_alive": serving.keep_alive_timeout_seconds,
+        "limit_concurrency": serving.max_connections,
     }

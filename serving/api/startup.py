@@ -28,7 +28,7 @@ import pandas as pd
 from serving.api.budgets import BudgetSyncError, sync_budgets
 from serving.api.bundle import build_bundle
 from serving.api.modelset import ModelLoadError, ModelSet
-from serving.settings import BundleSettings
+from serving.settings import Settings
 
 __all__ = [
     "RELOAD_CHECKS",
@@ -145,12 +145,12 @@ def explain_features(path: Path) -> str | None:
     return None
 
 
-def _bundle_error(exc: Exception, config: BundleSettings) -> ServingLoadError:
+def _bundle_error(exc: Exception, settings: Settings) -> ServingLoadError:
     """The bundle build failed: name the input at fault when it is the catalog or snapshot."""
-    catalog = explain_catalog(config.catalog_path())
+    catalog = explain_catalog(settings.catalog_path())
     if catalog is not None:
         return ServingLoadError("catalog", catalog)
-    features = explain_features(config.features_path())
+    features = explain_features(settings.features_path())
     if features is not None:
         return ServingLoadError("member_features", features)
     return ServingLoadError("bundle", f"decision bundle not built: {type(exc).__name__}: {exc}")
@@ -182,9 +182,9 @@ def _load_serving(state: Any, at_start: bool) -> ModelSet:
         state.metrics.set_models(models.versions())
         return models
     try:
-        bundle = build_bundle(models, holder.config)
+        bundle = build_bundle(models, holder.settings)
     except Exception as exc:
-        error = _bundle_error(exc, holder.config)
+        error = _bundle_error(exc, holder.settings)
         local = None
         if at_start and error.check == "bundle":
             refused = ", ".join(f"{k} v{v}" for k, v in models.versions().items())
@@ -193,7 +193,7 @@ def _load_serving(state: Any, at_start: bool) -> ModelSet:
             raise error from exc
         log.warning("%s; serving the last-known-good copies %s", error, local.versions())
         try:
-            bundle = build_bundle(local, holder.config)
+            bundle = build_bundle(local, holder.settings)
         except Exception:
             raise error from exc
         models = local

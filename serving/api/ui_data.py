@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import func, select
 
-from serving.loader import LoaderSettings, probe
+from serving.loader import probe
 
 __all__ = [
     "CACHE_SECONDS",
@@ -133,10 +133,8 @@ def registry_versions(state: Any) -> tuple[list[dict[str, Any]], str | None]:
     the registry could not answer."""
 
     def compute() -> tuple[list[dict[str, Any]], str | None]:
-        from features.settings import default_tracking_uri
-
-        uri = state.settings.mlflow_tracking_uri or default_tracking_uri(state.settings.home)
-        timeout = LoaderSettings(home=state.settings.home).registry_timeout
+        uri = state.settings.tracking_uri()
+        timeout = state.settings.registry.registry_timeout
         try:
             probe(uri, timeout)
             from mlflow import MlflowClient
@@ -144,7 +142,9 @@ def registry_versions(state: Any) -> tuple[list[dict[str, Any]], str | None]:
 
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             out = []
-            for name in sorted({_registered_name(u) for u in state.settings.models.values()}):
+            for name in sorted(
+                {_registered_name(u) for u in state.settings.serving.models.values()}
+            ):
                 for alias in ("champion", "challenger"):
                     try:
                         mv = client.get_model_version_by_alias(name, alias)

@@ -5,6 +5,7 @@
 ``OFFERS_ENGINE_`` and ``__`` between nested names, e.g. ``OFFERS_ENGINE_HOLDOUT__SHARE=0.1`` or
 ``OFFERS_ENGINE_SCORING__MARGIN_RATE=0.35``. Store the resolved settings next to every send:
 they are part of the policy (``EngineSettings.fingerprint()`` is recorded on each decision).
+It is the ``engine`` section of the settings tree (:class:`serving.settings.Settings`).
 """
 
 from __future__ import annotations

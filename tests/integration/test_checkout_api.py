@@ -45,15 +45,14 @@ def _probe(world: dict, catalog: Path, members: list[str], **kw) -> dict[str, li
     from serving.api.modelset import DEFAULT_MODELS, ModelHolder
     from serving.engine import DecisionContext
     from serving.loader import lkg_loader
-    from serving.settings import BundleSettings
+    from serving.settings import Settings
 
     home = world["home"]
     loader = lkg_loader(world["registry"].tracking_uri, home / "probe-models")
     models = ModelHolder(DEFAULT_MODELS, loader).reload()
-    config = BundleSettings(
-        home=home,
-        catalog=catalog,
-        member_features=world["program"]["features"],
+    config = Settings(
+        data={"home": home},
+        serving={"catalog": catalog, "member_features": world["program"]["features"]},
         engine=point_estimates_engine(),  # as the test Server decides (see Server.start)
     )
     bundle = build_bundle(models, config)

@@ -33,15 +33,14 @@ def bundle(world):
     from serving.api.bundle import build_bundle
     from serving.api.modelset import DEFAULT_MODELS, ModelHolder
     from serving.loader import lkg_loader
-    from serving.settings import BundleSettings
+    from serving.settings import Settings
 
     home, program = world["home"], world["program"]
     loader = lkg_loader(world["registry"].tracking_uri, home / "basket-probe-models")
     models = ModelHolder(DEFAULT_MODELS, loader).reload()
-    config = BundleSettings(
-        home=home,
-        catalog=program["catalog"],
-        member_features=program["features"],
+    config = Settings(
+        data={"home": home},
+        serving={"catalog": program["catalog"], "member_features": program["features"]},
         engine=point_estimates_engine(),  # as the test Server decides (see Server.start)
     )
     return build_bundle(models, config)

@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient
 
 from serving.api import create_app
 from serving.api.modelset import DEFAULT_MODELS
-from serving.settings import BundleSettings, ServingSettings
+from serving.settings import Settings
 from tests.support.api import (
     build_program,
     train_affinity_quick,
@@ -63,20 +63,18 @@ def _own_registry(trained: dict, tmp_path: Path) -> str:
 
 def _app(trained: dict, tmp_path: Path, tracking: str, **paths: Path):
     program = trained["program"]
-    settings = ServingSettings(
-        home=tmp_path,
-        api_keys={KEY: ["admin", "offers:read"]},
-        models=dict(DEFAULT_MODELS),
-        mlflow_tracking_uri=tracking,
-        database_url=f"sqlite:///{paths.get('db', tmp_path / 'offers.db')}",
+    settings = Settings(
+        data={"home": tmp_path},
+        registry={"mlflow_tracking_uri": tracking, "lkg_dir": tmp_path / "lkg"},
+        store={"database_url": f"sqlite:///{paths.get('db', tmp_path / 'offers.db')}"},
+        serving={
+            "api_keys": {KEY: ["admin", "offers:read"]},
+            "models": dict(DEFAULT_MODELS),
+            "catalog": paths.get("catalog", program["catalog"]),
+            "member_features": paths.get("features", program["features"]),
+        },
     )
-    config = BundleSettings(
-        home=tmp_path,
-        catalog=paths.get("catalog", program["catalog"]),
-        member_features=paths.get("features", program["features"]),
-        lkg_dir=tmp_path / "lkg",
-    )
-    return create_app(settings, bundle_config=config)
+    return create_app(settings)
 
 
 def _wrong_kind_model():

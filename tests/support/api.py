@@ -209,16 +209,18 @@ def checkout_target(world, members: list[str], total: float) -> tuple[str, list[
     from serving.api.modelset import DEFAULT_MODELS, ModelHolder
     from serving.engine import DecisionContext
     from serving.loader import lkg_loader
-    from serving.settings import BundleSettings
+    from serving.settings import Settings
 
     home, program = world["home"], world["program"]
     loader = lkg_loader(world["registry"].tracking_uri, home / "probe-models")
     models = ModelHolder(DEFAULT_MODELS, loader).reload()
-    config = BundleSettings(
-        home=home,
-        catalog=program["catalog"],
-        member_features=program["features"],
-        offer_events=program["dir"] / "offer_events.parquet",
+    config = Settings(
+        data={"home": home},
+        serving={
+            "catalog": program["catalog"],
+            "member_features": program["features"],
+            "offer_events": program["dir"] / "offer_events.parquet",
+        },
         # as the test Server decides: on point estimates (see Server.start)
         engine=point_estimates_engine(),
     )

@@ -14,14 +14,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.api import create_app
-from serving.settings import ServingSettings
+from serving.settings import ServingSettings, Settings, StoreSettings
 
 KEYS = {"w": ["events:write"], "c": ["checkout:write"], "a": ["admin"], "r": ["offers:read"]}
 W = {"X-API-Key": "w"}
 
 
-def _settings(tmp_path: Path, **kw) -> ServingSettings:
-    return ServingSettings(home=tmp_path, api_keys=KEYS, **kw)
+def _settings(tmp_path: Path, **serving) -> Settings:
+    return Settings(data={"home": tmp_path}, serving={"api_keys": KEYS, **serving})
 
 
 @pytest.fixture
@@ -161,7 +161,7 @@ def test_event_time_window_edges_follow_the_settings(tmp_path):
 
 # -- item 4: the store cannot write ---------------------------------------------------------
 def test_lock_wait_default_is_well_under_a_second():
-    assert ServingSettings().store_lock_wait_seconds < 1.0
+    assert StoreSettings().store_lock_wait_seconds < 1.0
 
 
 def test_events_answer_503_when_the_sqlite_write_lock_is_held(tmp_path):

@@ -56,7 +56,7 @@ def _catalog(path: Path) -> Path:
 def bundle(pyfunc, tmp_path_factory):
     from serving.api.bundle import build_bundle
     from serving.api.modelset import AFFINITY, UPLIFT, LoadedModel, ModelSet
-    from serving.settings import BundleSettings
+    from serving.settings import Settings
 
     tmp = tmp_path_factory.mktemp("bundle")
     frame = pd.DataFrame({"member_id": MEMBERS, "lifecycle_stage": "active", "as_of": NOW})
@@ -67,10 +67,12 @@ def bundle(pyfunc, tmp_path_factory):
         holdout={"share": 0.0},
         exploration={"epsilon": 0.0},
     )
-    config = BundleSettings(
-        home=tmp,
-        catalog=_catalog(tmp / "catalog.yaml"),
-        member_features=tmp / "features.parquet",
+    config = Settings(
+        data={"home": tmp},
+        serving={
+            "catalog": _catalog(tmp / "catalog.yaml"),
+            "member_features": tmp / "features.parquet",
+        },
         engine=engine,
     )
     models = ModelSet(

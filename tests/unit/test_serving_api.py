@@ -9,13 +9,13 @@ from fastapi.testclient import TestClient
 
 from serving.api import create_app
 from serving.api.schemas import Fallback
-from serving.settings import ServingSettings
+from serving.settings import Settings
 
 KEYS = {"w": ["events:write"], "a": ["admin", "offers:read"]}
 
 
-def _settings(tmp_path: Path, **kw) -> ServingSettings:
-    return ServingSettings(home=tmp_path, api_keys=KEYS, **kw)
+def _settings(tmp_path: Path, **serving) -> Settings:
+    return Settings(data={"home": tmp_path}, serving={"api_keys": KEYS, **serving})
 
 
 def test_422_names_the_field_and_reason_without_echoing_input(tmp_path):

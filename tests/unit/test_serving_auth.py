@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from serving.api import create_app
 from serving.auth import ApiKeyRing, hash_key
-from serving.settings import ServingSettings
+from serving.settings import ServingSettings, Settings
 
 EVENT = {"events": [{"event_id": "e1", "member_id": "m1", "offer_id": "o1", "event": "viewed"}]}
 
@@ -20,10 +20,12 @@ EVENT = {"events": [{"event_id": "e1", "member_id": "m1", "offer_id": "o1", "eve
 def client(tmp_path: Path):
     keys_file = tmp_path / "keys.json"
     keys_file.write_text(json.dumps({f"sha256:{hash_key('file-admin-key')}": ["admin"]}))
-    settings = ServingSettings(
-        home=tmp_path,
-        api_keys={"writer-key": ["events:write"], "reader-key": ["offers:read"]},
-        api_keys_file=keys_file,
+    settings = Settings(
+        data={"home": tmp_path},
+        serving={
+            "api_keys": {"writer-key": ["events:write"], "reader-key": ["offers:read"]},
+            "api_keys_file": keys_file,
+        },
     )
     with TestClient(create_app(settings)) as c:
         yield c
@@ -93,7 +95,7 @@ def test_bad_keys_file_names_the_file(tmp_path: Path):
     bad = tmp_path / "keys.json"
     bad.write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"keys\.json"):
-        ServingSettings(home=tmp_path, api_keys_file=bad).all_api_keys()
+        ServingSettings(api_keys_file=bad).all_api_keys()
 
 
 def test_openapi_declares_the_key_on_v1_operations_only(client):

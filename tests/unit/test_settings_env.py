@@ -1,5 +1,6 @@
-"""The README's environment table names exactly the variables the settings classes read, and
-library code reads the environment only through them."""
+"""The README's environment table names exactly the variables the settings tree reads
+(``serving.settings.Settings`` and its sections), every settings class is a section of that
+tree, and library code reads the environment only through it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
+from serving.settings import Settings
+
 REPO = Path(__file__).resolve().parents[2]
 LIBRARY = ("features", "models", "training", "serving")
 # read directly on purpose: Spark's own variable, checked (not set) before starting workers
@@ -19,6 +22,7 @@ DIRECT_READS = {("serving/batch/spark.py", "PYSPARK_PYTHON")}
 
 
 def _settings_classes() -> set[type[BaseSettings]]:
+    """Every pydantic-settings class defined in the project's packages."""
     for package in (*LIBRARY, "offers"):
         module = importlib.import_module(package)
         for info in pkgutil.walk_packages(module.__path__, package + "."):
@@ -34,6 +38,11 @@ def _settings_classes() -> set[type[BaseSettings]]:
     return found
 
 
+def _sections() -> dict[str, type[BaseSettings]]:
+    """The root's sections: field name -> settings class."""
+    return {name: field.annotation for name, field in Settings.model_fields.items()}  # type: ignore[misc]
+
+
 def _variables(cls: type[BaseSettings]) -> set[str]:
     prefix = cls.model_config.get("env_prefix", "")
     if prefix == "OFFERS_ENGINE_":  # nested groups: one table row names the pattern
@@ -45,9 +54,28 @@ def _variables(cls: type[BaseSettings]) -> set[str]:
             out |= {str(a) for a in alias.choices}
         elif isinstance(alias, str):
             out.add(alias)
-        elif name != "engine":  # BundleSettings.engine: EngineSettings reads its own variables
+        else:
             out.add(prefix.upper() + name.upper())
     return out
+
+
+def test_every_settings_class_is_a_section_of_the_one_tree():
+    sections = _sections()
+    assert set(sections) == {
+        "data", "features", "registry", "training", "serving", "store", "engine"
+    }  # fmt: skip
+    stray = _settings_classes() - set(sections.values()) - {Settings}
+    assert stray == set(), f"settings classes outside the tree (serving.settings.Settings): {stray}"
+    names = {cls.__name__ for cls in sections.values()}
+    assert all(n.endswith("Settings") for n in names), names
+
+
+def test_sections_read_disjoint_variables():
+    seen: dict[str, str] = {}
+    for section, cls in _sections().items():
+        for var in _variables(cls):
+            assert var not in seen, f"{var} is read by both {seen[var]} and {section}"
+            seen[var] = section
 
 
 def _readme_variables() -> set[str]:
@@ -59,12 +87,12 @@ def _readme_variables() -> set[str]:
     }
 
 
-def test_readme_table_equals_the_settings_classes():
-    code = set().union(*(_variables(c) for c in _settings_classes()))
+def test_readme_table_equals_the_settings_tree():
+    code = set().union(*(_variables(c) for c in _sections().values()))
     readme = _readme_variables() - {"OFFERS_ENGINE_<GROUP>__<FIELD>"}
     assert code - readme == set(), f"settings missing from the README table: {code - readme}"
     assert readme - code == set(), (
-        f"README names variables no settings class reads: {readme - code}"
+        f"README names variables no section of the settings tree reads: {readme - code}"
     )
 
 

@@ -12,19 +12,19 @@ from sqlalchemy import insert
 
 from serving.api import create_app
 from serving.api.routes.ui import COOKIE
-from serving.settings import ServingSettings
+from serving.settings import Settings
 from serving.store import open_store
 from serving.store.tables import grants
 
 KEYS = {"reader": ["offers:read"], "boss": ["offers:read", "admin"], "writer": ["events:write"]}
 
 
-def _settings(tmp_path: Path) -> ServingSettings:
-    return ServingSettings(home=tmp_path, api_keys=KEYS)
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(data={"home": tmp_path}, serving={"api_keys": KEYS})
 
 
-def _seed(tmp_path: Path, settings: ServingSettings) -> None:
-    store = open_store(settings.resolved_database_url())
+def _seed(tmp_path: Path, settings: Settings) -> None:
+    store = open_store(settings.database_url())
     try:
         store.set_budget("coffee-20pct", 100.0)
         store.set_budget("bday-treat", 50.0)
@@ -120,7 +120,7 @@ def test_budget_and_daily_figures_come_from_the_store(tmp_path):
 
     settings = _settings(tmp_path)
     _seed(tmp_path, settings)
-    store = open_(settings.resolved_database_url())
+    store = open_(settings.database_url())
     try:
         b = ui_data.budgets_frame(store).set_index("offer_id")
         assert b.loc["coffee-20pct", "spent"] == 30.0 and b.loc["coffee-20pct", "used"] == 0.3

@@ -58,9 +58,9 @@ class UpliftDataset:
 
 def default_data_dir() -> Path:
     """``$OFFERS_SHARED_DATA`` or ``../shared/data`` beside the repository."""
-    from features.settings import OffersSettings
+    from features.settings import DataSettings
 
-    return OffersSettings().shared_data
+    return DataSettings().shared_data
 
 
 def load_hillstrom(data_dir: Path | None = None) -> UpliftDataset:

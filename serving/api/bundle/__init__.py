@@ -5,9 +5,9 @@
     member_rows.py     cold-start rows, unknown members blanked, the live basket added
     holder.py          BundleHolder: the bundle being served, swapped whole at reload
 
-Where its files are comes from :class:`serving.settings.BundleSettings`; the models from
-:mod:`serving.api.modelset` (loaded by :mod:`serving.loader`); the store's budget counters
-follow its catalog through :mod:`serving.api.budgets`.
+Where its files are comes from the ``serving`` section of :class:`serving.settings.Settings`;
+the models from :mod:`serving.api.modelset` (loaded by :mod:`serving.loader`); the store's
+budget counters follow its catalog through :mod:`serving.api.budgets`.
 """
 
 from serving.api.bundle.build import build_bundle

@@ -1,7 +1,7 @@
 """Building a :class:`~serving.api.bundle.ServingBundle`: load the catalog and the member
 snapshot and precompute both models' outputs for every (member, offer).
 
-``build_bundle(models, config)`` checks that the model set has ``affinity`` and ``uplift``,
+``build_bundle(models, settings)`` checks that the model set has ``affinity`` and ``uplift``,
 reads the catalog (``OFFERS_CATALOG``) and the snapshot (``OFFERS_MEMBER_FEATURES``, the Parquet
 written by ``offers features``), turns the models' outputs into engine inputs through the one
 adapter (:func:`serving.engine.adapters.model_inputs`), and adds what the real-time path needs:
@@ -33,30 +33,30 @@ from serving.engine.moments import member_moments
 from serving.engine.settings import PERSONALISED
 from serving.engine.single import SingleDecider
 from serving.engine.state import SnapshotHistory
-from serving.settings import BundleSettings
+from serving.settings import Settings
 
 __all__ = ["build_bundle"]
 
 log = logging.getLogger(__name__)
 
 
-def build_bundle(models: ModelSet, config: BundleSettings) -> ServingBundle:
+def build_bundle(models: ModelSet, settings: Settings) -> ServingBundle:
     """Load the catalog and the snapshot and precompute both models' outputs (see module doc)."""
     for name in (AFFINITY, UPLIFT):
         if name not in models.models:
             raise BundleError(f"models: {name!r} is not configured (have {sorted(models.models)})")
-    catalog_path, features_path = config.catalog_path(), config.features_path()
+    catalog_path, features_path = settings.catalog_path(), settings.features_path()
     if not catalog_path.exists():
         raise BundleError(f"OFFERS_CATALOG: {catalog_path} does not exist")
     if not features_path.exists():
         raise BundleError(f"OFFERS_MEMBER_FEATURES: {features_path} does not exist")
-    engine = DecisionEngine(load_catalog(catalog_path), config.engine)
+    engine = DecisionEngine(load_catalog(catalog_path), settings.engine)
     frame = pd.read_parquet(features_path)
     if S.MEMBER_ID not in frame:
         raise BundleError(f"OFFERS_MEMBER_FEATURES: {features_path} has no member_id column")
     frame = frame.drop_duplicates(S.MEMBER_ID, keep="last").reset_index(drop=True)
     members = engine.member_table(frame)
-    seg_col = config.engine.segment_column
+    seg_col = settings.engine.segment_column
     inputs = model_inputs(
         models.models[AFFINITY].model,
         models.models[UPLIFT].model,
@@ -64,7 +64,7 @@ def build_bundle(models: ModelSet, config: BundleSettings) -> ServingBundle:
         engine.offers,
         segment_column=seg_col,
         model_versions=models.versions(),
-        uncertainty_z=config.engine.scoring.uncertainty_z,
+        uncertainty_z=settings.engine.scoring.uncertainty_z,
     )
     p = inputs.p_redeem.astype(np.float32)
     s = inputs.incremental_spend.astype(np.float32)
@@ -78,7 +78,7 @@ def build_bundle(models: ModelSet, config: BundleSettings) -> ServingBundle:
         members.take(np.array([0])) if members.n else cold_members(1), np.array([True])
     )
     as_of = pd.Timestamp(frame["as_of"].max()) if "as_of" in frame and len(frame) else None
-    history = _snapshot_history(config, members, engine)
+    history = _snapshot_history(settings, members, engine)
     bundle = ServingBundle(
         engine=engine,
         members=members,
@@ -96,8 +96,8 @@ def build_bundle(models: ModelSet, config: BundleSettings) -> ServingBundle:
         ),
         member_flags=np.vstack(
             [
-                member_moments(members, config.engine.moments).flags,
-                member_moments(cold, config.engine.moments).flags,
+                member_moments(members, settings.engine.moments).flags,
+                member_moments(cold, settings.engine.moments).flags,
             ]
         ),
         _cold_row=cold,
@@ -127,15 +127,15 @@ def _foldin(affinity: Any, offer_ids: Sequence[str], member_ids: np.ndarray) -> 
 
 
 def _snapshot_history(
-    config: BundleSettings, members: MemberTable, engine: DecisionEngine
+    settings: Settings, members: MemberTable, engine: DecisionEngine
 ) -> SnapshotHistory:
     """The snapshot members' sends and redemptions from the canonical ``offer_events``."""
-    path = config.offer_events_path()
+    path = settings.offer_events_path()
     if path is None:
         log.warning(
             "bundle: no offer_events next to %s (OFFERS_OFFER_EVENTS): member history is "
             "only the service's own grants",
-            config.catalog_path(),
+            settings.catalog_path(),
         )
         return SnapshotHistory.from_events(None, members.ids, engine.offers)
     try:

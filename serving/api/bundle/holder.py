@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 
 from serving.api.bundle.serving_bundle import ServingBundle
-from serving.settings import BundleSettings
+from serving.settings import Settings
 
 __all__ = ["BundleHolder"]
 
@@ -18,8 +18,8 @@ __all__ = ["BundleHolder"]
 class BundleHolder:
     """The current bundle and the offers whose store budget ran out (learned at grant time)."""
 
-    def __init__(self, config: BundleSettings) -> None:
-        self.config = config
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.current: ServingBundle | None = None
         self._lock = threading.Lock()
         self._exhausted: frozenset[str] = frozenset()

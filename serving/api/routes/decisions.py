@@ -62,7 +62,7 @@ def _request_id() -> str:
 
 def _decision_time(state: Any) -> pd.Timestamp:
     """Now, or the configured ``OFFERS_DECISION_TIME`` (replays and cross-path tests)."""
-    fixed = getattr(state.settings, "decision_time", None)
+    fixed = state.settings.serving.decision_time
     return pd.Timestamp(fixed) if fixed is not None else _now()
 
 

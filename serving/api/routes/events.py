@@ -47,7 +47,7 @@ async def post_events(
 ) -> EventsResponse | JSONResponse:
     """Store feedback (viewed, redeemed, dismissed); sending the same events again is safe."""
     assert state.store is not None
-    late = _outside_window(body.events, state.settings)
+    late = _outside_window(body.events, state.settings.serving)
     if late is not None:
         return late
     rows = [e.model_dump() for e in body.events]

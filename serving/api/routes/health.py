@@ -59,7 +59,7 @@ async def readyz(state: StateDep) -> JSONResponse:
 )
 async def metrics(request: Request, state: StateDep) -> Response:
     """Prometheus text exposition (who may read it: ``OFFERS_METRICS_EXPOSURE``)."""
-    exposure = state.settings.metrics_exposure
+    exposure = state.settings.serving.metrics_exposure
     if exposure == "off":
         raise HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail="Not Found")
     if exposure == "admin":
