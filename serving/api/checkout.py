@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from anyio import to_thread
 
 from serving.api.grants import plan_grant, valid_until
+from serving.engine.decision import Decision, Reward
 from serving.engine.state import PastGrant
 from serving.store import GrantRequest, SessionRecord
 
@@ -99,7 +100,7 @@ def build_request(
     transaction_id: str,
     member_id: str,
     channel: str,
-    decision: dict[str, Any],
+    decision: Decision,
     response: dict[str, Any],
     bundle: Any,
     counters: frozenset[str],
@@ -128,7 +129,7 @@ def build_request(
 
 
 def past_grants(
-    offers: list[dict[str, Any]], channel: str, now: datetime, decision_id: str | None = None
+    offers: Sequence[Reward], channel: str, now: datetime, decision_id: str | None = None
 ) -> list[PastGrant]:
     """The history entries of rewards just granted (by decision ``decision_id``)."""
     return [

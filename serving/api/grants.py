@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.engine.decision import Reward
 from serving.store import (
     CapKey,
     GrantOutcome,
@@ -105,7 +106,7 @@ def valid_until(offers: Any, j: int, granted_at: datetime) -> datetime | None:
 
 def plan_grant(
     member_id: str,
-    offers: Sequence[dict[str, Any]],
+    offers: Sequence[Reward],
     *,
     bundle: Any,
     counters: Iterable[str] | frozenset[str],
@@ -206,11 +207,11 @@ class GrantService:
     async def grant(
         self,
         member_id: str,
-        offers: list[dict[str, Any]],
+        offers: list[Reward],
         *,
         bundle: Any,
         counters: Iterable[str] | frozenset[str],
-    ) -> list[dict[str, Any]]:
+    ) -> list[Reward]:
         """The offers granted to ``member_id`` (a subset of ``offers``, same order), durable.
 
         Raises :class:`GrantCommitError` when the group's commit failed,

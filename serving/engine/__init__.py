@@ -15,6 +15,7 @@ subclass :class:`MissingColumnError`. No web framework is imported here. See doc
 
 from serving.engine.allocation import Allocation, Budgets, allocate, greedy_slate
 from serving.engine.context import DecisionContext
+from serving.engine.decision import Decision, Reward
 from serving.engine.engine import STATUSES, DecisionBatch, DecisionEngine
 from serving.engine.errors import EngineInputError, MissingColumnError
 from serving.engine.fallback import FALLBACKS, FallbackTables
@@ -32,6 +33,7 @@ __all__ = [
     "STATUSES",
     "Allocation",
     "Budgets",
+    "Decision",
     "DecisionBatch",
     "DecisionContext",
     "DecisionEngine",
@@ -42,6 +44,7 @@ __all__ = [
     "MemberTable",
     "MissingColumnError",
     "OfferTable",
+    "Reward",
     "ScoreInputs",
     "allocate",
     "detect_moments",

@@ -20,7 +20,7 @@ The result is one dict per decision, the shape the API returns (see
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,7 @@ from features.sources import schema as S
 from features.sources.schema import OFFER_KINDS
 from serving.engine.allocation import budget_cut, greedy_one
 from serving.engine.context import DecisionContext
+from serving.engine.decision import Decision, Fallback, Reward
 from serving.engine.eligibility import eligibility
 from serving.engine.engine import DecisionEngine
 from serving.engine.errors import EngineInputError
@@ -76,7 +77,7 @@ class SingleDecider:
         member_flags: np.ndarray | None = None,
         state: MemberOfferState | None = None,
         served: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> Decision:
         """The decision for the one member of ``member`` (a one-row table) as a dict:
         ``decision_id``, ``fallback``, ``held_out``, ``explored``, ``moments`` and ``offers``
         (slot order; each with ``offer_id``, ``name``, ``kind``, ``reward_value``, ``rank``,
@@ -203,7 +204,7 @@ class SingleDecider:
         in_moments = [name for name, f in zip(DETECTED_MOMENTS, flags, strict=True) if f]
         first_moment = in_moments[0] if in_moments else ""
         view = None
-        offers: list[dict[str, Any]] = []
+        offers: list[Reward] = []
         explored_any = False
         limit = context.k
         for slot, j in enumerate(picks.tolist()):
@@ -266,7 +267,7 @@ def _view(member: MemberTable) -> MemberView:
 
 def decision_dicts(
     engine: DecisionEngine, rows: pd.DataFrame, member_ids: list[str], k: int | None = None
-) -> list[dict[str, Any]]:
+) -> list[Decision]:
     """The decision dicts (:meth:`SingleDecider.decide`'s shape) of ``member_ids`` from a
     ``DecisionBatch.rows`` frame (request order; offers in slot order, at most ``k``)."""
     o = engine.offers
@@ -285,7 +286,7 @@ def decision_dicts(
     text = rows["explanation"].to_numpy(dtype=object)
     shown = status == "offers"
     j = np.where(shown, pd.Index(o.ids).get_indexer(offer), -1)
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, Decision] = {}
     for r in range(len(rows)):  # rows of this request only (members x slots)
         mid = member[r]
         d = out.get(mid)
@@ -293,7 +294,7 @@ def decision_dicts(
             m = str(moments[r])
             d = out[mid] = {
                 "decision_id": str(decision[r]),
-                "fallback": str(fallback[r]),
+                "fallback": cast(Fallback, str(fallback[r])),
                 "held_out": status[r] == "held_out",
                 "explored": False,
                 "moments": [x for x in m.split(",") if x and x != "nan"],

@@ -179,3 +179,25 @@ def test_scalar_hash_equals_vectorised(text, salt):
     assert hash64_one(text, salt) == int(hash64([text], salt)[0])
     assert unit_one(text, salt) == float(unit_interval([text], salt)[0])
     assert decision_id_one(text) == decision_ids([text])[0]
+
+
+def test_decisions_carry_exactly_the_typed_keys():
+    """Both paths build dicts with the keys ``Decision`` and ``Reward`` declare (the single
+    path equals ``decision_dicts`` above), and the API copies only keys a Reward has."""
+    from typing import get_args
+
+    from serving.api.schemas import OfferOut, RewardOut
+    from serving.engine.decision import Decision, Fallback, Reward, RewardField
+
+    engine, frame, p, s, has_row, tables = _setup(60, 5, 0.3, 0.1)
+    ctx = DecisionContext("checkout", pd.Timestamp("2026-11-20"), "typed", k=3)
+    batch = engine.decide(frame, ScoreInputs(p, s, has_row=has_row), ctx, fallback_tables=tables)
+    decisions = decision_dicts(engine, batch.rows, list(frame["member_id"]), 3)
+    rewards = [x for d in decisions for x in d["offers"]]
+    assert rewards  # the check below covered offers
+    assert all(set(d) == set(Decision.__annotations__) for d in decisions)
+    assert all(d["fallback"] in get_args(Fallback) for d in decisions)
+    assert all(set(x) == set(Reward.__annotations__) for x in rewards)
+    assert set(get_args(RewardField)) == set(Reward.__annotations__)
+    assert set(OfferOut.model_fields) <= set(get_args(RewardField))
+    assert set(RewardOut.model_fields) <= set(get_args(RewardField))

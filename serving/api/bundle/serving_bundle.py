@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +20,7 @@ import pandas as pd
 from models.affinity import FoldIn
 from serving.api.bundle.member_rows import blank_unknown, cold_members, with_basket
 from serving.engine import (
+    Decision,
     DecisionBatch,
     DecisionContext,
     DecisionEngine,
@@ -127,7 +127,7 @@ class ServingBundle:
         exhausted: frozenset[str] = frozenset(),
         history: Sequence[PastGrant] = (),
         basket: Sequence[str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> Decision:
         """The decision for one member as the API's dict (``serving.engine.single``): the same
         decision as :meth:`decide` for a batch of one, in well under a millisecond.
 

@@ -8,7 +8,7 @@ repeated ``transaction_id`` gets the stored answer. See docs/serving.md "Checkou
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from anyio import to_thread
 from fastapi import APIRouter, HTTPException, Path, Query
@@ -35,6 +35,7 @@ from serving.api.schemas import (
     RewardOut,
 )
 from serving.engine import DecisionContext
+from serving.engine.decision import Reward, RewardField
 from serving.store import IllegalTransition, UnknownOffers, UnknownSession
 
 router = APIRouter(prefix="/v1/checkout", tags=["checkout"])
@@ -49,7 +50,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse},
     503: {"model": ErrorResponse},
 }
-_REWARD_FIELDS = tuple(RewardOut.model_fields)
+# The response's reward fields, all of them keys of a Reward (tests/unit/test_engine_single.py).
+_REWARD_FIELDS = cast("tuple[RewardField, ...]", tuple(RewardOut.model_fields))
+
+
+def _reward_fields(x: Reward) -> dict[str, Any]:
+    return {k: x[k] for k in _REWARD_FIELDS}
 
 
 def _unavailable(what: str) -> HTTPException:
@@ -174,7 +180,7 @@ async def checkout_answer(state: Any, body: CheckoutRequest, dry_run: bool) -> C
             transaction_id=body.transaction_id,
             decision_id=d["decision_id"],
             member_id=body.member_id,
-            rewards=[RewardOut(**{k: x[k] for k in _REWARD_FIELDS}) for x in d["offers"]],
+            rewards=[RewardOut(**_reward_fields(x)) for x in d["offers"]],
             moments=d["moments"],
             fallback=d["fallback"],
             model_versions=bundle.versions,

@@ -9,7 +9,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,8 @@ from serving.api.schemas import (
     MomentsResponse,
     OfferOut,
 )
-from serving.engine import DETECTED_MOMENTS, DecisionContext, detect_moments
+from serving.engine import DETECTED_MOMENTS, Decision, DecisionContext, Reward, detect_moments
+from serving.engine.decision import RewardField
 from serving.engine.single import decision_dicts
 from serving.store import utcnow
 
@@ -81,7 +82,7 @@ def _holdout_share(state: Any) -> float | None:
 
 
 def _record(
-    state: Any, member_id: str, channel: str, d: dict[str, Any], versions: dict[str, str]
+    state: Any, member_id: str, channel: str, d: Decision, versions: dict[str, str]
 ) -> None:
     """Queue the decision record and count it (per offer and fallback)."""
     offers = d["offers"]
@@ -108,8 +109,13 @@ def _record(
         count(x["offer_id"], fallback)
 
 
-def _offer_out(x: dict[str, Any]) -> OfferOut:
-    return OfferOut.model_construct(**{k: x[k] for k in OfferOut.model_fields})
+# The response's offer fields, all of them keys of a Reward (tests/unit/test_engine_single.py).
+_OFFER_FIELDS = cast("tuple[RewardField, ...]", tuple(OfferOut.model_fields))
+
+
+def _offer_out(x: Reward) -> OfferOut:
+    fields: dict[str, Any] = {k: x[k] for k in _OFFER_FIELDS}
+    return OfferOut.model_construct(**fields)
 
 
 @router.get("/members/{member_id}/offers", response_model=MemberOffersResponse, responses=_ERRORS)
@@ -151,7 +157,6 @@ def _batch_lines(state: Any, bundle: ServingBundle, ids: list[str], ctx: Decisio
     histories = [state.history.load(m) for m in ids] if state.history is not None else None
     batch = bundle.decide(ids, ctx, exhausted=state.bundle.exhausted, histories=histories)
     lines = []
-    fields = tuple(OfferOut.model_fields)
     for member_id, d in zip(
         ids, decision_dicts(bundle.engine, batch.rows, ids, ctx.k), strict=True
     ):
@@ -159,7 +164,7 @@ def _batch_lines(state: Any, bundle: ServingBundle, ids: list[str], ctx: Decisio
         line = {
             "member_id": member_id,
             "decision_id": d["decision_id"],
-            "offers": [{k: x[k] for k in fields} for x in d["offers"]],
+            "offers": [{k: x[k] for k in _OFFER_FIELDS} for x in d["offers"]],
             "fallback": d["fallback"],
             "model_versions": bundle.versions,
             "held_out": d["held_out"],
