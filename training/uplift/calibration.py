@@ -57,7 +57,6 @@ __all__ = [
     "level_fit",
     "level_shifts",
     "shrink_effects",
-    "with_later_effect",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,9 +75,6 @@ class LevelFit:
     shifts: NDArray[np.float64]
     info: dict[str, float]
     baseline: Any = None  # X -> E[y | x, control] (the outcome model fitted on control rows)
-    # the later-period component already in ``shrunk`` and ``shifts`` (with_later_effect)
-    later: NDArray[np.float64] | None = None
-    later_se: NDArray[np.float64] | None = None
 
 
 MIN_POOLED = 3  # estimates needed at a level before its variance is estimated and pooled
@@ -170,11 +166,15 @@ def level_fit(
     missing = [str(t) for t in learner.treatments_ if not np.any(labels == t)]
     if missing:
         raise ValueError(f"level_fit: no rows of treatment(s) {missing}")
-    att, se = _adjusted_att(learner, baseline, X, y, labels, w)
-    mean_pred = np.zeros(k)
+    att, se, mean_pred = np.zeros(k), np.zeros(k), np.zeros(k)
     for j, treatment in enumerate(learner.treatments_):
         rows = labels == treatment
-        mean_pred[j] = np.average(effects[rows, j], weights=w[rows])
+        r, wr = y[rows] - baseline(X[rows]), w[rows]
+        att[j] = np.average(r, weights=wr)
+        # standard error of a weighted mean (floored: a constant residual is not certainty)
+        var = float(np.sum(wr**2 * (r - att[j]) ** 2) / np.sum(wr) ** 2)
+        se[j] = max(np.sqrt(var), 1e-9)
+        mean_pred[j] = np.average(effects[rows, j], weights=wr)
     names = tuple(str(t) for t in learner.treatments_)
     if shrink and k > 1:
         grp = [str((groups or {}).get(t, t)) for t in names] if groups else None
@@ -188,73 +188,6 @@ def level_fit(
         dict(zip(names, np.round(shrunk, 4), strict=True)),
     )
     return LevelFit(names, att, se, shrunk, shrunk_se, shifts, info, baseline)
-
-
-def _adjusted_att(
-    learner: BaseUpliftLearner,
-    baseline: Callable[[NDArray[np.float64]], NDArray[np.float64]],
-    X: NDArray[np.float64],
-    y: NDArray[np.float64],
-    labels: NDArray[Any],
-    w: NDArray[np.float64],
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Per treatment (the learner's order): ``mean(y - baseline(x))`` over its rows (weighted)
-    and the standard error of that mean."""
-    k = len(learner.treatments_)
-    att, se = np.zeros(k), np.zeros(k)
-    for j, treatment in enumerate(learner.treatments_):
-        rows = labels == treatment
-        if not rows.any():
-            raise ValueError(f"no rows of treatment {treatment!r}")
-        r, wr = y[rows] - baseline(X[rows]), w[rows]
-        att[j] = np.average(r, weights=wr)
-        # standard error of a weighted mean (floored: a constant residual is not certainty)
-        var = float(np.sum(wr**2 * (r - att[j]) ** 2) / np.sum(wr) ** 2)
-        se[j] = max(np.sqrt(var), 1e-9)
-    return att, se
-
-
-def with_later_effect(
-    fit: LevelFit,
-    learner: BaseUpliftLearner,
-    X: NDArray[np.float64],
-    y_later: NDArray[np.float64],
-    labels: NDArray[Any],
-    weights: NDArray[np.float64] | None = None,
-    groups: Mapping[str, str] | None = None,
-    shrink: bool = True,
-) -> LevelFit:
-    """``fit`` plus each treatment's effect on the outcome of a later period (``y_later``, e.g.
-    the spend in the 30 days after the outcome window, where a send that pulled a purchase
-    forward shows the basket it replaced), regression-adjusted like the level and shrunk across
-    treatments (toward the kind, then all) with its own between-treatment variance.
-
-    A later effect that is the same for every treatment (or noise) is pooled into one precise
-    mean; one that differs by offer keeps its differences as far as the data tell them apart. The
-    shrunk level, the shifts and the posterior standard error (the two parts' variances added)
-    include it; ``later``/``later_se`` keep it apart for the record. ``X``, ``y_later``,
-    ``labels`` are the training rows whose later period is over."""
-    w = np.ones(len(y_later)) if weights is None else np.asarray(weights, dtype=np.float64)
-    baseline = control_baseline(learner, X, y_later, labels, w)
-    att, se = _adjusted_att(learner, baseline, X, y_later, labels, w)
-    if shrink and len(att) > 1:
-        grp = [str((groups or {}).get(t, t)) for t in fit.treatments] if groups else None
-        later, later_se, _ = shrink_effects(att, se, grp)
-    else:
-        later, later_se = att, se
-    log.info(
-        "later-period effect: raw %s -> shrunk %s",
-        dict(zip(fit.treatments, np.round(att, 4), strict=True)),
-        dict(zip(fit.treatments, np.round(later, 4), strict=True)),
-    )
-    return dataclasses.replace(
-        fit,
-        shrunk=fit.shrunk + later,
-        shrunk_se=np.sqrt(fit.shrunk_se**2 + later_se**2),
-        shifts=fit.shifts + later,
-        later=later,
-        later_se=later_se,
-    )
 
 
 def control_baseline(

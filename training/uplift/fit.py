@@ -35,9 +35,9 @@ from models.uplift.onnx_export import OnnxUpliftPredictor, export_onnx
 from training.uplift.calibration import (
     apply_scale,
     apply_shifts,
+    control_baseline,
     heterogeneity_slope,
     level_fit,
-    with_later_effect,
 )
 from training.uplift.data import (
     CONVERSION,
@@ -88,12 +88,10 @@ class UpliftTrainSettings:
     treatment: Literal["kind", "offer", "auto"] = "auto"
     min_offer_rows: int = 300
     window_days: float = 14.0
-    # the spend level (each treatment's mean effect) adds the effect on the spend after the
-    # outcome window up to this many days after the send, measured on the training rows whose
-    # longer window is over by the data end and shrunk across treatments: a send that pulls a
-    # purchase forward gains in the first 14 days and loses the replaced basket later
-    # (calibration.with_later_effect). None: the outcome window's level alone. Measured in
-    # docs/engine.md ("The level window").
+    # the spend level (each treatment's mean effect) is measured over this longer window, on
+    # the training rows whose longer window is over by the data end: a send that pulls a
+    # purchase forward gains in the first 14 days and loses the replaced basket later. None:
+    # over ``window_days``. Measured in docs/engine.md ("The level window").
     level_window_days: float | None = 44.0
     # fewest rows per treatment (and control) with a known level-window outcome; fewer: the
     # spend level falls back to ``window_days`` (logged, and recorded as level_window.spend)
@@ -192,17 +190,17 @@ def _row_sample(n: int, size: int | None, seed: int) -> np.ndarray | slice:
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
-def _later_rows(
+def _level_rows(
     tr: pd.DataFrame,
     outcome: str,
     cal: np.ndarray | slice,
     arms: list[str],
     settings: UpliftTrainSettings,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """For the spend level's later-period part: the rows of ``tr[cal]`` whose level window is
-    over (a mask) and their spend after the outcome window (``spend_level - spend``), or None
-    (another outcome, no level window, or fewer than ``min_level_rows`` such rows for some arm
-    of ``arms``: the level is then the outcome window's alone)."""
+    """For the spend level over the level window: the rows of ``tr[cal]`` whose level-window
+    outcome is known (a mask) and that outcome (centred like the fitted one; a constant does not
+    move an effect), or None to measure the level over ``window_days`` (another outcome, no
+    level window, or fewer than ``min_level_rows`` known rows for some arm of ``arms``)."""
     if outcome != SPEND or settings.level_window_days is None or SPEND_LEVEL not in tr.columns:
         return None
     y_long = tr[SPEND_LEVEL].to_numpy(dtype=np.float64)[cal]
@@ -220,8 +218,8 @@ def _later_rows(
             short,
         )
         return None
-    y_short = tr[SPEND].to_numpy(dtype=np.float64)[cal][known]
-    return known, y_long[known] - y_short
+    y_known = y_long[known]
+    return known, y_known - y_known.mean()
 
 
 def fit_uplift(
@@ -273,33 +271,34 @@ def fit_uplift(
         if settings.calibrate_level:
             cal = _row_sample(len(y), settings.level_rows, settings.seed)
             weights = None if prop is None else 1 / prop[cal]
-            fit = level_fit(
-                learner,
-                X_tr[cal],
-                y[cal],
-                labels_tr[cal],
-                weights,
-                groups=_kind_of(tr, data.control),
-                shrink=settings.shrink_level,
-            )
-            later = _later_rows(tr, outcome, cal, [*keep, data.control], settings)
-            if later is not None:
-                rows, y_later = later
-                fit = with_later_effect(
-                    fit,
+            long = _level_rows(tr, outcome, cal, [*keep, data.control], settings)
+            if long is None:
+                fit = level_fit(
+                    learner,
+                    X_tr[cal],
+                    y[cal],
+                    labels_tr[cal],
+                    weights,
+                    groups=_kind_of(tr, data.control),
+                    shrink=settings.shrink_level,
+                )
+                baseline = fit.baseline
+            else:
+                rows, y_long = long
+                fit = level_fit(
                     learner,
                     X_tr[cal][rows],
-                    y_later,
+                    y_long,
                     labels_tr[cal][rows],
                     None if weights is None else weights[rows],
                     groups=_kind_of(tr, data.control),
                     shrink=settings.shrink_level,
                 )
+                # the heterogeneity slope below is measured on the window_days outcome
+                baseline = control_baseline(learner, X_tr[cal], y[cal], labels_tr[cal], weights)
                 level[f"rows.level_window.{outcome}"] = float(rows.sum())
-                for j, t in enumerate(fit.treatments):
-                    level[f"level_later.{outcome}.{t}"] = float(fit.later[j])
             if outcome == SPEND:
-                used = settings.window_days if later is None else settings.level_window_days
+                used = settings.window_days if long is None else settings.level_window_days
                 level[f"level_window.{outcome}"] = float(used)
             apply_shifts(learner, fit.shifts)
             for j, t in enumerate(fit.treatments):
@@ -311,7 +310,7 @@ def fit_uplift(
                 if outcome != CONVERSION:
                     y_te = y_te - (tr[outcome].to_numpy(dtype=np.float64)).mean()
                 labels_te = te[TREATMENT].to_numpy(dtype=object)
-                slope, slope_se = heterogeneity_slope(learner, fit.baseline, X_te, y_te, labels_te)
+                slope, slope_se = heterogeneity_slope(learner, baseline, X_te, y_te, labels_te)
                 scale = float(np.clip(slope, settings.heterogeneity_floor, 1.0))
                 apply_scale(learner, scale, fit.shrunk)
                 level[f"heterogeneity_slope.{outcome}"] = slope
