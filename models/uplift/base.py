@@ -124,7 +124,7 @@ class Term:
     output: Literal["proba", "value"]
     indicator: tuple[float, ...] = ()
 
-    def evaluate(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
+    def evaluate(self, X: NDArray[np.floating]) -> NDArray[np.float64]:
         """This term's output for every row of ``X``."""
         if self.indicator:
             extra = np.broadcast_to(
@@ -173,7 +173,7 @@ def _as_matrix(X: ArrayLike | pd.DataFrame) -> tuple[NDArray[np.floating], list[
     if np.isinf(arr).any():
         row, col = np.argwhere(np.isinf(arr))[0]
         raise UpliftInputError(f"X has infinite values; first at row {row}, column {col}")
-    return arr, names
+    return arr.astype(dtype, copy=False), names
 
 
 def _as_vector(name: str, values: ArrayLike, n: int) -> NDArray[Any]:
@@ -266,7 +266,7 @@ class BaseUpliftLearner(abc.ABC):
     @abc.abstractmethod
     def _fit(
         self,
-        X: NDArray[np.float64],
+        X: NDArray[np.floating],
         y: NDArray[np.float64],
         group: NDArray[np.int64],
         weights: NDArray[np.float64] | None,

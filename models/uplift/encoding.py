@@ -136,7 +136,7 @@ class FeatureEncoder:
 
     def fit_transform(
         self, frame: pd.DataFrame, columns: Sequence[str] | None = None
-    ) -> NDArray[np.float64]:
+    ) -> NDArray[np.floating]:
         """``fit`` then ``transform`` on the same frame."""
         return self.fit(frame, columns).transform(frame)
 
