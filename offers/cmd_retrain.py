@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from offers.cli import check_memory_limit
 from offers.registry_cli import PolicyGateOpt, TrackingUriOpt, fail, quiet_mlflow
 
 __all__ = ["register", "retrain_cmd"]
@@ -79,6 +80,13 @@ def retrain_cmd(
     ] = None,
     seed: Annotated[int, typer.Option(help="seed of both trainings")] = 0,
     threads: Annotated[int, typer.Option(min=0, help="implicit threads (0 = all cores)")] = 1,
+    memory_limit: Annotated[
+        str | None,
+        typer.Option(
+            help="memory limit of every step's DuckDB queries, e.g. 4GB (DuckDB spills past it)",
+            callback=check_memory_limit,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Retrain from the service's own logs: export, features as of now, train and gate both
@@ -124,6 +132,7 @@ def retrain_cmd(
         policy_gate=policy_gate,
         min_delta=min_delta,
         serve_url=serve_url,
+        memory_limit=memory_limit,
     )
     registry = ModelRegistry(tracking_uri)
     result = retrain(settings, registry, api_key, say=lambda msg: console.log(msg))

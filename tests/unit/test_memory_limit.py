@@ -1,5 +1,5 @@
-"""``--memory-limit`` (features, train/evaluate affinity and uplift): a size DuckDB reads, or a
-clear error naming the option and the value before any data is opened."""
+"""``--memory-limit`` (features, train/evaluate affinity and uplift, retrain): a size DuckDB
+reads, or a clear error naming the option and the value before any data is opened."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ def test_duckdb_gets_the_limit_and_spark_the_same_size() -> None:
         ("cmd_uplift", ["train", "uplift"]),
         ("cmd_uplift", ["evaluate", "uplift"]),
         ("cmd_features", ["features", "--as-of", "2026-01-01"]),
+        ("cmd_retrain", ["retrain"]),
     ],
 )
 def test_cli_names_the_option_and_the_value(module: str, args: list[str], tmp_path: Path) -> None:

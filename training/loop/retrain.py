@@ -92,6 +92,8 @@ class RetrainSettings:
     min_delta: float = 0.0
     serve_url: str | None = None
     reload_timeout: float = 300.0
+    # DuckDB memory limit of every step's queries (e.g. "4GB"; None: DuckDB's default)
+    memory_limit: str | None = None
 
 
 @dataclass
@@ -152,12 +154,16 @@ def _log_step(detail: dict[str, Any]) -> None:
         mlflow.log_params(params)
 
 
-def _snapshot(data_dir: Path, as_of: pd.Timestamp, path: Path) -> int:
+def _snapshot(
+    data_dir: Path, as_of: pd.Timestamp, path: Path, memory_limit: str | None = None
+) -> int:
     """Member features as of ``as_of`` to ``path`` (Parquet; a temporary file moved into place,
     so the service never reads half a file); returns the rows."""
     from features.pipeline import load_tables, member_features
+    from features.pipeline.engines import connect
 
-    frame = member_features(load_tables(data_dir), as_of).to_pandas()
+    con = connect("duckdb", memory_limit=memory_limit)
+    frame = member_features(load_tables(data_dir, con), as_of).to_pandas()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     frame.to_parquet(tmp, index=False)
@@ -243,7 +249,7 @@ class _Job:
                 return
             self.say(f"features: member snapshot as of {as_of} -> {self.s.features_out}")
             r.detail |= {
-                "rows": _snapshot(self.s.data_dir, as_of, self.s.features_out),
+                "rows": _snapshot(self.s.data_dir, as_of, self.s.features_out, self.s.memory_limit),
                 "path": str(self.s.features_out),
             }
 
@@ -287,7 +293,7 @@ class _Job:
             "affinity", AFFINITY_MODEL, key,
             lambda: train_affinity(
                 self.s.data_dir, self.s.affinity, self.s.search, self.registry,
-                gate=gate, dataset=self.s.data_dir.name,
+                gate=gate, dataset=self.s.data_dir.name, memory_limit=self.s.memory_limit,
             ),
         )  # fmt: skip
 
@@ -297,7 +303,10 @@ class _Job:
         gate = replace(DEFAULT_GATE, min_delta=self.s.min_delta)
         self._family(
             "uplift", UPLIFT_MODEL, self.s.uplift,
-            lambda: train_uplift(self.s.data_dir, self.s.uplift, self.registry, gate=gate),
+            lambda: train_uplift(
+                self.s.data_dir, self.s.uplift, self.registry, gate=gate,
+                memory_limit=self.s.memory_limit,
+            ),
         )  # fmt: skip
 
     def reload(self) -> None:
