@@ -137,7 +137,7 @@ class LeanRoutes:
                 request = CheckoutRequest.model_validate_json(body)
             except ValueError:  # pydantic's ValidationError: FastAPI names the field
                 request = None
-        if request is None or dry_run is None:
+        if request is None or dry_run is None or principal is None:
             self._count[CHECKOUT_PATH, "fastapi"]()
             await self.app(scope, replay, send)
             return
