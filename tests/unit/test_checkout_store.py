@@ -201,6 +201,125 @@ def test_sweep_releases_expired_grants_and_abandoned_open_sessions(store):
     assert counts == {"granted": 2, "released": 1, "expired": 1}
 
 
+def _stale_and_expired(store: OffersStore, n_stale: int, n_expired: int, n_kept: int) -> None:
+    """``n_stale`` open sessions (two rewards: a counted one with a cap, a money one with a
+    frequency cap), ``n_expired`` closed sessions whose reward lapsed, ``n_kept`` closed valid."""
+    store.set_budget("a", 1000.0, unit="count")
+    store.set_budget("m", 1000.0, unit="money")
+    now = utcnow()
+    requests = [
+        _request(f"s{i:03d}", f"ms{i}",
+                 [_item(f"ms{i}", "a", cap=9), _item(f"ms{i}", "m", amount=2.5, freq=9)])
+        for i in range(n_stale)
+    ]  # fmt: skip
+    requests += [
+        _request(f"e{i:03d}", f"me{i}", [_item(f"me{i}", "a", cap=9)], until=now - timedelta(1))
+        for i in range(n_expired)
+    ]
+    requests += [_request(f"k{i:03d}", f"mk{i}", [_item(f"mk{i}", "a", cap=9)])
+                 for i in range(n_kept)]  # fmt: skip
+    store.reserve_grants(requests)
+    for tid in [f"e{i:03d}" for i in range(n_expired)] + [f"k{i:03d}" for i in range(n_kept)]:
+        store.close_session(tid)
+
+
+def _commits(store: OffersStore) -> list[int]:
+    from sqlalchemy import event
+
+    seen = [0]
+
+    def count(_connection) -> None:
+        seen[0] += 1
+
+    event.listen(store.engine, "commit", count)
+    return seen
+
+
+@pytest.mark.parametrize("batch", [1, 5, 200])
+def test_a_batched_sweep_gives_the_known_answer_in_few_transactions(store, batch):
+    n_stale, n_expired, n_kept = 23, 7, 4
+    _stale_and_expired(store, n_stale, n_expired, n_kept)
+    assert store.budget("a")["spent"] == n_stale + n_expired + n_kept
+    assert store.budget("m")["spent"] == pytest.approx(2.5 * n_stale)
+    commits = _commits(store)
+    result = store.sweep_sessions(0, now=utcnow() + timedelta(seconds=1), batch=batch, pause=0)
+    assert (result.expired_grants, result.abandoned_sessions, result.released_grants) == (
+        n_expired, n_stale, 2 * n_stale
+    )  # fmt: skip
+    assert result.members == {f"ms{i}" for i in range(n_stale)} | {
+        f"me{i}" for i in range(n_expired)
+    }
+    # one transaction per batch of expired grants (one more when they fill the last batch) and
+    # one per batch of stale sessions, not one per session
+    expected = -(-n_expired // batch) + (n_expired % batch == 0) + -(-n_stale // batch)
+    assert commits[0] == expected
+    assert store.budget("a")["spent"] == n_kept  # expired and abandoned: budget back
+    assert store.budget("m")["spent"] == pytest.approx(0.0)
+    assert store.cap_usage("ms0", "all") == {"offer:a": 0}  # abandoned: caps back
+    assert store.cap_usage("ms0", "7d-1") == {"channel:checkout": 0}
+    assert store.cap_usage("me0", "all") == {"offer:a": 1}  # expired: the member received it
+    assert store.cap_usage("mk0", "all") == {"offer:a": 1}
+    assert {store.get_session(f"s{i:03d}")["state"] for i in range(n_stale)} == {"cancelled"}
+    assert store.get_session("k000")["state"] == "closed"
+    assert store.grant_counts() == {
+        "a": {"released": n_stale, "expired": n_expired, "granted": n_kept},
+        "m": {"released": n_stale},
+    }
+    again = store.sweep_sessions(0, now=utcnow() + timedelta(seconds=1), batch=batch, pause=0)
+    assert (again.expired_grants, again.abandoned_sessions, again.members) == (0, 0, set())
+
+
+def test_the_sweep_keeps_its_limit_per_call_across_batches(store):
+    _stale_and_expired(store, 9, 7, 0)
+    later = utcnow() + timedelta(seconds=1)
+    first = store.sweep_sessions(0, now=later, limit=4, batch=3, pause=0)
+    assert (first.expired_grants, first.abandoned_sessions) == (4, 4)
+    rest = store.sweep_sessions(0, now=later, limit=100, batch=3, pause=0)
+    assert (rest.expired_grants, rest.abandoned_sessions) == (3, 5)
+
+
+def test_two_concurrent_batched_sweeps_release_nothing_twice(store):
+    n_stale, n_expired, n_kept = 40, 12, 5
+    _stale_and_expired(store, n_stale, n_expired, n_kept)
+    later = utcnow() + timedelta(seconds=1)
+    results: list = [None, None]
+    barrier = threading.Barrier(2, timeout=60)
+
+    def sweeper(r: int) -> None:
+        barrier.wait()
+        results[r] = store.sweep_sessions(0, now=later, batch=3, pause=0)
+
+    threads = [threading.Thread(target=sweeper, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert all(r is not None for r in results), "a sweep failed (see the log)"
+    # PostgreSQL: a sweep that waited on the other's locked rows may stop before the end;
+    # a third sweep finishes, and the three together did each release exactly once
+    last = store.sweep_sessions(0, now=later, batch=3, pause=0)
+    total = [*results, last]
+    assert sum(r.abandoned_sessions for r in total) == n_stale
+    assert sum(r.released_grants for r in total) == 2 * n_stale
+    assert sum(r.expired_grants for r in total) == n_expired
+    assert store.budget("a")["spent"] == n_kept  # a double release would take these back too
+    assert store.cap_usage("me0", "all") == {"offer:a": 1}
+    assert store.cap_usage("mk0", "all") == {"offer:a": 1}
+    assert store.grant_counts() == {
+        "a": {"released": n_stale, "expired": n_expired, "granted": n_kept},
+        "m": {"released": n_stale},
+    }
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("batch", 0), ("batch", -5), ("batch", 1001), ("batch", 2.5), ("limit", 0), ("pause", -1)],
+)
+def test_a_bad_batch_limit_or_pause_is_refused_naming_it(store, field, value):
+    with pytest.raises(ValueError, match=f"{field}: {value!r}"):
+        store.sweep_sessions(0, **{field: value})
+
+
 def _offer(offer_id: str) -> dict:
     return {"offer_id": offer_id, "surprise": False}
 
