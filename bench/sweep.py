@@ -49,7 +49,6 @@ def _before(rev: str):
     path = Path(f"/tmp/sweep_before_{rev}.py")
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(f"sweep_before_{rev}", path)
-    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
@@ -57,7 +56,7 @@ def _before(rev: str):
 
 
 def _request(tid: str, member: str, until=None) -> GrantRequest:
-    items: tuple[ReservationItem, ...] = (
+    items = (
         ReservationItem("a", amount=1.0, caps=(CapKey(member, "offer:a", "all", 9),)),
         ReservationItem("m", amount=2.5, caps=(CapKey(member, "channel:checkout", "7d-1", 9),)),
     )
@@ -120,9 +119,7 @@ def run(args: argparse.Namespace, module, r: int) -> dict:
     store = open_store(url, migrate_schema=False, sqlite_synchronous="FULL")
     commits = [0]
     event.listen(store.engine, "commit", lambda _c: commits.__setitem__(0, commits[0] + 1))
-    stop = threading.Event()
-    waits: list[float] = []
-    failures: list[str] = []
+    stop, waits, failures = threading.Event(), [], []
     probe = threading.Thread(target=_probe, args=(url, stop, waits, failures))
     probe.start()
     time.sleep(0.5)
@@ -171,4 +168,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
