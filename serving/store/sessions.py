@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, select, tuple_, update
+from sqlalchemy import Connection, and_, func, select, update
 
 from serving.store.tables import budgets, checkout_sessions, grants, member_caps
 
@@ -45,7 +45,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_UPDATE_CHUNK = 400  # grant rows per UPDATE statement (2 bound parameters each)
 MAX_BATCH = 1_000  # sessions or grants per sweep transaction (bound parameters of an IN list)
 
 STATES = ("open", "closed", "cancelled", "partially_returned")
@@ -132,26 +131,19 @@ def _release(
     (the group commit locks them in that order on PostgreSQL, so a sweep batch and a checkout
     never wait for each other in a cycle); with positive amounts, flooring the sum at 0 is the
     same as flooring each step."""
-    rows = list(rows)
-    done: set[tuple[str, str]] = set()
-    for start in range(0, len(rows), _UPDATE_CHUNK):  # one statement per chunk, not per row
-        keys = [(g.transaction_id, g.offer_id) for g in rows[start : start + _UPDATE_CHUNK]]
-        done.update(
-            (r.transaction_id, r.offer_id)
-            for r in connection.execute(
-                update(grants)
-                .where(tuple_(grants.c.transaction_id, grants.c.offer_id).in_(keys))
-                .where(grants.c.state == "granted")  # released or redeemed meanwhile: skipped
-                .values(state="expired" if expired else "released", released_at=now)
-                .returning(grants.c.transaction_id, grants.c.offer_id)
-            )
-        )
     released = []
     amounts: dict[str, float] = {}
     counts: dict[tuple[str, str, str], int] = {}
     for g in rows:
-        if (g.transaction_id, g.offer_id) not in done:
-            continue
+        done = connection.execute(
+            update(grants)
+            .where(grants.c.transaction_id == g.transaction_id)
+            .where(grants.c.offer_id == g.offer_id)
+            .where(grants.c.state == "granted")
+            .values(state="expired" if expired else "released", released_at=now)
+        ).rowcount
+        if done != 1:
+            continue  # released or redeemed meanwhile
         if g.amount is not None and g.amount > 0:
             amounts[g.offer_id] = amounts.get(g.offer_id, 0.0) + float(g.amount)
         for cap_key, period in [] if expired else g.caps or []:
@@ -159,22 +151,20 @@ def _release(
             counts[key] = counts.get(key, 0) + 1
         released.append(g.offer_id)
     floor = func.max if connection.dialect.name == "sqlite" else func.greatest
-    if amounts:
+    for offer_id, amount in sorted(amounts.items()):
         connection.execute(
             update(budgets)
-            .where(budgets.c.offer_id == bindparam("o"))
-            .values(spent=floor(budgets.c.spent - bindparam("amount"), 0.0), updated_at=now),
-            [{"o": o, "amount": a} for o, a in sorted(amounts.items())],
+            .where(budgets.c.offer_id == offer_id)
+            .values(spent=floor(budgets.c.spent - amount, 0.0), updated_at=now)
         )
-    if counts:
+    for (member_id, cap_key, period), n in sorted(counts.items()):
         connection.execute(
             update(member_caps)
-            .where(member_caps.c.member_id == bindparam("m"))
-            .where(member_caps.c.cap_key == bindparam("k"))
-            .where(member_caps.c.period == bindparam("p"))
+            .where(member_caps.c.member_id == member_id)
+            .where(member_caps.c.cap_key == cap_key)
+            .where(member_caps.c.period == period)
             .where(member_caps.c.used > 0)
-            .values(used=floor(member_caps.c.used - bindparam("n"), 0), updated_at=now),
-            [{"m": m, "k": k, "p": p, "n": n} for (m, k, p), n in sorted(counts.items())],
+            .values(used=floor(member_caps.c.used - n, 0), updated_at=now)
         )
     return released
 
@@ -252,7 +242,7 @@ def sweep(
     limit: int = 10_000,
     *,
     batch: int = 200,
-    pause: float = 0.05,
+    pause: float = 0.002,
 ) -> SweepResult:
     """Expire grants whose validity ended unredeemed (their budget is given back, their caps
     stay counted: the member received them), and cancel sessions still open ``open_seconds``
@@ -262,11 +252,8 @@ def sweep(
 
     The work is done ``batch`` grants or sessions per write transaction, with ``pause`` seconds
     between transactions: the write lock (SQLite) and the budget rows (PostgreSQL) are held for
-    one batch at a time, and a checkout waiting for them gets them between two batches. SQLite's
-    busy handler does not queue: a waiting connection sleeps 1, 2, 5 ... 50 ms between tries
-    (100 ms after 228 ms), so without a pause at least that long the sweep takes the lock straight
-    back and the checkout waits out the whole sweep (``bench/sweep.py``: 2,000 sessions, probe
-    write's max wait 239 ms with no pause, 335 ms with 20 ms, 61-63 ms with 50 or 100 ms)."""
+    one batch at a time, and a checkout waiting for them gets them between two batches (SQLite's
+    busy handler polls: without the pause the sweep would take the lock straight back)."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit: {limit!r} is not a positive integer")
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
