@@ -19,7 +19,6 @@ twice. Illegal transitions raise :class:`IllegalTransition` naming the current s
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -44,8 +43,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-MAX_BATCH = 1_000  # sessions or grants per sweep transaction (bound parameters of an IN list)
 
 STATES = ("open", "closed", "cancelled", "partially_returned")
 
@@ -125,15 +122,9 @@ def _release(
     budget amount and the cap counts each one reserved. Returns the released offer ids.
 
     ``expired``: the reward reached the member and lapsed unredeemed: state -> expired, the
-    budget is given back but the caps stay counted (the member did receive it).
-
-    The budgets and caps are given back once per offer and per counter, summed, in sorted order
-    (the group commit locks them in that order on PostgreSQL, so a sweep batch and a checkout
-    never wait for each other in a cycle); with positive amounts, flooring the sum at 0 is the
-    same as flooring each step."""
+    budget is given back but the caps stay counted (the member did receive it)."""
     released = []
-    amounts: dict[str, float] = {}
-    counts: dict[tuple[str, str, str], int] = {}
+    floor = func.max if connection.dialect.name == "sqlite" else func.greatest
     for g in rows:
         done = connection.execute(
             update(grants)
@@ -145,27 +136,21 @@ def _release(
         if done != 1:
             continue  # released or redeemed meanwhile
         if g.amount is not None and g.amount > 0:
-            amounts[g.offer_id] = amounts.get(g.offer_id, 0.0) + float(g.amount)
+            connection.execute(
+                update(budgets)
+                .where(budgets.c.offer_id == g.offer_id)
+                .values(spent=floor(budgets.c.spent - float(g.amount), 0.0), updated_at=now)
+            )
         for cap_key, period in [] if expired else g.caps or []:
-            key = (g.member_id, cap_key, period)
-            counts[key] = counts.get(key, 0) + 1
+            connection.execute(
+                update(member_caps)
+                .where(member_caps.c.member_id == g.member_id)
+                .where(member_caps.c.cap_key == cap_key)
+                .where(member_caps.c.period == period)
+                .where(member_caps.c.used > 0)
+                .values(used=member_caps.c.used - 1, updated_at=now)
+            )
         released.append(g.offer_id)
-    floor = func.max if connection.dialect.name == "sqlite" else func.greatest
-    for offer_id, amount in sorted(amounts.items()):
-        connection.execute(
-            update(budgets)
-            .where(budgets.c.offer_id == offer_id)
-            .values(spent=floor(budgets.c.spent - amount, 0.0), updated_at=now)
-        )
-    for (member_id, cap_key, period), n in sorted(counts.items()):
-        connection.execute(
-            update(member_caps)
-            .where(member_caps.c.member_id == member_id)
-            .where(member_caps.c.cap_key == cap_key)
-            .where(member_caps.c.period == period)
-            .where(member_caps.c.used > 0)
-            .values(used=floor(member_caps.c.used - n, 0), updated_at=now)
-        )
     return released
 
 
@@ -235,54 +220,27 @@ def cancel_session(
     return SessionChange(transaction_id, s.member_id, new, released, redeemed)
 
 
-def sweep(
-    engine: Any,
-    now: datetime,
-    open_seconds: float,
-    limit: int = 10_000,
-    *,
-    batch: int = 200,
-    pause: float = 0.002,
-) -> SweepResult:
+def sweep(engine: Any, now: datetime, open_seconds: float, limit: int = 10_000) -> SweepResult:
     """Expire grants whose validity ended unredeemed (their budget is given back, their caps
     stay counted: the member received them), and cancel sessions still open ``open_seconds``
     after they were created (everything their rewards reserved is given back: the answer may
     never have reached the till). At most ``limit`` of each
-    per call; concurrent sweeps on several replicas release nothing twice.
-
-    The work is done ``batch`` grants or sessions per write transaction, with ``pause`` seconds
-    between transactions: the write lock (SQLite) and the budget rows (PostgreSQL) are held for
-    one batch at a time, and a checkout waiting for them gets them between two batches (SQLite's
-    busy handler polls: without the pause the sweep would take the lock straight back)."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit: {limit!r} is not a positive integer")
-    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
-        raise ValueError(f"batch: {batch!r} is not an integer in [1, {MAX_BATCH}]")
-    if not 0 <= pause <= 1:
-        raise ValueError(f"pause: {pause!r} is not in [0, 1] seconds")
+    per call; concurrent sweeps on several replicas release nothing twice."""
     result = SweepResult()
-    seen = 0
-    while seen < limit:
-        if seen and pause:
-            time.sleep(pause)  # let a waiting checkout take the lock
-        with engine.begin() as connection:
-            _write_lock(connection)
-            expired = connection.execute(
-                _lock(
-                    connection,
-                    select(grants)
-                    .where(grants.c.state == "granted")
-                    .where(grants.c.valid_until.is_not(None))
-                    .where(grants.c.valid_until < now)
-                    .order_by(grants.c.transaction_id, grants.c.offer_id)
-                    .limit(min(batch, limit - seen)),
-                )
-            ).all()
-            result.expired_grants += len(_release(connection, expired, now, expired=True))
-            result.members.update(g.member_id for g in expired)
-        seen += len(expired)
-        if len(expired) < batch:
-            break
+    with engine.begin() as connection:
+        _write_lock(connection)
+        expired = connection.execute(
+            _lock(
+                connection,
+                select(grants)
+                .where(grants.c.state == "granted")
+                .where(grants.c.valid_until.is_not(None))
+                .where(grants.c.valid_until < now)
+                .limit(limit),
+            )
+        ).all()
+        result.expired_grants = len(_release(connection, expired, now, expired=True))
+        result.members.update(g.member_id for g in expired)
     cutoff = now - timedelta(seconds=open_seconds)
     with engine.connect() as connection:
         stale = (
@@ -290,51 +248,28 @@ def sweep(
                 select(checkout_sessions.c.transaction_id)
                 .where(checkout_sessions.c.state == "open")
                 .where(checkout_sessions.c.created_at < cutoff)
-                .order_by(checkout_sessions.c.transaction_id)
                 .limit(limit)
             )
             .scalars()
             .all()
         )
-    for start in range(0, len(stale), batch):
-        if pause:
-            time.sleep(pause)  # after the expired grants' transaction too
-        chunk = stale[start : start + batch]
+    for transaction_id in stale:
         with engine.begin() as connection:
-            _write_lock(connection)
-            still_open = connection.execute(
-                _lock(
-                    connection,
-                    select(checkout_sessions.c.transaction_id, checkout_sessions.c.member_id)
-                    .where(checkout_sessions.c.transaction_id.in_(chunk))
-                    .where(checkout_sessions.c.state == "open")
-                    .order_by(checkout_sessions.c.transaction_id),
-                )
-            ).all()  # closed or cancelled meanwhile: left alone
-            if not still_open:
-                continue
-            ids = [s.transaction_id for s in still_open]
+            s = _session_for_change(connection, transaction_id)
+            if s.state != "open":
+                continue  # closed or cancelled meanwhile
             rows = connection.execute(
                 _lock(
                     connection,
                     select(grants)
-                    .where(grants.c.transaction_id.in_(ids))
-                    .where(grants.c.state == "granted")
-                    .order_by(grants.c.transaction_id, grants.c.offer_id),
+                    .where(grants.c.transaction_id == transaction_id)
+                    .where(grants.c.state == "granted"),
                 )
             ).all()
-            released = len(_release(connection, rows, now))
-            done = connection.execute(
-                update(checkout_sessions)
-                .where(checkout_sessions.c.transaction_id.in_(ids))
-                .where(checkout_sessions.c.state == "open")
-                .values(state="cancelled", updated_at=now)
-            ).rowcount
-            if done != len(ids):  # changed since read (the locks above prevent it)
-                raise IllegalTransition(ids[0], "changed concurrently", "go open -> cancelled")
-            result.released_grants += released
-            result.abandoned_sessions += done
-            result.members.update(s.member_id for s in still_open)
+            result.released_grants += len(_release(connection, rows, now))
+            _set_state(connection, transaction_id, "open", "cancelled", now)
+            result.abandoned_sessions += 1
+            result.members.add(s.member_id)
     if result.expired_grants or result.abandoned_sessions:
         log.info(
             "sweep: %d expired grants released, %d abandoned sessions cancelled (%d grants)",
