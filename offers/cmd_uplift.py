@@ -77,7 +77,7 @@ LevelWindowOpt = Annotated[
     typer.Option(
         min=0.0,
         help="the spend level (mean effect per offer) is measured over this window after a "
-        "send, net of the purchases a send pulls forward (days; 0: over --window-days)",
+        "send, net of the purchases a send pulls forward (days, e.g. 44; 0: over --window-days)",
     ),
 ]
 ShareOpt = Annotated[float, typer.Option(help="share of rows (latest campaigns) held out")]
@@ -119,7 +119,7 @@ def _settings(
     propensity: bool,
     calibrate: bool,
     seed: int,
-    level_window_days: float = 44.0,
+    level_window_days: float = 0.0,
 ) -> Any:
     from training.uplift.fit import UpliftTrainSettings
 
@@ -183,7 +183,7 @@ def train_uplift_command(
     outcomes: OutcomesOpt = "conversion,spend",
     gate_outcome: GateOpt = Outcome.conversion,
     window_days: WindowOpt = 14.0,
-    level_window_days: LevelWindowOpt = 44.0,
+    level_window_days: LevelWindowOpt = 0.0,
     test_share: ShareOpt = 0.2,
     split_at: SplitOpt = None,
     propensity: PropOpt = False,
@@ -244,7 +244,7 @@ def evaluate_uplift_command(
     outcomes: OutcomesOpt = "conversion,spend",
     gate_outcome: GateOpt = Outcome.conversion,
     window_days: WindowOpt = 14.0,
-    level_window_days: LevelWindowOpt = 44.0,
+    level_window_days: LevelWindowOpt = 0.0,
     test_share: ShareOpt = 0.2,
     split_at: SplitOpt = None,
     propensity: PropOpt = False,

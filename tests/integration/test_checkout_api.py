@@ -241,7 +241,7 @@ def test_dry_run_reserves_and_logs_nothing(srv, capped, sqlite_url) -> None:
 
 def test_checkout_rules_are_the_servers(srv, capped, sqlite_url) -> None:
     """Issue 17 item 2: checkout channels only, server time, min_spend on the lines, total."""
-    target, future = capped["target"], capped["future"]
+    future = capped["future"]
     members = capped["members"]
     with srv.client() as c:
         r = c.post("/v1/checkout/rewards", json=_body("r-1", members[3], channel="email"))
@@ -254,9 +254,18 @@ def test_checkout_rules_are_the_servers(srv, capped, sqlite_url) -> None:
         small = [{"category": "grocery", "quantity": 1, "unit_price": 10.0}]
         r = c.post("/v1/checkout/rewards", json=_body("r-3", members[3], small, total=10.0))
         assert r.status_code == 200 and r.json()["rewards"] == []  # min_spend 50 > 10
+        # within 1% of the lines' sum: accepted, and decided on the lines. The same basket with
+        # the exact total (a dry run, which changes nothing) gets the same rewards. (Compared
+        # with the server's own answer, not the in-process probe's target: the probe and the
+        # server can differ for a member with surprise moments, which made this line flaky.)
+        exact = c.post(
+            "/v1/checkout/rewards", params={"dry_run": "true"}, json=_body("r-4", members[3])
+        )
+        assert exact.status_code == 200, exact.text
         r = c.post("/v1/checkout/rewards", json=_body("r-4", members[3], total=80.5))
-        assert r.status_code == 200  # within 1%: accepted, decided on the lines
-        assert [x["offer_id"] for x in r.json()["rewards"]] == [target]
+        assert r.status_code == 200, r.text
+        offers = [x["offer_id"] for x in r.json()["rewards"]]
+        assert offers == [x["offer_id"] for x in exact.json()["rewards"]]
         who = capped["future_members"][0]
         r = c.post("/v1/checkout/rewards", json=_body("r-5", who, ts=FUTURE_TS))
         assert r.status_code == 200

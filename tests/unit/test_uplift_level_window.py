@@ -63,6 +63,7 @@ def _training_set(level_known: str = "all", seed: int = 0) -> UpliftTrainingSet:
 
 
 def _settings(**kw) -> UpliftTrainSettings:
+    kw.setdefault("level_window_days", 44.0)
     return UpliftTrainSettings(
         treatment="kind",
         base_params=FAST,

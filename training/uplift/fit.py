@@ -91,8 +91,10 @@ class UpliftTrainSettings:
     # the spend level (each treatment's mean effect) is measured over this longer window, on
     # the training rows whose longer window is over by the data end: a send that pulls a
     # purchase forward gains in the first 14 days and loses the replaced basket later. None:
-    # over ``window_days``. Measured in docs/engine.md ("The level window").
-    level_window_days: float | None = 44.0
+    # over ``window_days`` (the default: over 44 days it was level with the 14-day level on 12
+    # simulated programs and left a cold-start member of a small program without any reward;
+    # docs/engine.md, "The spend level window").
+    level_window_days: float | None = None
     # fewest rows per treatment (and control) with a known level-window outcome; fewer: the
     # spend level falls back to ``window_days`` (logged, and recorded as level_window.spend)
     min_level_rows: int = 30
