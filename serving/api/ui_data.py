@@ -116,7 +116,7 @@ def incrementality_rows(state: Any) -> tuple[list[dict[str, Any]], str | None]:
         try:
             inputs = from_store(
                 state.store,
-                state.bundle.config.catalog_path(),
+                state.settings.catalog_path(),
                 since=datetime.now(UTC).replace(tzinfo=None) - timedelta(days=INCREMENTALITY_DAYS),
             )
             table = incrementality(inputs, dimensions=("all", "offer", "moment"))
