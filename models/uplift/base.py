@@ -35,8 +35,10 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
+    "ALL_COLUMNS",
     "BASE_LEARNERS",
     "DEFAULT_BASE_PARAMS",
+    "NO_COLUMN",
     "BaseUpliftLearner",
     "NotFittedError",
     "Readout",
@@ -46,6 +48,9 @@ __all__ = [
 ]
 
 BASE_LEARNERS: tuple[str, ...] = ("lightgbm", "hgb")
+# selections of :meth:`Readout.term_outputs` besides a column index
+ALL_COLUMNS = -1
+NO_COLUMN = -2
 Outcome = Literal["auto", "binary", "continuous"]
 
 # LightGBM defaults chosen on Hillstrom, on tuning splits separate from the reported ones
@@ -154,6 +159,66 @@ class Readout:
             out[start : start + len(part)] = outputs @ self.weights + self.intercept
         return out
 
+    def term_outputs(
+        self, X: NDArray[np.floating], own: NDArray[np.integer], chunk_rows: int = 100_000
+    ) -> NDArray[np.float64]:
+        """The terms' outputs a selection of effects needs: shape ``(n, n_terms)``.
+
+        ``own[i]`` selects the effects of row ``i``: a column ``j`` (``0 <= j < n_treatments``,
+        e.g. the row's own treatment), :data:`ALL_COLUMNS` (every column, e.g. a control row
+        that every treatment's ranking compares against) or :data:`NO_COLUMN`. A term is
+        evaluated only on the rows whose selection has a non-zero weight on it (an S-learner
+        row of treatment ``j`` needs 2 of its ``k + 1`` terms); the others hold 0. Pass the
+        result to :meth:`combine`, with this readout or one with the same terms."""
+        own = self._check_own(X, own)
+        outputs = np.zeros((X.shape[0], len(self.terms)))
+        every = own == ALL_COLUMNS
+        for i, term in enumerate(self.terms):
+            users = np.flatnonzero(self.weights[i] != 0)
+            idx = np.flatnonzero(every | np.isin(own, users))
+            for start in range(0, len(idx), chunk_rows):
+                part = idx[start : start + chunk_rows]
+                outputs[part, i] = term.evaluate(X[part])
+        return outputs
+
+    def combine(
+        self, outputs: NDArray[np.float64], own: NDArray[np.integer]
+    ) -> NDArray[np.float64]:
+        """Effects from :meth:`term_outputs` (same ``own``): shape ``(n, n_treatments)``, NaN
+        where ``own`` did not select the column; the selected ones equal :meth:`evaluate`."""
+        own = np.asarray(own)
+        k = self.weights.shape[1]
+        if outputs.shape != (len(own), len(self.terms)):
+            raise ValueError(
+                f"outputs must have shape ({len(own)}, {len(self.terms)}); got {outputs.shape}"
+            )
+        out = outputs @ self.weights + self.intercept
+        out[(own[:, None] != ALL_COLUMNS) & (np.arange(k)[None, :] != own[:, None])] = np.nan
+        return out
+
+    def evaluate_selected(
+        self, X: NDArray[np.floating], own: NDArray[np.integer], chunk_rows: int = 100_000
+    ) -> NDArray[np.float64]:
+        """:meth:`combine` of :meth:`term_outputs`: the selected effects, NaN elsewhere."""
+        return self.combine(self.term_outputs(X, own, chunk_rows), own)
+
+    def _check_own(self, X: NDArray[np.floating], own: NDArray[np.integer]) -> NDArray[np.int64]:
+        arr = np.asarray(own)
+        if arr.shape != (X.shape[0],) or (arr.size and arr.dtype.kind not in "iu"):
+            raise UpliftInputError(
+                f"own must be 1-D integers, one per row of X ({X.shape[0]}); got shape "
+                f"{arr.shape}, dtype {arr.dtype}"
+            )
+        k = self.weights.shape[1]
+        bad = (arr >= k) | ((arr < 0) & (arr != ALL_COLUMNS) & (arr != NO_COLUMN))
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise UpliftInputError(
+                f"own[{first}] = {int(arr[first])}: must be a column 0..{k - 1}, "
+                f"ALL_COLUMNS ({ALL_COLUMNS}) or NO_COLUMN ({NO_COLUMN})"
+            )
+        return arr.astype(np.int64, copy=False)
+
 
 def _as_matrix(X: ArrayLike | pd.DataFrame) -> tuple[NDArray[np.floating], list[str] | None]:
     """``X`` as a 2-D float array: a float32 array stays float32 (no copy; the encoder's
@@ -239,6 +304,17 @@ class BaseUpliftLearner(abc.ABC):
 
     def predict(self, X: ArrayLike | pd.DataFrame) -> NDArray[np.float64]:
         """Effect of each treatment against control: shape ``(n, len(treatments_))``."""
+        X_arr = self._checked(X)
+        return self.readout_.evaluate(X_arr)
+
+    def predict_selected(self, X: ArrayLike | pd.DataFrame, own: ArrayLike) -> NDArray[np.float64]:
+        """:meth:`predict` of only the selected effects (``own``, see
+        :meth:`Readout.term_outputs`), NaN elsewhere: a metric that needs each treated row's
+        own treatment and every treatment on control rows costs a fraction of ``predict``."""
+        X_arr = self._checked(X)
+        return self.readout_.evaluate_selected(X_arr, np.asarray(own))
+
+    def _checked(self, X: ArrayLike | pd.DataFrame) -> NDArray[np.floating]:
         if not hasattr(self, "readout_"):
             raise NotFittedError(f"{type(self).__name__} is not fitted; call fit(X, y, treatment)")
         X_arr, _ = _as_matrix(X)
@@ -247,7 +323,14 @@ class BaseUpliftLearner(abc.ABC):
                 f"X has {X_arr.shape[1]} features but {type(self).__name__} was fitted "
                 f"with {self.n_features_in_}"
             )
-        return self.readout_.evaluate(X_arr)
+        return X_arr
+
+    def columns_of(self, labels: ArrayLike) -> NDArray[np.int64]:
+        """Each label's column in :meth:`predict` (its treatment), :data:`ALL_COLUMNS` for the
+        control label and :data:`NO_COLUMN` for a label the learner does not model."""
+        col = {t: j for j, t in enumerate(self.treatments_)} | {self.control: ALL_COLUMNS}
+        values = pd.Series(np.asarray(labels, dtype=object))
+        return values.map(col).fillna(NO_COLUMN).to_numpy(dtype=np.int64, copy=True)
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor parameters (scikit-learn convention)."""

@@ -46,7 +46,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from models.uplift import make_base_estimator
-from models.uplift.base import BaseUpliftLearner
+from models.uplift.base import ALL_COLUMNS, NO_COLUMN, BaseUpliftLearner
 
 __all__ = [
     "LevelFit",
@@ -161,7 +161,10 @@ def level_fit(
     """
     w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
     baseline = control_baseline(learner, X, y, labels, w)
-    effects = learner.predict(X)
+    # each treated row's own treatment only: the means below use nothing else
+    own = learner.columns_of(labels)
+    own[own == ALL_COLUMNS] = NO_COLUMN
+    effects = learner.predict_selected(X, own)
     k = len(learner.treatments_)
     missing = [str(t) for t in learner.treatments_ if not np.any(labels == t)]
     if missing:
@@ -224,14 +227,21 @@ def heterogeneity_slope(
     X: NDArray[np.float64],
     y: NDArray[np.float64],
     labels: NDArray[Any],
+    effects: NDArray[np.float64] | None = None,
 ) -> tuple[float, float]:
     """Out-of-sample slope (and its standard error) of the effect on the learner's predicted
     deviation from each treatment's mean, pooled over treatments: the slope of
     ``y - baseline(X)`` on the deviation among a treatment's rows minus the same slope among
     the control rows (what the deviation explains of the outcome without treatment, e.g. an
     imperfect baseline, is not effect). 1: the deviations are right on average; 0: they carry
-    nothing. (0, inf) when the deviations are all zero."""
-    effects = learner.predict(X)
+    nothing. (0, inf) when the deviations are all zero.
+
+    ``effects``: the learner's effects on ``X`` when already predicted; only each treated
+    row's own treatment and every treatment on control rows are read (others may be NaN, as
+    ``learner.predict_selected(X, learner.columns_of(labels))`` gives, which is used when
+    ``effects`` is None)."""
+    if effects is None:
+        effects = learner.predict_selected(X, learner.columns_of(labels))
     control = labels == learner.control
     r_all = y - baseline(X)
     sums = {True: [0.0, 0.0, []], False: [0.0, 0.0, []]}  # num, den, (d, r) pieces

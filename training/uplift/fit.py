@@ -8,8 +8,9 @@ it):
    with fewer than ``min_treatment_rows`` training rows are left out of the model;
 2. the feature encoder (fitted on the training rows) and one learner per outcome (conversion:
    binary, spend: continuous), level-calibrated (:mod:`training.uplift.calibration`, on by
-   default) and exported to ONNX. The largest ONNX-vs-native difference on the test rows is
-   kept (``onnx_max_abs_diff.<outcome>``): a warning is logged above 1e-4 and fitting fails
+   default) and exported to ONNX. The largest ONNX-vs-native difference on the test rows (a
+   seeded sample of ``parity_rows`` of them, every treatment) is kept
+   (``onnx_max_abs_diff.<outcome>``): a warning is logged above 1e-4 and fitting fails
    above 1e-2 (a wrong tree or readout rather than float32 arithmetic);
 3. metrics on the test split (:mod:`training.uplift.evaluate`; the gate metric ``qini`` is the
    gate outcome's Qini) and, for a simulated program (``truth_metrics_for``), the correlation
@@ -115,6 +116,10 @@ class UpliftTrainSettings:
     # level calibration uses a seeded uniform sample of this many training rows when there are
     # more (None: all): a mean over 300,000 rows has a standard error far below the shifts
     level_rows: int | None = 300_000
+    # the ONNX parity check compares every treatment's effect on a seeded uniform sample of
+    # this many test rows (None: all): it checks float32 arithmetic and the exported trees,
+    # which 20,000 rows x every treatment exercise as well as 500,000 (docs/benchmarks.md)
+    parity_rows: int | None = 20_000
 
     def __post_init__(self) -> None:
         if self.learner not in LEARNERS:
@@ -133,6 +138,8 @@ class UpliftTrainSettings:
             )
         if self.level_rows is not None and self.level_rows < 1:
             raise ValueError(f"level_rows must be >= 1 or None; got {self.level_rows}")
+        if self.parity_rows is not None and self.parity_rows < 1:
+            raise ValueError(f"parity_rows must be >= 1 or None; got {self.parity_rows}")
         if self.learner == "CT" and self.outcomes != (CONVERSION,):
             raise ValueError("learner CT supports the binary outcome only: outcomes=conversion")
 
@@ -158,7 +165,10 @@ class FittedUplift:
     encoder: FeatureEncoder
     learners: dict[str, BaseUpliftLearner]
     onnx: dict[str, bytes]
-    effects: dict[str, np.ndarray]  # native predictions on the test rows
+    # native predictions on the test rows, (n_test, n_treatments): every treatment on control
+    # rows, the row's own treatment on treated rows (what the test metrics and the truth
+    # metrics read), NaN elsewhere
+    effects: dict[str, np.ndarray]
     metrics: dict[str, float]
     treatments: list[str]
     parity: dict[str, float] = field(default_factory=dict)
@@ -253,6 +263,8 @@ def fit_uplift(
     X_tr = encoder.transform(tr[list(data.feature_columns)], dtype=np.float32)
     X_te = encoder.transform(te[list(data.feature_columns)], dtype=np.float32)
     prop = _propensity(tr) if settings.use_propensity else None
+    labels_te = te[TREATMENT].to_numpy(dtype=object)
+    checked = _row_sample(len(X_te), settings.parity_rows, settings.seed)
     learners, onnx_models, effects, parity, level = {}, {}, {}, {}, {}
     for outcome in settings.outcomes:
         step(f"fit {settings.learner}-learner on {outcome} ({len(tr):,} rows)")
@@ -270,6 +282,10 @@ def fit_uplift(
             y = y - y.mean()
         labels_tr = tr[TREATMENT].to_numpy(dtype=object)
         learner.fit(X_tr, y, labels_tr, prop)
+        # the test rows' base-model outputs, once: the calibration changes only the readout's
+        # weights, so the slope and the final effects are read from the same outputs
+        own_te = learner.columns_of(labels_te)
+        outputs_te = learner.readout_.term_outputs(X_te, own_te)
         if settings.calibrate_level:
             cal = _row_sample(len(y), settings.level_rows, settings.seed)
             weights = None if prop is None else 1 / prop[cal]
@@ -311,8 +327,14 @@ def fit_uplift(
                 y_te = te[outcome].to_numpy(dtype=np.float64)
                 if outcome != CONVERSION:
                     y_te = y_te - (tr[outcome].to_numpy(dtype=np.float64)).mean()
-                labels_te = te[TREATMENT].to_numpy(dtype=object)
-                slope, slope_se = heterogeneity_slope(learner, baseline, X_te, y_te, labels_te)
+                slope, slope_se = heterogeneity_slope(
+                    learner,
+                    baseline,
+                    X_te,
+                    y_te,
+                    labels_te,
+                    effects=learner.readout_.combine(outputs_te, own_te),
+                )
                 scale = float(np.clip(slope, settings.heterogeneity_floor, 1.0))
                 apply_scale(learner, scale, fit.shrunk)
                 level[f"heterogeneity_slope.{outcome}"] = slope
@@ -322,9 +344,12 @@ def fit_uplift(
             raise UpliftTrainError(f"{outcome}: fitted treatments {learner.treatments_} != {keep}")
         step(f"export {outcome} to ONNX")
         onnx_models[outcome] = export_onnx(learner)
-        native = learner.predict(X_te)
-        served = OnnxUpliftPredictor(onnx_models[outcome]).predict(X_te)
-        parity[outcome] = float(np.abs(served - native).max()) if len(X_te) else 0.0
+        native = learner.readout_.combine(outputs_te, own_te)
+        if len(X_te):
+            served = OnnxUpliftPredictor(onnx_models[outcome]).predict(X_te[checked])
+            parity[outcome] = float(np.abs(served - learner.predict(X_te[checked])).max())
+        else:
+            parity[outcome] = 0.0
         if parity[outcome] > PARITY_FAILURE:
             raise UpliftTrainError(
                 f"{outcome}: ONNX differs from the native model by {parity[outcome]:.2e} "
@@ -348,6 +373,7 @@ def fit_uplift(
     metrics |= {"rows.train": float(len(tr)), "rows.test": float(len(te))} | level
     if settings.calibrate_level:
         metrics["rows.level_calibration"] = float(min(len(tr), settings.level_rows or len(tr)))
+    metrics["rows.parity"] = float(min(len(te), settings.parity_rows or len(te)))
     return FittedUplift(
         data=data,
         train=train,
