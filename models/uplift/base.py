@@ -415,13 +415,16 @@ class BaseUpliftLearner(abc.ABC):
         if values.isna().any():
             first = int(np.flatnonzero(values.isna().to_numpy())[0])
             raise UpliftInputError(f"treatment has missing labels; first at index {first}")
-        kinds = {type(v) for v in values.map(lambda v: v.item() if hasattr(v, "item") else v)}
+        labels = values.to_numpy(dtype=object, copy=True)
+        kinds = set(map(type, labels))
+        if kinds != {str}:  # numpy scalars become Python ones (all-str labels need nothing)
+            labels = values.map(lambda v: v.item() if hasattr(v, "item") else v).to_numpy(object)
+            kinds = set(map(type, labels))
         if kinds - {int, str, bool} or len(kinds & {int, str}) > 1:
             raise UpliftInputError(
                 f"treatment labels must be all ints or all strings; got types "
                 f"{sorted(k.__name__ for k in kinds)}"
             )
-        labels = values.map(lambda v: v.item() if hasattr(v, "item") else v).to_numpy(object)
         present = set(labels.tolist())
         if self.control not in present:
             raise UpliftInputError(

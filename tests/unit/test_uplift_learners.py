@@ -178,3 +178,19 @@ def test_learner_specific_errors() -> None:
     model = SLearner(base_params=FAST).fit(X0, Y0, T0)
     with pytest.raises(UpliftInputError, match=r"X has 3 features but SLearner was fitted with 4"):
         model.predict(X0[:, :3])
+
+
+@pytest.mark.parametrize(
+    ("labels", "control", "kind"),
+    [
+        (np.array(["c", "a", "b"] * 4, dtype=object), "c", str),
+        (np.array(["c", "a", "b"] * 4), "c", str),  # numpy strings
+        (np.array([np.str_("c"), "a", "b"] * 4, dtype=object), "c", str),
+        (np.array([0, 1, 2] * 4), 0, int),  # numpy ints
+    ],
+)
+def test_treatment_labels_become_python_scalars(labels, control, kind) -> None:
+    out = SLearner(control=control)._check_treatment(labels)
+    assert out.dtype == object and {type(v) for v in out} == {kind}
+    assert out.tolist() == [v.item() if hasattr(v, "item") else v for v in labels]
+    assert out is not labels
