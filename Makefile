@@ -24,13 +24,8 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(BIN)/offers demo $(DEMO_ARGS)
 
-# tests/integration/test_checkout_api.py runs in its own process: after the earlier integration
-# modules in one process its servers and its in-process probe disagree (an order dependence not
-# found yet; the module passes alone and after each half of them). Both runs must pass.
-ISOLATED = tests/integration/test_checkout_api.py
 test: venv
-	$(BIN)/python -m pytest -q --ignore=$(ISOLATED) $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -q $(ISOLATED) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check features models training serving offers tests bench

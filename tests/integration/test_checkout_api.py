@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.support.api import KEY_ALL, ROOT, Server, checkout_target, point_estimates_engine
+from tests.support.api import KEY_ALL, ROOT, Server, checkout_target, server_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 log = logging.getLogger(__name__)
@@ -40,21 +40,18 @@ def _body(tid: str, member: str, basket=BASKET, total: float = 80.0, **extra) ->
 
 
 def _probe(world: dict, catalog: Path, members: list[str], **kw) -> dict[str, list[str]]:
-    """Offers the engine gives each member at checkout (in-process, same champions)."""
+    """Offers the engine gives each member at checkout, decided in this process on exactly
+    what a test server of this catalog decides with (``server_settings``: the same champions,
+    snapshot, members' past offer events and engine settings)."""
     from serving.api.bundle import build_bundle
     from serving.api.modelset import DEFAULT_MODELS, ModelHolder
     from serving.engine import DecisionContext
     from serving.loader import lkg_loader
-    from serving.settings import Settings
 
-    home = world["home"]
-    loader = lkg_loader(world["registry"].tracking_uri, home / "probe-models")
+    home, tracking = world["home"], world["registry"].tracking_uri
+    loader = lkg_loader(tracking, home / "probe-models")
     models = ModelHolder(DEFAULT_MODELS, loader).reload()
-    config = Settings(
-        data={"home": home},
-        serving={"catalog": catalog, "member_features": world["program"]["features"]},
-        engine=point_estimates_engine(),  # as the test Server decides (see Server.start)
-    )
+    config = server_settings(home, {**world["program"], "catalog": catalog}, tracking)
     bundle = build_bundle(models, config)
     as_of = pd.Timestamp(kw.get("as_of") or pd.Timestamp.now())
     out = {}
@@ -159,6 +156,25 @@ def srv(world, capped, sqlite_url):
 
 
 # -- sessions -------------------------------------------------------------------------------
+def test_the_server_grants_the_target_to_every_member_the_probe_chose(srv, capped) -> None:
+    """What the tests below rely on: the server decides as the in-process probe did. Every
+    chosen member gets the target in a dry run (which reserves nothing). A probe deciding on
+    other inputs than the server's (it once decided without the members' past offer events,
+    so members who had already received the target were chosen and then refused by the server
+    at per_member_cap 1) fails here, naming the members, before the tests that use them."""
+    target = capped["target"]
+    refused = []
+    with srv.client() as c:
+        for i, member in enumerate(capped["members"]):
+            r = c.post(
+                "/v1/checkout/rewards", params={"dry_run": "true"}, json=_body(f"pr-{i}", member)
+            )
+            assert r.status_code == 200, r.text
+            if target not in [x["offer_id"] for x in r.json()["rewards"]]:
+                refused.append((i, member))
+    assert not refused, f"the server does not grant {target} to (position, member) {refused}"
+
+
 def test_retry_returns_the_stored_answer_and_cancel_restores_budget_and_cap(
     srv, capped, sqlite_url
 ) -> None:

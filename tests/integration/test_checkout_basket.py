@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tests.support.api import Server, point_estimates_engine
+from tests.support.api import Server, server_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,16 +33,12 @@ def bundle(world):
     from serving.api.bundle import build_bundle
     from serving.api.modelset import DEFAULT_MODELS, ModelHolder
     from serving.loader import lkg_loader
-    from serving.settings import Settings
 
     home, program = world["home"], world["program"]
     loader = lkg_loader(world["registry"].tracking_uri, home / "basket-probe-models")
     models = ModelHolder(DEFAULT_MODELS, loader).reload()
-    config = Settings(
-        data={"home": home},
-        serving={"catalog": program["catalog"], "member_features": program["features"]},
-        engine=point_estimates_engine(),  # as the test Server decides (see Server.start)
-    )
+    # exactly what the test Server decides with (its environment, built in this process)
+    config = server_settings(home, program, world["registry"].tracking_uri)
     return build_bundle(models, config)
 
 

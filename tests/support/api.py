@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -37,7 +38,9 @@ def build_program(out: Path, n_members: int = 1500, seed: int = 3) -> dict:
     program.write(out)
     tables = load_tables(out)
     end = program.transactions["ts"].max().normalize() + pd.Timedelta(days=1)
-    feats = member_features(tables, end).to_pandas()
+    # sorted: DuckDB returns the snapshot's rows in no fixed order (it varies from run to run
+    # with thread scheduling), and tests take "the first 200 members" of this list
+    feats = member_features(tables, end).to_pandas().sort_values("member_id", ignore_index=True)
     path = out.parent / "member_features.parquet"
     feats.to_parquet(path, index=False)
     return {
@@ -92,6 +95,60 @@ def train_uplift_quick(program: dict, registry) -> str:
 
 
 # -- the server ------------------------------------------------------------------------------
+def server_environment(
+    home: Path,
+    program: dict,
+    tracking_uri: str,
+    db_url: str | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment a test :class:`Server` process gets: this process's, then the test
+    program's files, keys, models and store, then ``env`` (added last: overrides the rest)."""
+    from serving.api.modelset import DEFAULT_MODELS
+
+    out = {
+        **os.environ,
+        "OFFERS_HOME": str(home),
+        "OFFERS_API_KEYS": json.dumps({KEY_ALL: SCOPES_ALL, KEY_READ: ["offers:read"]}),
+        "OFFERS_MODELS": json.dumps(DEFAULT_MODELS),
+        # a 1,500-member program with quick models: at the engine's default lower bound
+        # (uncertainty_z 1) no offer pays and nothing would be sent; the API's mechanics
+        # (budgets, caps, sessions) are tested on the point estimates
+        "OFFERS_ENGINE_SCORING__UNCERTAINTY_Z": "0",
+        "OFFERS_CATALOG": str(program["catalog"]),
+        "OFFERS_MEMBER_FEATURES": str(program["features"]),
+        # the members' past offer events (the catalog may be a copy elsewhere)
+        "OFFERS_OFFER_EVENTS": str(program["dir"] / "offer_events.parquet"),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "OFFERS_DECISION_LOG_FLUSH_SECONDS": "0.05",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
+    out.pop("OFFERS_DATABASE_URL", None)
+    if db_url:
+        out["OFFERS_DATABASE_URL"] = db_url
+    out.update(env or {})
+    return out
+
+
+def server_settings(
+    home: Path, program: dict, tracking_uri: str, env: dict[str, str] | None = None
+) -> Any:
+    """The settings tree a test :class:`Server` process decides with (its ``get_settings()``),
+    built in this process from the same environment, so that an in-process probe decides on
+    exactly the server's inputs (catalog, snapshot, the members' past offer events, engine
+    settings) whatever this process's own environment holds."""
+    from serving.settings import Settings
+
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(server_environment(home, program, tracking_uri, None, env))
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 class Server:
     """``uvicorn serving.api:create_app --factory`` as a child process on loopback."""
 
@@ -111,36 +168,20 @@ class Server:
             db_url,
         )
         self.workers = workers
-        self.env = env or {}  # added last: overrides the defaults below
+        self.env = env or {}  # added last: overrides the defaults (server_environment)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.log = home / f"server-{self.port}.log"
 
-    def start(self, tracking_uri: str | None = None) -> Server:
-        from serving.api.modelset import DEFAULT_MODELS
+    def environment(self, tracking_uri: str | None = None) -> dict[str, str]:
+        """The server process's environment (see :func:`server_environment`)."""
+        return server_environment(
+            self.home, self.program, tracking_uri or self.tracking_uri, self.db_url, self.env
+        )
 
-        env = {
-            **os.environ,
-            "OFFERS_HOME": str(self.home),
-            "OFFERS_API_KEYS": json.dumps({KEY_ALL: SCOPES_ALL, KEY_READ: ["offers:read"]}),
-            "OFFERS_MODELS": json.dumps(DEFAULT_MODELS),
-            # a 1,500-member program with quick models: at the engine's default lower bound
-            # (uncertainty_z 1) no offer pays and nothing would be sent; the API's mechanics
-            # (budgets, caps, sessions) are tested on the point estimates
-            "OFFERS_ENGINE_SCORING__UNCERTAINTY_Z": "0",
-            "OFFERS_CATALOG": str(self.program["catalog"]),
-            "OFFERS_MEMBER_FEATURES": str(self.program["features"]),
-            # the members' past offer events (the catalog may be a copy elsewhere)
-            "OFFERS_OFFER_EVENTS": str(self.program["dir"] / "offer_events.parquet"),
-            "MLFLOW_TRACKING_URI": tracking_uri or self.tracking_uri,
-            "OFFERS_DECISION_LOG_FLUSH_SECONDS": "0.05",
-            "OPENBLAS_NUM_THREADS": "1",
-        }
-        env.pop("OFFERS_DATABASE_URL", None)
-        if self.db_url:
-            env["OFFERS_DATABASE_URL"] = self.db_url
-        env.update(self.env)
+    def start(self, tracking_uri: str | None = None) -> Server:
+        env = self.environment(tracking_uri)
         cmd = [sys.executable, "-m", "uvicorn", "serving.api:create_app", "--factory",
                "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"]  # fmt: skip
         if self.workers > 1:  # the CLI: prepares the store and models once, then N workers
@@ -193,14 +234,6 @@ class _RetryBusy(httpx.HTTPTransport):
         return response
 
 
-def point_estimates_engine():
-    """Engine settings deciding on point estimates (``uncertainty_z`` 0), as the test Server
-    does: on the tests' 1,500-member programs every lower bound is negative."""
-    from serving.engine import EngineSettings
-
-    return EngineSettings(scoring={"uncertainty_z": 0.0})
-
-
 def checkout_target(world, members: list[str], total: float) -> tuple[str, list[str]]:
     """The offer the engine picks at checkout for most of ``members`` when it is the only one
     with budget left (probed in-process on the same champions, the members' history and the
@@ -209,21 +242,12 @@ def checkout_target(world, members: list[str], total: float) -> tuple[str, list[
     from serving.api.modelset import DEFAULT_MODELS, ModelHolder
     from serving.engine import DecisionContext
     from serving.loader import lkg_loader
-    from serving.settings import Settings
 
     home, program = world["home"], world["program"]
     loader = lkg_loader(world["registry"].tracking_uri, home / "probe-models")
     models = ModelHolder(DEFAULT_MODELS, loader).reload()
-    config = Settings(
-        data={"home": home},
-        serving={
-            "catalog": program["catalog"],
-            "member_features": program["features"],
-            "offer_events": program["dir"] / "offer_events.parquet",
-        },
-        # as the test Server decides: on point estimates (see Server.start)
-        engine=point_estimates_engine(),
-    )
+    # what a test Server for this program decides with (point estimates, the members' history)
+    config = server_settings(home, program, world["registry"].tracking_uri)
     bundle = build_bundle(models, config)
     ids = list(bundle.offer_ids)
     best, best_members = ids[0], []
