@@ -154,6 +154,8 @@ class ServingSettings(BaseSettings):
     OFFERS_CHECKOUT_SWEEP_SECONDS   interval of the background checkout sweep (60; 0: off)
     OFFERS_CHECKOUT_OPEN_SECONDS    a session still open (not closed by the till) this long
                                     after checkout is cancelled by the sweep (900)
+    OFFERS_CHECKOUT_SWEEP_BATCH     grants or sessions per sweep write transaction (200)
+    OFFERS_CHECKOUT_SWEEP_PAUSE_SECONDS   pause between two sweep transactions (0.05)
     OFFERS_MAX_BODY_BYTES                request body limit, any transfer encoding (4,000,000)
     OFFERS_HEADER_READ_TIMEOUT_SECONDS   time to send a request's headers (10)
     OFFERS_BODY_READ_TIMEOUT_SECONDS     time to send a declared body after the headers (10)
@@ -185,6 +187,8 @@ class ServingSettings(BaseSettings):
     history_max_members: int = Field(default=100_000, ge=1, le=10_000_000)
     checkout_sweep_seconds: float = Field(default=60.0, ge=0, le=86_400)  # 0: no sweeper
     checkout_open_seconds: float = Field(default=900.0, gt=0, le=30 * 86_400)
+    checkout_sweep_batch: int = Field(default=200, ge=1, le=1_000)  # sessions.MAX_BATCH
+    checkout_sweep_pause_seconds: float = Field(default=0.05, ge=0, le=1)
     # HTTP surface: limits, timeouts, metrics exposure, event time window.
     max_body_bytes: int = Field(default=4_000_000, ge=1_000, le=1_000_000_000)
     header_read_timeout_seconds: float = Field(default=10.0, gt=0, le=600)

@@ -104,7 +104,11 @@ def create_app(settings: Settings | None = None, *, model_loader: Loader | None 
                     state.problems["bundle"] = f"{type(exc).__name__}: {exc}"
                     log.exception("not ready: decision bundle not built")
         sweeping = start_sweeper(
-            state, serving.checkout_sweep_seconds, serving.checkout_open_seconds
+            state,
+            serving.checkout_sweep_seconds,
+            serving.checkout_open_seconds,
+            batch=serving.checkout_sweep_batch,
+            pause=serving.checkout_sweep_pause_seconds,
         )
         try:
             yield

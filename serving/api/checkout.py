@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -138,14 +139,16 @@ def past_grants(
     ]
 
 
-async def run_sweeper(state: Any, interval: float, open_seconds: float) -> None:
+async def run_sweeper(state: Any, interval: float, open_seconds: float, **batching: Any) -> None:
     """Every ``interval`` seconds: release expired grants and abandoned open sessions
-    (``OffersStore.sweep_sessions``) and forget the members concerned from the history cache.
-    Runs until cancelled; a failed sweep is logged and tried again next time."""
+    (``OffersStore.sweep_sessions``, with ``batching``: its ``batch`` and ``pause``) and forget
+    the members concerned from the history cache. Runs until cancelled; a failed sweep is
+    logged and tried again next time."""
+    sweep = functools.partial(state.store.sweep_sessions, open_seconds, **batching)
     while True:
         await asyncio.sleep(interval)
         try:
-            result = await to_thread.run_sync(state.store.sweep_sessions, open_seconds)
+            result = await to_thread.run_sync(sweep)
         except Exception as exc:
             log.error("checkout sweep failed: %s: %s", type(exc).__name__, exc)
             continue
@@ -173,11 +176,15 @@ async def redeemed_grants(state: Any, events: Sequence[Any], stored: Sequence[st
         state.history.invalidate({m for m, _o, _d in redemptions})
 
 
-def start_sweeper(state: Any, interval: float, open_seconds: float) -> asyncio.Task | None:
+def start_sweeper(
+    state: Any, interval: float, open_seconds: float, **batching: Any
+) -> asyncio.Task | None:
     """The background sweep for the app's lifespan (None when ``interval`` is 0)."""
     if interval <= 0 or state.store is None:
         return None
-    return asyncio.create_task(run_sweeper(state, interval, open_seconds), name="sweeper")
+    return asyncio.create_task(
+        run_sweeper(state, interval, open_seconds, **batching), name="sweeper"
+    )
 
 
 async def stop_sweeper(task: asyncio.Task | None) -> None:

@@ -19,12 +19,13 @@ twice. Illegal transitions raise :class:`IllegalTransition` naming the current s
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select, update
+from sqlalchemy import Connection, and_, bindparam, func, select, tuple_, update
 
 from serving.store.tables import budgets, checkout_sessions, grants, member_caps
 
@@ -35,6 +36,7 @@ __all__ = [
     "UnknownOffers",
     "UnknownSession",
     "cancel_session",
+    "check_sweep_options",
     "close_session",
     "get_session",
     "mark_redeemed",
@@ -43,6 +45,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+MAX_BATCH = 1_000  # sessions or grants per sweep transaction (bound parameters of an IN list)
+_UPDATE_CHUNK = 400  # grant rows per UPDATE statement (two bound parameters each)
 
 STATES = ("open", "closed", "cancelled", "partially_returned")
 
@@ -154,6 +159,60 @@ def _release(
     return released
 
 
+def _release_many(
+    connection: Connection, rows: Sequence[Any], now: datetime, *, expired: bool = False
+) -> list[Any]:
+    """:func:`_release` for many rows in a few statements (the sweep): returns the rows
+    released. The end state is the same as ``_release(connection, rows, now, expired=...)``
+    (tests/unit/test_checkout_store.py holds them equal): the same grants change state, and each
+    budget and cap counter gets the same steps in the same order (one ``max(spent - amount, 0)``
+    per grant, one ``used - 1 if used > 0`` per counted cap), only grouped by counter instead of
+    interleaved, which changes nothing as each step touches one row.
+
+    The grants' state changes are one ``UPDATE ... RETURNING`` per ``_UPDATE_CHUNK`` rows; the
+    give-backs one executemany for budgets and one for caps, in sorted counter order (the
+    order in which the group commit locks them on PostgreSQL, so a sweep and a checkout never
+    wait for each other in a cycle)."""
+    new_state = "expired" if expired else "released"
+    done: set[tuple[str, str]] = set()
+    for start in range(0, len(rows), _UPDATE_CHUNK):
+        keys = [(g.transaction_id, g.offer_id) for g in rows[start : start + _UPDATE_CHUNK]]
+        changed = connection.execute(
+            update(grants)
+            .where(tuple_(grants.c.transaction_id, grants.c.offer_id).in_(keys))
+            .where(grants.c.state == "granted")  # released or redeemed meanwhile: left alone
+            .values(state=new_state, released_at=now)
+            .returning(grants.c.transaction_id, grants.c.offer_id)
+        )
+        done.update((t, o) for t, o in changed)
+    released = [g for g in rows if (g.transaction_id, g.offer_id) in done]
+    # stable sorts: each counter's steps stay in the rows' order
+    amounts = sorted(
+        ((g.offer_id, float(g.amount)) for g in released if g.amount is not None and g.amount > 0),
+        key=lambda step: step[0],
+    )
+    if amounts:
+        floor = func.max if connection.dialect.name == "sqlite" else func.greatest
+        connection.execute(
+            update(budgets)
+            .where(budgets.c.offer_id == bindparam("b_offer"))
+            .values(spent=floor(budgets.c.spent - bindparam("b_amount"), 0.0), updated_at=now),
+            [{"b_offer": o, "b_amount": a} for o, a in amounts],
+        )
+    counted = [] if expired else [(g.member_id, k, p) for g in released for k, p in g.caps or []]
+    if counted:
+        connection.execute(
+            update(member_caps)
+            .where(member_caps.c.member_id == bindparam("c_member"))
+            .where(member_caps.c.cap_key == bindparam("c_key"))
+            .where(member_caps.c.period == bindparam("c_period"))
+            .where(member_caps.c.used > 0)
+            .values(used=member_caps.c.used - 1, updated_at=now),
+            [{"c_member": m, "c_key": k, "c_period": p} for m, k, p in sorted(counted)],
+        )
+    return released
+
+
 def _session_for_change(connection: Connection, transaction_id: str) -> Any:
     _write_lock(connection)
     row = connection.execute(
@@ -220,62 +279,133 @@ def cancel_session(
     return SessionChange(transaction_id, s.member_id, new, released, redeemed)
 
 
-def sweep(engine: Any, now: datetime, open_seconds: float, limit: int = 10_000) -> SweepResult:
+def check_sweep_options(limit: Any, batch: Any, pause: Any) -> None:
+    """Raise ValueError naming the option and its value unless ``limit`` is a positive integer,
+    ``batch`` an integer in [1, MAX_BATCH] and ``pause`` a number of seconds in [0, 1]."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit: {limit!r} is not a positive integer")
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise ValueError(f"batch: {batch!r} is not an integer in [1, {MAX_BATCH}]")
+    if isinstance(pause, bool) or not isinstance(pause, int | float) or not 0 <= pause <= 1:
+        raise ValueError(f"pause: {pause!r} is not a number of seconds in [0, 1]")
+
+
+def _skip_locked(connection: Connection, query: Any) -> Any:
+    """PostgreSQL: lock the rows read, skipping rows another transaction holds (a concurrent
+    sweep's batch, a cancel in progress): they are that transaction's to change."""
+    if connection.dialect.name == "postgresql":
+        return query.with_for_update(skip_locked=True)
+    return query
+
+
+def sweep(
+    engine: Any,
+    now: datetime,
+    open_seconds: float,
+    limit: int = 10_000,
+    *,
+    batch: int = 200,
+    pause: float = 0.05,
+) -> SweepResult:
     """Expire grants whose validity ended unredeemed (their budget is given back, their caps
     stay counted: the member received them), and cancel sessions still open ``open_seconds``
     after they were created (everything their rewards reserved is given back: the answer may
-    never have reached the till). At most ``limit`` of each
-    per call; concurrent sweeps on several replicas release nothing twice."""
+    never have reached the till). At most ``limit`` of each per call; concurrent sweeps on
+    several replicas release nothing twice.
+
+    The work is done ``batch`` grants or sessions per write transaction with ``pause`` seconds
+    between transactions, so the SQLite write lock and PostgreSQL's budget and cap rows are
+    held for one batch at a time and a checkout waiting for them gets them between two batches.
+    SQLite's busy handler polls (a waiting connection sleeps 1, 2, 5 ... 50 ms between tries),
+    so without a pause of that order the sweep takes the lock straight back. Each batch re-reads
+    what it changes under the lock (grants still ``granted``, sessions still ``open``); on
+    PostgreSQL rows another transaction holds are skipped, not waited for.
+    """
+    check_sweep_options(limit, batch, pause)
     result = SweepResult()
-    with engine.begin() as connection:
-        _write_lock(connection)
-        expired = connection.execute(
-            _lock(
-                connection,
-                select(grants)
-                .where(grants.c.state == "granted")
-                .where(grants.c.valid_until.is_not(None))
-                .where(grants.c.valid_until < now)
-                .limit(limit),
-            )
-        ).all()
-        result.expired_grants = len(_release(connection, expired, now, expired=True))
-        result.members.update(g.member_id for g in expired)
-    cutoff = now - timedelta(seconds=open_seconds)
-    with engine.connect() as connection:
-        stale = (
-            connection.execute(
-                select(checkout_sessions.c.transaction_id)
-                .where(checkout_sessions.c.state == "open")
-                .where(checkout_sessions.c.created_at < cutoff)
-                .limit(limit)
-            )
-            .scalars()
-            .all()
-        )
-    for transaction_id in stale:
+    transactions = 0
+
+    def rest() -> None:
+        if transactions and pause:
+            time.sleep(pause)  # let a waiting checkout take the lock
+
+    seen = 0
+    while seen < limit:
+        rest()
+        size = min(batch, limit - seen)
         with engine.begin() as connection:
-            s = _session_for_change(connection, transaction_id)
-            if s.state != "open":
-                continue  # closed or cancelled meanwhile
+            _write_lock(connection)
             rows = connection.execute(
-                _lock(
+                _skip_locked(
                     connection,
                     select(grants)
-                    .where(grants.c.transaction_id == transaction_id)
-                    .where(grants.c.state == "granted"),
+                    .where(grants.c.state == "granted")
+                    .where(grants.c.valid_until.is_not(None))
+                    .where(grants.c.valid_until < now)
+                    .order_by(grants.c.transaction_id, grants.c.offer_id)
+                    .limit(size),
                 )
             ).all()
-            result.released_grants += len(_release(connection, rows, now))
-            _set_state(connection, transaction_id, "open", "cancelled", now)
-            result.abandoned_sessions += 1
-            result.members.add(s.member_id)
+            released = _release_many(connection, rows, now, expired=True)
+        transactions += 1
+        result.expired_grants += len(released)
+        result.members.update(g.member_id for g in released)
+        seen += len(rows)
+        if len(rows) < size:
+            break
+    cutoff = now - timedelta(seconds=open_seconds)
+    seen = 0
+    while seen < limit:
+        rest()
+        size = min(batch, limit - seen)
+        released = []
+        with engine.begin() as connection:
+            _write_lock(connection)
+            stale = connection.execute(
+                _skip_locked(
+                    connection,
+                    select(checkout_sessions.c.transaction_id, checkout_sessions.c.member_id)
+                    .where(checkout_sessions.c.state == "open")
+                    .where(checkout_sessions.c.created_at < cutoff)
+                    .order_by(checkout_sessions.c.created_at, checkout_sessions.c.transaction_id)
+                    .limit(size),
+                )
+            ).all()
+            ids = [s.transaction_id for s in stale]
+            if ids:
+                rows = connection.execute(
+                    _lock(
+                        connection,
+                        select(grants)
+                        .where(grants.c.transaction_id.in_(ids))
+                        .where(grants.c.state == "granted")
+                        .order_by(grants.c.transaction_id, grants.c.offer_id),
+                    )
+                ).all()
+                released = _release_many(connection, rows, now)
+                cancelled = connection.execute(
+                    update(checkout_sessions)
+                    .where(checkout_sessions.c.transaction_id.in_(ids))
+                    .where(checkout_sessions.c.state == "open")
+                    .values(state="cancelled", updated_at=now)
+                ).rowcount
+                if cancelled != len(ids):  # the write lock / row locks above prevent it
+                    raise IllegalTransition(ids[0], "changed concurrently", "go open -> cancelled")
+        transactions += 1
+        result.released_grants += len(released)
+        result.abandoned_sessions += len(ids)
+        result.members.update(s.member_id for s in stale)
+        seen += len(ids)
+        if len(ids) < size:
+            break
     if result.expired_grants or result.abandoned_sessions:
         log.info(
-            "sweep: %d expired grants released, %d abandoned sessions cancelled (%d grants)",
+            "sweep: %d expired grants released, %d abandoned sessions cancelled (%d grants) "
+            "in %d transactions",
             result.expired_grants,
             result.abandoned_sessions,
             result.released_grants,
+            transactions,
         )
     return result
 

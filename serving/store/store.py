@@ -324,9 +324,12 @@ class OffersStore:
         """Void a transaction or some of its rewards, releasing what they reserved."""
         return sessions.cancel_session(self.engine, transaction_id, utcnow(), offer_ids)
 
-    def sweep_sessions(self, open_seconds: float, now: datetime | None = None) -> Any:
-        """Release expired grants and abandoned open sessions (:func:`sessions.sweep`)."""
-        return sessions.sweep(self.engine, now or utcnow(), open_seconds)
+    def sweep_sessions(
+        self, open_seconds: float, now: datetime | None = None, **batching: Any
+    ) -> Any:
+        """Release expired grants and abandoned open sessions (:func:`sessions.sweep`;
+        ``batching``: its ``limit``, ``batch`` and ``pause``)."""
+        return sessions.sweep(self.engine, now or utcnow(), open_seconds, **batching)
 
     def members_with_grants(self) -> list[str]:
         """Ids of the members with at least one grant not released (the history's roster)."""

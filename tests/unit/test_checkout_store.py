@@ -4,6 +4,9 @@ one group commit; retries, state changes, releases and the sweep (SQLite and Pos
 from __future__ import annotations
 
 import asyncio
+import json
+import random
+import re
 import threading
 from datetime import datetime, timedelta
 
@@ -199,6 +202,274 @@ def test_sweep_releases_expired_grants_and_abandoned_open_sessions(store):
     assert (again.expired_grants, again.abandoned_sessions) == (0, 0)
     counts = store.grant_counts()["a"]
     assert counts == {"granted": 2, "released": 1, "expired": 1}
+
+
+def _stale_and_expired(store: OffersStore, n_stale: int, n_expired: int, n_kept: int) -> None:
+    """``n_stale`` open sessions (two rewards: a counted one with a cap, a money one with a
+    frequency cap), ``n_expired`` closed sessions whose reward lapsed, ``n_kept`` closed valid."""
+    store.set_budget("a", 1000.0, unit="count")
+    store.set_budget("m", 1000.0, unit="money")
+    now = utcnow()
+    requests = [
+        _request(f"s{i:03d}", f"ms{i}",
+                 [_item(f"ms{i}", "a", cap=9), _item(f"ms{i}", "m", amount=2.5, freq=9)])
+        for i in range(n_stale)
+    ]  # fmt: skip
+    requests += [
+        _request(f"e{i:03d}", f"me{i}", [_item(f"me{i}", "a", cap=9)], until=now - timedelta(1))
+        for i in range(n_expired)
+    ]
+    requests += [_request(f"k{i:03d}", f"mk{i}", [_item(f"mk{i}", "a", cap=9)])
+                 for i in range(n_kept)]  # fmt: skip
+    store.reserve_grants(requests)
+    for tid in [f"e{i:03d}" for i in range(n_expired)] + [f"k{i:03d}" for i in range(n_kept)]:
+        store.close_session(tid)
+
+
+def _commits(store: OffersStore) -> list[int]:
+    """A counter of the store engine's commits (one per write transaction)."""
+    from sqlalchemy import event
+
+    seen = [0]
+
+    def count(_connection) -> None:
+        seen[0] += 1
+
+    event.listen(store.engine, "commit", count)
+    return seen
+
+
+def _transactions(n: int, batch: int) -> int:
+    """Batches of ``n`` rows, plus the one that finds nothing left after a full last batch."""
+    return -(-n // batch) + (n % batch == 0)
+
+
+@pytest.mark.parametrize("batch", [1, 5, 200])
+def test_a_batched_sweep_gives_the_known_answer_in_few_transactions(store, batch):
+    n_stale, n_expired, n_kept = 23, 7, 4
+    _stale_and_expired(store, n_stale, n_expired, n_kept)
+    assert store.budget("a")["spent"] == n_stale + n_expired + n_kept
+    assert store.budget("m")["spent"] == 2.5 * n_stale
+    for i in (0, n_stale - 1):
+        assert store.cap_usage(f"ms{i}", "all") == {"offer:a": 1}
+        assert store.cap_usage(f"ms{i}", "7d-1") == {"channel:checkout": 1}
+    commits = _commits(store)
+    later = utcnow() + timedelta(seconds=1)
+    result = store.sweep_sessions(0, now=later, batch=batch, pause=0)
+    assert (result.expired_grants, result.abandoned_sessions, result.released_grants) == (
+        n_expired, n_stale, 2 * n_stale
+    )  # fmt: skip
+    assert result.members == {f"ms{i}" for i in range(n_stale)} | {
+        f"me{i}" for i in range(n_expired)
+    }
+    assert commits[0] == _transactions(n_expired, batch) + _transactions(n_stale, batch)
+    # exactly: abandoned and expired give their budget back, kept grants stay
+    assert store.budget("a")["spent"] == n_kept
+    assert store.budget("m")["spent"] == 0.0
+    for i in range(n_stale):  # abandoned: every cap count back
+        assert store.cap_usage(f"ms{i}", "all") == {"offer:a": 0}
+        assert store.cap_usage(f"ms{i}", "7d-1") == {"channel:checkout": 0}
+    for i in range(n_expired):  # expired: the member received it, the cap stays counted
+        assert store.cap_usage(f"me{i}", "all") == {"offer:a": 1}
+    assert store.cap_usage("mk0", "all") == {"offer:a": 1}
+    assert {store.get_session(f"s{i:03d}")["state"] for i in range(n_stale)} == {"cancelled"}
+    assert {store.get_session(f"k{i:03d}")["state"] for i in range(n_kept)} == {"closed"}
+    assert store.grant_counts() == {
+        "a": {"released": n_stale, "expired": n_expired, "granted": n_kept},
+        "m": {"released": n_stale},
+    }
+    again = store.sweep_sessions(0, now=later, batch=batch, pause=0)
+    assert (again.expired_grants, again.abandoned_sessions, again.members) == (0, 0, set())
+    assert store.budget("a")["spent"] == n_kept
+
+
+def test_the_sweep_keeps_its_limit_per_call_across_batches(store):
+    _stale_and_expired(store, 9, 7, 0)
+    later = utcnow() + timedelta(seconds=1)
+    first = store.sweep_sessions(0, now=later, limit=4, batch=3, pause=0)
+    assert (first.expired_grants, first.abandoned_sessions) == (4, 4)
+    rest = store.sweep_sessions(0, now=later, limit=100, batch=3, pause=0)
+    assert (rest.expired_grants, rest.abandoned_sessions) == (3, 5)
+    assert store.budget("a")["spent"] == 0.0 and store.budget("m")["spent"] == 0.0
+
+
+def test_the_sweep_leaves_sessions_newer_than_the_limit_and_valid_grants(store):
+    _stale_and_expired(store, 3, 0, 2)
+    result = store.sweep_sessions(3600, batch=2, pause=0)  # nothing open for an hour
+    assert (result.expired_grants, result.abandoned_sessions) == (0, 0)
+    assert store.get_session("s000")["state"] == "open"
+    assert store.budget("a")["spent"] == 5.0
+
+
+def test_two_concurrent_batched_sweeps_release_nothing_twice(store):
+    n_stale, n_expired, n_kept = 40, 12, 5
+    _stale_and_expired(store, n_stale, n_expired, n_kept)
+    later = utcnow() + timedelta(seconds=1)
+    results: list = [None, None]
+    errors: list = []
+    barrier = threading.Barrier(2, timeout=60)
+
+    def sweeper(r: int) -> None:
+        barrier.wait()
+        try:
+            results[r] = store.sweep_sessions(0, now=later, batch=3, pause=0)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sweeper, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and all(r is not None for r in results), errors
+    # a sweep may stop early where the other holds rows (PostgreSQL skips them); a third sweep
+    # finishes, and the three together released each grant exactly once
+    last = store.sweep_sessions(0, now=later, batch=3, pause=0)
+    total = [*results, last]
+    assert sum(r.abandoned_sessions for r in total) == n_stale
+    assert sum(r.released_grants for r in total) == 2 * n_stale
+    assert sum(r.expired_grants for r in total) == n_expired
+    assert store.budget("a")["spent"] == n_kept  # a double release would take these back too
+    assert store.budget("m")["spent"] == 0.0
+    assert store.cap_usage("me0", "all") == {"offer:a": 1}
+    assert store.cap_usage("mk0", "all") == {"offer:a": 1}
+    assert store.grant_counts() == {
+        "a": {"released": n_stale, "expired": n_expired, "granted": n_kept},
+        "m": {"released": n_stale},
+    }
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("batch", 0), ("batch", -5), ("batch", 1001), ("batch", 2.5), ("batch", True),
+     ("limit", 0), ("limit", "10"), ("pause", -1), ("pause", 1.5), ("pause", "0.1")],
+)  # fmt: skip
+def test_a_bad_batch_limit_or_pause_is_refused_naming_it(store, field, value):
+    with pytest.raises(ValueError, match=f"^{field}: {re.escape(repr(value))} "):
+        store.sweep_sessions(0, **{field: value})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("OFFERS_CHECKOUT_SWEEP_BATCH", "0"), ("OFFERS_CHECKOUT_SWEEP_BATCH", "1001"),
+     ("OFFERS_CHECKOUT_SWEEP_BATCH", "many"), ("OFFERS_CHECKOUT_SWEEP_PAUSE_SECONDS", "-0.1"),
+     ("OFFERS_CHECKOUT_SWEEP_PAUSE_SECONDS", "2")],
+)  # fmt: skip
+def test_bad_sweep_settings_are_refused_naming_the_setting_and_value(monkeypatch, variable, value):
+    from pydantic import ValidationError
+
+    from serving.settings import ServingSettings
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as info:
+        ServingSettings()
+    text = str(info.value)
+    assert variable.removeprefix("OFFERS_").lower() in text and repr(value) in text
+
+
+def test_offers_sessions_sweep_refuses_a_bad_batch_naming_it(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from offers import cmd_sessions
+
+    app = typer.Typer()
+    cmd_sessions.register(app)
+    url = f"sqlite:///{tmp_path / 'offers.db'}"
+    args = ["sessions", "sweep", "--store", url, "--batch"]
+    out = CliRunner().invoke(app, [*args, "5000"], terminal_width=200)
+    assert out.exit_code == 2, out.output
+    assert "batch: 5000 is not an integer in [1, 1000]" in out.output
+    ok = CliRunner().invoke(app, [*args, "2"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output.strip().splitlines()[-1])["abandoned_sessions_cancelled"] == 0
+
+
+def _grant_scenario(store: OffersStore, rng: random.Random) -> list:
+    """Grants of a few members and offers in every state, budgets near zero and caps at zero
+    (the floors), amounts that are not binary fractions; returns every grant row, shuffled."""
+    from sqlalchemy import select, update
+
+    from serving.store.tables import budgets, grants, member_caps
+
+    for o, budget in (("a", 100.0), ("b", 7.3), ("c", 1e6)):
+        store.set_budget(o, budget, unit="money")
+    requests = []
+    for t in range(40):
+        m = f"m{rng.randrange(6)}"
+        offers = rng.sample(["a", "b", "c", "n"], rng.randrange(1, 4))
+        items = [
+            _item(m, o, cap=rng.choice([None, 50]), freq=rng.choice([None, 50]),
+                  amount=None if o == "n" else rng.choice([0.1, 0.2, 0.3, 1.7, 0.0]))
+            for o in offers
+        ]  # fmt: skip
+        requests.append(_request(f"t{t:02d}", m, items))
+    store.reserve_grants(requests)
+    with store.engine.begin() as c:
+        order = (grants.c.transaction_id, grants.c.offer_id)  # the same on both copies
+        keys = c.execute(select(*order).order_by(*order)).all()
+        for tid, offer in keys:  # some redeemed or already released: left alone by a release
+            state = rng.choice(["granted", "granted", "granted", "redeemed", "released"])
+            c.execute(
+                update(grants)
+                .where(grants.c.transaction_id == tid, grants.c.offer_id == offer)
+                .values(state=state)
+            )
+        # counters moved elsewhere meanwhile: a budget below what its grants reserved (the
+        # floor at 0 applies) and caps at 0 (a release leaves them at 0)
+        c.execute(update(budgets).where(budgets.c.offer_id == "b").values(spent=0.25))
+        c.execute(update(member_caps).where(member_caps.c.member_id == "m0").values(used=0))
+        rows = c.execute(select(grants).order_by(*order)).all()
+    rng.shuffle(rows)
+    return rows
+
+
+def _dump(store: OffersStore) -> tuple:
+    from sqlalchemy import select
+
+    from serving.store.tables import budgets, grants, member_caps
+
+    with store.engine.connect() as c:
+        return (
+            sorted(c.execute(select(budgets.c.offer_id, budgets.c.spent)).all()),
+            sorted(c.execute(select(member_caps.c.member_id, member_caps.c.cap_key,
+                                    member_caps.c.period, member_caps.c.used)).all()),
+            sorted(c.execute(select(grants.c.transaction_id, grants.c.offer_id,
+                                    grants.c.state)).all()),
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("expired", [False, True])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_sweeps_batched_release_equals_the_per_row_release_of_cancels(
+    database_url, tmp_path, expired, seed
+):
+    """``_release_many`` (the sweep) against ``_release`` (cancel and return): the same rows on
+    two copies of one store end in exactly the same budgets, cap counts and grant states
+    (floats compared with ==)."""
+    from sqlalchemy import text
+
+    from serving.store.sessions import _release, _release_many
+
+    ends = []
+    for which, release in (("per_row", _release), ("batched", _release_many)):
+        url = database_url
+        if url.startswith("sqlite"):
+            url = f"sqlite:///{tmp_path / f'{which}.db'}"
+        store = open_store(url)
+        try:
+            with store.engine.begin() as c:  # PostgreSQL: one database, emptied in between
+                for table in ("grants", "checkout_sessions", "member_caps", "budgets"):
+                    c.execute(text(f"DELETE FROM {table}"))
+            rows = _grant_scenario(store, random.Random(seed))
+            now = utcnow()
+            with store.engine.begin() as c:
+                out = release(c, rows, now, expired=expired)
+            released = sorted(g if isinstance(g, str) else g.offer_id for g in out)
+            ends.append((released, _dump(store)))
+        finally:
+            store.close()
+    assert ends[0][0] and ends[0] == ends[1]
 
 
 def _offer(offer_id: str) -> dict:
