@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None, *, model_loader: Loader | None 
                 max_members=serving.history_max_members,
                 ttl_seconds=serving.history_ttl_seconds,
                 read_roster=state.store.members_with_grants,
+                read_live=state.store.live_grants,  # all members' grants in one query
             )
             state.checkouts = InFlight()
             if serving.models:

@@ -442,6 +442,45 @@ def member_grants(engine: Any, member_id: str) -> list[Any]:
     ]
 
 
+def live_grants(engine: Any, limit: int) -> list[tuple[str, Any]] | None:
+    """Every grant not released as ``(member_id, PastGrant)``, oldest first (each member's in
+    :func:`member_grants`' order), or None when there are more than ``limit``: the member
+    history reads them all at once instead of member by member."""
+    from serving.engine.state import PastGrant
+
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(
+                grants.c.member_id,
+                grants.c.offer_id,
+                grants.c.channel,
+                grants.c.granted_at,
+                grants.c.surprise,
+                grants.c.state,
+                grants.c.decision_id,
+            )
+            .where(grants.c.state != "released")
+            .order_by(grants.c.granted_at, grants.c.offer_id)
+            .limit(limit + 1)
+        ).all()
+    if len(rows) > limit:
+        return None
+    return [
+        (
+            r.member_id,
+            PastGrant(
+                r.offer_id,
+                r.channel,
+                r.granted_at,
+                bool(r.surprise),
+                r.state == "redeemed",
+                r.decision_id,
+            ),
+        )
+        for r in rows
+    ]
+
+
 def members_with_grants(engine: Any) -> list[str]:
     """Ids of the members with at least one grant not released."""
     with engine.connect() as connection:

@@ -335,6 +335,10 @@ class OffersStore:
         """Ids of the members with at least one grant not released (the history's roster)."""
         return sessions.members_with_grants(self.engine)
 
+    def live_grants(self, limit: int) -> list[tuple[str, Any]] | None:
+        """Every grant not released as (member_id, ``PastGrant``), or None above ``limit``."""
+        return sessions.live_grants(self.engine, limit)
+
     def member_grants(self, member_id: str) -> list[Any]:
         """The member's grants not released, as ``serving.engine.state.PastGrant``."""
         return sessions.member_grants(self.engine, member_id)

@@ -533,3 +533,26 @@ def test_two_replicas_grant_a_cap_1_offer_once_and_dedupe_shared_transactions(da
     assert sum(o.duplicate for o in outcomes) == 50  # each shared id stored once
     assert store.budget("a")["spent"] == 1.0 + 200  # m1 once, n0..n99 on both replicas
     store.close()
+
+
+def test_live_grants_are_every_members_grants_in_one_read(store):
+    """``live_grants`` (the member history's refresh) gives what ``member_grants`` gives
+    member by member: released grants left out, redemptions marked; None above its limit."""
+    store.set_budget("a", 10.0, unit="count")
+    store.reserve_grants(
+        [
+            _request("t1", "m1", [_item("m1", "a", cap=5), _item("m1", "b", amount=None)]),
+            _request("t2", "m2", [_item("m2", "a", cap=5)]),
+            _request("t3", "m1", [_item("m1", "c", amount=None)]),
+            _request("t4", "m3", [_item("m3", "a", cap=5)]),
+        ]
+    )
+    store.cancel_session("t4")  # m3's only grant released
+    store.mark_redeemed([("m2", "a", "d-t2")])
+    live = store.live_grants(100)
+    grouped: dict[str, list] = {}
+    for member, grant in live:
+        grouped.setdefault(member, []).append(grant)
+    assert grouped == {m: store.member_grants(m) for m in ("m1", "m2")}
+    assert [g.redeemed for g in grouped["m2"]] == [True]
+    assert store.live_grants(3) is None and len(store.live_grants(4)) == 4

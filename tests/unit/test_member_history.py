@@ -187,3 +187,92 @@ def test_checkout_history_entries_carry_their_decision_id():
     history.load("m1")
     history.add("m1", got)
     assert [g.decision_id for g in history.load("m1")] == ["d-7", "d-7"]
+
+
+class _Live:
+    """Every live grant of a fake store, as ``OffersStore.live_grants`` gives them."""
+
+    def __init__(self, rows: dict[str, list[PastGrant]]) -> None:
+        self.rows = rows
+        self.calls = 0
+        self.during: list = []  # callbacks run inside the read (changes made meanwhile)
+
+    def __call__(self, limit: int) -> list[tuple[str, PastGrant]] | None:
+        self.calls += 1
+        for callback in self.during:
+            callback()
+        live = [(m, g) for m, grants in self.rows.items() for g in grants]
+        return None if len(live) > limit else live
+
+
+def test_one_read_of_every_live_grant_fills_every_member_until_the_ttl():
+    reads, now = _Reads(), [0.0]
+    live = _Live({"m1": [_grant("a")], "m2": [_grant("b"), _grant("c")]})
+    history = MemberHistory(reads, ttl_seconds=30, clock=lambda: now[0], read_live=live)
+    assert asyncio.run(history.get("m1")) == (_grant("a"),)
+    assert asyncio.run(history.get("m2")) == (_grant("b"), _grant("c"))
+    assert asyncio.run(history.get("m9")) == ()  # no live grant: no read of its own
+    assert reads.calls == [] and live.calls == 1 and history.hits == 1
+    live.rows = {"m1": [], "m2": [_grant("b")], "m3": [_grant("d")]}  # other replicas
+    now[0] = 29.0
+    assert asyncio.run(history.get("m2")) == (_grant("b"), _grant("c"))  # within the TTL
+    now[0] = 31.0
+    assert asyncio.run(history.get("m2")) == (_grant("b"),)
+    assert history.load("m1") == () and history.load("m3") == (_grant("d"),)
+    assert reads.calls == [] and live.calls == 2
+
+
+def test_changes_made_while_the_live_grants_are_read_are_kept():
+    """A grant this process adds (or a cancel it makes) while the read runs is not undone by
+    the read, which may have started before the change was committed."""
+    reads, now = _Reads(), [0.0]
+    live = _Live({"m1": [_grant("a")], "m2": [_grant("b")]})
+    history = MemberHistory(reads, ttl_seconds=30, clock=lambda: now[0], read_live=live)
+    assert history.load("m1") == (_grant("a"),) and history.load("m2") == (_grant("b"),)
+    now[0] = 31.0
+    live.during = [
+        lambda: history.add("m1", [_grant("x")]),  # committed after the read saw m1
+        lambda: history.invalidate(["m2"]),  # m2's grant b cancelled meanwhile
+    ]
+    reads.rows = {"m1": [_grant("a"), _grant("x")], "m2": []}  # the store after both
+    # not the read's view (m1 without x, m2 with b): their own reads from the store
+    assert history.load("m1") == (_grant("a"), _grant("x"))
+    assert history.load("m2") == () and reads.calls == ["m1", "m2"]
+
+
+def test_above_the_limit_members_are_read_one_by_one():
+    reads, rosters = _Reads(), []
+    reads.rows = {"m1": [_grant("a")]}
+    live = _Live({"m1": [_grant("a")], "m2": [_grant("b"), _grant("c")]})
+
+    def read_roster():
+        rosters.append(1)
+        return ["m1", "m2"]
+
+    history = MemberHistory(
+        reads, clock=lambda: 0.0, read_roster=read_roster, read_live=live, live_max_grants=2
+    )
+    assert history.load("m1") == (_grant("a"),) and history.load("m9") == ()
+    assert reads.calls == ["m1"] and rosters == [1] and live.calls == 1
+
+
+def test_concurrent_requests_wait_for_one_refresh():
+    live = _Live({f"m{i}": [_grant("a")] for i in range(5)})
+    history = MemberHistory(_Reads(), clock=lambda: 0.0, read_live=live)
+
+    async def many():
+        return await asyncio.gather(*(history.get(f"m{i}") for i in range(5)))
+
+    assert asyncio.run(many()) == [(_grant("a"),)] * 5
+    assert live.calls == 1 and history.stats()["refreshes"] == 1
+
+
+def test_filled_entries_do_not_push_out_the_members_in_use():
+    live = _Live({f"m{i}": [_grant("a")] for i in range(5)})
+    reads, now = _Reads(), [0.0]
+    history = MemberHistory(reads, max_members=3, clock=lambda: now[0], read_live=live)
+    history.add("m0", [])  # nothing
+    reads.rows = {"used": [_grant("z")]}
+    live.rows["used"] = [_grant("z")]
+    assert history.load("used") == (_grant("z"),)
+    assert len(history) == 3 and history.cached("used") == (_grant("z"),)
