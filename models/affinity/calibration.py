@@ -8,6 +8,14 @@ are redeemed at very different rates (a welcome bonus 0.38, a 25-off voucher 0.0
 realistic simulated program, both mapped to ~0.04), and P(redeem) x cost is the engine's cost
 term. So each group (offer) gets a log-odds offset toward its own observed rate, shrunk toward
 the map's prediction by ``prior_pairs`` pseudo-pairs (an offer seen 20 times moves little).
+
+Member term (``members``: :func:`member_terms` of the members' interaction rows): within an
+offer the chance of redeeming rises with how much and how recently the member buys (a
+redemption needs a qualifying basket), which the score does not carry: on the hard simulated
+program of 60,000 members the calibrated P(redeem) had a within-offer correlation with the true
+one of about 0 (-0.23..0.06), while the member's 90-day purchase count had 0.35. So the map's
+log-odds get a fitted intercept and one slope per member term (logistic regression with the
+map as offset, standardised terms), before the per-offer offsets.
 """
 
 from __future__ import annotations
@@ -15,10 +23,15 @@ from __future__ import annotations
 from typing import Literal, Self
 
 import numpy as np
+import scipy.sparse as sp
 
 from models.affinity.interactions import AffinityInputError
 
-__all__ = ["RedeemCalibrator", "brier_score", "reliability_curve"]
+__all__ = ["MEMBER_TERMS", "RedeemCalibrator", "brier_score", "member_terms", "reliability_curve"]
+
+MEMBER_TERMS = ("activity", "recency")
+MIN_SPAN_DAYS = 60.0  # a member whose purchases span fewer days is new: the average member
+NO_PURCHASE_DAYS = 730.0  # the recency of a member without a purchase in the rows
 
 
 def _check(scores: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -44,12 +57,21 @@ class RedeemCalibrator:
         self.method = method
         self.prior_pairs = prior_pairs
 
-    def fit(self, scores: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None) -> Self:
+    def fit(
+        self,
+        scores: np.ndarray,
+        labels: np.ndarray,
+        groups: np.ndarray | None = None,
+        members: np.ndarray | None = None,
+    ) -> Self:
         """Learn the mapping from validation pairs; needs both classes. ``groups`` (one id per
-        pair, e.g. the offer): also learn a shrunk log-odds offset per group."""
+        pair, e.g. the offer): also learn a shrunk log-odds offset per group. ``members``
+        ((pairs, len(MEMBER_TERMS)), :func:`member_terms` of each pair's member): also learn
+        the member term (module docstring)."""
         s, y = _check(scores, labels)
         self.groups_ = np.empty(0, dtype=str)
         self.offsets_ = np.empty(0, dtype=np.float64)
+        self.member_coef_ = np.empty(0, dtype=np.float64)
         if len(np.unique(y)) < 2:
             raise AffinityInputError("labels: calibration needs both redeemed and not redeemed")
         if self.method == "isotonic":
@@ -66,6 +88,8 @@ class RedeemCalibrator:
             self.y_ = np.asarray([lr.intercept_[0]])
         else:
             raise AffinityInputError(f"method must be 'isotonic' or 'platt', got {self.method!r}")
+        if members is not None:
+            self._fit_members(_check_members(members, len(s)), s, y)
         if groups is not None:
             g = np.asarray(groups).astype(str).ravel()
             if len(g) != len(s):
@@ -74,7 +98,7 @@ class RedeemCalibrator:
                 raise AffinityInputError(f"prior_pairs must be > 0, got {self.prior_pairs}")
             uniq, inv = np.unique(g, return_inverse=True)
             n = np.bincount(inv).astype(np.float64)
-            base = np.bincount(inv, weights=self._map(s)) / n  # the map's mean per group
+            base = np.bincount(inv, weights=self._map(s, members)) / n  # the map's mean per group
             rate = (np.bincount(inv, weights=y) + self.prior_pairs * base) / (n + self.prior_pairs)
             self.groups_ = uniq
             self.offsets_ = _logit(rate) - _logit(base)
@@ -113,18 +137,70 @@ class RedeemCalibrator:
         self.groups_, self.offsets_ = groups_[order], offsets_[order]
         return self
 
-    def _map(self, s: np.ndarray) -> np.ndarray:
-        if self.method == "isotonic":
-            return np.interp(s, self.x_, self.y_)
-        return 1.0 / (1.0 + np.exp(-(self.x_[0] * s + self.y_[0])))
+    def _fit_members(self, m: np.ndarray, s: np.ndarray, y: np.ndarray) -> None:
+        """Intercept and slopes of the standardised member terms, the map's log-odds as offset
+        (maximum likelihood with a small ridge on the slopes)."""
+        from scipy.optimize import minimize
 
-    def predict(self, scores: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        known = m[:, -1] >= MIN_SPAN_DAYS
+        terms = m[known, :-1] if known.any() else m[:, :-1]
+        mean, scale = terms.mean(axis=0), terms.std(axis=0)
+        self.member_mean_, self.member_scale_ = mean, np.where(scale > 0, scale, 1.0)
+        z = np.column_stack([np.ones(len(s)), self._standardise(m)])
+        offset = _logit(self._map(s))
+        ridge = np.r_[0.0, np.full(z.shape[1] - 1, 1.0)] / len(s)
+
+        def loss(b: np.ndarray) -> tuple[float, np.ndarray]:
+            eta = offset + z @ b
+            # mean log loss, stable form: log(1 + e^eta) - y eta
+            val = np.mean(np.logaddexp(0.0, eta) - y * eta) + 0.5 * np.sum(ridge * b * b)
+            grad = z.T @ (_sigmoid(eta) - y) / len(s) + ridge * b
+            return float(val), grad
+
+        res = minimize(loss, np.zeros(z.shape[1]), jac=True, method="L-BFGS-B")
+        self.member_coef_ = np.asarray(res.x, dtype=np.float64)
+
+    def _standardise(self, m: np.ndarray) -> np.ndarray:
+        """The standardised member terms of rows of :func:`member_terms`; 0 (the average
+        member) for a member whose purchases span fewer than ``MIN_SPAN_DAYS`` days: a new
+        member's short history says how long she has been a member, not how often she buys
+        (on the hard simulated program of 60,000 members, the terms cut the predicted rate of
+        members in their first 30 days from 0.078 to 0.016 against a true 0.100)."""
+        z = (m[..., :-1] - self.member_mean_) / self.member_scale_
+        return np.where((m[..., -1] >= MIN_SPAN_DAYS)[..., None], z, 0.0)
+
+    def _map(self, s: np.ndarray, members: np.ndarray | None = None) -> np.ndarray:
+        if self.method == "isotonic":
+            p = np.interp(s, self.x_, self.y_)
+        else:
+            p = 1.0 / (1.0 + np.exp(-(self.x_[0] * s + self.y_[0])))
+        coef = getattr(self, "member_coef_", None)
+        if coef is None or not len(coef):
+            return p
+        if members is None:  # no member given: the average member (standardised terms 0)
+            return _sigmoid(_logit(p) + coef[0])
+        eta = coef[0] + self._standardise(np.asarray(members, dtype=np.float64)) @ coef[1:]
+        return _sigmoid(_logit(p) + eta)
+
+    @property
+    def uses_members(self) -> bool:
+        """Whether predictions depend on the member terms (a fitted member term)."""
+        return bool(len(getattr(self, "member_coef_", ())))
+
+    def predict(
+        self,
+        scores: np.ndarray,
+        groups: np.ndarray | None = None,
+        members: np.ndarray | None = None,
+    ) -> np.ndarray:
         """P(redeem) for each score; with ``groups`` (same shape, or one per column of a 2-d
-        ``scores``), each group's offset applied (a group not seen in fitting: none)."""
+        ``scores``), each group's offset applied (a group not seen in fitting: none); with
+        ``members`` (one row of :func:`member_terms` per score, or per row of a 2-d
+        ``scores``), the member term (without: the average member's)."""
         if not hasattr(self, "x_"):
             raise AffinityInputError("RedeemCalibrator is not fitted")
         s = np.asarray(scores, dtype=np.float64)
-        p = self._map(s)
+        p = self._map(s, self._members_for(members, s.shape))
         offsets = getattr(self, "offsets_", None)
         if groups is None or offsets is None or not len(offsets):
             return p
@@ -132,6 +208,22 @@ class RedeemCalibrator:
         if off.shape != p.shape:
             off = np.broadcast_to(off, p.shape)
         return np.where(off != 0.0, _sigmoid(_logit(p) + off), p)
+
+    def _members_for(self, members: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The member terms as (``shape``, terms): one row per score, or per row of 2-d scores."""
+        if members is None or not self.uses_members:
+            return None
+        m = np.asarray(members, dtype=np.float64)
+        k = len(self.member_coef_)  # the terms and the span
+        if m.ndim != 2 or m.shape[1] != k:
+            raise AffinityInputError(f"members: expected (n, {k}) member terms, got {m.shape}")
+        if len(shape) == 2 and m.shape[0] == shape[0]:
+            return np.broadcast_to(m[:, None, :], (*shape, k))
+        if len(shape) == 1 and m.shape[0] == shape[0]:
+            return m
+        if len(shape) == 1 and m.shape[0] == 1:
+            return np.broadcast_to(m, (shape[0], k))
+        raise AffinityInputError(f"members: {m.shape[0]} rows for scores of shape {shape}")
 
     def offsets_for(self, groups: np.ndarray) -> np.ndarray:
         """The log-odds offset of each group (0 for a group not seen in fitting)."""
@@ -145,6 +237,12 @@ class RedeemCalibrator:
         out = {"method": np.asarray(self.method), "x": self.x_, "y": self.y_}
         if len(getattr(self, "offsets_", ())):
             out |= {"groups": self.groups_.astype(str), "offsets": self.offsets_}
+        if self.uses_members:
+            out |= {
+                "member_coef": self.member_coef_,
+                "member_mean": self.member_mean_,
+                "member_scale": self.member_scale_,
+            }
         return out
 
     @classmethod
@@ -154,7 +252,62 @@ class RedeemCalibrator:
         cal.y_ = np.asarray(arrays["y"], dtype=np.float64)
         cal.groups_ = np.asarray(arrays.get("groups", np.empty(0, dtype=str))).astype(str)
         cal.offsets_ = np.asarray(arrays.get("offsets", np.empty(0)), dtype=np.float64)
+        cal.member_coef_ = np.asarray(arrays.get("member_coef", np.empty(0)), dtype=np.float64)
+        if len(cal.member_coef_):
+            cal.member_mean_ = np.asarray(arrays["member_mean"], dtype=np.float64)
+            cal.member_scale_ = np.asarray(arrays["member_scale"], dtype=np.float64)
         return cal
+
+
+def member_terms(
+    confidence: sp.spmatrix, last_days: sp.spmatrix, purchase: np.ndarray
+) -> np.ndarray:
+    """(members, len(MEMBER_TERMS) + 1) float64 from interaction rows, over the purchase items
+    (``purchase``: bool per item column): ``activity``, log(1 + summed confidence, i.e. decayed
+    baskets x items); ``recency``, log(1 + days since the latest one), log(1 +
+    NO_PURCHASE_DAYS) without any; and last the span, the largest days since an item's latest
+    purchase (0 without any), which marks a new member (``MIN_SPAN_DAYS``)."""
+    cols = np.flatnonzero(np.asarray(purchase, dtype=bool))
+    conf = np.asarray(sp.csr_matrix(confidence)[:, cols].sum(axis=1), dtype=np.float64).ravel()
+    last = sp.csr_matrix(last_days)[:, cols].tocsr()
+    last.eliminate_zeros()
+    days = np.full(len(conf), NO_PURCHASE_DAYS)
+    span = np.zeros(len(conf))
+    has = np.diff(last.indptr) > 0
+    if has.any():
+        starts = last.indptr[:-1][has]
+        data = last.data.astype(np.float64)
+        days[has] = np.minimum(np.minimum.reduceat(data, starts), NO_PURCHASE_DAYS)
+        span[has] = np.maximum.reduceat(data, starts)
+    return np.column_stack([np.log1p(conf), np.log1p(days), span])
+
+
+def member_terms_row(
+    conf: dict[int, float], last: dict[int, float], purchase: np.ndarray
+) -> np.ndarray:
+    """:func:`member_terms` of one member's row given as column -> value dicts, (1, terms + 1)."""
+    a = 0.0
+    d = NO_PURCHASE_DAYS
+    span = 0.0
+    for col, c in conf.items():
+        if purchase[col]:
+            a += c
+            x = last.get(col, 0.0)
+            if x > 0:
+                d = min(d, x)
+                span = max(span, x)
+    return np.array([[np.log1p(a), np.log1p(d), span]])
+
+
+def _check_members(members: np.ndarray, n: int) -> np.ndarray:
+    m = np.asarray(members, dtype=np.float64)
+    if m.shape != (n, len(MEMBER_TERMS) + 1):
+        raise AffinityInputError(
+            f"members: expected ({n}, {len(MEMBER_TERMS) + 1}) member terms, got {m.shape}"
+        )
+    if not np.isfinite(m).all():
+        raise AffinityInputError("members: member terms must be finite")
+    return m
 
 
 _EPS = 1e-6
@@ -166,7 +319,9 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
+    from scipy.special import expit
+
+    return expit(z)
 
 
 def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -29,7 +29,7 @@ from scipy.linalg import lapack
 
 from models.affinity.base import AffinityModel
 from models.affinity.blend import Blend
-from models.affinity.calibration import RedeemCalibrator
+from models.affinity.calibration import RedeemCalibrator, member_terms_row
 from models.affinity.factorization import ALS
 from models.affinity.interactions import (
     ITEM_KINDS,
@@ -152,6 +152,7 @@ class FoldIn:
     pop_term: np.ndarray  # (known offers,) popularity weight x popularity
     calibrator: RedeemCalibrator | None
     known_keys: np.ndarray | None = None  # item keys of the known offers (calibration groups)
+    purchase_cols: np.ndarray | None = None  # (n_items,) bool: purchase items (member terms)
 
     @classmethod
     def from_pyfunc(
@@ -213,6 +214,9 @@ class FoldIn:
             pop_term=weights[3] * pop[known].astype(np.float64),
             calibrator=pyfunc.calibrator_,
             known_keys=np.asarray(keys, dtype=str)[known],
+            purchase_cols=np.array(
+                [not k.startswith("offer:") for k in items.tolist()], dtype=bool
+            ),
         )
 
     @property
@@ -271,7 +275,10 @@ class FoldIn:
         if self.calibrator is None:
             return score, np.full(self.n_offers, np.nan)
         p = np.full(self.n_offers, np.nan)
-        p[self.known] = self.calibrator.predict(s, self.known_keys)
+        terms = None
+        if self.calibrator.uses_members and self.purchase_cols is not None:
+            terms = member_terms_row(conf, last, self.purchase_cols)
+        p[self.known] = self.calibrator.predict(s, self.known_keys, terms)
         return score, p
 
     def p_redeem(self, row: int, basket: Sequence[str]) -> np.ndarray:

@@ -26,7 +26,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from models.affinity.base import AffinityModel
-from models.affinity.calibration import RedeemCalibrator
+from models.affinity.calibration import RedeemCalibrator, member_terms
 from models.affinity.foldin import as_new_members, basket_keys, basket_rows
 from models.affinity.interactions import AffinityInputError, Interactions, item_key, item_kind
 from models.affinity.persist import load_interactions, load_model, save_interactions, save_model
@@ -117,6 +117,7 @@ class AffinityPyfunc(PythonModel):
                 self.calibrator_ = RedeemCalibrator.from_arrays({k: npz[k] for k in npz.files})
         kinds = set(item_kind(self.rows_.item_ids)) - {"offer"}
         self.basket_kind_ = kinds.pop() if len(kinds) == 1 else "category"
+        self.purchase_cols_ = item_kind(self.rows_.item_ids) != "offer"
         self.item_set_ = frozenset(self.rows_.item_ids.tolist())
         return self
 
@@ -138,7 +139,13 @@ class AffinityPyfunc(PythonModel):
             score[ok] = s[member_pos[ok], col[ok]]
             fb = self.model_.fallback(batch, known_items)
             fallback[ok] = fb[member_pos[ok]]
-        p = self.calibrator_.predict(np.nan_to_num(score), keys) if self.calibrator_ else None
+        p = None
+        if self.calibrator_ is not None:
+            terms = None
+            if self.calibrator_.uses_members:  # from the rows scored (with any basket)
+                terms = member_terms(batch.confidence, batch.last_days, self.purchase_cols_)
+                terms = terms[member_pos]
+            p = self.calibrator_.predict(np.nan_to_num(score), keys, terms)
         p_redeem = np.where(np.isnan(score), np.nan, p) if p is not None else np.nan
         out = pd.DataFrame(
             {

@@ -3,6 +3,7 @@ tests)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +44,20 @@ def pet_shop(n_per_group: int = 25, seed: int = 5) -> Interactions:
     only[col["category:coffee"]] = 4.0
     rows.append(only)
     ids.append("coffee-only")
-    return Interactions.from_matrix(np.vstack(rows), member_ids=ids, item_ids=items)
+    data = Interactions.from_matrix(np.vstack(rows), member_ids=ids, item_ids=items)
+    # purchases of differing age (days since the latest basket of each category: 1-200), so
+    # that the P(redeem) member terms differ between members; offers keep last_days 1
+    last = data.last_days.tocsr(copy=True)
+    cats = np.array([k.startswith("category:") for k in items])[last.indices]
+    last.data[cats] = np.random.default_rng(seed + 1).integers(1, 201, cats.sum())
+    return replace(data, last_days=last)
 
 
 def pet_shop_pyfunc(out: Path):
     """The pet shop's ALS blend with a Platt calibrator, saved under ``out`` and loaded."""
     from models.affinity import RedeemCalibrator
+    from models.affinity.calibration import member_terms
+    from models.affinity.interactions import item_kind
     from models.affinity.pyfunc import AffinityPyfunc, save_artifacts
 
     data = pet_shop()
@@ -58,11 +67,16 @@ def pet_shop_pyfunc(out: Path):
     )
     offers = data.items_of_kind("offer")
     scores = model.score(data, offers).ravel()
-    # redemptions drawn around the scores: a calibrator with moderate probabilities
+    # the member terms of each pair's member (the fold-in must compute the same ones)
+    purchase = item_kind(data.item_ids) != "offer"
+    terms = member_terms(data.confidence, data.last_days, purchase)
+    terms = np.repeat(terms, len(offers), axis=0)
+    # redemptions drawn around the scores and the member's activity: a calibrator with
+    # moderate probabilities and a member term
     rng = np.random.default_rng(1)
-    chance = 1.0 / (1.0 + np.exp(-2.0 * (scores - np.median(scores))))
-    labels = (rng.uniform(size=len(scores)) < chance).astype(float)
-    calibrator = RedeemCalibrator("platt").fit(scores, labels)
+    z = 2.0 * (scores - np.median(scores)) + 1.5 * (terms[:, 0] - terms[:, 0].mean())
+    labels = (rng.uniform(size=len(scores)) < 1.0 / (1.0 + np.exp(-z))).astype(float)
+    calibrator = RedeemCalibrator("platt").fit(scores, labels, members=terms)
     return AffinityPyfunc().load(save_artifacts(model, data, out, calibrator))
 
 

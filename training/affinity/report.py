@@ -30,6 +30,8 @@ from models.affinity import (
     brier_score,
     reliability_curve,
 )
+from models.affinity.calibration import MEMBER_TERMS, member_terms
+from models.affinity.interactions import item_kind
 from models.affinity.segments import feature_tables
 from training.affinity.data import AffinityTables
 from training.affinity.evaluate import (
@@ -142,6 +144,14 @@ def _history_rates(events: Any, before: Any) -> tuple[np.ndarray, np.ndarray, np
     return keys, sends, np.minimum(red, sends)
 
 
+def _pair_member_terms(task: Task) -> np.ndarray:
+    """:func:`member_terms` of each calibration pair's member, from the task's training rows."""
+    rows = task.train
+    purchase = item_kind(np.asarray(rows.item_ids, dtype=str)) != "offer"
+    terms = member_terms(rows.confidence, rows.last_days, purchase)
+    return terms[task.pair_rows]
+
+
 def _calibrate(
     valid_model: AffinityModel,
     test_model: AffinityModel,
@@ -162,12 +172,15 @@ def _calibrate(
     method = _choose_method(s_valid, y_valid, valid.train.member_ids[valid.pair_rows])
     assert valid.pair_items is not None and test.pair_items is not None
     items_valid = np.asarray(valid.train.item_ids, dtype=str)[valid.pair_items]
-    cal = RedeemCalibrator(method).fit(s_valid, y_valid, groups=items_valid)  # type: ignore[arg-type]
+    m_valid = _pair_member_terms(valid)
+    cal = RedeemCalibrator(method).fit(s_valid, y_valid, groups=items_valid, members=m_valid)  # type: ignore[arg-type]
     if history is not None:  # offers the window did not send: their own logged rate
         reference = float(np.clip(cal.predict(s_valid).mean(), 1e-4, 1 - 1e-4))
         cal.add_rates(*history, reference=reference)
     p = cal.predict(
-        pair_scores(test_model, test), np.asarray(test.train.item_ids, dtype=str)[test.pair_items]
+        pair_scores(test_model, test),
+        np.asarray(test.train.item_ids, dtype=str)[test.pair_items],
+        _pair_member_terms(test),
     )
     y = test.pair_labels
     base = float(y_valid.mean())
@@ -179,6 +192,9 @@ def _calibrate(
         "pairs_test": len(y),
         "positive_rate_valid": base,
         "positive_rate_test": float(y.mean()),
+        "member_terms": dict(
+            zip(("intercept", *MEMBER_TERMS), np.round(cal.member_coef_, 4).tolist(), strict=True)
+        ),
         "brier": brier_score(p, y),
         "brier_base_rate": brier_score(np.full(len(y), base), y),
         "reliability": [

@@ -1,0 +1,136 @@
+"""The member term of the P(redeem) calibration: member terms from interaction rows, the fitted
+slopes on tiny data with a known answer, persistence, and the errors on bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from models.affinity import RedeemCalibrator
+from models.affinity.calibration import (
+    MIN_SPAN_DAYS,
+    NO_PURCHASE_DAYS,
+    member_terms,
+    member_terms_row,
+)
+from models.affinity.interactions import AffinityInputError
+
+
+def _rows() -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
+    # items: offer:a, category:x, category:y; three members
+    conf = sp.csr_matrix(np.array([[5.0, 2.0, 1.0], [0.0, 0.0, 0.0], [3.0, 0.0, 0.0]]))
+    last = sp.csr_matrix(np.array([[2.0, 90.0, 4.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]))
+    return conf, last, np.array([False, True, True])
+
+
+def test_member_terms_known_answer():
+    conf, last, purchase = _rows()
+    t = member_terms(conf, last, purchase)
+    # activity: log(1 + purchase confidence); the offer column does not count
+    np.testing.assert_allclose(t[:, 0], np.log1p([3.0, 0.0, 0.0]))
+    # recency: the latest purchase item (4 days), not the offer's 2 or 1; none -> 730 days
+    np.testing.assert_allclose(t[:, 1], np.log1p([4.0, NO_PURCHASE_DAYS, NO_PURCHASE_DAYS]))
+    # span: the oldest of the purchase items' latest purchases; none -> 0
+    np.testing.assert_allclose(t[:, 2], [90.0, 0.0, 0.0])
+
+
+def test_member_terms_row_equals_the_matrix_form():
+    conf, last, purchase = _rows()
+    t = member_terms(conf, last, purchase)
+    for i in range(3):
+        c, d = conf[i].toarray().ravel(), last[i].toarray().ravel()
+        row = member_terms_row(
+            {j: float(c[j]) for j in np.flatnonzero(c)},
+            {j: float(d[j]) for j in np.flatnonzero(d)},
+            purchase,
+        )
+        np.testing.assert_allclose(row[0], t[i])
+
+
+def _pairs(n: int = 20_000, seed: int = 3):
+    """Scores that carry nothing, redemption driven by the member's activity: logit p =
+    -3 + 0.8 x standardised activity."""
+    rng = np.random.default_rng(seed)
+    activity = rng.gamma(2.0, 1.0, n)
+    recency = rng.uniform(0.0, 5.0, n)
+    span = np.full(n, 400.0)
+    z = (activity - activity.mean()) / activity.std()
+    p = 1.0 / (1.0 + np.exp(-(-3.0 + 0.8 * z)))
+    y = (rng.uniform(size=n) < p).astype(float)
+    return rng.normal(size=n), y, np.column_stack([activity, recency, span]), p
+
+
+def test_the_member_slope_is_recovered_and_the_unrelated_one_is_near_zero():
+    s, y, m, p = _pairs()
+    cal = RedeemCalibrator("platt").fit(s, y, members=m)
+    assert cal.uses_members
+    _, b_activity, b_recency = cal.member_coef_
+    assert b_activity == pytest.approx(0.8, abs=0.1)
+    assert abs(b_recency) < 0.06
+    with_terms = cal.predict(s, members=m)
+    without = RedeemCalibrator("platt").fit(s, y).predict(s)
+    # closer to the true probabilities than the score-only map
+    assert np.abs(with_terms - p).mean() < 0.5 * np.abs(without - p).mean()
+    # the mean stays calibrated
+    assert with_terms.mean() == pytest.approx(y.mean(), abs=0.005)
+
+
+def test_group_offsets_apply_on_top_of_the_member_term():
+    s, y, m, _ = _pairs()
+    groups = np.where(np.arange(len(s)) % 2 == 0, "offer:a", "offer:b")
+    y = np.where((groups == "offer:b") & (y == 1) & (np.arange(len(s)) % 4 == 1), 0.0, y)
+    cal = RedeemCalibrator("platt").fit(s, y, groups=groups, members=m)
+    pa = cal.predict(s, groups, m)
+    for g in ("offer:a", "offer:b"):
+        assert pa[groups == g].mean() == pytest.approx(y[groups == g].mean(), rel=0.1)
+
+
+def test_2d_scores_take_one_member_row_each():
+    s, y, m, _ = _pairs(5_000)
+    cal = RedeemCalibrator("isotonic").fit(s, y, members=m)
+    scores = np.tile(s[:4, None], (1, 3))
+    groups = np.array(["offer:a", "offer:b", "offer:c"])
+    got = cal.predict(scores, groups, m[:4])
+    for i in range(4):
+        np.testing.assert_allclose(got[i], cal.predict(scores[i], groups, m[i : i + 1]))
+
+
+def test_round_trip_keeps_the_member_term():
+    s, y, m, _ = _pairs(5_000)
+    cal = RedeemCalibrator("isotonic").fit(s, y, groups=np.full(len(s), "offer:a"), members=m)
+    back = RedeemCalibrator.from_arrays(cal.to_arrays())
+    np.testing.assert_allclose(
+        back.predict(s, np.full(len(s), "offer:a"), m),
+        cal.predict(s, np.full(len(s), "offer:a"), m),
+    )
+    # an old calibrator (no member arrays) still loads and ignores member terms
+    old = {k: v for k, v in cal.to_arrays().items() if not k.startswith("member_")}
+    legacy = RedeemCalibrator.from_arrays(old)
+    assert not legacy.uses_members
+    np.testing.assert_allclose(legacy.predict(s, members=m), legacy.predict(s))
+
+
+def test_bad_member_terms_are_refused_with_their_shape():
+    s, y, m, _ = _pairs(2_000)
+    with pytest.raises(AffinityInputError, match=r"members: expected \(2000, 3\).*\(2000, 1\)"):
+        RedeemCalibrator().fit(s, y, members=m[:, :1])
+    bad = m.copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(AffinityInputError, match="members: member terms must be finite"):
+        RedeemCalibrator().fit(s, y, members=bad)
+    cal = RedeemCalibrator().fit(s, y, members=m)
+    with pytest.raises(AffinityInputError, match="members: 3 rows for scores of shape"):
+        cal.predict(s[:10], members=m[:3])
+
+
+def test_a_new_member_gets_the_average_members_term():
+    s, y, m, _ = _pairs()
+    cal = RedeemCalibrator("platt").fit(s, y, members=m)
+    new = m[:50].copy()
+    new[:, -1] = MIN_SPAN_DAYS - 1  # purchases spanning 59 days: a new member
+    new[:, 0] = 0.0  # with little activity, which the slope would read as a rare buyer
+    np.testing.assert_allclose(cal.predict(s[:50], members=new), cal.predict(s[:50]))
+    old = new.copy()
+    old[:, -1] = MIN_SPAN_DAYS
+    assert (cal.predict(s[:50], members=old) < cal.predict(s[:50])).all()
