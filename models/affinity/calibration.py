@@ -24,10 +24,18 @@ from typing import Literal, Self
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import expit
 
-from models.affinity.interactions import AffinityInputError
+from models.affinity.interactions import AffinityInputError, item_kind
 
-__all__ = ["MEMBER_TERMS", "RedeemCalibrator", "brier_score", "member_terms", "reliability_curve"]
+__all__ = [
+    "MEMBER_TERMS",
+    "RedeemCalibrator",
+    "brier_score",
+    "member_terms",
+    "purchase_columns",
+    "reliability_curve",
+]
 
 MEMBER_TERMS = ("activity", "recency")
 MIN_SPAN_DAYS = 60.0  # a member whose purchases span fewer days is new: the average member
@@ -259,6 +267,11 @@ class RedeemCalibrator:
         return cal
 
 
+def purchase_columns(item_ids: np.ndarray) -> np.ndarray:
+    """Bool per item: a purchase item (not an offer), the items the member terms read."""
+    return item_kind(np.asarray(item_ids, dtype=str)) != "offer"
+
+
 def member_terms(
     confidence: sp.spmatrix, last_days: sp.spmatrix, purchase: np.ndarray
 ) -> np.ndarray:
@@ -319,8 +332,6 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    from scipy.special import expit
-
     return expit(z)
 
 

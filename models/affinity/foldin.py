@@ -29,7 +29,7 @@ from scipy.linalg import lapack
 
 from models.affinity.base import AffinityModel
 from models.affinity.blend import Blend
-from models.affinity.calibration import RedeemCalibrator, member_terms_row
+from models.affinity.calibration import RedeemCalibrator, member_terms_row, purchase_columns
 from models.affinity.factorization import ALS
 from models.affinity.interactions import (
     ITEM_KINDS,
@@ -214,9 +214,7 @@ class FoldIn:
             pop_term=weights[3] * pop[known].astype(np.float64),
             calibrator=pyfunc.calibrator_,
             known_keys=np.asarray(keys, dtype=str)[known],
-            purchase_cols=np.array(
-                [not k.startswith("offer:") for k in items.tolist()], dtype=bool
-            ),
+            purchase_cols=purchase_columns(items),
         )
 
     @property

@@ -26,7 +26,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from models.affinity.base import AffinityModel
-from models.affinity.calibration import RedeemCalibrator, member_terms
+from models.affinity.calibration import RedeemCalibrator, member_terms, purchase_columns
 from models.affinity.foldin import as_new_members, basket_keys, basket_rows
 from models.affinity.interactions import AffinityInputError, Interactions, item_key, item_kind
 from models.affinity.persist import load_interactions, load_model, save_interactions, save_model
@@ -117,7 +117,7 @@ class AffinityPyfunc(PythonModel):
                 self.calibrator_ = RedeemCalibrator.from_arrays({k: npz[k] for k in npz.files})
         kinds = set(item_kind(self.rows_.item_ids)) - {"offer"}
         self.basket_kind_ = kinds.pop() if len(kinds) == 1 else "category"
-        self.purchase_cols_ = item_kind(self.rows_.item_ids) != "offer"
+        self.purchase_cols_ = purchase_columns(self.rows_.item_ids)
         self.item_set_ = frozenset(self.rows_.item_ids.tolist())
         return self
 

@@ -56,8 +56,7 @@ def pet_shop(n_per_group: int = 25, seed: int = 5) -> Interactions:
 def pet_shop_pyfunc(out: Path):
     """The pet shop's ALS blend with a Platt calibrator, saved under ``out`` and loaded."""
     from models.affinity import RedeemCalibrator
-    from models.affinity.calibration import member_terms
-    from models.affinity.interactions import item_kind
+    from models.affinity.calibration import member_terms, purchase_columns
     from models.affinity.pyfunc import AffinityPyfunc, save_artifacts
 
     data = pet_shop()
@@ -68,8 +67,7 @@ def pet_shop_pyfunc(out: Path):
     offers = data.items_of_kind("offer")
     scores = model.score(data, offers).ravel()
     # the member terms of each pair's member (the fold-in must compute the same ones)
-    purchase = item_kind(data.item_ids) != "offer"
-    terms = member_terms(data.confidence, data.last_days, purchase)
+    terms = member_terms(data.confidence, data.last_days, purchase_columns(data.item_ids))
     terms = np.repeat(terms, len(offers), axis=0)
     # redemptions drawn around the scores and the member's activity: a calibrator with
     # moderate probabilities and a member term

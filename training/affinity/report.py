@@ -30,8 +30,7 @@ from models.affinity import (
     brier_score,
     reliability_curve,
 )
-from models.affinity.calibration import MEMBER_TERMS, member_terms
-from models.affinity.interactions import item_kind
+from models.affinity.calibration import MEMBER_TERMS, member_terms, purchase_columns
 from models.affinity.segments import feature_tables
 from training.affinity.data import AffinityTables
 from training.affinity.evaluate import (
@@ -147,8 +146,7 @@ def _history_rates(events: Any, before: Any) -> tuple[np.ndarray, np.ndarray, np
 def _pair_member_terms(task: Task) -> np.ndarray:
     """:func:`member_terms` of each calibration pair's member, from the task's training rows."""
     rows = task.train
-    purchase = item_kind(np.asarray(rows.item_ids, dtype=str)) != "offer"
-    terms = member_terms(rows.confidence, rows.last_days, purchase)
+    terms = member_terms(rows.confidence, rows.last_days, purchase_columns(rows.item_ids))
     return terms[task.pair_rows]
 
 
