@@ -119,7 +119,9 @@ def test_predict_frame_calls_the_python_model_with_params():
 class UpliftWithSE(Uplift):
     """Uplift carrying the standard error of each treatment's level, as offers train writes it."""
 
-    meta_ = {"effect_se": {"spend": {"pts": 0.5, "credit": 1.5}}}
+    def __init__(self) -> None:
+        super().__init__()
+        self.meta_ = {"effect_se": {"spend": {"pts": 0.5, "credit": 1.5}}}
 
 
 def test_uncertainty_z_takes_each_offer_at_its_lower_confidence_bound():
