@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -121,53 +121,17 @@ def get_session(engine: Any, transaction_id: str) -> dict[str, Any] | None:
 
 
 def _release(
-    connection: Connection, rows: Iterable[Any], now: datetime, *, expired: bool = False
-) -> list[str]:
-    """Release granted grant rows: state -> released (only from granted), then give back the
-    budget amount and the cap counts each one reserved. Returns the released offer ids.
-
-    ``expired``: the reward reached the member and lapsed unredeemed: state -> expired, the
-    budget is given back but the caps stay counted (the member did receive it)."""
-    released = []
-    floor = func.max if connection.dialect.name == "sqlite" else func.greatest
-    for g in rows:
-        done = connection.execute(
-            update(grants)
-            .where(grants.c.transaction_id == g.transaction_id)
-            .where(grants.c.offer_id == g.offer_id)
-            .where(grants.c.state == "granted")
-            .values(state="expired" if expired else "released", released_at=now)
-        ).rowcount
-        if done != 1:
-            continue  # released or redeemed meanwhile
-        if g.amount is not None and g.amount > 0:
-            connection.execute(
-                update(budgets)
-                .where(budgets.c.offer_id == g.offer_id)
-                .values(spent=floor(budgets.c.spent - float(g.amount), 0.0), updated_at=now)
-            )
-        for cap_key, period in [] if expired else g.caps or []:
-            connection.execute(
-                update(member_caps)
-                .where(member_caps.c.member_id == g.member_id)
-                .where(member_caps.c.cap_key == cap_key)
-                .where(member_caps.c.period == period)
-                .where(member_caps.c.used > 0)
-                .values(used=member_caps.c.used - 1, updated_at=now)
-            )
-        released.append(g.offer_id)
-    return released
-
-
-def _release_many(
     connection: Connection, rows: Sequence[Any], now: datetime, *, expired: bool = False
 ) -> list[Any]:
-    """:func:`_release` for many rows in a few statements (the sweep): returns the rows
-    released. The end state is the same as ``_release(connection, rows, now, expired=...)``
-    (tests/unit/test_checkout_store.py holds them equal): the same grants change state, and each
-    budget and cap counter gets the same steps in the same order (one ``max(spent - amount, 0)``
-    per grant, one ``used - 1 if used > 0`` per counted cap), only grouped by counter instead of
-    interleaved, which changes nothing as each step touches one row.
+    """Release granted grant rows (cancel, partial return and the sweep); returns the rows
+    released. Only rows still ``granted`` change (released or redeemed meanwhile: left alone):
+    state -> released, and each one gives back its budget amount (``max(spent - amount, 0)``)
+    and one use of each cap it counted (``used - 1`` while ``used > 0``), each counter's steps in
+    the rows' order (tests/unit/test_checkout_store.py checks the end state against a plain
+    Python model of this rule).
+
+    ``expired``: the reward reached the member and lapsed unredeemed: state -> expired, the
+    budget is given back but the caps stay counted (the member did receive it).
 
     The grants' state changes are one ``UPDATE ... RETURNING`` per ``_UPDATE_CHUNK`` rows; the
     give-backs one executemany for budgets and one for caps, in sorted counter order (the
@@ -271,7 +235,8 @@ def cancel_session(
             if unknown:
                 raise UnknownOffers(transaction_id, sorted(unknown))
         chosen = [g for g in rows if offer_ids is None or g.offer_id in set(offer_ids)]
-        released = _release(connection, [g for g in chosen if g.state == "granted"], now)
+        granted = [g for g in chosen if g.state == "granted"]
+        released = [g.offer_id for g in _release(connection, granted, now)]
         redeemed = [g.offer_id for g in chosen if g.state == "redeemed"]
         remaining = [g for g in rows if g.state == "granted" and g.offer_id not in set(released)]
         new = "cancelled" if offer_ids is None or not remaining else "partially_returned"
@@ -346,7 +311,7 @@ def sweep(
                     .limit(size),
                 )
             ).all()
-            released = _release_many(connection, rows, now, expired=True)
+            released = _release(connection, rows, now, expired=True)
         transactions += 1
         result.expired_grants += len(released)
         result.members.update(g.member_id for g in released)
@@ -382,7 +347,7 @@ def sweep(
                         .order_by(grants.c.transaction_id, grants.c.offer_id),
                     )
                 ).all()
-                released = _release_many(connection, rows, now)
+                released = _release(connection, rows, now)
                 cancelled = connection.execute(
                     update(checkout_sessions)
                     .where(checkout_sessions.c.transaction_id.in_(ids))

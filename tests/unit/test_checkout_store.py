@@ -10,6 +10,7 @@ import re
 import threading
 from datetime import datetime, timedelta
 
+import numpy as np
 import pytest
 
 from serving.api.grants import GrantService
@@ -439,37 +440,53 @@ def _dump(store: OffersStore) -> tuple:
         )  # fmt: skip
 
 
+def _model_release(before: tuple, rows: list, expired: bool) -> tuple[list[str], tuple]:
+    """The release rule in plain Python, row by row: a row still granted changes state, gives
+    back max(spent - amount, 0) on its offer's budget and, unless expired, one use of each cap
+    it counted while the count is above 0."""
+    spent, used = dict(before[0]), {(m, k, p): u for m, k, p, u in before[1]}
+    state = {(t, o): st for t, o, st in before[2]}
+    released = []
+    for g in rows:
+        if state[(g.transaction_id, g.offer_id)] != "granted":
+            continue
+        state[(g.transaction_id, g.offer_id)] = "expired" if expired else "released"
+        if g.amount is not None and g.amount > 0:
+            spent[g.offer_id] = max(spent[g.offer_id] - float(g.amount), 0.0)
+        for cap_key, period in [] if expired else g.caps or []:
+            key = (g.member_id, cap_key, period)
+            used[key] = used[key] - 1 if used[key] > 0 else used[key]
+        released.append(g.offer_id)
+    return sorted(released), (
+        sorted(spent.items()),
+        sorted((*key, u) for key, u in used.items()),
+        sorted((t, o, st) for (t, o), st in state.items()),
+    )
+
+
 @pytest.mark.parametrize("expired", [False, True])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_the_sweeps_batched_release_equals_the_per_row_release_of_cancels(
-    database_url, tmp_path, expired, seed
-):
-    """``_release_many`` (the sweep) against ``_release`` (cancel and return): the same rows on
-    two copies of one store end in exactly the same budgets, cap counts and grant states
-    (floats compared with ==)."""
-    from sqlalchemy import text
+def test_release_ends_where_the_row_by_row_rule_says(database_url, expired, seed):
+    """``_release`` (cancel, return and the sweep: one ``UPDATE ... RETURNING`` per chunk, the
+    give-backs grouped by counter) against the rule applied row by row in Python: the same
+    grants change state, and the same budgets and cap counts result, floors included."""
+    from serving.store.sessions import _release
 
-    from serving.store.sessions import _release, _release_many
-
-    ends = []
-    for which, release in (("per_row", _release), ("batched", _release_many)):
-        url = database_url
-        if url.startswith("sqlite"):
-            url = f"sqlite:///{tmp_path / f'{which}.db'}"
-        store = open_store(url)
-        try:
-            with store.engine.begin() as c:  # PostgreSQL: one database, emptied in between
-                for table in ("grants", "checkout_sessions", "member_caps", "budgets"):
-                    c.execute(text(f"DELETE FROM {table}"))
-            rows = _grant_scenario(store, random.Random(seed))
-            now = utcnow()
-            with store.engine.begin() as c:
-                out = release(c, rows, now, expired=expired)
-            released = sorted(g if isinstance(g, str) else g.offer_id for g in out)
-            ends.append((released, _dump(store)))
-        finally:
-            store.close()
-    assert ends[0][0] and ends[0] == ends[1]
+    store = open_store(database_url)
+    try:
+        rows = _grant_scenario(store, random.Random(seed))
+        before = _dump(store)
+        with store.engine.begin() as c:
+            out = _release(c, rows, utcnow(), expired=expired)
+        after = _dump(store)
+    finally:
+        store.close()
+    want_released, want = _model_release(before, rows, expired)
+    assert want_released and sorted(g.offer_id for g in out) == want_released
+    assert after[1:] == want[1:]
+    assert [o for o, _ in after[0]] == [o for o, _ in want[0]]
+    np.testing.assert_allclose([v for _, v in after[0]], [v for _, v in want[0]], atol=1e-9)
+    assert before != after
 
 
 def _offer(offer_id: str) -> dict:
