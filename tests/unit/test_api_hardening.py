@@ -319,3 +319,35 @@ def test_workers_sharing_sqlite_wait_longer_unless_told(
     finally:
         get_settings.cache_clear()
     assert os.environ.get("OFFERS_STORE_LOCK_WAIT_SECONDS") == expected
+
+
+# -- the store could not be opened at start-up: checkout answers 503, not a 500 on None ------
+def test_checkout_routes_answer_503_when_the_store_did_not_open(tmp_path):
+    settings = _settings(tmp_path)
+    (tmp_path / "a-file").write_text("not a directory")
+    settings.store.database_url = f"sqlite:///{tmp_path / 'a-file' / 'offers.db'}"
+    C = {"X-API-Key": "c"}
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        ready = c.get("/readyz")
+        assert ready.status_code == 503
+        assert "cannot open the store" in ready.json()["checks"]["store"]
+        calls = [
+            ("POST", "/v1/checkout/t1/close", None),
+            ("POST", "/v1/checkout/t1/cancel", None),
+            ("GET", "/v1/checkout/t1", None),
+            (
+                "POST",
+                "/v1/checkout/rewards",
+                {
+                    "transaction_id": "t1",
+                    "member_id": "m1",
+                    "basket": [{"category": "coffee", "quantity": 1, "unit_price": 4.5}],
+                    "total": 4.5,
+                },
+            ),
+        ]
+        for method, path, body in calls:
+            response = c.request(method, path, json=body, headers=C)
+            assert response.status_code == 503, (method, path, response.text)
+            assert response.headers["Retry-After"]
+            assert "store" in response.json()["detail"], (method, path, response.text)

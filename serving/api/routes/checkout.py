@@ -22,7 +22,7 @@ from serving.api.checkout import (
     past_grants,
     total_mismatch,
 )
-from serving.api.deps import CheckoutWriter, StateDep
+from serving.api.deps import AppState, CheckoutWriter, StateDep
 from serving.api.grants import GrantCommitError, GrantServiceClosed
 from serving.api.routes.decisions import _bundle, _now, _record
 from serving.api.schemas import (
@@ -36,7 +36,7 @@ from serving.api.schemas import (
 )
 from serving.engine import DecisionContext
 from serving.engine.decision import Reward, RewardField
-from serving.store import IllegalTransition, UnknownOffers, UnknownSession
+from serving.store import IllegalTransition, OffersStore, UnknownOffers, UnknownSession
 
 router = APIRouter(prefix="/v1/checkout", tags=["checkout"])
 log = logging.getLogger(__name__)
@@ -64,6 +64,14 @@ def _unavailable(what: str) -> HTTPException:
         detail=f"checkout store unavailable: {what}, retry",
         headers={"Retry-After": "1"},
     )
+
+
+def _store(state: AppState) -> OffersStore:
+    """The open store; 503 when it could not be opened at start-up (the process stays up, not
+    ready, and answers here instead of failing on ``None``)."""
+    if state.store is None:
+        raise _unavailable("store not open")
+    return state.store
 
 
 def _invalid(field: str, message: str) -> RequestValidationError:
@@ -187,6 +195,8 @@ async def checkout_answer(state: Any, body: CheckoutRequest, dry_run: bool) -> C
             state=None,
             dry_run=True,
         )
+    if state.checkouts is None:  # set with the store: it could not be opened at start-up
+        raise _unavailable("store not open")
     try:
         return await state.checkouts.run(
             body.transaction_id,
@@ -233,7 +243,7 @@ async def close_checkout(
 ) -> CheckoutSessionResponse:
     """The till confirms it received the answer: open -> closed (closed again: no change).
     A session left open is cancelled by the sweep after ``OFFERS_CHECKOUT_OPEN_SECONDS``."""
-    return await _session_call(state, state.store.close_session, transaction_id)
+    return await _session_call(state, _store(state).close_session, transaction_id)
 
 
 @router.post("/{transaction_id}/cancel", response_model=CheckoutSessionResponse, responses=_ERRORS)
@@ -247,7 +257,7 @@ async def cancel_checkout(
     closed one (-> partially_returned): their budget and cap reservations are released unless
     the reward was redeemed. Repeating a cancel changes nothing."""
     offer_ids = body.offer_ids if body is not None else None
-    return await _session_call(state, state.store.cancel_session, transaction_id, offer_ids)
+    return await _session_call(state, _store(state).cancel_session, transaction_id, offer_ids)
 
 
 @router.get("/{transaction_id}", response_model=CheckoutSessionResponse, responses=_ERRORS)
@@ -255,7 +265,7 @@ async def get_checkout(
     transaction_id: TransactionId, state: StateDep, _: CheckoutWriter
 ) -> CheckoutSessionResponse:
     """The session's state."""
-    row = await to_thread.run_sync(state.store.get_session, transaction_id)
+    row = await to_thread.run_sync(_store(state).get_session, transaction_id)
     if row is None:
         raise HTTPException(status_code=404, detail=f"transaction_id {transaction_id!r} is unknown")
     return CheckoutSessionResponse(
