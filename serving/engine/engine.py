@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,7 +68,7 @@ class DecisionBatch:
 
     rows: pd.DataFrame
     prices: dict[str, float] = field(default_factory=dict)
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, float | dict[str, float]] = field(default_factory=dict)  # budget_usage: a dict
     picks: np.ndarray | None = None  # (n_members, slots) offer indices in input order, -1 pads
 
     def shown(self) -> pd.DataFrame:
@@ -137,7 +138,10 @@ class DecisionEngine:
             return last[1]
         enc = encode_texts(ids)
         try:
-            self._last_encoded = (weakref.ref(ids), enc)
+            self._last_encoded: tuple[weakref.ref[np.ndarray], EncodedTexts] | None = (
+                weakref.ref(ids),
+                enc,
+            )
         except TypeError:  # not weak-referenceable: no memory
             self._last_encoded = None
         return enc
@@ -282,6 +286,7 @@ class DecisionEngine:
         allowed = mask & ~o.surprise[None, :]
         k = int(reg_slots.max()) if n else 0
         fixed = None if prices is None else _price_vector(prices, budgets)
+        stats: dict[str, float | dict[str, float]]
         if k > 0:
             alloc = allocate(
                 sc.rank_score,
@@ -449,7 +454,7 @@ class DecisionEngine:
 _STR_DTYPE = pd.StringDtype("pyarrow", na_value=np.nan)
 
 
-def _str_codes(codes: np.ndarray, names: object) -> pd.api.extensions.ExtensionArray:
+def _str_codes(codes: np.ndarray, names: Iterable[object]) -> pd.api.extensions.ExtensionArray:
     """A pandas ``str`` array of ``names[codes]`` (code -1: null) via an Arrow dictionary."""
     codes = np.asarray(codes, dtype=np.int64)
     names = [str(x) for x in names]

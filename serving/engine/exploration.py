@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.engine.hashing import unit_interval, unit_one
+from serving.engine.hashing import EncodedTexts, unit_interval, unit_one
 
 __all__ = ["Slate", "explore", "explore_one", "slot_probabilities"]
 
@@ -47,7 +47,7 @@ def slot_probabilities(greedy: np.ndarray, candidates: np.ndarray, epsilon: floa
     return prob
 
 
-def _draws(keys: np.ndarray, salt: str, slot: int) -> tuple[np.ndarray, np.ndarray]:
+def _draws(keys: np.ndarray | EncodedTexts, salt: str, slot: int) -> tuple[np.ndarray, np.ndarray]:
     coin = unit_interval(keys, f"{salt}/coin/{slot}")
     pick = unit_interval(keys, f"{salt}/pick/{slot}")
     return coin, pick
@@ -60,7 +60,7 @@ def explore(
     max_per_kind: int,
     slots: np.ndarray,
     epsilon: float,
-    keys: np.ndarray,
+    keys: np.ndarray | EncodedTexts,
     salt: str,
     kind_count: np.ndarray | None = None,
     first_slot: int = 0,

@@ -10,6 +10,7 @@ POS) from this description. ``unit_interval`` maps it to [0, 1) with its top 53 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -130,7 +131,7 @@ def _byte_matrix(texts: np.ndarray | pd.Series | list[str]) -> tuple[np.ndarray,
     if uni.dtype.itemsize == 0:
         return np.zeros((n, 1), dtype=np.uint8), np.zeros(n, dtype=np.int64)
     codes = np.ascontiguousarray(uni).view(np.uint32).reshape(n, width)
-    wide = (codes > 0x7F).any(axis=1)
+    wide = cast("np.ndarray", (codes > 0x7F).any(axis=1))  # codes is 2-D: an array
     if arr.dtype == object:  # Python's length keeps trailing NULs (numpy strips them)
         lengths = np.fromiter(map(len, arr), dtype=np.int64, count=n)
     else:

@@ -23,6 +23,7 @@ moment                    fires when (defaults)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -54,7 +55,7 @@ class Moments:
 
     @property
     def any(self) -> np.ndarray:
-        return self.flags.any(axis=1)
+        return cast("np.ndarray", self.flags.any(axis=1))  # flags is 2-D: an array
 
 
 def detect_moments(members: MemberTable, settings: MomentSettings) -> Moments:

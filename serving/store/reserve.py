@@ -455,7 +455,10 @@ def _run_group_pg(
                 "s_t": s_t, "s_r": s_r,
             }  # fmt: skip
             cursor.execute(_PG_WRITE, params)
-            n_budgets, n_caps = cursor.fetchone()
+            counts = cursor.fetchone()
+            if counts is None:  # the statement ends in one SELECT of two counts
+                raise LostUpdateError("the group's write returned no counts")
+            n_budgets, n_caps = counts
             if n_budgets != len(changed):
                 raise LostUpdateError(f"budgets changed under the group: {changed}")
             if n_caps != len(bumped):
