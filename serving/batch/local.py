@@ -234,11 +234,12 @@ def run_local(
                 pending = None
             stored_fut = None
             if store is not None:
-                stored_fut = inserter.submit(
-                    lambda f=frame: store.log_decisions(
-                        store_records(f, plan.context.channel, plan.engine.settings.holdout.share)
-                    )
-                )
+
+                def log_chunk(f: pd.DataFrame = frame) -> int:
+                    share = plan.engine.settings.holdout.share
+                    return store.log_decisions(store_records(f, plan.context.channel, share))
+
+                stored_fut = inserter.submit(log_chunk)
             used += u
             money += mo
             surprise += su

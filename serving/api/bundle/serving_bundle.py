@@ -157,15 +157,25 @@ class ServingBundle:
             p, served = folded, PERSONALISED
             if not has:
                 s, has = self.cold_spend(), True
-        pre: dict[str, np.ndarray] = {}
+        mask: np.ndarray | None = None
+        flags: np.ndarray | None = None
         if self.member_mask is not None and self.member_flags is not None:
-            pre = {"member_mask": self.member_mask[row], "member_flags": self.member_flags[row]}
+            mask, flags = self.member_mask[row], self.member_flags[row]
         if basket_total is not None:
             table = with_basket(table, basket_total)
         left = self._left(exhausted)
         state = self.member_state(row, context, history)
         return self.single.decide(
-            table, p, s, has, context, budget_left=left, state=state, served=served, **pre
+            table,
+            p,
+            s,
+            has,
+            context,
+            budget_left=left,
+            state=state,
+            served=served,
+            member_mask=mask,
+            member_flags=flags,
         )
 
     def basket_p(self, row: int, basket: Sequence[str] | None) -> np.ndarray | None:
