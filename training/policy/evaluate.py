@@ -49,6 +49,7 @@ __all__ = [
     "POLICIES",
     "LoggedDecisions",
     "baseline_picks",
+    "engine_picks",
     "evaluate_send",
     "off_policy_estimates",
     "one_hot",
@@ -60,6 +61,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 POLICIES: tuple[str, ...] = ("engine", "affinity_top_k", "random", "oracle")
+
+
+def engine_picks(batch: DecisionBatch) -> np.ndarray:
+    """The (n, slots) picks of a batch from :meth:`DecisionEngine.decide` (which always sets
+    them); a batch without picks is refused by name."""
+    if batch.picks is None:
+        raise ValueError("DecisionBatch.picks is None: not a batch from DecisionEngine.decide")
+    return batch.picks
 
 
 def truth_of_picks(
@@ -105,22 +114,28 @@ def baseline_picks(
     """Picks of ``affinity_top_k``, ``random`` and ``oracle`` on the engine's eligibility,
     slots, diversity and budgets."""
     st, o, pr = engine.settings, engine.offers, prepared
-    common = {
-        "allowed": pr.mask,
-        "slots": pr.slots,
-        "kind": o.kind,
-        "budgets": pr.budgets,
-        "max_per_kind": st.max_per_kind,
-        "k": k,
-        "max_iter": st.allocation.max_iter,
-        "tolerance": st.allocation.tolerance,
-        "chunk_rows": st.allocation.chunk_rows,
-    }
+
+    def picks_of(value: np.ndarray) -> np.ndarray:
+        return allocate(
+            value,
+            pr.base,
+            allowed=pr.mask,
+            slots=pr.slots,
+            kind=o.kind,
+            budgets=pr.budgets,
+            max_per_kind=st.max_per_kind,
+            k=k,
+            min_value=0.0,
+            max_iter=st.allocation.max_iter,
+            tolerance=st.allocation.tolerance,
+            chunk_rows=st.allocation.chunk_rows,
+        ).picks
+
     # Affinity only: always fills the slots (a rank, not a value), budgets by price on it.
     score = np.asarray(affinity_score, dtype=np.float32)
     shifted = score - np.nanmin(score) + np.float32(1.0)
-    top_k = allocate(shifted, pr.base, min_value=0.0, **common).picks
-    oracle = allocate(np.asarray(true_eiv, np.float32), pr.base, min_value=0.0, **common).picks
+    top_k = picks_of(shifted)
+    oracle = picks_of(np.asarray(true_eiv, np.float32))
     none = np.full((pr.mask.shape[0], k), -1, dtype=np.int64)
     rnd = explore(none, pr.mask, o.kind, st.max_per_kind, pr.slots, 1.0, keys, "random-policy")
     random_picks = _keep_budgets(rnd.offers, np.zeros(rnd.offers.shape), pr.base, pr.budgets)
@@ -267,7 +282,7 @@ def evaluate_send(
         i, r = np.nonzero(top >= 0)
         total = float((pr.scores.p_redeem[i, top[i, r]] * o.cost[top[i, r]]).sum())
     batch = engine.decide(*args, total_money=total)
-    results = {"engine": truth_of_picks(batch.picks, true_p, true_s, o.cost, margin)}
+    results = {"engine": truth_of_picks(engine_picks(batch), true_p, true_s, o.cost, margin)}
     for name, pk in picks.items():
         results[name] = truth_of_picks(pk, true_p, true_s, o.cost, margin)
     if total is not None:

@@ -54,6 +54,7 @@ from serving.loader import load_model
 from training.policy.evaluate import (
     LoggedDecisions,
     baseline_picks,
+    engine_picks,
     evaluate_send,
     off_policy_estimates,
     one_hot,
@@ -288,9 +289,9 @@ def diagnostics(
 
     def value_with(p: np.ndarray, s: np.ndarray) -> float:
         swapped = ScoreInputs(p, s, has_row=np.ones(len(feats), dtype=bool))
-        picks = engine.decide(
-            feats, swapped, context, state, budget_left, tables, frame=False
-        ).picks
+        picks = engine_picks(
+            engine.decide(feats, swapped, context, state, budget_left, tables, frame=False)
+        )
         return truth_of_picks(picks, true_p, true_s, o.cost, margin)["true_incremental_value"]
 
     within = []  # per member: does the model rank the member's eligible offers like the truth?

@@ -145,7 +145,7 @@ def shrink_effects(
 
 def level_fit(
     learner: BaseUpliftLearner,
-    X: NDArray[np.float64],
+    X: NDArray[np.floating[Any]],
     y: NDArray[np.float64],
     labels: NDArray[Any],
     weights: NDArray[np.float64] | None = None,
@@ -195,11 +195,11 @@ def level_fit(
 
 def control_baseline(
     learner: BaseUpliftLearner,
-    X: NDArray[np.float64],
+    X: NDArray[np.floating[Any]],
     y: NDArray[np.float64],
     labels: NDArray[Any],
     weights: NDArray[np.float64] | None = None,
-) -> Callable[[NDArray[np.float64]], NDArray[np.float64]]:
+) -> Callable[[NDArray[np.floating[Any]]], NDArray[np.float64]]:
     """The outcome without treatment, ``f0(x)``: the learner's base model fitted on the control
     rows of ``X``/``y`` (a probability for a binary learner)."""
     control = labels == learner.control
@@ -215,16 +215,28 @@ def control_baseline(
     )
     f0.fit(X[control], y[control], sample_weight=w[control])
 
-    def baseline(Z: NDArray[np.float64]) -> NDArray[np.float64]:
+    def baseline(Z: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
         return f0.predict_proba(Z)[:, 1] if binary else f0.predict(Z)
 
     return baseline
 
 
+@dataclasses.dataclass
+class _SlopeSums:
+    """The slope's sums over one side (treated or control rows): numerator, denominator and
+    the (deviation, residual) pieces."""
+
+    num: float = 0.0
+    den: float = 0.0
+    pieces: list[tuple[NDArray[np.float64], NDArray[np.float64]]] = dataclasses.field(
+        default_factory=list
+    )
+
+
 def heterogeneity_slope(
     learner: BaseUpliftLearner,
     baseline: Any,
-    X: NDArray[np.float64],
+    X: NDArray[np.floating[Any]],
     y: NDArray[np.float64],
     labels: NDArray[Any],
     effects: NDArray[np.float64] | None = None,
@@ -244,7 +256,7 @@ def heterogeneity_slope(
         effects = learner.predict_selected(X, learner.columns_of(labels))
     control = labels == learner.control
     r_all = y - baseline(X)
-    sums = {True: [0.0, 0.0, []], False: [0.0, 0.0, []]}  # num, den, (d, r) pieces
+    sums = {True: _SlopeSums(), False: _SlopeSums()}
     for j, treatment in enumerate(learner.treatments_):
         rows = labels == treatment
         if rows.sum() < 2 or control.sum() < 2:
@@ -254,14 +266,14 @@ def heterogeneity_slope(
         for treated, sel in ((True, rows), (False, control)):
             dj, rj = d[sel], r_all[sel] - r_all[sel].mean()
             acc = sums[treated]
-            acc[0] += float(dj @ rj)
-            acc[1] += float(dj @ dj)
-            acc[2].append((dj, rj))
-    if sums[True][1] <= 1e-12 or sums[False][1] <= 1e-12:
+            acc.num += float(dj @ rj)
+            acc.den += float(dj @ dj)
+            acc.pieces.append((dj, rj))
+    if sums[True].den <= 1e-12 or sums[False].den <= 1e-12:
         return 0.0, float("inf")
     beta, var = 0.0, 0.0
     for treated, sign in ((True, 1.0), (False, -1.0)):
-        num, den, pieces = sums[treated]
+        num, den, pieces = sums[treated].num, sums[treated].den, sums[treated].pieces
         b = num / den
         d = np.concatenate([p[0] for p in pieces])
         r = np.concatenate([p[1] for p in pieces])
@@ -289,7 +301,7 @@ def apply_scale(
 
 def level_shifts(
     learner: BaseUpliftLearner,
-    X: NDArray[np.float64],
+    X: NDArray[np.floating[Any]],
     y: NDArray[np.float64],
     labels: NDArray[Any],
     weights: NDArray[np.float64] | None = None,

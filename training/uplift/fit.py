@@ -316,7 +316,11 @@ def fit_uplift(
                 baseline = control_baseline(learner, X_tr[cal], y[cal], labels_tr[cal], weights)
                 level[f"rows.level_window.{outcome}"] = float(rows.sum())
             if outcome == SPEND:
-                used = settings.window_days if long is None else settings.level_window_days
+                used = (
+                    settings.window_days
+                    if long is None or settings.level_window_days is None  # None: long is None
+                    else settings.level_window_days
+                )
                 level[f"level_window.{outcome}"] = float(used)
             apply_shifts(learner, fit.shifts)
             for j, t in enumerate(fit.treatments):
@@ -419,6 +423,6 @@ def resolve_treatment(settings: UpliftTrainSettings, sends_per_offer: Any) -> Up
     counts = np.asarray(list(sends_per_offer), dtype=np.float64)
     counts = counts[counts > 0]
     median = float(np.median(counts)) if len(counts) else 0.0
-    grain = "offer" if median >= settings.min_offer_rows else "kind"
+    grain: Literal["offer", "kind"] = "offer" if median >= settings.min_offer_rows else "kind"
     log.info("uplift: treatment grain %s (median sends per offer %.0f)", grain, median)
     return replace(settings, treatment=grain)
