@@ -126,7 +126,7 @@ def _find_moment_member(client: DemoClient, members: list[str], tries: int) -> R
     first = None
     for member in members[:tries]:
         reply = client.request("GET", f"/v1/members/{urllib.parse.quote(member)}/moments")
-        names = {m["name"] for m in reply.body.get("moments", [])} if reply.status == 200 else ()
+        names = {m["name"] for m in reply.body.get("moments", [])} if reply.status == 200 else set()
         if names & CHECKOUT_MOMENTS:
             return reply
         if names and first is None:
@@ -172,7 +172,7 @@ def run_samples(
         call("app", "GET", f"/v1/members/{members[1]}/moments")
 
     console.rule("checkout: rewards to grant now")
-    basket = [
+    basket: list[dict[str, Any]] = [
         {"sku": "sku-coffee-1", "category": "coffee", "quantity": 2, "unit_price": 4.5},
         {"sku": "sku-bakery-7", "category": "bakery", "quantity": 1, "unit_price": 6.0},
         {"category": "grocery", "quantity": 3, "unit_price": 12.0},
