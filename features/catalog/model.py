@@ -45,6 +45,7 @@ from typing import Any
 import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from features.sources import schema as S
 from features.sources.io import to_canonical_frame
@@ -242,7 +243,7 @@ class Catalog(_Strict):
         return to_canonical_frame(pd.DataFrame(rows), "offers")
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: ErrorDetails) -> str:
     """Plain words for one pydantic error."""
     kind, msg, value = err["type"], err["msg"], err.get("input")
     if kind == "extra_forbidden":
@@ -254,7 +255,7 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{value!r}: {msg[0].lower()}{msg[1:]}" if msg else repr(value)
 
 
-def _locate(err: dict[str, Any], raw: dict[str, Any], file: str) -> str:
+def _locate(err: ErrorDetails, raw: dict[str, Any], file: str) -> str:
     loc = list(err["loc"])
     if len(loc) >= 2 and loc[0] == "offers" and isinstance(loc[1], int):
         i = loc[1]

@@ -294,7 +294,8 @@ def run_campaigns(
     """
     d = cfg.difficulty
     sends = np.zeros(m.n, dtype=np.int32)  # offers received so far, per member (fatigue)
-    log = CampaignLog(bonus_points=np.zeros(m.n), sends=sends)
+    bonus_points = np.zeros(m.n)  # log.bonus_points, added to in place below
+    log = CampaignLog(bonus_points=bonus_points, sends=sends)
     offers = catalog.offers
     log.budget_spent = np.zeros(len(offers))
     unit_cost = np.array(
@@ -338,7 +339,7 @@ def run_campaigns(
         opted = m.email_opt_in if channel == "email" else m.app_opt_in
         cand = opted & (m.joined_at < t) & (rng.random(m.n) < cfg.campaign_share)
         idx = np.flatnonzero(cand)
-        s = _state(m, p, log.induced, log.bonus_points, idx, t, cfg)
+        s = _state(m, p, log.induced, bonus_points, idx, t, cfg)
         open_ = None if budgets is None else log.budget_spent < budgets
         pool = _pool(rng, offers, used, send_date, channel, cfg, open_)
         caps = np.array([offers[i].per_member_cap or 255 for i in pool])
@@ -405,7 +406,7 @@ def run_campaigns(
             treated=np.ones(n_t, bool),
         )
         got = out.redeemed & (op.kind[oi] == bonus_kind)
-        np.add.at(log.bonus_points, mi[got], op.reward_value[oi[got]] * cfg.points_per_value)
+        np.add.at(bonus_points, mi[got], op.reward_value[oi[got]] * cfg.points_per_value)
         lines = _induced_lines(rng, m, op, cfg, mi, oi, out, next_basket)
         log.induced.append(lines)
         next_basket += len(lines.member)

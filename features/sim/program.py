@@ -122,7 +122,7 @@ def _ids(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
         buf[:, d] = rest % 10 + ord("0")
         rest //= 10
     if (n + 1) * length < 2**31:
-        offsets = np.arange(0, (n + 1) * length, length, dtype=np.int32)
+        offsets: np.ndarray = np.arange(0, (n + 1) * length, length, dtype=np.int32)
         return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(buf.ravel()))
     offsets = np.arange(0, (n + 1) * length, length, dtype=np.int64)
     big = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(buf.ravel()))
