@@ -20,7 +20,7 @@ map as offset, standardised terms), before the per-offer offsets.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Literal, Self, overload
 
 import numpy as np
 import scipy.sparse as sp
@@ -326,7 +326,11 @@ def _check_members(members: np.ndarray, n: int) -> np.ndarray:
 _EPS = 1e-6
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+@overload
+def _logit(p: float) -> np.float64: ...
+@overload
+def _logit(p: np.ndarray) -> np.ndarray: ...
+def _logit(p: np.ndarray | float) -> np.ndarray | np.float64:
     q = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
     return np.log(q / (1 - q))
 

@@ -30,8 +30,9 @@ blended model use.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import ibis
 import ibis.expr.types as ir
@@ -66,6 +67,10 @@ class AffinityInputError(ValueError):
     """Input to an affinity model or to the interaction builder is not usable as given."""
 
 
+@overload
+def item_key(kind: str, ids: str) -> str: ...
+@overload
+def item_key(kind: str, ids: pd.Series | np.ndarray) -> np.ndarray: ...
 def item_key(kind: str, ids: pd.Series | np.ndarray | str) -> np.ndarray | str:
     """``"<kind>:<id>"`` for one id or an array of ids."""
     if kind not in ITEM_KINDS:
@@ -331,7 +336,7 @@ def _fetch(expr: ir.Table, kind: str) -> _Cells:
 
 
 def build_interactions(
-    tables: dict[str, pd.DataFrame],
+    tables: Mapping[str, Any],
     as_of: pd.Timestamp | str,
     settings: InteractionSettings | None = None,
     *,

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from models.uplift.base import UpliftInputError
 from models.uplift.encoding import FeatureEncoder
@@ -102,7 +102,7 @@ def signature(example: pd.DataFrame, outcomes: Sequence[str], treatments: Sequen
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-class UpliftPyfunc(mlflow.pyfunc.PythonModel):
+class UpliftPyfunc(PythonModel):
     """``load_context`` builds the sessions once; ``predict`` returns per-treatment effects."""
 
     def load_context(self, context: Any) -> None:

@@ -240,12 +240,10 @@ def _load_artifact_dir(name: str, path: Path) -> Any:
     if name == "affinity":
         from models.affinity.pyfunc import AffinityPyfunc
 
-        model = AffinityPyfunc().load(files)
-    else:
-        from models.uplift.pyfunc import UpliftPyfunc
+        return _Bound(AffinityPyfunc().load(files))
+    from models.uplift.pyfunc import UpliftPyfunc
 
-        model = UpliftPyfunc().load(files)
-    return _Bound(model)
+    return _Bound(UpliftPyfunc().load(files))
 
 
 @dataclass
