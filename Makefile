@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11, pip and make:
 #   make demo   simulate -> features -> train -> MLflow registry -> serve -> sample requests
-#   make test   the whole test suite
+#   make test   mypy on the packages (make typecheck), then the whole test suite
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +9,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test typecheck lint bench venv clean
 
 venv: $(STAMP)
 
@@ -24,8 +24,13 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(BIN)/offers demo $(DEMO_ARGS)
 
-test: venv
+# mypy first: a type error fails the run in under a minute, before the suite's ~12 minutes.
+test: venv typecheck
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The packages to check, the pydantic plugin and the options are [tool.mypy] in pyproject.toml.
+typecheck: venv
+	$(BIN)/mypy
 
 lint: venv
 	$(BIN)/ruff check features models training serving offers tests bench
@@ -35,4 +40,4 @@ bench: venv
 	$(BIN)/python bench/simulate.py
 
 clean:
-	rm -rf $(VENV) .offers .pytest_cache
+	rm -rf $(VENV) .offers .pytest_cache .mypy_cache
