@@ -68,8 +68,8 @@ def _settings(
 
     try:
         ev = EvalSettings(
-            target=target,  # type: ignore[arg-type]
-            candidates=candidates,  # type: ignore[arg-type]
+            target=target,
+            candidates=candidates,
             split=split,
             test_days=test_days,
             valid_days=valid_days,

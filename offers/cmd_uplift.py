@@ -133,7 +133,7 @@ def _settings(
             base_params=params,
             outcomes=tuple(o.strip() for o in outcomes.split(",") if o.strip()),
             gate_outcome=gate_outcome.value,
-            treatment=treatment.value,  # type: ignore[arg-type]
+            treatment=treatment.value,
             window_days=window_days,
             test_share=test_share,
             split_at=split_at,

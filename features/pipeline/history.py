@@ -33,7 +33,7 @@ SENT, VIEWED, REDEEMED, DISMISSED = "sent", "viewed", "redeemed", "dismissed"
 
 
 @ibis.udf.agg.builtin(name="bit_or")
-def _bit_or(x: dt.int64) -> dt.int64:  # type: ignore[empty-body]
+def _bit_or(x: dt.int64) -> dt.int64:
     """Bitwise OR of the group's values (SQL ``bit_or``: DuckDB and Spark have it)."""
 
 

@@ -365,8 +365,8 @@ def build_interactions(
             raise AffinityInputError(f"tables: missing canonical table '{name}'")
     parts: list[_Cells] = []
     for kind, expr in (
-        (OFFER, _offer_cells(ev, as_of, begin, settings)),  # type: ignore[arg-type]
-        (settings.purchase_items, _purchase_cells(tx, as_of, begin, settings)),  # type: ignore[arg-type]
+        (OFFER, _offer_cells(ev, as_of, begin, settings)),
+        (settings.purchase_items, _purchase_cells(tx, as_of, begin, settings)),
     ):
         if expr is not None:
             part = _fetch(expr, kind)

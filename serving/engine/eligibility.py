@@ -153,7 +153,7 @@ _BY_OFFERS: dict[tuple[int, str, object], tuple[OfferTable, np.ndarray]] = {}
 _MAX_CACHED = 64
 
 
-def _cached(offers: OfferTable, what: str, key: object, make) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _cached(offers: OfferTable, what: str, key: object, make) -> np.ndarray:
     entry = _BY_OFFERS.get((id(offers), what, key))
     if entry is not None and entry[0] is offers:
         return entry[1]
@@ -209,7 +209,7 @@ def member_eligibility(members: MemberTable, offers: OfferTable) -> np.ndarray:
     return mask
 
 
-def _member_rules(members: MemberTable, offers: OfferTable, apply) -> None:  # type: ignore[no-untyped-def]
+def _member_rules(members: MemberTable, offers: OfferTable, apply) -> None:
     known_tier = members.tier >= 0
     tier_ok = offers.tier_ok.T[np.where(known_tier, members.tier, 0)]  # (n, m)
     apply("tier", tier_ok & (known_tier[:, None] | ~offers.tier_restricted[None, :]))

@@ -103,7 +103,7 @@ class SingleDecider:
                 model_versions, state, served,
             )  # fmt: skip
 
-    def _via_engine(self, member, p, s, has_row, context, budget_left, versions, state, served):  # type: ignore[no-untyped-def]
+    def _via_engine(self, member, p, s, has_row, context, budget_left, versions, state, served):
         inputs = ScoreInputs(
             np.asarray(p, dtype=np.float64)[None, :],
             np.asarray(s, dtype=np.float64)[None, :],
@@ -119,7 +119,7 @@ class SingleDecider:
 
     def _decide(
         self, member, p_in, s_in, has_row, context, budget_left, own, flags0, state, served
-    ):  # type: ignore[no-untyped-def]
+    ):
         eng, st, o = self.engine, self.engine.settings, self.engine.offers
         member_id = str(member.ids[0])
         p2, s2, names = fill(

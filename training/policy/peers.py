@@ -127,7 +127,7 @@ def _sklift(kind: str, params: dict[str, Any], seed: int) -> PeerFit:
             t = (arm_tr[rows] == k).astype(np.int64)
 
             def est() -> Any:
-                return make_base_estimator("lightgbm", task, params, seed)  # type: ignore[arg-type]
+                return make_base_estimator("lightgbm", task, params, seed)
 
             if kind == "S":
                 model = models.SoloModel(estimator=est(), method="dummy")

@@ -523,7 +523,7 @@ def choose_by_dr(
     }
 
 
-def _off_policy(engine, tables, train, T, models, early, truth, margin, seed, candidates=None):  # type: ignore[no-untyped-def]
+def _off_policy(engine, tables, train, T, models, early, truth, margin, seed, candidates=None):
     """Every policy's action at each logged context at or after T, then the estimates.
 
     ``candidates``: engine settings by name, each also decided on the contexts (reported as
