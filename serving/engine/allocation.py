@@ -209,7 +209,9 @@ def allocate(
         total = _total(fixed, value)
         if best is None or total > best[0] + 1e-9:
             best = (total, cand_lam, fixed, dropped, added)
-    _, lam, picks, dropped, added = best  # type: ignore[misc]
+    if best is None:  # candidates holds at least the solved prices
+        raise RuntimeError("allocate: no candidate prices were evaluated")
+    _, lam, picks, dropped, added = best
     use = _usage(picks, base, W) if C else np.zeros(0)
     log.debug("allocation: %d iterations, prices %s, usage %s of %s", it, lam, use, B)
     return Allocation(picks, lam, use, it, dropped, added)

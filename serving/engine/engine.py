@@ -196,11 +196,13 @@ class DecisionEngine:
         mt = self.member_table(members)
         n, m = mt.n, o.n
         inputs.check(n, m)
+        if inputs.has_row is None:  # check() derives it when not given
+            raise EngineInputError("inputs.has_row: not set by ScoreInputs.check")
         state = state or MemberOfferState.empty(n, m)
         p, s, fallback = fill(
             inputs.p_redeem,
             inputs.incremental_spend,
-            inputs.has_row,  # type: ignore[arg-type]
+            inputs.has_row,
             mt.segment,
             fallback_tables,
             st.fallback_chain,

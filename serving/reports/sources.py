@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -22,6 +23,9 @@ from sqlalchemy import select
 from features.sources import schema as S
 from features.sources.io import find_table_file, read_raw
 from serving.reports.incrementality import IncrementalityError, ReportInputs
+
+if TYPE_CHECKING:
+    from serving.store import OffersStore
 
 __all__ = ["from_data_dir", "from_store", "offers_frame"]
 
@@ -97,7 +101,7 @@ def from_data_dir(data: Path, catalog: Path | None = None) -> ReportInputs:
 
 
 def from_store(
-    store: object,
+    store: OffersStore,
     catalog: Path,
     data: Path | None = None,
     since: datetime | None = None,
@@ -109,11 +113,11 @@ def from_store(
     from serving.batch.export import store_events
     from serving.store.tables import checkout_sessions, grants
 
-    events, _read, unknown = store_events(store, since)  # type: ignore[arg-type]
+    events, _read, unknown = store_events(store, since)
     if unknown:
         log.info("%d decision(s) without offers and no holdout flag: not compared", unknown)
     after = since or datetime.min
-    engine = store.engine  # type: ignore[attr-defined]
+    engine = store.engine
     with engine.connect() as c:
         redeemed = pd.DataFrame(
             c.execute(

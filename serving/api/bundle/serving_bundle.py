@@ -184,14 +184,16 @@ class ServingBundle:
         adapter's rule for missing probabilities); None when there is no fold-in or the model
         knows no entry of the basket (the decision is then the one without the basket)."""
         fold = self.foldin
-        folded = fold.fold(row, basket) if fold is not None and basket else None
+        if fold is None or not basket:
+            return None
+        folded = fold.fold(row, basket)
         if folded is None:
             return None
         score, p = folded
-        if fold.calibrator is None:  # type: ignore[union-attr]
+        if fold.calibrator is None:
             return redeem_probability(p, score).astype(np.float32)
         # calibrated: NaN only for the offers the model does not know, which get 0 (the rule)
-        p[~fold.known] = 0.0  # type: ignore[union-attr]
+        p[~fold.known] = 0.0
         return np.clip(p, 0.0, 1.0, out=p).astype(np.float32)
 
     def cold_spend(self) -> np.ndarray:
