@@ -142,7 +142,11 @@ class Budget(_Strict):
 
     @property
     def amount(self) -> float:
-        return float(self.count if self.count is not None else self.money)  # type: ignore[arg-type]
+        if self.count is not None:
+            return float(self.count)
+        if self.money is None:  # the model validator requires exactly one of the two
+            raise ValueError("budget: neither 'count' nor 'money' is set")
+        return float(self.money)
 
 
 class CatalogOffer(_Strict):

@@ -3,7 +3,7 @@ tables the model is built from (product categories, member segments, kind effect
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -112,7 +112,8 @@ class Difficulty:
         return self.name == "easy"
 
 
-_REALISTIC = dict(
+_REALISTIC = Difficulty(
+    name="realistic",
     effect_scale=0.13,
     pair_sigma=0.6,
     harm_scale=0.0022,
@@ -126,15 +127,13 @@ _REALISTIC = dict(
 )
 DIFFICULTIES: dict[str, Difficulty] = {
     "easy": Difficulty(),
-    "realistic": Difficulty(name="realistic", **_REALISTIC),  # type: ignore[arg-type]
-    "hard": Difficulty(
+    "realistic": _REALISTIC,
+    "hard": replace(
+        _REALISTIC,
         name="hard",
-        **{  # type: ignore[arg-type]
-            **_REALISTIC,
-            "effect_scale": _REALISTIC["effect_scale"] / 2,  # type: ignore[operator]
-            "harm_scale": _REALISTIC["harm_scale"] * 2,  # type: ignore[operator]
-            "pull_forward": min(1.0, _REALISTIC["pull_forward"] * 2),  # type: ignore[operator]
-        },
+        effect_scale=_REALISTIC.effect_scale / 2,
+        harm_scale=_REALISTIC.harm_scale * 2,
+        pull_forward=min(1.0, _REALISTIC.pull_forward * 2),
     ),
 }
 

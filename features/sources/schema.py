@@ -16,7 +16,7 @@ Conventions (see ``DESIGN.md``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "CHANNELS",
@@ -146,8 +146,8 @@ class TableSpec:
         return [c.name for c in self.columns if c.required]
 
 
-def _c(name: str, dtype: Dtype, **kw: object) -> ColumnSpec:
-    return ColumnSpec(name, dtype, **kw)  # type: ignore[arg-type]
+def _c(name: str, dtype: Dtype, **kw: Any) -> ColumnSpec:
+    return ColumnSpec(name, dtype, **kw)
 
 
 MEMBERS = TableSpec(

@@ -20,7 +20,7 @@ map as offset, standardised terms), before the per-offer offsets.
 
 from __future__ import annotations
 
-from typing import Literal, Self, overload
+from typing import Literal, Self, cast, overload
 
 import numpy as np
 import scipy.sparse as sp
@@ -255,7 +255,12 @@ class RedeemCalibrator:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> RedeemCalibrator:
-        cal = cls(str(arrays["method"]))  # type: ignore[arg-type]
+        method = str(arrays["method"])
+        if method not in ("isotonic", "platt"):
+            raise AffinityInputError(
+                f"calibrator arrays: method must be 'isotonic' or 'platt', got {method!r}"
+            )
+        cal = cls(cast("Literal['isotonic', 'platt']", method))  # checked just above
         cal.x_ = np.asarray(arrays["x"], dtype=np.float64)
         cal.y_ = np.asarray(arrays["y"], dtype=np.float64)
         cal.groups_ = np.asarray(arrays.get("groups", np.empty(0, dtype=str))).astype(str)

@@ -339,8 +339,8 @@ def _als_of(model: AffinityModel) -> tuple[ALS, tuple[float, float, float, float
     """The ALS inside ``model`` and the blend weights (freq, ALS, recency, popularity)."""
     if isinstance(model, Blend):
         pop = model.popularity_weight or 1e-6  # Blend.combine's tie-break weight
-        w = (model.freq_weight, model.als_weight, model.recency_weight, pop)
-        return model.als_, tuple(float(v) for v in w)  # type: ignore[return-value]
+        a, b, c = model.freq_weight, model.als_weight, model.recency_weight
+        return model.als_, (float(a), float(b), float(c), float(pop))
     if isinstance(model, ALS):
         return model, (0.0, 1.0, 0.0, 0.0)
     raise AffinityInputError(

@@ -97,6 +97,18 @@ def test_isotonic_calibration_is_monotone_and_matches_rates():
     np.testing.assert_allclose(again.predict(scores), cal.predict(scores))
 
 
+def test_loaded_calibrator_with_an_unknown_method_is_refused_by_name():
+    # read back from artifacts: an unknown method was mapped with the Platt formula before
+    scores = np.repeat([0.0, 1.0, 2.0], 100)
+    labels = np.concatenate([np.zeros(90), np.ones(10), np.zeros(50), np.ones(50), np.ones(100)])
+    arrays = RedeemCalibrator("isotonic").fit(scores, labels).to_arrays()
+    arrays["method"] = np.array("sigmoid")
+    with pytest.raises(
+        AffinityInputError, match="method must be 'isotonic' or 'platt', got 'sigmoid'"
+    ):
+        RedeemCalibrator.from_arrays(arrays)
+
+
 def test_platt_calibration_increases_with_score():
     rng = np.random.default_rng(0)
     s = rng.normal(size=2000)
