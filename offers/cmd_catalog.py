@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 console = Console()
@@ -30,13 +30,14 @@ def check(
         raise typer.Exit(code=1) from None
     frame = catalog.to_offers_frame()
     table = Table(title=f"{catalog.program or file.name}: {len(frame)} offers")
-    for col, justify in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("kind", "left"),
         ("offers", "right"),
         ("surprise", "right"),
         ("ids", "left"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    )
+    for col, justify in columns:
+        table.add_column(col, justify=justify)
     for kind in OFFER_KINDS:
         rows = frame[frame["kind"] == kind]
         if len(rows):

@@ -35,6 +35,7 @@ import pandas as pd
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
+from features.pipeline import FeatureTables
 from features.sources import schema as S
 from models.affinity import (
     FALLBACKS,
@@ -304,13 +305,13 @@ def build_task(
     start: pd.Timestamp,
     end: pd.Timestamp,
     settings: EvalSettings,
-    segments_source: object,
+    segments_source: Mapping[str, pd.DataFrame] | FeatureTables,
     name: str = "test",
 ) -> Task:
     """Training matrix before ``start`` (with segments as of ``start``), positives and
     candidates in ``[start, end)``, the evaluated members and the calibration pairs."""
     train = build_interactions(tables, start, settings.interaction_settings())
-    seg = member_segments(segments_source, start)  # type: ignore[arg-type]
+    seg = member_segments(segments_source, start)
     labels = seg.reindex(train.member_ids).fillna("none|none").to_numpy(dtype=str)
     train = train.with_segments(labels)
     kind = TARGET_KIND[settings.target]

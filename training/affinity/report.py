@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -102,7 +102,7 @@ def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b > 0 else None
 
 
-def _ratios(metrics: dict[str, dict[str, float]], key: str) -> dict[str, float | None]:
+def _ratios(metrics: dict[str, dict[str, float]], key: str) -> dict[str, float | str | None]:
     best_base = max(BASELINES, key=lambda m: metrics[m][key])
     return {
         f"als/popularity {key}": _ratio(metrics["als"][key], metrics["popularity"][key]),
@@ -111,15 +111,19 @@ def _ratios(metrics: dict[str, dict[str, float]], key: str) -> dict[str, float |
             metrics[SHIPPED][key], metrics["personal_popularity"][key]
         ),
         f"{SHIPPED}/best_baseline {key}": _ratio(metrics[SHIPPED][key], metrics[best_base][key]),
-        "best_baseline": best_base,  # type: ignore[dict-item]
+        "best_baseline": best_base,
     }
 
 
-def _choose_method(scores: np.ndarray, labels: np.ndarray, members: np.ndarray) -> str:
+def _choose_method(
+    scores: np.ndarray, labels: np.ndarray, members: np.ndarray
+) -> Literal["isotonic", "platt"]:
     """Isotonic or Platt: fitted on half of the validation members, Brier on the other half."""
     half = (pd.util.hash_array(members.astype(str)) % 2).astype(bool)
-    best, best_brier = "isotonic", np.inf
-    for method in ("isotonic", "platt"):
+    best: Literal["isotonic", "platt"] = "isotonic"
+    best_brier = np.inf
+    methods: tuple[Literal["isotonic", "platt"], ...] = ("isotonic", "platt")
+    for method in methods:
         if len(np.unique(labels[~half])) < 2 or not half.any():
             break
         p = RedeemCalibrator(method).fit(scores[~half], labels[~half]).predict(scores[half])
@@ -171,7 +175,7 @@ def _calibrate(
     assert valid.pair_items is not None and test.pair_items is not None
     items_valid = np.asarray(valid.train.item_ids, dtype=str)[valid.pair_items]
     m_valid = _pair_member_terms(valid)
-    cal = RedeemCalibrator(method).fit(s_valid, y_valid, groups=items_valid, members=m_valid)  # type: ignore[arg-type]
+    cal = RedeemCalibrator(method).fit(s_valid, y_valid, groups=items_valid, members=m_valid)
     if history is not None:  # offers the window did not send: their own logged rate
         reference = float(np.clip(cal.predict(s_valid).mean(), 1e-4, 1 - 1e-4))
         cal.add_rates(*history, reference=reference)

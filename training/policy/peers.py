@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -50,10 +50,10 @@ def _causalml_meta(kind: str, params: dict[str, Any], seed: int) -> PeerFit:
 
     def fit_predict(X_tr, y_tr, arm_tr, X_te, n_arms):
         binary = bool(np.isin(y_tr, (0, 1)).all())
-        task = "classifier" if binary else "regressor"
+        task: Literal["classifier", "regressor"] = "classifier" if binary else "regressor"
 
-        def est(t: str = task) -> Any:
-            return make_base_estimator("lightgbm", t, params, seed)  # type: ignore[arg-type]
+        def est(t: Literal["classifier", "regressor"] = task) -> Any:
+            return make_base_estimator("lightgbm", t, params, seed)
 
         t_tr = _labels(arm_tr)
         shares = _pair_shares(arm_tr, n_arms)
