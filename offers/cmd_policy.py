@@ -5,8 +5,9 @@ send policy on randomised real data (``--dataset``, ``training.policy``).
 
 Output (``--json``): ``{"policies": {"engine": {"true_incremental_value", "spend",
 "redemptions", ..., "off_policy": {"truth", "ips", "snips", "dr", ...}}, "affinity_top_k": ...,
-"random": ..., "oracle": ..., "random_at_engine_spend": ..., "oracle_at_engine_spend": ...},
-"ratios": ..., "setup": ..., "models": ..., "off_policy_setup": ...}``.
+"random": ..., "oracle": ..., "random_at_engine_spend": ..., "oracle_at_engine_spend": ...,
+with --observable-bound "observable_oracle_at_engine_spend": ...}, "ratios": ..., "setup": ...,
+"models": ..., "off_policy_setup": ..., "diagnostics": {..., "level_errors": ...}}``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ def evaluate_policy(
     trees: Annotated[
         int | None, typer.Option(min=10, help="boosting rounds of the uplift learner")
     ] = None,
+    observable_bound: Annotated[
+        bool,
+        typer.Option(
+            help="also the observable oracle: trees fitted to the truth on what the program "
+            "observes, allocated within the engine's spend (minutes at 150k members)"
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     dataset: Annotated[
         str | None,
@@ -83,6 +91,7 @@ def evaluate_policy(
         report = run_policy_evaluation(
             data, channel, k, budget_scale, match_spend, seed, als_trials, trees,
             step=lambda msg: status.update(f"policy evaluation: {msg}"),
+            observable_bound=observable_bound,
         )  # fmt: skip
     if as_json:
         typer.echo(json.dumps(report, default=str))

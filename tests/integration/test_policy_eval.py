@@ -63,6 +63,7 @@ def test_evaluate_policy_json(program_dir):
             "1",
             "--trees",
             "20",
+            "--observable-bound",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -76,6 +77,7 @@ def test_evaluate_policy_json(program_dir):
         "random_at_engine_spend",
         "affinity_top_k_at_engine_spend",
         "oracle_at_engine_spend",
+        "observable_oracle_at_engine_spend",
         "engine_ope_tuned",
     ]
     for name, r in policies.items():
@@ -99,6 +101,15 @@ def test_evaluate_policy_json(program_dir):
     assert policies["oracle_at_engine_spend"]["spend"] <= spend * (1 + 1e-6) + 1e-6
     at = policies["oracle_at_engine_spend"]["true_incremental_value"]
     assert at >= policies["random_at_engine_spend"]["true_incremental_value"]
+    # the observable oracle: trees fitted to the truth on the observed features, allocated
+    # within the same spend; it cannot beat the oracle (beyond the allocator's slack)
+    seen = policies["observable_oracle_at_engine_spend"]
+    assert seen["spend"] <= spend * (1 + 1e-6) + 1e-6
+    assert seen["true_incremental_value"] <= at + 0.02 * abs(at) + 1.0
+    for key in ("r2_true_spend_effect", "r2_true_p_redeem", "r2_true_value"):
+        assert np.isfinite(seen[key]) and seen[key] <= 1.0, key
+    levels_err = report["diagnostics"]["level_errors"]
+    assert levels_err["offers"] > 0 and levels_err["rms_z"] >= abs(levels_err["mean_z"]) - 1e-9
     assert report["ratios"]["share_of_oracle_at_engine_spend"] is None or (
         report["ratios"]["share_of_oracle_at_engine_spend"] <= 1.0 + 1e-9
     )

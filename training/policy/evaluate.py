@@ -48,6 +48,7 @@ from serving.engine.state import MemberOfferState
 __all__ = [
     "POLICIES",
     "LoggedDecisions",
+    "allocate_within_spend",
     "baseline_picks",
     "engine_picks",
     "evaluate_send",
@@ -92,6 +93,32 @@ def truth_of_picks(
         "members_reached": len(np.unique(i)),
         "value_per_send": float(value.mean()) if len(j) else 0.0,
     }
+
+
+def allocate_within_spend(
+    engine: DecisionEngine,
+    prepared: Prepared,
+    value: np.ndarray,
+    true_p: np.ndarray,
+    spend: float,
+    k: int,
+) -> np.ndarray:
+    """Picks of the engine's allocator on ``value`` (members x offers) with the send's budgets
+    plus one more: a total expected cost (``true_p`` x cost) of at most ``spend``. The oracles
+    at the engine's spend (``oracle_at_engine_spend``, the observable oracle) choose this way."""
+    o, st = engine.offers, engine.settings
+    b = prepared.budgets
+    total = Budgets(
+        np.vstack([b.weights, o.cost[None, :]]),
+        np.r_[b.limits, max(spend, 0.0)],
+        (*b.names, "matched_spend"),
+    )
+    return allocate(
+        np.asarray(value, np.float32), np.asarray(true_p, np.float32), prepared.mask,
+        prepared.slots, o.kind, total, max_per_kind=st.max_per_kind, k=k, min_value=0.0,
+        max_iter=st.allocation.max_iter, tolerance=st.allocation.tolerance,
+        chunk_rows=st.allocation.chunk_rows,
+    ).picks  # fmt: skip
 
 
 def _keep_budgets(picks: np.ndarray, order: np.ndarray, base: np.ndarray, b: Budgets) -> np.ndarray:

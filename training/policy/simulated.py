@@ -47,12 +47,13 @@ from serving.engine import (
     FallbackTables,
     state_from_events,
 )
-from serving.engine.adapters import model_inputs
-from serving.engine.allocation import Budgets, allocate
+from serving.engine.adapters import effect_se, model_inputs
 from serving.engine.settings import PERSONALISED, ExplorationSettings, HoldoutSettings
 from serving.loader import load_model
+from training.policy.bound import level_errors, observable_oracle
 from training.policy.evaluate import (
     LoggedDecisions,
+    allocate_within_spend,
     baseline_picks,
     engine_picks,
     evaluate_send,
@@ -231,19 +232,7 @@ def matched_spend(
             "scale": f,
         }
     true_eiv = margin * true_s - true_p * o.cost[None, :]
-    b = prepared.budgets
-    total = Budgets(
-        np.vstack([b.weights, o.cost[None, :]]),
-        np.r_[b.limits, max(spend, 0.0)],
-        (*b.names, "matched_spend"),
-    )
-    st = engine.settings
-    oracle = allocate(
-        np.asarray(true_eiv, np.float32), np.asarray(true_p, np.float32), prepared.mask,
-        prepared.slots, o.kind, total, max_per_kind=st.max_per_kind, k=k, min_value=0.0,
-        max_iter=st.allocation.max_iter, tolerance=st.allocation.tolerance,
-        chunk_rows=st.allocation.chunk_rows,
-    ).picks  # fmt: skip
+    oracle = allocate_within_spend(engine, prepared, true_eiv, true_p, spend, k)
     out["oracle_at_engine_spend"] = truth_of_picks(oracle, true_p, true_s, o.cost, margin)
     return out
 
@@ -361,10 +350,12 @@ def run_policy_evaluation(
     trees: int | None = None,
     step: Step | None = None,
     settings: EngineSettings | None = None,
+    observable_bound: bool = False,
 ) -> dict[str, Any]:
     """Train what ships (twice: before T and to the data end), decide a send at the data end
     with every policy and estimate each policy off-policy on the held-out campaigns; returns
-    the report (``policies``, ``ratios``, ``setup``, ``models``, ``off_policy_setup``)."""
+    the report (``policies``, ``ratios``, ``setup``, ``models``, ``off_policy_setup``).
+    ``observable_bound``: add ``observable_oracle_at_engine_spend`` (training.policy.bound)."""
     from training.uplift.data import TrainingSetConfig, build_training_set
 
     t0 = time.perf_counter()
@@ -423,6 +414,16 @@ def run_policy_evaluation(
         diag = diagnostics(
             engine, feats, inputs, context, state, budget_left, tables_fb, true_p, true_s, pr
         )
+        diag["level_errors"] = level_errors(
+            inputs.incremental_spend, effect_se(shipped.uplift, engine.offers),
+            settings.scoring.uncertainty_z, pr.mask, true_s,
+        )  # fmt: skip
+        if observable_bound:
+            say("the observable oracle (trees fitted to the truth on the observed features)")
+            results["observable_oracle_at_engine_spend"] = observable_oracle(
+                engine, pr, feats, true_p, true_s, results["engine"]["spend"],
+                k or settings.k, seed,
+            )  # fmt: skip
 
         say("the engine's settings chosen by off-policy value, engine at them")
         tuned_settings = candidates[ope_info.get("settings_choice", {}).get("chosen", "default")]
