@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from offers.cli import command_group
 from offers.registry_cli import TrackingUriOpt, fail, quiet_mlflow
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 out = Console()
@@ -90,7 +93,9 @@ def report_incrementality(
         _log_mlflow(tracking_uri, [jpath, hpath], meta, allrow)
 
 
-def _log_mlflow(tracking_uri: str | None, paths: list[Path], meta: dict, allrow: object) -> None:
+def _log_mlflow(
+    tracking_uri: str | None, paths: list[Path], meta: dict, allrow: pd.Series | None
+) -> None:
     quiet_mlflow()
     import mlflow
 
@@ -105,7 +110,7 @@ def _log_mlflow(tracking_uri: str | None, paths: list[Path], meta: dict, allrow:
         )
         if allrow is not None:
             for k in ("diff_conversion", "diff_spend", "roi", "redemption_rate"):
-                v = allrow[k]  # type: ignore[index]
+                v = allrow[k]
                 if v is not None and v == v:
                     mlflow.log_metric(k, float(v))
         for p in paths:

@@ -173,4 +173,4 @@ def document_api_keys(app: FastAPI, prefix: str = "/v1/") -> None:
             schema.setdefault("components", {})["securitySchemes"] = dict(SECURITY_SCHEMES)
         return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override

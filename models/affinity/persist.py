@@ -32,6 +32,7 @@ def save_model(model: AffinityModel, path: Path | str) -> Path:
     if bad:
         raise AffinityInputError(f"cannot save object arrays without pickle: {bad}")
     with path.open("wb") as fh:
+        # numpy's savez stub has an allow_pickle: bool keyword; mypy checks the splat against it
         np.savez(fh, **arrays)  # type: ignore[arg-type]
     return path
 
@@ -68,6 +69,7 @@ def save_interactions(data: Interactions, path: Path | str) -> Path:
         arrays[f"{name}.indices"] = m.indices.astype(np.int32)
         arrays[f"{name}.indptr"] = m.indptr.astype(np.int64)
     with path.open("wb") as fh:
+        # numpy's savez stub has an allow_pickle: bool keyword; mypy checks the splat against it
         np.savez(fh, **arrays)  # type: ignore[arg-type]
     return path
 

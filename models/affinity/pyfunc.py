@@ -62,6 +62,7 @@ def save_artifacts(
     if calibrator is not None:
         path = out_dir / "calibrator.npz"
         with path.open("wb") as fh:
+            # numpy's savez stub has an allow_pickle: bool keyword; mypy checks the splat against it
             np.savez(fh, **calibrator.to_arrays())  # type: ignore[arg-type]
         arts["calibrator"] = str(path)
     return arts

@@ -212,6 +212,7 @@ class ReadTimeoutHttpToolsProtocol(HttpToolsProtocol):
     header_timeout: float | None = None  # set by uvicorn_options; else from the environment
     body_timeout: float | None = None
 
+    # typeshed's BaseProtocol takes a BaseTransport; uvicorn's protocol and the loop use Transport
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._read_timer: asyncio.TimerHandle | None = None
         super().connection_made(transport)
