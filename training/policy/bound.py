@@ -74,7 +74,7 @@ def project_on_features(
     i, j = np.nonzero(mask)
     design = np.hstack([X[i], j[:, None].astype(np.float32)])
     y = target[i, j].astype(np.float64)
-    fold = rng.integers(0, folds, mask.shape[0])[i]
+    fold = rng.integers(0, folds, int(mask.shape[0]))[i]  # int(): the array overload for mypy
     pred = np.zeros_like(y)
     for f in range(folds):
         fit_rows, out_rows = np.flatnonzero(fold != f), fold == f
