@@ -120,7 +120,7 @@ def _sklift(kind: str, params: dict[str, Any], seed: int) -> PeerFit:
 
     def fit_predict(X_tr, y_tr, arm_tr, X_te, n_arms):
         binary = bool(np.isin(y_tr, (0, 1)).all())
-        task = "classifier" if binary else "regressor"
+        task: Literal["classifier", "regressor"] = "classifier" if binary else "regressor"
         out = np.zeros((len(X_te), n_arms - 1))
         for k in range(1, n_arms):
             rows = (arm_tr == 0) | (arm_tr == k)

@@ -563,10 +563,10 @@ def _off_policy(engine, tables, train, T, models, early, truth, margin, seed, ca
         base = baseline_picks(
             engine, pr, inputs.p_redeem, np.where(pr.mask, true_value, -1.0), keys, 1
         )
-        probs["engine"].append(one_hot(batch.picks[:, 0], o.n))
+        probs["engine"].append(one_hot(engine_picks(batch)[:, 0], o.n))
         for c, eng_c in engines.items():
             picks_c = eng_c.decide(g, inputs, ctx, state, left, restrict=support, frame=False)
-            probs[f"engine[{c}]"].append(one_hot(picks_c.picks[:, 0], o.n))
+            probs[f"engine[{c}]"].append(one_hot(engine_picks(picks_c)[:, 0], o.n))
         probs["affinity_top_k"].append(one_hot(base["affinity_top_k"][:, 0], o.n))
         probs["oracle"].append(one_hot(base["oracle"][:, 0], o.n))
         n_el = pr.mask.sum(axis=1, keepdims=True)
