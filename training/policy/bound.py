@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.policy.evaluate import allocate_within_spend, truth_of_picks
+from training.policy.evaluate import allocate_as_engine, truth_of_picks
 
 __all__ = ["feature_matrix", "level_errors", "observable_oracle", "project_on_features"]
 
@@ -118,7 +118,14 @@ def observable_oracle(
     value_proj = margin * s_proj - p_proj * o.cost[None, :]
     d = (value_true - value_proj)[mask]
     var = value_true[mask].var()
-    picks = allocate_within_spend(engine, prepared, value_proj, true_p, spend, k)
+    picks = allocate_as_engine(
+        engine,
+        prepared,
+        np.asarray(value_proj, np.float32),
+        np.asarray(true_p, np.float32),
+        k,
+        spend,
+    )
     return {
         **truth_of_picks(picks, true_p, true_s, o.cost, margin),
         "r2_true_spend_effect": r2_s,

@@ -48,7 +48,7 @@ from serving.engine.state import MemberOfferState
 __all__ = [
     "POLICIES",
     "LoggedDecisions",
-    "allocate_within_spend",
+    "allocate_as_engine",
     "baseline_picks",
     "engine_picks",
     "evaluate_send",
@@ -95,29 +95,30 @@ def truth_of_picks(
     }
 
 
-def allocate_within_spend(
+def allocate_as_engine(
     engine: DecisionEngine,
     prepared: Prepared,
     value: np.ndarray,
-    true_p: np.ndarray,
-    spend: float,
+    base: np.ndarray,
     k: int,
+    spend: float | None = None,
 ) -> np.ndarray:
-    """Picks of the engine's allocator on ``value`` (members x offers) with the send's budgets
-    plus one more: a total expected cost (``true_p`` x cost) of at most ``spend``. The oracles
-    at the engine's spend (``oracle_at_engine_spend``, the observable oracle) choose this way."""
+    """Picks of the engine's allocator on ``value`` (members x offers, dtype as given) with
+    the engine's eligibility, slots, diversity and the send's budgets on ``base``; with
+    ``spend``, one more budget: a total expected cost (``base`` x cost) of at most ``spend``.
+    Affinity top-k and the oracles (at the engine's spend; the observable one) choose this way."""
     o, st = engine.offers, engine.settings
-    b = prepared.budgets
-    total = Budgets(
-        np.vstack([b.weights, o.cost[None, :]]),
-        np.r_[b.limits, max(spend, 0.0)],
-        (*b.names, "matched_spend"),
-    )
+    budgets = prepared.budgets
+    if spend is not None:
+        budgets = Budgets(
+            np.vstack([budgets.weights, o.cost[None, :]]),
+            np.r_[budgets.limits, max(spend, 0.0)],
+            (*budgets.names, "matched_spend"),
+        )
     return allocate(
-        np.asarray(value, np.float32), np.asarray(true_p, np.float32), prepared.mask,
-        prepared.slots, o.kind, total, max_per_kind=st.max_per_kind, k=k, min_value=0.0,
-        max_iter=st.allocation.max_iter, tolerance=st.allocation.tolerance,
-        chunk_rows=st.allocation.chunk_rows,
+        value, base, prepared.mask, prepared.slots, o.kind, budgets,
+        max_per_kind=st.max_per_kind, k=k, min_value=0.0, max_iter=st.allocation.max_iter,
+        tolerance=st.allocation.tolerance, chunk_rows=st.allocation.chunk_rows,
     ).picks  # fmt: skip
 
 
@@ -142,27 +143,11 @@ def baseline_picks(
     slots, diversity and budgets."""
     st, o, pr = engine.settings, engine.offers, prepared
 
-    def picks_of(value: np.ndarray) -> np.ndarray:
-        return allocate(
-            value,
-            pr.base,
-            allowed=pr.mask,
-            slots=pr.slots,
-            kind=o.kind,
-            budgets=pr.budgets,
-            max_per_kind=st.max_per_kind,
-            k=k,
-            min_value=0.0,
-            max_iter=st.allocation.max_iter,
-            tolerance=st.allocation.tolerance,
-            chunk_rows=st.allocation.chunk_rows,
-        ).picks
-
     # Affinity only: always fills the slots (a rank, not a value), budgets by price on it.
     score = np.asarray(affinity_score, dtype=np.float32)
     shifted = score - np.nanmin(score) + np.float32(1.0)
-    top_k = picks_of(shifted)
-    oracle = picks_of(np.asarray(true_eiv, np.float32))
+    top_k = allocate_as_engine(engine, pr, shifted, pr.base, k)
+    oracle = allocate_as_engine(engine, pr, np.asarray(true_eiv, np.float32), pr.base, k)
     none = np.full((pr.mask.shape[0], k), -1, dtype=np.int64)
     rnd = explore(none, pr.mask, o.kind, st.max_per_kind, pr.slots, 1.0, keys, "random-policy")
     random_picks = _keep_budgets(rnd.offers, np.zeros(rnd.offers.shape), pr.base, pr.budgets)

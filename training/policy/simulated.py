@@ -53,7 +53,7 @@ from serving.loader import load_model
 from training.policy.bound import level_errors, observable_oracle
 from training.policy.evaluate import (
     LoggedDecisions,
-    allocate_within_spend,
+    allocate_as_engine,
     baseline_picks,
     engine_picks,
     evaluate_send,
@@ -232,7 +232,9 @@ def matched_spend(
             "scale": f,
         }
     true_eiv = margin * true_s - true_p * o.cost[None, :]
-    oracle = allocate_within_spend(engine, prepared, true_eiv, true_p, spend, k)
+    oracle = allocate_as_engine(
+        engine, prepared, np.asarray(true_eiv, np.float32), np.asarray(true_p, np.float32), k, spend
+    )
     out["oracle_at_engine_spend"] = truth_of_picks(oracle, true_p, true_s, o.cost, margin)
     return out
 
