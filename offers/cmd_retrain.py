@@ -74,6 +74,13 @@ def retrain_cmd(
     ] = 0.0,
     als_trials: Annotated[int, typer.Option(min=1, help="affinity: ALS configurations")] = 6,
     bpr_trials: Annotated[int, typer.Option(min=1, help="affinity: BPR configurations")] = 3,
+    compare_bpr: Annotated[
+        str,
+        typer.Option(
+            help="affinity: search, fit and report BPR (never shipped): on, off, or auto (on for "
+            "programs of at most 200,000 members)"
+        ),
+    ] = "auto",
     uplift_params: Annotated[
         str | None,
         typer.Option(help='uplift base learner settings as JSON, e.g. {"n_estimators": 50}'),
@@ -117,6 +124,15 @@ def retrain_cmd(
         if params is not None and not isinstance(params, dict):
             raise ValueError(f"--uplift-params must be a JSON object; got {uplift_params!r}")
         uplift = UpliftTrainSettings(base_params=params, seed=seed)
+        if compare_bpr not in ("auto", "on", "off"):
+            raise ValueError(f"--compare-bpr: {compare_bpr!r} is not one of auto, on, off")
+        search = SearchSettings(
+            als_trials=als_trials,
+            bpr_trials=bpr_trials,
+            seed=seed,
+            num_threads=threads,
+            compare_bpr=compare_bpr,
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     settings = RetrainSettings(
@@ -125,9 +141,7 @@ def retrain_cmd(
         since=since,
         as_of=None if as_of is None else pd.Timestamp(as_of),
         features_out=features_out or env.features_path(),
-        search=SearchSettings(
-            als_trials=als_trials, bpr_trials=bpr_trials, seed=seed, num_threads=threads
-        ),
+        search=search,
         uplift=uplift,
         policy_gate=policy_gate,
         min_delta=min_delta,

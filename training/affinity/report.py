@@ -42,7 +42,13 @@ from training.affinity.evaluate import (
     pair_scores,
     subsample_members,
 )
-from training.affinity.search import Progress, SearchResult, SearchSettings, search
+from training.affinity.search import (
+    Progress,
+    SearchResult,
+    SearchSettings,
+    bpr_compared,
+    search,
+)
 
 __all__ = ["BASELINES", "SHIPPED", "EvalRun", "fit_models", "run_evaluation"]
 
@@ -77,7 +83,8 @@ def fit_models(
     prefit: dict[str, AffinityModel] | None = None,
 ) -> dict[str, AffinityModel]:
     """Every reported model fitted on ``task``'s training matrix with the chosen parameters
-    (``prefit``: models already fitted on that matrix, e.g. the search's best)."""
+    (``prefit``: models already fitted on that matrix, e.g. the search's best); BPR only when
+    the search compared it (``found.bpr`` is not None)."""
     prefit = prefit or {}
     common: dict[str, Any] = {
         "random_state": search_settings.seed,
@@ -85,13 +92,12 @@ def fit_models(
     }
     als = prefit.get("als") or ALS(**found.als, **common).fit(task.train)
     assert isinstance(als, ALS)
-    models: dict[str, AffinityModel] = {
-        "als": als,
-        "bpr": prefit.get("bpr") or BPR(**found.bpr, **common).fit(task.train),
-        "popularity": Popularity().fit(task.train),
-        "segment_popularity": SegmentPopularity(settings.segment_min_members).fit(task.train),
-        "personal_popularity": PersonalPopularity().fit(task.train),
-    }
+    models: dict[str, AffinityModel] = {"als": als}
+    if found.bpr is not None:
+        models["bpr"] = prefit.get("bpr") or BPR(**found.bpr, **common).fit(task.train)
+    models["popularity"] = Popularity().fit(task.train)
+    models["segment_popularity"] = SegmentPopularity(settings.segment_min_members).fit(task.train)
+    models["personal_popularity"] = PersonalPopularity().fit(task.train)
     models[SHIPPED] = Blend.from_als(
         als, task.train, segment_min_members=settings.segment_min_members, **found.blend
     )
@@ -228,16 +234,27 @@ def run_evaluation(
     step("prepare", 1, 2)
     test = build_task(tables, windows.test_start, windows.test_end, settings, ft, name="test")
     step("prepare", 2, 2)
-    found = search(valid, search_settings, settings.ks, progress)
+    # BPR is a comparison, never shipped: searched and reported for programs up to a size
+    # (SearchSettings.compare_bpr), counted as the members the final models are fitted on
+    members = int(test.train.n_members)
+    with_bpr = bpr_compared(search_settings, members)
+    log.info(
+        "BPR comparison %s (compare_bpr=%s, %d members)",
+        with_bpr,
+        search_settings.compare_bpr,
+        members,
+    )
+    found = search(valid, search_settings, settings.ks, progress, compare_bpr=with_bpr)
     valid_models = fit_models(valid, found, settings, search_settings, found.fitted)
     models = fit_models(test, found, settings, search_settings)
+    order = [name for name in MODEL_ORDER if name in models]
     metrics: dict[str, dict[str, float]] = {}
     valid_metrics: dict[str, dict[str, float]] = {}
-    for i, name in enumerate(MODEL_ORDER):
-        step("evaluate", i, len(MODEL_ORDER))
+    for i, name in enumerate(order):
+        step("evaluate", i, len(order))
         valid_metrics[name] = evaluate_model(valid_models[name], valid, settings.ks)
         metrics[name] = evaluate_model(models[name], test, settings.ks)
-    step("evaluate", len(MODEL_ORDER), len(MODEL_ORDER))
+    step("evaluate", len(order), len(order))
     try:
         history = (
             _history_rates(tables["offer_events"], windows.test_start)
@@ -257,12 +274,18 @@ def run_evaluation(
         "split": {**windows.to_dict(), "test": test.summary(), "valid": valid.summary()},
         "shipped": SHIPPED,
         "selection_metric": search_settings.metric,
-        "models": {name: _rounded(metrics[name]) for name in MODEL_ORDER},
+        "models": {name: _rounded(metrics[name]) for name in order},
         "ratios": _ratios(metrics, f"recall@{kmax}"),
-        "validation": {name: _rounded(valid_metrics[name]) for name in MODEL_ORDER},
+        "validation": {name: _rounded(valid_metrics[name]) for name in order},
         "params": {
             "als": found.als,
             "bpr": found.bpr,
+            "compare_bpr": {
+                "setting": search_settings.compare_bpr,
+                "auto_max_members": search_settings.bpr_auto_max_members,
+                "members": members,
+                "compared": with_bpr,
+            },
             SHIPPED: found.blend,
             "interactions": settings.interaction_settings().model_dump(),
             "seed": search_settings.seed,

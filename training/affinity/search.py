@@ -1,12 +1,15 @@
 """Small, seeded hyper-parameter search on the validation window.
 
 ALS and BPR: the default configuration first, then ``trials - 1`` distinct configurations drawn
-with ``numpy.random.default_rng(seed)`` from the spaces below. The blend: a grid of weights over
-the best ALS in two stages: frequency x ALS x popularity weights first (pure popularity
-included, so the blend can fall back to it where nothing personal helps), then recency x
-popularity weights around the best frequency/ALS pair. Components are computed once per member
-batch and every weight combination is ranked from them. Selection metric: ``ndcg@10``
-(``SearchSettings.metric``); ties keep the earlier configuration.
+with ``numpy.random.default_rng(seed)`` from the spaces below. BPR is a comparison in the report,
+never shipped: ``SearchSettings.compare_bpr`` (``auto``: only for programs of at most
+``bpr_auto_max_members`` members) says whether it is searched at all. ALS is fitted before BPR
+and neither shares a random state with the other, so the shipped blend is the same either way.
+The blend: a grid of weights over the best ALS in two stages: frequency x ALS x popularity
+weights first (pure popularity included, so the blend can fall back to it where nothing personal
+helps), then recency x popularity weights around the best frequency/ALS pair. Components are
+computed once per member batch and every weight combination is ranked from them. Selection
+metric: ``ndcg@10`` (``SearchSettings.metric``); ties keep the earlier configuration.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,6 +35,7 @@ __all__ = [
     "BPR_SPACE",
     "SearchResult",
     "SearchSettings",
+    "bpr_compared",
     "sample_configs",
     "search",
 ]
@@ -73,6 +77,12 @@ BLEND_GRID: dict[str, list[float]] = {
 
 Progress = Callable[[str, int, int], None]
 
+# compare_bpr="auto": BPR is searched, fitted and reported for programs up to this many members.
+# The same size as the search's default member sample: every program whose search is not
+# sampled (and every data set of the quality figures in docs/benchmarks.md) keeps its BPR
+# column; above it BPR's 4 fits took 131 of the 293 CPU s of a 200,000-member training.
+BPR_AUTO_MAX_MEMBERS = 200_000
+
 
 class SearchSettings(BaseModel):
     """Budget and seed of the validation search."""
@@ -92,6 +102,17 @@ class SearchSettings(BaseModel):
     min_als_weight: float = Field(default=0.0, ge=0, le=4.0)
     als_fixed: dict[str, Any] | None = None  # skip the ALS search, use these parameters
     bpr_fixed: dict[str, Any] | None = None
+    # BPR is reported next to the shipped ALS blend, never shipped: on, off, or auto (on for
+    # programs of at most bpr_auto_max_members members; see BPR_AUTO_MAX_MEMBERS)
+    compare_bpr: Literal["auto", "on", "off"] = "auto"
+    bpr_auto_max_members: int = Field(default=BPR_AUTO_MAX_MEMBERS, ge=1)
+
+
+def bpr_compared(settings: SearchSettings, members: int) -> bool:
+    """Whether BPR is searched, fitted and reported for a program of ``members`` members."""
+    if settings.compare_bpr == "auto":
+        return members <= settings.bpr_auto_max_members
+    return settings.compare_bpr == "on"
 
 
 @dataclass
@@ -99,7 +120,7 @@ class SearchResult:
     """Best parameters per searched model and every trial's validation metrics."""
 
     als: dict[str, Any]
-    bpr: dict[str, Any]
+    bpr: dict[str, Any] | None  # None: BPR not compared (SearchSettings.compare_bpr)
     blend: dict[str, float]
     trials: list[dict[str, Any]] = field(default_factory=list)
     fitted: dict[str, AffinityModel] = field(default_factory=dict)  # best, on validation data
@@ -138,8 +159,14 @@ def search(
     settings: SearchSettings,
     ks: tuple[int, ...] = KS,
     progress: Progress | None = None,
+    compare_bpr: bool | None = None,
 ) -> SearchResult:
-    """Choose ALS, BPR and blend parameters on the validation ``task``."""
+    """Choose ALS, BPR and blend parameters on the validation ``task``.
+
+    ``compare_bpr`` None: :func:`bpr_compared` on the task's training members (before any
+    sampling); False: no BPR trial (``SearchResult.bpr`` is None)."""
+    if compare_bpr is None:
+        compare_bpr = bpr_compared(settings, task.sampled_from or task.train.n_members)
     metric = settings.metric
     common: dict[str, Any] = {"random_state": settings.seed, "num_threads": settings.num_threads}
     trials: list[dict[str, Any]] = []
@@ -149,6 +176,8 @@ def search(
         ("als", ALS, settings.als_fixed, ALS_SPACE, ALS_DEFAULT, settings.als_trials),
         ("bpr", BPR, settings.bpr_fixed, BPR_SPACE, BPR_DEFAULT, settings.bpr_trials),
     ):
+        if name == "bpr" and not compare_bpr:
+            continue
         configs = [fixed] if fixed is not None else sample_configs(space, n, settings.seed, default)
         plans += [(name, cls, cfg) for cfg in configs]
     for i, (name, cls, cfg) in enumerate(plans):
@@ -167,7 +196,7 @@ def search(
         progress("search", len(plans) + 1, len(plans) + 1)
     return SearchResult(
         als=best["als"][1],
-        bpr=best["bpr"][1],
+        bpr=best["bpr"][1] if "bpr" in best else None,
         blend=blend,
         trials=trials,
         fitted={name: b[2] for name, b in best.items() if b[2] is not None},
