@@ -104,6 +104,9 @@ class TrainingSetConfig:
     data_end: Any | None = None  # None: latest timestamp in transactions and offer events
     # None: no ``spend_level`` column; else its window, at least ``window_days``
     level_window_days: float | None = None
+    # the features query runs on at most this many (member, ts) pairs at a time (DuckDB; None:
+    # all at once); the rows are the same either way, only memory and time change
+    pairs_per_query: int | None = 400_000
 
     def __post_init__(self) -> None:
         if not self.window_days > 0:
@@ -117,6 +120,10 @@ class TrainingSetConfig:
             raise UpliftDataError(f"treatment must be 'kind' or 'offer'; got {self.treatment!r}")
         if not self.control_label:
             raise UpliftDataError("control_label must be a non-empty string")
+        if self.pairs_per_query is not None and self.pairs_per_query < 1:
+            raise UpliftDataError(
+                f"pairs_per_query must be >= 1 or None; got {self.pairs_per_query}"
+            )
 
 
 @dataclass(frozen=True)
@@ -220,7 +227,7 @@ def build_training_set(
 
     fcfg = resolve_categories(tables, feature_config or FeatureConfig(), before=arms[S.TS].max())
     pairs = arms[[S.MEMBER_ID, S.TS]].drop_duplicates()
-    feats = _to_pandas(features_at(tables, pairs, fcfg, time_col=S.TS))
+    feats = _pair_features(tables, pairs, fcfg, config.pairs_per_query)
     feats[S.TS] = feats[S.TS].astype("datetime64[us]")
     skip = (S.MEMBER_ID, S.TS, *S.CONSENT_COLUMNS.values())  # consent is a rule, not a feature
     feature_columns = tuple(c for c in feats.columns if c not in skip)
@@ -240,6 +247,32 @@ def build_training_set(
     return UpliftTrainingSet(frame, feature_columns, config, fcfg, data_end, dropped)
 
 
+def _pair_features(
+    tables: Any, pairs: pd.DataFrame, fcfg: FeatureConfig, pairs_per_query: int | None
+) -> pd.DataFrame:
+    """``features_at`` of every (member_id, ts) pair as one frame. On DuckDB the pairs go in
+    slices of at most ``pairs_per_query`` (None: one query), whose Arrow results are
+    concatenated before the conversion: a pair's features read only its own member's rows and
+    the categories are resolved once (``fcfg``), so the rows are the ones a single query gives;
+    each slice's aggregation fits in DuckDB's memory limit instead of spilling (1M members:
+    1.83M pairs took 160 CPU s in one query at 2GB, docs/benchmarks.md). Other backends: one
+    query."""
+    expr = features_at(tables, pairs, fcfg, time_col=S.TS)
+    backend = expr._find_backend(use_default=True)
+    if backend.name != "duckdb" or pairs_per_query is None or len(pairs) <= pairs_per_query:
+        return _to_pandas(expr)
+    import pyarrow as pa
+
+    parts = []
+    for lo in range(0, len(pairs), pairs_per_query):
+        part = features_at(tables, pairs.iloc[lo : lo + pairs_per_query], fcfg, time_col=S.TS)
+        parts.append(part.to_pyarrow())
+    log.info("features of %d pairs in %d queries", len(pairs), len(parts))
+    table = pa.concat_tables(parts)
+    del parts
+    return _arrow_to_pandas(table, expr.schema())
+
+
 def _to_pandas(expr: Any) -> pd.DataFrame:
     """``expr.to_pandas()`` with the same dtypes and less memory: Ibis' DuckDB backend turns
     every column holding a null into a Python list (one object per value: several GB for the
@@ -248,15 +281,18 @@ def _to_pandas(expr: Any) -> pd.DataFrame:
     table as it goes, and the columns are not consolidated into one block at the end: at most
     the Arrow table plus one column's Python objects are alive (docs/benchmarks.md,
     "Retraining at scale")."""
-    import pyarrow.types as pat
-
     backend = expr._find_backend(use_default=True)
     if backend.name != "duckdb":
         return expr.to_pandas()
+    return _arrow_to_pandas(expr.to_pyarrow(), expr.schema())
+
+
+def _arrow_to_pandas(table: Any, schema: Any) -> pd.DataFrame:
+    """The Arrow ``table`` of a DuckDB query as pandas, column by column (see
+    :func:`_to_pandas`); ``table`` is emptied as it goes."""
+    import pyarrow.types as pat
     from ibis.backends.duckdb.converter import DuckDBPandasData
 
-    schema = expr.schema()
-    table = expr.to_pyarrow()
     columns: dict[str, pd.Series] = {}
     for name in list(table.column_names):
         col = table.column(name)
