@@ -52,6 +52,7 @@ __all__ = [
     "LevelFit",
     "apply_scale",
     "apply_shifts",
+    "campaign_att",
     "control_baseline",
     "heterogeneity_slope",
     "level_fit",
@@ -151,6 +152,7 @@ def level_fit(
     weights: NDArray[np.float64] | None = None,
     groups: Mapping[str, str] | None = None,
     shrink: bool = True,
+    strata: Sequence[Any] | NDArray[Any] | None = None,
 ) -> LevelFit:
     """Per treatment (``learner.treatments_`` order): regression-adjusted ATT, shrunk (when
     ``shrink``) toward its group (``groups``: treatment -> group, e.g. offer -> kind; missing:
@@ -158,6 +160,10 @@ def level_fit(
     on that treatment's rows of ``X`` (see the module docstring).
 
     ``X``, ``y``, ``labels`` (and optional row ``weights``) are the learner's training rows.
+    ``strata`` (each row's campaign, or None): the ATT is measured within each campaign
+    against that campaign's own control rows and combined over campaigns with a
+    between-campaign variance (:func:`campaign_att`); None: against the baseline alone, with
+    the treated rows' noise as its standard error.
     """
     w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
     baseline = control_baseline(learner, X, y, labels, w)
@@ -169,21 +175,35 @@ def level_fit(
     missing = [str(t) for t in learner.treatments_ if not np.any(labels == t)]
     if missing:
         raise ValueError(f"level_fit: no rows of treatment(s) {missing}")
-    att, se, mean_pred = np.zeros(k), np.zeros(k), np.zeros(k)
-    for j, treatment in enumerate(learner.treatments_):
-        rows = labels == treatment
-        r, wr = y[rows] - baseline(X[rows]), w[rows]
-        att[j] = np.average(r, weights=wr)
-        # standard error of a weighted mean (floored: a constant residual is not certainty)
-        var = float(np.sum(wr**2 * (r - att[j]) ** 2) / np.sum(wr) ** 2)
-        se[j] = max(np.sqrt(var), 1e-9)
-        mean_pred[j] = np.average(effects[rows, j], weights=wr)
+    campaign_info: dict[str, float] = {}
+    if strata is not None:
+        if len(strata) != len(y):
+            raise ValueError(f"strata has {len(strata)} entries for {len(y)} rows")
+        treated_effect = np.full(len(y), np.nan)
+        for j, treatment in enumerate(learner.treatments_):
+            rows = labels == treatment
+            treated_effect[rows] = effects[rows, j]
+        residual = y - baseline(X)
+        att, se, mean_pred, campaign_info = campaign_att(
+            residual, w, labels, learner.treatments_, learner.control, strata, treated_effect
+        )
+    else:
+        att, se, mean_pred = np.zeros(k), np.zeros(k), np.zeros(k)
+        for j, treatment in enumerate(learner.treatments_):
+            rows = labels == treatment
+            r, wr = y[rows] - baseline(X[rows]), w[rows]
+            att[j] = np.average(r, weights=wr)
+            # standard error of a weighted mean (floored: a constant residual is not certainty)
+            var = float(np.sum(wr**2 * (r - att[j]) ** 2) / np.sum(wr) ** 2)
+            se[j] = max(np.sqrt(var), 1e-9)
+            mean_pred[j] = np.average(effects[rows, j], weights=wr)
     names = tuple(str(t) for t in learner.treatments_)
     if shrink and k > 1:
         grp = [str((groups or {}).get(t, t)) for t in names] if groups else None
         shrunk, shrunk_se, info = shrink_effects(att, se, grp)
     else:
         shrunk, shrunk_se, info = att.copy(), se.copy(), {}
+    info = {**info, **campaign_info}
     shifts = shrunk - mean_pred
     log.info(
         "level: raw ATT %s -> shrunk %s",
@@ -191,6 +211,111 @@ def level_fit(
         dict(zip(names, np.round(shrunk, 4), strict=True)),
     )
     return LevelFit(names, att, se, shrunk, shrunk_se, shifts, info, baseline)
+
+
+def _mean_and_var(r: NDArray[np.float64], w: NDArray[np.float64]) -> tuple[float, float, float]:
+    """Weighted mean of ``r``, the residual variance, and the design factor
+    ``sum(w^2) / sum(w)^2`` (the variance of the mean is variance x factor)."""
+    sw = float(w.sum())
+    m = float(w @ r) / sw
+    var = float(w @ (r - m) ** 2) / sw
+    return m, var, float(w @ w) / sw**2
+
+
+def campaign_att(
+    residual: NDArray[np.float64],
+    weights: NDArray[np.float64],
+    labels: NDArray[Any],
+    treatments: Sequence[Any],
+    control: Any,
+    strata: Sequence[Any] | NDArray[Any],
+    treated_effect: NDArray[np.float64] | None = None,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], dict[str, float]]:
+    """Per treatment: the ATT measured campaign by campaign, its standard error, and the mean
+    of ``treated_effect`` (each treated row's predicted effect of its own treatment) with the
+    same weights; plus the between-campaign variance (``tau2_campaign``) and its statistics.
+
+    Every logged campaign is its own randomised test: in campaign ``c`` a treatment's effect is
+    ``d = mean(residual | treated, c) - mean(residual | control, c)``, with variance
+    ``v = var_t / n_t + var_c / n_c`` (weighted: times the design factor). Measured so, a
+    campaign whose members spent more than the baseline predicts (season, channel) does not
+    read as an effect, and the control group's noise is in the standard error. A campaign with
+    fewer than 2 control rows (or none named: None / NaN) is compared with every control row.
+    A cell with one treated row takes its treatment's residual variance over all its rows.
+
+    The campaigns' estimates of one treatment differ by more than their noise when its effect
+    differs between campaigns (members targeted, channel, time); the next send is another
+    campaign, so that variance is part of the error: one ``tau2`` is estimated from every
+    treatment's campaigns at once (DerSimonian-Laird, pooled over treatments, since most
+    treatments ran in 1-3 campaigns), and each treatment's ATT is the mean of its campaigns
+    weighted by ``1 / (v + tau2)``, with standard error ``sqrt(1 / sum of those weights)``:
+    a treatment seen in one campaign carries that campaign's variance whole.
+    """
+    r = np.asarray(residual, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    lab = np.asarray(labels, dtype=object)
+    keys = np.array(
+        ["" if (s is None or (isinstance(s, float) and np.isnan(s))) else str(s) for s in strata],
+        dtype=object,
+    )
+    if not (len(r) == len(w) == len(lab) == len(keys)):
+        raise ValueError(
+            f"residual, weights, labels and strata must have one length; got {len(r)}, "
+            f"{len(w)}, {len(lab)}, {len(keys)}"
+        )
+    eff = np.zeros(len(r)) if treated_effect is None else np.asarray(treated_effect, float)
+    is_control = lab == control
+    if is_control.sum() < 2:
+        raise ValueError(f"campaign_att: fewer than 2 rows of the control {control!r}")
+    m_all, var_all, f_all = _mean_and_var(r[is_control], w[is_control])
+    reference: dict[str, tuple[float, float]] = {}
+    for key in np.unique(keys[is_control]):
+        sel = is_control & (keys == key)
+        if key and sel.sum() >= 2:
+            m, var, f = _mean_and_var(r[sel], w[sel])
+            reference[key] = (m, var * f)
+    pooled = (m_all, var_all * f_all)
+    cells: list[tuple[int, float, float, float]] = []  # (treatment, d, v, mean effect)
+    for j, treatment in enumerate(treatments):
+        rows = lab == treatment
+        if not rows.any():
+            raise ValueError(f"campaign_att: no rows of treatment {treatment!r}")
+        _, var_j, _ = _mean_and_var(r[rows], w[rows])
+        for key in np.unique(keys[rows]):
+            sel = rows & (keys == key)
+            m, var, f = _mean_and_var(r[sel], w[sel])
+            if sel.sum() < 2:
+                var = var_j
+            m_ref, v_ref = reference.get(key, pooled)
+            v = max(var * f + v_ref, 1e-18)
+            cells.append((j, m - m_ref, v, float(np.average(eff[sel], weights=w[sel]))))
+    k = len(treatments)
+    tj = np.array([c[0] for c in cells], dtype=np.int64)
+    d = np.array([c[1] for c in cells])
+    v = np.array([c[2] for c in cells])
+    e = np.array([c[3] for c in cells])
+    n_cells = np.bincount(tj, minlength=k)
+    # the fixed-effect mean of each treatment, then DerSimonian-Laird pooled over treatments
+    wf = 1.0 / v
+    fe = np.bincount(tj, weights=wf * d, minlength=k) / np.bincount(tj, weights=wf, minlength=k)
+    q = float(np.sum(wf * (d - fe[tj]) ** 2))
+    df = int(np.sum(n_cells - 1))
+    s1 = np.bincount(tj, weights=wf, minlength=k)
+    s2 = np.bincount(tj, weights=wf**2, minlength=k)
+    denom = float(np.sum(s1 - s2 / s1))
+    tau2 = max(0.0, (q - df) / denom) if df > 0 and denom > 0 else 0.0
+    wr = 1.0 / (v + tau2)
+    sw = np.bincount(tj, weights=wr, minlength=k)
+    att = np.bincount(tj, weights=wr * d, minlength=k) / sw
+    mean_effect = np.bincount(tj, weights=wr * e, minlength=k) / sw
+    se = np.maximum(np.sqrt(1.0 / sw), 1e-9)
+    info = {
+        "tau2_campaign": tau2,
+        "q_campaign": q,
+        "df_campaign": float(df),
+        "cells_campaign": float(len(cells)),
+    }
+    return att, se, mean_effect, info
 
 
 def control_baseline(
@@ -307,9 +432,10 @@ def level_shifts(
     weights: NDArray[np.float64] | None = None,
     groups: Mapping[str, str] | None = None,
     shrink: bool = True,
+    strata: Sequence[Any] | NDArray[Any] | None = None,
 ) -> NDArray[np.float64]:
     """The shifts of :func:`level_fit` (per treatment, the learner's order)."""
-    return level_fit(learner, X, y, labels, weights, groups, shrink).shifts
+    return level_fit(learner, X, y, labels, weights, groups, shrink, strata).shifts
 
 
 def apply_shifts(learner: BaseUpliftLearner, shifts: NDArray[np.float64]) -> BaseUpliftLearner:

@@ -107,6 +107,12 @@ class UpliftTrainSettings:
     # empirical-Bayes shrinkage of each treatment's level toward its kind's and the mean of all
     # (training/uplift/calibration.py); off: each treatment keeps its own noisy ATT
     shrink_level: bool = True
+    # measure each treatment's level campaign by campaign against that campaign's control
+    # rows, with a between-campaign variance in its standard error
+    # (training/uplift/calibration.py, campaign_att); off: against the control baseline alone,
+    # with the treated rows' noise as the standard error (measured in docs/engine.md, "The
+    # level, campaign by campaign")
+    level_by_campaign: bool = True
     # scale each member's deviation from the treatment's level by its out-of-sample slope on
     # the test split, clipped to [heterogeneity_floor, 1] (training/uplift/calibration.py)
     damp_heterogeneity: bool = True
@@ -290,6 +296,11 @@ def fit_uplift(
             cal = _row_sample(len(y), settings.level_rows, settings.seed)
             weights = None if prop is None else 1 / prop[cal]
             long = _level_rows(tr, outcome, cal, [*keep, data.control], settings)
+            strata = (
+                tr[S.CAMPAIGN_ID].to_numpy(dtype=object)[cal]
+                if settings.level_by_campaign and S.CAMPAIGN_ID in tr.columns
+                else None
+            )
             if long is None:
                 fit = level_fit(
                     learner,
@@ -299,6 +310,7 @@ def fit_uplift(
                     weights,
                     groups=_kind_of(tr, data.control),
                     shrink=settings.shrink_level,
+                    strata=strata,
                 )
                 baseline = fit.baseline
             else:
@@ -311,6 +323,7 @@ def fit_uplift(
                     None if weights is None else weights[rows],
                     groups=_kind_of(tr, data.control),
                     shrink=settings.shrink_level,
+                    strata=None if strata is None else strata[rows],
                 )
                 # the heterogeneity slope below is measured on the window_days outcome
                 baseline = control_baseline(learner, X_tr[cal], y[cal], labels_tr[cal], weights)
@@ -323,6 +336,9 @@ def fit_uplift(
                 )
                 level[f"level_window.{outcome}"] = float(used)
             apply_shifts(learner, fit.shifts)
+            if "tau2_campaign" in fit.info:
+                level[f"level_tau2_campaign.{outcome}"] = float(fit.info["tau2_campaign"])
+                level[f"level_campaign_cells.{outcome}"] = float(fit.info["cells_campaign"])
             for j, t in enumerate(fit.treatments):
                 level[f"level_shift.{outcome}.{t}"] = float(fit.shifts[j])
                 level[f"level_att.{outcome}.{t}"] = float(fit.att[j])
