@@ -287,8 +287,8 @@ def campaign_att(
             if sel.sum() < 2:
                 var = var_j
             m_ref, v_ref = reference.get(key, pooled)
-            v = max(var * f + v_ref, 1e-18)
-            cells.append((j, m - m_ref, v, float(np.average(eff[sel], weights=w[sel]))))
+            v_cell = max(var * f + v_ref, 1e-18)
+            cells.append((j, m - m_ref, v_cell, float(np.average(eff[sel], weights=w[sel]))))
     k = len(treatments)
     tj = np.array([c[0] for c in cells], dtype=np.int64)
     d = np.array([c[1] for c in cells])
