@@ -58,6 +58,13 @@ def evaluate_policy(
             "observes, allocated within the engine's spend (minutes at 150k members)"
         ),
     ] = False,
+    level_by_campaign: Annotated[
+        bool,
+        typer.Option(
+            help="uplift levels measured campaign by campaign (UpliftTrainSettings."
+            "level_by_campaign; docs/engine.md)"
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     dataset: Annotated[
         str | None,
@@ -91,7 +98,7 @@ def evaluate_policy(
         report = run_policy_evaluation(
             data, channel, k, budget_scale, match_spend, seed, als_trials, trees,
             step=lambda msg: status.update(f"policy evaluation: {msg}"),
-            observable_bound=observable_bound,
+            observable_bound=observable_bound, level_by_campaign=level_by_campaign,
         )  # fmt: skip
     if as_json:
         typer.echo(json.dumps(report, default=str))

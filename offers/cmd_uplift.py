@@ -80,6 +80,13 @@ LevelWindowOpt = Annotated[
         "send, net of the purchases a send pulls forward (days, e.g. 44; 0: over --window-days)",
     ),
 ]
+LevelByCampaignOpt = Annotated[
+    bool,
+    typer.Option(
+        help="measure each offer's level campaign by campaign against that campaign's control "
+        "rows, with the between-campaign variance in its standard error (docs/engine.md)",
+    ),
+]
 ShareOpt = Annotated[float, typer.Option(help="share of rows (latest campaigns) held out")]
 SplitOpt = Annotated[str | None, typer.Option(help="test split start (default: by --test-share)")]
 PropOpt = Annotated[bool, typer.Option(help="weight rows by 1 / logged propensity")]
@@ -120,6 +127,7 @@ def _settings(
     calibrate: bool,
     seed: int,
     level_window_days: float = 0.0,
+    level_by_campaign: bool = False,
 ) -> Any:
     from training.uplift.fit import UpliftTrainSettings
 
@@ -141,6 +149,7 @@ def _settings(
             calibrate_level=calibrate,
             seed=seed,
             level_window_days=level_window_days or None,
+            level_by_campaign=level_by_campaign,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -184,6 +193,7 @@ def train_uplift_command(
     gate_outcome: GateOpt = Outcome.conversion,
     window_days: WindowOpt = 14.0,
     level_window_days: LevelWindowOpt = 0.0,
+    level_by_campaign: LevelByCampaignOpt = False,
     test_share: ShareOpt = 0.2,
     split_at: SplitOpt = None,
     propensity: PropOpt = False,
@@ -205,6 +215,7 @@ def train_uplift_command(
     settings = _settings(
         learner, base_learner, base_params, treatment, outcomes, gate_outcome,
         window_days, test_share, split_at, propensity, calibrate, seed, level_window_days,
+        level_by_campaign,
     )  # fmt: skip
     _check_engine(engine)
     if not data.is_dir():
@@ -245,6 +256,7 @@ def evaluate_uplift_command(
     gate_outcome: GateOpt = Outcome.conversion,
     window_days: WindowOpt = 14.0,
     level_window_days: LevelWindowOpt = 0.0,
+    level_by_campaign: LevelByCampaignOpt = False,
     test_share: ShareOpt = 0.2,
     split_at: SplitOpt = None,
     propensity: PropOpt = False,
@@ -262,6 +274,7 @@ def evaluate_uplift_command(
     settings = _settings(
         learner, base_learner, base_params, treatment, outcomes, gate_outcome,
         window_days, test_share, split_at, propensity, calibrate, seed, level_window_days,
+        level_by_campaign,
     )  # fmt: skip
     _check_engine(engine)
     if not data.is_dir():

@@ -104,3 +104,20 @@ def test_too_few_known_level_outcomes_fall_back_to_the_outcome_window(caplog) ->
 def test_a_level_window_shorter_than_the_outcome_window_is_refused() -> None:
     with pytest.raises(ValueError, match=r"level_window_days must be >= window_days \(14\)"):
         UpliftTrainSettings(level_window_days=7.0)
+
+
+@pytest.mark.parametrize("level_window_days", [44.0, None])
+def test_the_level_by_campaign_setting_measures_within_campaigns(level_window_days) -> None:
+    on = fit_uplift(
+        _training_set(), _settings(level_window_days=level_window_days, level_by_campaign=True)
+    )
+    off = fit_uplift(_training_set(), _settings(level_window_days=level_window_days))
+    expected = -3.0 if level_window_days else 5.0
+    for fitted in (on, off):
+        assert fitted.metrics["level_att.spend.a"] == pytest.approx(expected, abs=1.2)
+    # the campaigns are read (6 rows' campaigns less the test split's, 2 arms each)
+    assert on.metrics["level_campaign_cells.spend"] >= 8
+    assert on.metrics["level_tau2_campaign.spend"] >= 0
+    assert "level_tau2_campaign.spend" not in off.metrics
+    # the control group's noise is now in the standard error
+    assert on.metrics["level_se.spend.a"] > off.metrics["level_se.spend.a"]

@@ -97,10 +97,16 @@ class ShippedModels:
 
 
 def train_shipped(
-    data_dir: Path, work: Path, seed: int = 0, als_trials: int = 1, trees: int | None = None
+    data_dir: Path,
+    work: Path,
+    seed: int = 0,
+    als_trials: int = 1,
+    trees: int | None = None,
+    level_by_campaign: bool = False,
 ) -> ShippedModels:
     """Train both models on ``data_dir`` with the code of ``offers train``, register them in a
-    scratch registry under ``work``, make them champion and load them with serving's loader."""
+    scratch registry under ``work``, make them champion and load them with serving's loader.
+    ``level_by_campaign``: :attr:`UpliftTrainSettings.level_by_campaign` (off, as shipped)."""
     from features.pipeline.config import FeatureConfig
     from training.affinity.evaluate import EvalSettings
     from training.affinity.search import SearchSettings
@@ -121,7 +127,11 @@ def train_shipped(
     )
     # offers train uplift's own defaults (what ships); --trees overrides the boosting rounds
     params = {"n_estimators": trees} if trees is not None else None
-    upl = train_uplift(data_dir, UpliftTrainSettings(base_params=params, seed=seed), registry)
+    upl = train_uplift(
+        data_dir,
+        UpliftTrainSettings(base_params=params, seed=seed, level_by_campaign=level_by_campaign),
+        registry,
+    )
     for name, result in (("offers-affinity", aff), ("offers-uplift", upl)):
         if not result.decision.promoted:
             registry.promote(name, result.version, reason="policy evaluation (scratch registry)")
@@ -353,11 +363,13 @@ def run_policy_evaluation(
     step: Step | None = None,
     settings: EngineSettings | None = None,
     observable_bound: bool = False,
+    level_by_campaign: bool = False,
 ) -> dict[str, Any]:
     """Train what ships (twice: before T and to the data end), decide a send at the data end
     with every policy and estimate each policy off-policy on the held-out campaigns; returns
     the report (``policies``, ``ratios``, ``setup``, ``models``, ``off_policy_setup``).
-    ``observable_bound``: add ``observable_oracle_at_engine_spend`` (training.policy.bound)."""
+    ``observable_bound``: add ``observable_oracle_at_engine_spend`` (training.policy.bound).
+    ``level_by_campaign``: the uplift fit's levels campaign by campaign (not what ships)."""
     from training.uplift.data import TrainingSetConfig, build_training_set
 
     t0 = time.perf_counter()
@@ -376,10 +388,15 @@ def run_policy_evaluation(
         work = Path(tmp)
         say(f"training what ships on the data before {T} (the held-out campaign)")
         before = train_shipped(
-            write_before(data, tables, T, work / "before"), work / "reg-T", seed, als_trials, trees
+            write_before(data, tables, T, work / "before"),
+            work / "reg-T",
+            seed,
+            als_trials,
+            trees,
+            level_by_campaign,
         )
         say("training what ships on all the data")
-        shipped = train_shipped(data, work / "reg-end", seed, als_trials, trees)
+        shipped = train_shipped(data, work / "reg-end", seed, als_trials, trees, level_by_campaign)
 
         say("off-policy estimates on the held-out campaign")
         train = build_training_set(data, TrainingSetConfig(treatment="kind"))
