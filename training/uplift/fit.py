@@ -110,10 +110,11 @@ class UpliftTrainSettings:
     # on: measure each treatment's level campaign by campaign against that campaign's control
     # rows, with a between-campaign variance in its standard error
     # (training/uplift/calibration.py, campaign_att). Off (the default): against the control
-    # baseline alone, with the treated rows' noise as the standard error. On makes the standard
-    # errors honest (rms z 1.08 -> 0.91 over 27 simulated programs) but the engine's true
-    # value at z = 2 fell from 5,655 to -685 summed over 6 programs (docs/engine.md, "The
-    # level, campaign by campaign"), so it is not the default
+    # baseline alone, with the treated rows' noise as the standard error. On makes the
+    # standard errors honest (median rms z 1.27 -> 1.00 over 27 simulated programs,
+    # bench/uplift_levels.py), but the engine's true value at z = 2 fell from 5,655 to -685
+    # summed over 6 programs (docs/engine.md, "The level, campaign by campaign"), so it is
+    # not the default
     level_by_campaign: bool = False
     # scale each member's deviation from the treatment's level by its out-of-sample slope on
     # the test split, clipped to [heterogeneity_floor, 1] (training/uplift/calibration.py)
