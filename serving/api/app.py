@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
+from serving.api.admission import AdmissionLimits, CheckoutAdmission
 from serving.api.bundle import BundleHolder
 from serving.api.checkout import InFlight, start_sweeper, stop_sweeper
 from serving.api.deps import AppState
@@ -95,6 +96,14 @@ def create_app(settings: Settings | None = None, *, model_loader: Loader | None 
                 read_live=state.store.live_grants,  # all members' grants in one query
             )
             state.checkouts = InFlight()
+            state.admission = CheckoutAdmission(
+                state.grants,
+                AdmissionLimits.from_settings(serving),
+                state.metrics.checkout_shed,
+            )
+            grants = state.grants  # read by /metrics at scrape time
+            state.metrics.grant_queue.set_function(lambda: grants.backlog().queued)
+            state.metrics.grant_wait.set_function(lambda: grants.backlog().oldest_wait)
             if serving.models:
                 try:
                     await to_thread.run_sync(lambda: load_serving(state, at_start=True))

@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from serving.api.admission import CheckoutAdmission
 from serving.api.bundle import BundleHolder
 from serving.api.checkout import InFlight
 from serving.api.grants import GrantService
@@ -50,6 +51,7 @@ class AppState:
     problems: dict[str, str] = field(default_factory=dict)  # check -> why not ready (start-up)
     history: MemberHistory | None = None  # members' grants (cached)
     checkouts: InFlight | None = None  # checkouts being decided
+    admission: CheckoutAdmission | None = None  # checkout's overload rule, with the grants
 
 
 async def get_state(request: Request) -> AppState:

@@ -45,6 +45,7 @@ from serving.store import (
 )
 
 __all__ = [
+    "Backlog",
     "GrantCommitError",
     "GrantService",
     "GrantServiceClosed",
@@ -158,6 +159,17 @@ class _Pending:
     items: GrantRequest
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[GrantOutcome]
+    queued_at: float  # GrantService.clock() when queued
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """The writer's backlog now: ``queued`` reservations not yet taken by the writer, and
+    ``oldest_wait`` seconds since the oldest reservation not yet committed (queued or in the
+    group being committed) was queued; 0.0 when there is none."""
+
+    queued: int
+    oldest_wait: float
 
 
 class GrantService:
@@ -165,6 +177,7 @@ class GrantService:
 
     ``on_exhausted(offer_ids)`` is called (from the writer thread, once per group) with the
     offers whose budget was found spent. ``max_group`` bounds the requests in one transaction.
+    ``clock`` (monotonic seconds) times the backlog (:meth:`backlog`; tests pass their own).
     """
 
     def __init__(
@@ -173,6 +186,7 @@ class GrantService:
         *,
         on_exhausted: Callable[[set[str]], None] | None = None,
         max_group: int = 512,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_group < 1:
             raise ValueError(f"max_group must be >= 1, got {max_group}")
@@ -180,7 +194,9 @@ class GrantService:
         self.on_exhausted = on_exhausted
         self.max_group = max_group
         self.stats = GrantStats()
+        self.clock = clock
         self._pending: deque[_Pending] = deque()
+        self._committing_since: float | None = None  # queued_at of the group's oldest
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="grant-writer", daemon=True)
@@ -196,7 +212,7 @@ class GrantService:
         with self._cond:
             if self._closing:
                 raise GrantServiceClosed("grant service is shutting down")
-            self._pending.append(_Pending(request, loop, future))
+            self._pending.append(_Pending(request, loop, future, self.clock()))
             self._cond.notify()
         # Once queued, the reservation is committed whatever happens to the caller; a cancelled
         # request (client gone) only stops waiting, the future stays for the writer to settle.
@@ -238,6 +254,7 @@ class GrantService:
                     return  # closing and drained
                 n = min(self.max_group, len(self._pending))
                 group = [self._pending.popleft() for _ in range(n)]
+                self._committing_since = group[0].queued_at  # FIFO: the oldest
             try:
                 self._commit(group)
             except Exception:  # never leave a request waiting forever
@@ -246,6 +263,9 @@ class GrantService:
                 for p, exc in failure:
                     with contextlib.suppress(RuntimeError):
                         p.loop.call_soon_threadsafe(_settle, [(p.future, exc)])
+            finally:
+                with self._cond:
+                    self._committing_since = None
 
     def _commit(self, group: list[_Pending]) -> None:
         results: list[GrantOutcome | BaseException]
@@ -293,6 +313,15 @@ class GrantService:
     def pending(self) -> int:
         """Requests queued and not yet taken by the writer."""
         return len(self._pending)
+
+    def backlog(self) -> Backlog:
+        """What is waiting for the writer now (checkout admission reads it per request)."""
+        with self._cond:
+            queued = len(self._pending)
+            since = self._committing_since
+            if since is None and queued:
+                since = self._pending[0].queued_at
+        return Backlog(queued, 0.0 if since is None else max(0.0, self.clock() - since))
 
 
 def _settle(pairs: list[tuple[asyncio.Future, Any]]) -> None:

@@ -59,6 +59,24 @@ class ApiMetrics:
             ["route", "answered_by"],
             registry=self.registry,
         )
+        self.checkout_shed = Counter(
+            "offers_checkout_shed",
+            "Checkouts refused with 503 before deciding (nothing reserved), by reason: "
+            "queue_full or queue_wait (serving/api/admission.py)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.grant_queue = Gauge(
+            "offers_checkout_grant_queue",
+            "Checkout reservations queued for the grant writer, not yet taken (at scrape time)",
+            registry=self.registry,
+        )
+        self.grant_wait = Gauge(
+            "offers_checkout_grant_oldest_wait_seconds",
+            "Seconds the oldest checkout reservation not yet committed has waited (at scrape "
+            "time; 0 when none)",
+            registry=self.registry,
+        )
         self.model_info = Gauge(
             "offers_model_info",
             "Loaded model versions (value 1)",

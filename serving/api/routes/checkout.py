@@ -197,6 +197,8 @@ async def checkout_answer(state: Any, body: CheckoutRequest, dry_run: bool) -> C
         )
     if state.checkouts is None:  # set with the store: it could not be opened at start-up
         raise _unavailable("store not open")
+    if state.admission is not None:  # before deciding: a shed request reserves nothing
+        state.admission.check()
     try:
         return await state.checkouts.run(
             body.transaction_id,
