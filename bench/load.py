@@ -161,6 +161,7 @@ class StepCounts:
     """Raw outcome of one step in one generator process."""
 
     latencies_ms: list[float] = field(default_factory=list)
+    ok_ms: list[float] = field(default_factory=list)  # the 2xx answers' latencies
     errors: int = 0
     kinds: dict[str, int] = field(default_factory=dict)  # "503", "broken", "connect", "timeout"
     timeouts: int = 0
@@ -256,9 +257,12 @@ class Generator:
             self.idle.extend(await asyncio.gather(*(self._connect() for _ in range(n))))
 
     def finished(self, conn: _Conn, status: int, scheduled: float, keep: bool) -> None:
-        self.counts.latencies_ms.append((time.perf_counter() - scheduled) * 1000.0)
+        ms = (time.perf_counter() - scheduled) * 1000.0
+        self.counts.latencies_ms.append(ms)
         if status >= 300:
             self._error(str(status))
+        else:
+            self.counts.ok_ms.append(ms)
         if keep:
             conn.last_used = time.perf_counter()
             self.idle.append(conn)
@@ -384,8 +388,10 @@ def worker(conn: mp.connection.Connection, host: str, port: int, concurrency: in
             cpu0 = time.process_time()
             counts = await gen.step(requests, start, interval)
             lat = np.asarray(counts.latencies_ms, dtype=np.float64)
+            ok = np.asarray(counts.ok_ms, dtype=np.float64)
             conn.send((lat.tobytes(), counts.errors, counts.timeouts, counts.dropped,
-                       counts.end, time.process_time() - cpu0, counts.kinds))  # fmt: skip
+                       counts.end, time.process_time() - cpu0, counts.kinds,
+                       ok.tobytes()))  # fmt: skip
 
     asyncio.run(serve())
 
@@ -403,11 +409,17 @@ def summarize(
     client_cpu_s: float = float("nan"),
     error_kinds: dict[str, int] | None = None,
     server_cpu_s: float | None = None,
+    ok_latencies_ms: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The printed row of one step. ``server_cpu_s``: CPU time (user + system) the server's
-    processes used over the step, when known; shown per answered request."""
+    processes used over the step, when known; shown per answered request. The latencies are
+    of every answer (2xx or not); ``ok_latencies_ms`` (the 2xx answers only, when given) adds
+    ``ok_rps``, ``ok_p50_ms`` and ``ok_p99_ms``: with checkout shedding load (503 at once),
+    the answers that granted are told apart from the fast refusals."""
     lat = np.asarray(latencies_ms, dtype=np.float64)
     pct = np.percentile(lat, [50, 99, 99.9]) if len(lat) else [float("nan")] * 3
+    ok = np.asarray(lat if ok_latencies_ms is None else ok_latencies_ms, dtype=np.float64)
+    ok_pct = np.percentile(ok, [50, 99]) if len(ok) else [float("nan")] * 2
     return {
         "endpoint": kind,
         "target_rps": rate,
@@ -425,6 +437,9 @@ def summarize(
             if server_cpu_s is not None and len(lat)
             else float("nan")
         ),
+        "ok_rps": round(len(ok) / elapsed, 1) if elapsed > 0 else float("nan"),
+        "ok_p50_ms": round(float(ok_pct[0]), 2),
+        "ok_p99_ms": round(float(ok_pct[1]), 2),
         "load_avg": round(os.getloadavg()[0], 2),
         "error_kinds": dict(sorted((error_kinds or {}).items())),
     }
@@ -523,6 +538,7 @@ class Workers:
                 k: sum(p[6].get(k, 0) for p in parts) for k in set().union(*(p[6] for p in parts))
             },
             server_cpu_s=cpu,
+            ok_latencies_ms=np.concatenate([np.frombuffer(p[7], dtype=np.float64) for p in parts]),
         )
 
     def close(self) -> None:

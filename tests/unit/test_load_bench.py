@@ -108,6 +108,7 @@ def test_generator_counts_answers_errors_timeouts_and_drops(server):
     first, second, opened = asyncio.run(main())
     assert len(first.latencies_ms) == 30 and first.errors == 10 and first.dropped == 0
     assert first.kinds == {"503": 10}
+    assert len(first.ok_ms) == 20  # the 2xx answers alone
     assert first.timeouts == 0 and min(first.latencies_ms) > 0
     assert opened < 30  # keep-alive: connections were reused
     assert second.timeouts == 4 and second.errors == 4 and second.dropped == 3
@@ -164,6 +165,20 @@ def test_summary_percentiles_rate_and_counts():
     assert row["achieved_rps"] == 50.0 and row["requests"] == 100
     assert (row["errors"], row["timeouts"], row["dropped"]) == (2, 1, 3)
     assert row["error_kinds"] == {"503": 1, "timeout": 1}
+    assert (row["ok_rps"], row["ok_p50_ms"]) == (50.0, 50.5)  # no split given: all answers
+    split = load.summarize(
+        "checkout",
+        100.0,
+        np.arange(1, 101, dtype=float),
+        errors=60,
+        timeouts=0,
+        dropped=0,
+        elapsed=2.0,
+        ok_latencies_ms=np.arange(61, 101, dtype=float),
+    )
+    assert split["achieved_rps"] == 50.0 and split["p50_ms"] == 50.5
+    assert split["ok_rps"] == 20.0 and split["ok_p50_ms"] == 80.5
+    assert split["ok_p99_ms"] == pytest.approx(99.61)
     empty = load.summarize("x", 1.0, np.array([]), errors=0, timeouts=0, dropped=0, elapsed=1.0)
     assert np.isnan(empty["p99_ms"]) and empty["requests"] == 0
 
