@@ -13,8 +13,19 @@ Peak memory is the largest resident set of the step's process tree (Python, Duck
 Spark JVM), sampled every 0.1 s, and ``maxrss``, the kernel's "maximum resident set size" of
 the process and its waited-for children (what ``/usr/bin/time -v`` prints); CPU seconds are the
 process's and its children's user + system time (``wait4``), the step's cost on a machine
-nobody else uses. The load average is printed with every figure: other jobs on the machine slow
-the wall times down, so repeat a measurement taken under load. With ``--repeats N`` (alias
+nobody else uses.
+
+The Spark JVM is started by pyspark and never waited for: it exits after the Python driver, so
+``wait4`` on the driver (and ``/usr/bin/time``) misses its CPU seconds and its memory. The
+bench is therefore a child subreaper (``prctl(PR_SET_CHILD_SUBREAPER)``): descendants that
+outlive the driver are re-parented to it and reaped after the driver, and their kernel
+figures (CPU seconds, maxrss) are added to the step's. Each step reports the driver and the
+JVM apart: ``driver_cpu_seconds``/``driver_maxrss_gib`` (the ``offers`` process and the
+children it waited for) and ``jvm_cpu_seconds``/``jvm_maxrss_gib`` (the processes that
+outlived it; ``jvm_peak_gib`` is the sampled peak of the ``java`` processes).
+
+The load average is printed with every figure: other jobs on the machine slow the wall
+times down, so repeat a measurement taken under load. With ``--repeats N`` (alias
 ``--runs``) every step runs N times and the median wall time and the largest peak are shown
 (each run registers new versions in a throw-away MLflow store under ``--out``). Give one
 size or several (``--members 100000 1000000``: one table per size, smallest first).
@@ -34,6 +45,7 @@ Prints one JSON line per step run, then a Markdown table; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import resource
@@ -50,8 +62,21 @@ OFFERS = [str(REPO / ".venv" / "bin" / "offers")]
 STEPS = ("features", "affinity", "uplift")
 
 
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux); False elsewhere."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 class PeakRSS:
-    """Samples the summed resident memory of a process and all its descendants."""
+    """Samples the summed resident memory of a process and all its descendants, and the peak
+    of each descendant by name (``by_name``: e.g. ``java``, the Spark JVM)."""
 
     def __init__(self, pid: int, every_s: float = 0.1) -> None:
         import psutil
@@ -59,6 +84,8 @@ class PeakRSS:
         self._proc = psutil.Process(pid)
         self._every = every_s
         self.peak = 0
+        self.by_name: dict[str, int] = {}
+        self.names: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -68,11 +95,17 @@ class PeakRSS:
             procs = [self._proc, *self._proc.children(recursive=True)]
         except Exception:  # the process just exited
             return 0
+        per_name: dict[str, int] = {}
         for p in procs:
             try:
-                total += p.memory_info().rss
+                rss = p.memory_info().rss
+                name = self.names.setdefault(p.pid, p.name())
             except Exception:  # a child that just exited
                 continue
+            total += rss
+            per_name[name] = per_name.get(name, 0) + rss
+        for name, rss in per_name.items():
+            self.by_name[name] = max(self.by_name.get(name, 0), rss)
         return total
 
     def _run(self) -> None:
@@ -140,21 +173,57 @@ def run_step(
         )
         with PeakRSS(proc.pid) as rss:
             _, status, usage = os.wait4(proc.pid, 0)
+            orphans = reap_orphans()
     wall = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
+    driver_cpu = usage.ru_utime + usage.ru_stime
+    orphan_cpu = sum(u.ru_utime + u.ru_stime for _, u in orphans)
+    orphan_maxrss = max((u.ru_maxrss for _, u in orphans), default=0)
     return {
         "step": step,
         "seconds": round(wall, 1),
-        # CPU of the process and its waited-for children: what the step costs when the
-        # machine is not shared (wall time on 2 idle cores is at least half of it)
-        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+        # CPU of the process, its waited-for children and the descendants that outlived it
+        # (the Spark JVM): what the step costs when the machine is not shared (wall time on
+        # 2 idle cores is at least half of it)
+        "cpu_seconds": round(driver_cpu + orphan_cpu, 1),
+        "driver_cpu_seconds": round(driver_cpu, 1),
+        "jvm_cpu_seconds": round(orphan_cpu, 1),
         "peak_gib": round(rss.peak / 2**30, 2),
-        "maxrss_gib": round(usage.ru_maxrss * 1024 / 2**30, 2),  # ru_maxrss is in KiB
+        "maxrss_gib": round(max(usage.ru_maxrss, orphan_maxrss) * 1024 / 2**30, 2),  # KiB
+        "driver_maxrss_gib": round(usage.ru_maxrss * 1024 / 2**30, 2),
+        "jvm_maxrss_gib": round(orphan_maxrss * 1024 / 2**30, 2),
+        "jvm_peak_gib": round(rss.by_name.get("java", 0) / 2**30, 2),
+        "late_exits": sorted({rss.names.get(pid, str(pid)) for pid, _ in orphans}),
         "exit": code,
         "load_start": round(load0, 1),
         "load_end": round(os.getloadavg()[0], 1),
         "log": str(log),
     }
+
+
+def reap_orphans(timeout_s: float = 600.0) -> list[tuple[int, Any]]:
+    """Wait for every remaining child (the orphans re-parented to this subreaper: pyspark's
+    JVM exits once the driver has gone); their pids and ``rusage``. Children still alive after
+    ``timeout_s`` are killed, by pid, and reaped."""
+    out: list[tuple[int, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            pid, _, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:  # no children left
+            return out
+        if pid:
+            out.append((pid, usage))
+            continue
+        if time.monotonic() > deadline:
+            import psutil
+
+            for child in psutil.Process().children():
+                print(f"killing pid {child.pid} ({child.name()}): alive {timeout_s:g} s after "
+                      "its step's driver", flush=True)  # fmt: skip
+                child.kill()
+            deadline = float("inf")
+        time.sleep(0.05)
 
 
 def simulate(members: int, seed: int, work: Path) -> Path:
@@ -172,9 +241,10 @@ def table(data: Path, args: argparse.Namespace, results: dict[str, list[dict[str
         f"\n{data} ({args.engine}, memory limit {args.memory_limit or 'none'}, address-space "
         f"limit {f'{args.as_limit_gib:g} GiB' if args.as_limit_gib else 'none'}, "
         f"{args.runs} run(s) per step)\n",
-        "| step | wall s (median) | CPU s (median) | peak GiB (tree, max) | maxrss GiB (max) "
+        "| step | wall s (median) | CPU s (median) | driver / JVM CPU s (median) "
+        "| peak GiB (tree, max) | maxrss GiB (max) | driver / JVM maxrss GiB (max) "
         "| exit | load start..end |",
-        "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     total = total_cpu = 0.0
     for step, runs in results.items():
@@ -183,12 +253,17 @@ def table(data: Path, args: argparse.Namespace, results: dict[str, list[dict[str
         total, total_cpu = total + wall, total_cpu + cpu
         peak = max(float(r["peak_gib"]) for r in runs)
         maxrss = max(float(r["maxrss_gib"]) for r in runs)
+        d_cpu = statistics.median(float(r["driver_cpu_seconds"]) for r in runs)
+        j_cpu = statistics.median(float(r["jvm_cpu_seconds"]) for r in runs)
+        d_rss = max(float(r["driver_maxrss_gib"]) for r in runs)
+        j_rss = max(float(r["jvm_maxrss_gib"]) for r in runs)
         loads = ", ".join(f"{r['load_start']}..{r['load_end']}" for r in runs)
         codes = ",".join(str(r["exit"]) for r in runs)
         lines.append(
-            f"| {step} | {wall:.1f} | {cpu:.1f} | {peak:.2f} | {maxrss:.2f} | {codes} | {loads} |"
+            f"| {step} | {wall:.1f} | {cpu:.1f} | {d_cpu:.1f} / {j_cpu:.1f} | {peak:.2f} "
+            f"| {maxrss:.2f} | {d_rss:.2f} / {j_rss:.2f} | {codes} | {loads} |"
         )
-    lines.append(f"| **total** | {total:.1f} | {total_cpu:.1f} | | | | |")
+    lines.append(f"| **total** | {total:.1f} | {total_cpu:.1f} | | | | | | |")
     return "\n".join(lines)
 
 
@@ -211,6 +286,8 @@ def main() -> None:
     p.add_argument("--affinity-args", default="", help="more options of train affinity")
     p.add_argument("--uplift-args", default="", help="more options of train uplift")
     args = p.parse_args()
+    if not become_subreaper():
+        print("warning: not a subreaper; the CPU and maxrss of a Spark JVM are not counted")
     args.work.mkdir(parents=True, exist_ok=True)
     datasets = [args.data] if args.data else [
         simulate(n, args.seed, args.work) for n in sorted(args.members)
