@@ -21,7 +21,7 @@ from features.pipeline import (
     to_timestamp,
 )
 from features.pipeline.config import FeatureConfig
-from features.pipeline.engines import ENGINES, connect
+from features.pipeline.engines import ENGINES, connect, spark_memory
 from features.pipeline.output import FeatureFileSummary, write_features
 from features.sources.schema import TS
 from offers.cli import check_memory_limit
@@ -79,7 +79,8 @@ def features(
     memory_limit: Annotated[
         str | None,
         typer.Option(
-            help="DuckDB memory limit, e.g. 4GB (spills to a temp directory past it)",
+            help="DuckDB memory limit, e.g. 4GB (spills to a temp directory past it); on Spark the "
+            "driver's memory",
             callback=check_memory_limit,
         ),
     ] = None,
@@ -106,11 +107,12 @@ def features(
             transient=True,
         ) as progress:
             task = progress.add_task(f"opening {data} on {engine}")
-            con = (
-                connect(engine, memory_limit=memory_limit)
-                if engine == "duckdb"
-                else connect(engine)
-            )
+            if engine == "duckdb":
+                con = connect(engine, memory_limit=memory_limit)
+            elif memory_limit is not None:  # on Spark: the driver's memory, as train does
+                con = connect(engine, driver_memory=spark_memory(memory_limit))
+            else:
+                con = connect(engine)
             tables = load_tables(data, con)
             if history_start is not None:
                 start = (

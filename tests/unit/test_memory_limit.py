@@ -63,3 +63,34 @@ def test_cli_names_the_option_and_the_value(module: str, args: list[str], tmp_pa
     assert res.exit_code == 2, res.output
     text = " ".join(res.output.replace("│", " ").split())  # rich's box, wrapped lines
     assert "--memory-limit" in text and "'4 gigs' is not a size such as 4GB" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--engine", "spark", "--memory-limit", "4GB"], {"driver_memory": "3814m"}),
+        (["--engine", "spark"], {}),
+        (["--engine", "duckdb", "--memory-limit", "4GB"], {"memory_limit": "4GB"}),
+    ],
+)
+def test_features_on_spark_gets_the_limit_as_driver_memory(
+    argv: list[str], expected: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``offers features --engine spark --memory-limit`` sizes the driver, as ``train`` does
+    (before, the limit was dropped on Spark and the driver kept its 2g default)."""
+    from offers import cmd_features
+
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    def fake_connect(engine: str, **kwargs: str) -> None:
+        seen.append((engine, kwargs))
+        raise FeatureInputError("stop after connect")
+
+    monkeypatch.setattr(cmd_features, "connect", fake_connect)
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    cmd_features.register(app)
+    args = ["features", "--data", str(tmp_path), "--as-of", "2026-01-01", *argv]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "stop after connect" in res.output, res.output
+    assert seen == [(argv[1], expected)]
