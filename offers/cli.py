@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+from enum import StrEnum
+from typing import Annotated
 
 import typer
 
@@ -38,6 +40,27 @@ def train_group(parent: typer.Typer) -> typer.Typer:
 def evaluate_group(parent: typer.Typer) -> typer.Typer:
     """The shared ``evaluate`` group (affinity, uplift, policy)."""
     return command_group(parent, "evaluate", "Offline evaluation on held-out data.")
+
+
+class CompareBpr(StrEnum):
+    """``--compare-bpr``: search, fit and report BPR next to the shipped ALS blend (on), skip it
+    (off), or compare it for programs of at most 200,000 members (auto)."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+# one option for every command that trains affinity (train/evaluate affinity, retrain): click
+# rejects another value with "Invalid value for '--compare-bpr': 'x' is not one of ..."
+CompareBprOpt = Annotated[
+    CompareBpr,
+    typer.Option(
+        help="affinity: search, fit and report BPR next to the shipped ALS blend: on, off, or "
+        "auto (on for programs of at most 200,000 members); the shipped model is the same "
+        "either way"
+    ),
+]
 
 
 def check_memory_limit(value: str | None) -> str | None:

@@ -20,7 +20,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from offers.cli import check_memory_limit, evaluate_group, train_group
+from offers.cli import (
+    CompareBpr,
+    CompareBprOpt,
+    check_memory_limit,
+    evaluate_group,
+    train_group,
+)
 from offers.registry_cli import (
     PolicyGateOpt,
     TrackingUriOpt,
@@ -50,13 +56,6 @@ SeedOpt = Annotated[int, typer.Option(help="seed of the search and the models")]
 ThreadsOpt = Annotated[int, typer.Option(min=0, help="implicit threads (0 = all cores)")]
 NameOpt = Annotated[str | None, typer.Option("--name", help="data set name in the report")]
 MinCandOpt = Annotated[int, typer.Option(min=1, help="held offers a member needs to count")]
-CompareBprOpt = Annotated[
-    str,
-    typer.Option(
-        help="search, fit and report BPR next to the shipped ALS blend: on, off, or auto (on for "
-        "programs of at most 200,000 members); the shipped model is the same either way"
-    ),
-]
 
 
 def _settings(
@@ -70,7 +69,7 @@ def _settings(
     bpr_trials: int,
     seed: int,
     threads: int,
-    compare_bpr: str = "auto",
+    compare_bpr: CompareBpr = CompareBpr.auto,
 ) -> tuple[Any, Any]:
     from training.affinity.evaluate import EvalSettings
     from training.affinity.search import SearchSettings
@@ -86,17 +85,12 @@ def _settings(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    if compare_bpr not in ("auto", "on", "off"):
-        raise typer.BadParameter(
-            f"--compare-bpr: {compare_bpr!r} is not one of auto, on, off",
-            param_hint="--compare-bpr",
-        )
     search = SearchSettings(
         als_trials=als_trials,
         bpr_trials=bpr_trials,
         seed=seed,
         num_threads=threads,
-        compare_bpr=compare_bpr,
+        compare_bpr=CompareBpr(compare_bpr).value,
     )
     return ev, search
 
@@ -208,7 +202,7 @@ def evaluate_affinity_command(
     min_candidates: MinCandOpt = 2,
     als_trials: TrialsOpt = 6,
     bpr_trials: TrialsOpt = 3,
-    compare_bpr: CompareBprOpt = "auto",
+    compare_bpr: CompareBprOpt = CompareBpr.auto,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 1,
     name: NameOpt = None,
@@ -260,7 +254,7 @@ def train_affinity_command(
     min_candidates: MinCandOpt = 2,
     als_trials: TrialsOpt = 6,
     bpr_trials: TrialsOpt = 3,
-    compare_bpr: CompareBprOpt = "auto",
+    compare_bpr: CompareBprOpt = CompareBpr.auto,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 1,
     name: NameOpt = None,

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from offers.cli import check_memory_limit
+from offers.cli import CompareBpr, CompareBprOpt, check_memory_limit
 from offers.registry_cli import PolicyGateOpt, TrackingUriOpt, fail, quiet_mlflow
 
 __all__ = ["register", "retrain_cmd"]
@@ -74,13 +74,7 @@ def retrain_cmd(
     ] = 0.0,
     als_trials: Annotated[int, typer.Option(min=1, help="affinity: ALS configurations")] = 6,
     bpr_trials: Annotated[int, typer.Option(min=1, help="affinity: BPR configurations")] = 3,
-    compare_bpr: Annotated[
-        str,
-        typer.Option(
-            help="affinity: search, fit and report BPR (never shipped): on, off, or auto (on for "
-            "programs of at most 200,000 members)"
-        ),
-    ] = "auto",
+    compare_bpr: CompareBprOpt = CompareBpr.auto,
     uplift_params: Annotated[
         str | None,
         typer.Option(help='uplift base learner settings as JSON, e.g. {"n_estimators": 50}'),
@@ -124,14 +118,12 @@ def retrain_cmd(
         if params is not None and not isinstance(params, dict):
             raise ValueError(f"--uplift-params must be a JSON object; got {uplift_params!r}")
         uplift = UpliftTrainSettings(base_params=params, seed=seed)
-        if compare_bpr not in ("auto", "on", "off"):
-            raise ValueError(f"--compare-bpr: {compare_bpr!r} is not one of auto, on, off")
         search = SearchSettings(
             als_trials=als_trials,
             bpr_trials=bpr_trials,
             seed=seed,
             num_threads=threads,
-            compare_bpr=compare_bpr,
+            compare_bpr=CompareBpr(compare_bpr).value,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

@@ -111,4 +111,44 @@ def test_cli_names_a_bad_value(module: str, args: list[str], tmp_path: Path) -> 
     res = CliRunner().invoke(app, [*args, "--data", str(tmp_path), "--compare-bpr", "maybe"])
     assert res.exit_code == 2, res.output
     text = " ".join(res.output.replace("│", " ").split())
-    assert "--compare-bpr" in text and "'maybe' is not one of auto, on, off" in text
+    assert "Invalid value for '--compare-bpr'" in text, text
+    assert "'maybe' is not one of 'auto', 'on', 'off'" in text, text
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "settings_module"),
+    [
+        ("cmd_affinity", ["evaluate", "affinity"], "training.affinity.search"),
+        ("cmd_retrain", ["retrain"], "training.affinity.search"),
+    ],
+)
+@pytest.mark.parametrize("value", ["auto", "on", "off"])
+def test_cli_passes_each_value_as_the_setting(
+    module: str,
+    args: list[str],
+    settings_module: str,
+    value: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shared ``--compare-bpr`` option (``offers.cli.CompareBprOpt``) reaches
+    ``SearchSettings.compare_bpr`` as the plain string on both commands."""
+    import importlib
+
+    import training.affinity.search as search
+
+    seen: list[str] = []
+    real = search.SearchSettings
+
+    def spy(**kw: object) -> SearchSettings:
+        seen.append(kw["compare_bpr"])  # type: ignore[arg-type]
+        raise typer.Exit(code=7)  # stop after the settings
+
+    monkeypatch.setattr(search, "SearchSettings", spy)
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    importlib.import_module(f"offers.{module}").register(app)
+    res = CliRunner().invoke(app, [*args, "--data", str(tmp_path), "--compare-bpr", value])
+    assert res.exit_code == 7, res.output
+    assert seen == [value] and type(seen[0]) is str
+    assert real(compare_bpr=seen[0]).compare_bpr == value
