@@ -86,12 +86,15 @@ def write_member_snapshot(
 def _write_duckdb(con: Any, expr: ir.Table, path: Path, fmt: str) -> FeatureFileSummary:
     """DuckDB writes the file itself (parallel, no Arrow round trip); nulls are counted from the
     written file in one scan."""
+    query = _typed_query(con, expr)
     if fmt == "parquet":
-        con.to_parquet(expr, path, compression="zstd")
+        options = "FORMAT 'parquet', COMPRESSION 'zstd'"
         scan = f"read_parquet('{_quote(path)}')"
     else:
-        con.to_csv(expr, path)
+        options = "FORMAT 'csv', HEADER 1"
         scan = f"read_csv('{_quote(path)}', all_varchar = true, header = true)"
+    con._run_pre_execute_hooks(expr)  # registers memtables, as Ibis' own to_parquet does
+    con.raw_sql(f"COPY ({query}) TO '{_quote(path)}' ({options})").fetchall()
     schema = expr.schema().to_pyarrow()
     counts = ", ".join(f'count("{_quote(n, chr(34))}")' for n in schema.names)
     row = con.raw_sql(f"SELECT count(*), {counts} FROM {scan}").fetchone()
@@ -101,6 +104,23 @@ def _write_duckdb(con: Any, expr: ir.Table, path: Path, fmt: str) -> FeatureFile
         types={f.name: str(f.type) for f in schema},
         nulls={n: int(row[0]) - int(c) for n, c in zip(schema.names, row[1:], strict=True)},
     )
+
+
+def _typed_query(con: Any, expr: ir.Table) -> str:
+    """``expr``'s SQL with every integer column cast to its Ibis type. Ibis drops a cast to the
+    type it already infers (``sum`` of integers is int64 to Ibis) while DuckDB's ``SUM`` of
+    integers is a HUGEINT, which its Parquet writer stores as DOUBLE: without the cast the
+    37 count features were doubles in DuckDB's file and int64 in Spark's."""
+    from ibis.backends.sql.datatypes import DuckDBType
+
+    cols = []
+    for name, dtype in expr.schema().items():
+        q = '"' + _quote(name, '"') + '"'
+        if dtype.is_integer():
+            cols.append(f"CAST({q} AS {DuckDBType.from_ibis(dtype).sql('duckdb')}) AS {q}")
+        else:
+            cols.append(q)
+    return f"SELECT {', '.join(cols)} FROM ({con.compile(expr)}) AS t"
 
 
 def _quote(text: object, quote: str = "'") -> str:

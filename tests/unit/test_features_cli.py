@@ -126,3 +126,26 @@ def test_errors_are_named(app, data_dir, tmp_path):
     assert res.exit_code != 0 and "exactly one of --as-of and --pairs" in res.output
     res = _run(app, "--data", str(data_dir), "--as-of", "2024-06-12", "--engine", "oracle")
     assert res.exit_code == 2 and "'oracle' is not one of" in res.output
+
+
+def test_count_features_are_integers_in_the_file(app, data_dir, tmp_path):
+    """DuckDB's SUM of integers is a HUGEINT, which its Parquet writer stored as DOUBLE: the 37
+    count features (n_purchases_30d, offers_received, ...) were doubles in the DuckDB file
+    while the summary said int64 and Spark's file had int64. Every column the summary calls an
+    integer is one in the file, and the CSV prints counts without a decimal point."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "f.parquet"
+    res = _run(app, "--data", str(data_dir), "--as-of", "2024-06-12 12:00", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    schema = pq.read_schema(out)
+    for name in ("n_purchases_30d", "n_purchases_365d", "offers_received", "offers_redeemed"):
+        assert str(schema.field(name).type) == "int64", (name, schema.field(name).type)
+    ints = [f.name for f in schema if str(f.type).startswith("int")]
+    assert len(ints) >= 40  # counts, tenure, ranks: not only the four above
+    csv = tmp_path / "f.csv"
+    res = _run(app, "--data", str(data_dir), "--as-of", "2024-06-12 12:00", "--out", str(csv))
+    assert res.exit_code == 0, res.output
+    text = pd.read_csv(csv, dtype=str)
+    assert not text["n_purchases_365d"].str.contains(r"\.").any(), text["n_purchases_365d"]
+    assert text["n_purchases_365d"].astype(int).gt(0).any()
