@@ -99,7 +99,7 @@ class PeakRSS:
         for p in procs:
             try:
                 rss = p.memory_info().rss
-                name = self.names.setdefault(p.pid, p.name())
+                name = self.names[p.pid] = p.name()  # a pid that exec'd (bash -> java) renames
             except Exception:  # a child that just exited
                 continue
             total += rss

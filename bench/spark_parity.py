@@ -14,7 +14,8 @@ ends), the driver's peak RSS and the JVM's (``VmHWM``), the load average.
 ``compare`` reads two ``build`` outputs (and optionally two feature snapshots written by
 ``offers features``) and prints, for each input: rows, non-zeros and column sums on both
 sides, and the largest absolute difference of every float column (integers, strings and
-times must be equal); exit code 1 when a difference is over ``--tol`` (1e-9).
+times must be equal, compared as text), and the columns whose dtypes differ (reported, not a
+failure: the values are compared); exit code 1 when a difference is over ``--tol`` (1e-9).
 
     OPENBLAS_NUM_THREADS=1 SPARK_MASTER='local[2]' .venv/bin/python bench/spark_parity.py \\
         build --data /work/runs/hb/p1m --engine spark --memory-limit 4GB --out /tmp/par/spark
@@ -166,6 +167,11 @@ def _frame_diffs(a: pd.DataFrame, b: pd.DataFrame, keys: list[str]) -> dict[str,
             sorted(set(a.columns) - set(b.columns)),
             sorted(set(b.columns) - set(a.columns)),
         ]
+    res["dtypes_differ"] = [
+        f"{c}: {a[c].dtype} vs {b[c].dtype}"
+        for c in a.columns
+        if c in b.columns and a[c].dtype != b[c].dtype
+    ]
     a = a.sort_values(keys, kind="stable").reset_index(drop=True)
     b = b.sort_values(keys, kind="stable").reset_index(drop=True)
     if len(a) != len(b):
