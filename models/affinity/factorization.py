@@ -45,7 +45,9 @@ class _Factorization(AffinityModel):
                 f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}"
             )
         self.bm25_ = Bm25.fit(data.confidence, self.bm25_k1, self.bm25_b)
-        return weigh(data.confidence, self.weighting, self.bm25_)
+        # a copy: implicit's BPR sorts the indices of its input in place, and the task's
+        # matrix is shared by every later fit and sum (one float32 copy: nnz x 8 bytes)
+        return weigh(data.confidence, self.weighting, self.bm25_, copy=True)
 
     def _fit(self, data: Interactions) -> None:
         x = self._weights(data)

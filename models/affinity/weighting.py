@@ -58,10 +58,15 @@ class Bm25:
         return x
 
 
-def weigh(user_items: sp.csr_matrix, weighting: str, state: Bm25 | None) -> sp.csr_matrix:
-    """Apply a fitted weighting to rows of a confidence matrix."""
+def weigh(
+    user_items: sp.csr_matrix, weighting: str, state: Bm25 | None, copy: bool = False
+) -> sp.csr_matrix:
+    """Apply a fitted weighting to rows of a confidence matrix. With weighting ``none`` the
+    result shares the caller's arrays unless ``copy``: fits pass ``copy=True`` because
+    implicit's BPR sorts the column indices of the matrix it is given in place (bm25 always
+    returns a new matrix)."""
     if weighting == "none":
-        return sp.csr_matrix(user_items, dtype=np.float32)
+        return sp.csr_matrix(user_items, dtype=np.float32, copy=copy)
     if weighting == "bm25":
         if state is None:
             raise AffinityInputError("bm25 weighting used before it was fitted")
