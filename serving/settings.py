@@ -159,7 +159,7 @@ class ServingSettings(BaseSettings):
     OFFERS_CHECKOUT_MAX_QUEUE       checkout sheds (503, nothing reserved) while this many
                                     reservations wait for the grant writer (256)
     OFFERS_CHECKOUT_QUEUE_WAIT_MS   ... or while the oldest reservation not yet committed has
-                                    waited longer than this (1,000 ms; serving/api/admission.py)
+                                    waited longer than this (2,000 ms; serving/api/admission.py)
     OFFERS_MAX_BODY_BYTES                request body limit, any transfer encoding (4,000,000)
     OFFERS_HEADER_READ_TIMEOUT_SECONDS   time to send a request's headers (10)
     OFFERS_BODY_READ_TIMEOUT_SECONDS     time to send a declared body after the headers (10)
@@ -195,7 +195,7 @@ class ServingSettings(BaseSettings):
     checkout_sweep_pause_seconds: float = Field(default=0.05, ge=0, le=1)
     # Admission control of checkout (serving/api/admission.py): shed before deciding.
     checkout_max_queue: int = Field(default=256, ge=1, le=100_000)
-    checkout_queue_wait_ms: float = Field(default=1000.0, gt=0, le=60_000)
+    checkout_queue_wait_ms: float = Field(default=2000.0, gt=0, le=60_000)
     # HTTP surface: limits, timeouts, metrics exposure, event time window.
     max_body_bytes: int = Field(default=4_000_000, ge=1_000, le=1_000_000_000)
     header_read_timeout_seconds: float = Field(default=10.0, gt=0, le=600)

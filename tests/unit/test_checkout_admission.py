@@ -186,7 +186,7 @@ def test_limits_from_settings() -> None:
     serving = ServingSettings(checkout_max_queue=17, checkout_queue_wait_ms=12.5)
     assert AdmissionLimits.from_settings(serving) == AdmissionLimits(17, 12.5)
     defaults = AdmissionLimits.from_settings(ServingSettings())
-    assert defaults == AdmissionLimits(256, 1000.0)
+    assert defaults == AdmissionLimits(256, 2000.0)
 
 
 @pytest.mark.parametrize(
