@@ -12,7 +12,14 @@ from ibis.backends import BaseBackend
 
 from features.pipeline.tables import FeatureInputError
 
-__all__ = ["ENGINES", "check_memory_limit", "connect", "spark_memory", "spark_session"]
+__all__ = [
+    "ENGINES",
+    "check_memory_limit",
+    "connect",
+    "max_result_size",
+    "spark_memory",
+    "spark_session",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +52,27 @@ def spark_memory(value: str) -> str:
     return f"{max(1, check_memory_limit(value) // 2**20)}m"
 
 
+def max_result_size(driver_memory: str) -> str:
+    """``spark.driver.maxResultSize`` for a driver of ``driver_memory`` (Spark's form, e.g.
+    ``"3814m"`` or ``"2g"``): half of it, at least Spark's default 1g. Every input the models
+    are fitted from comes back to the driver (the uplift training set of 1M members is 1.09
+    GiB serialized, over the 1g default: the query failed), so the cap follows the memory the
+    user gives the driver instead of a fixed 1g."""
+    m = re.match(r"^\s*(\d+)\s*([kmgt]?)b?\s*$", driver_memory, re.IGNORECASE)
+    if m is None:
+        raise FeatureInputError(f"driver memory {driver_memory!r} is not a Spark size (3814m, 2g)")
+    scale = {"": 1 / 2**20, "k": 1 / 2**10, "m": 1, "g": 2**10, "t": 2**20}[m.group(2).lower()]
+    return f"{max(1024, int(int(m.group(1)) * scale) // 2)}m"
+
+
 def spark_session(
     master: str | None = None, shuffle_partitions: int = 8, driver_memory: str = "2g"
 ) -> Any:
     """A Spark session configured for the pipeline: session time zone UTC (timestamps are
-    naive UTC), small shuffle partition count, no UI, a throw-away warehouse directory (nothing
-    is written next to the caller). ``master`` defaults to ``$SPARK_MASTER`` or ``local[*]``;
-    an existing session is reused (then ``driver_memory`` cannot change)."""
+        naive UTC), small shuffle partition count, no UI, a throw-away warehouse directory (nothing
+        is written next to the caller). ``master`` defaults to ``$SPARK_MASTER`` or ``local[*]``;
+        an existing session is reused (then ``driver_memory`` cannot change). Results may be up to
+    half the driver's memory (:func:`max_result_size`)."""
     try:
         from pyspark.sql import SparkSession
     except ImportError as exc:  # the `spark` extra is not installed
@@ -67,6 +88,7 @@ def spark_session(
         .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
         .config("spark.ui.enabled", "false")
         .config("spark.driver.memory", driver_memory)
+        .config("spark.driver.maxResultSize", max_result_size(driver_memory))
         .config("spark.sql.warehouse.dir", tempfile.mkdtemp(prefix="offers-spark-warehouse-"))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .getOrCreate()

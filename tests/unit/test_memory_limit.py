@@ -94,3 +94,16 @@ def test_features_on_spark_gets_the_limit_as_driver_memory(
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2 and "stop after connect" in res.output, res.output
     assert seen == [(argv[1], expected)]
+
+
+def test_spark_results_may_take_half_the_driver() -> None:
+    """``spark.driver.maxResultSize`` follows the driver's memory: the 1M uplift training set
+    is 1.09 GiB serialized and failed under Spark's fixed 1g default."""
+    from features.pipeline.engines import max_result_size
+
+    assert max_result_size(spark_memory("4GB")) == "1907m"  # 3814m driver
+    assert max_result_size("8g") == "4096m" and max_result_size("8G") == "4096m"
+    assert max_result_size("2g") == "1024m"  # the default driver keeps Spark's default
+    assert max_result_size("512m") == "1024m"  # never below Spark's default
+    with pytest.raises(FeatureInputError, match="'lots' is not a Spark size"):
+        max_result_size("lots")
