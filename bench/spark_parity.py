@@ -115,7 +115,6 @@ def _phase(name: str, fn: Callable[[], Any], engine: str) -> Any:
 
 def build(args: argparse.Namespace) -> None:
     """Build both inputs on one engine and write them under ``args.out``."""
-    from models.affinity.interactions import build_interactions
     from training.affinity.data import open_affinity_tables
     from training.uplift.data import build_training_set, open_tables
     from training.uplift.fit import UpliftTrainSettings, resolve_treatment
@@ -126,6 +125,23 @@ def build(args: argparse.Namespace) -> None:
     tables = _phase("open", lambda: open_affinity_tables(data, engine, limit), engine)
     tx = tables["transactions"]
     as_of = pd.Timestamp(tx[S.TS].max().execute()) + pd.Timedelta(days=1)
+    if not args.skip_interactions:
+        _interactions(args, tables, as_of)
+    settings = resolve_treatment(UpliftTrainSettings(), sends_per_offer(data))
+    config = settings.training_set_config()
+    uplift_tables = open_tables(data, engine, limit)  # the same session on Spark
+    ts = _phase("training_set", lambda: build_training_set(uplift_tables, config), engine)
+    ts.frame.to_parquet(args.out / "training_set.parquet")
+    meta = {"as_of": str(as_of.normalize()), "treatment": config.treatment, "rows": len(ts.frame)}
+    (args.out / "meta.json").write_text(json.dumps(meta))
+    print(json.dumps(meta), flush=True)
+
+
+def _interactions(args: argparse.Namespace, tables: Any, as_of: pd.Timestamp) -> None:
+    """Build the interaction matrix as of ``as_of`` and write it to ``interactions.npz``."""
+    from models.affinity.interactions import build_interactions
+
+    engine = args.engine
     inter = _phase("interactions", lambda: build_interactions(tables, as_of.normalize()), engine)
     np.savez(
         args.out / "interactions.npz",
@@ -139,14 +155,6 @@ def build(args: argparse.Namespace) -> None:
         shape=np.asarray(inter.confidence.shape),
     )
     del inter
-    settings = resolve_treatment(UpliftTrainSettings(), sends_per_offer(data))
-    config = settings.training_set_config()
-    uplift_tables = open_tables(data, engine, limit)  # the same session on Spark
-    ts = _phase("training_set", lambda: build_training_set(uplift_tables, config), engine)
-    ts.frame.to_parquet(args.out / "training_set.parquet")
-    meta = {"as_of": str(as_of.normalize()), "treatment": config.treatment, "rows": len(ts.frame)}
-    (args.out / "meta.json").write_text(json.dumps(meta))
-    print(json.dumps(meta), flush=True)
 
 
 def _matrices(path: Path) -> dict[str, Any]:
@@ -243,6 +251,7 @@ def main() -> None:
     b.add_argument("--engine", choices=("duckdb", "spark"), required=True)
     b.add_argument("--memory-limit", default=None)
     b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--skip-interactions", action="store_true", help="the training set only")
     c = sub.add_parser("compare")
     c.add_argument("a", type=Path)
     c.add_argument("b", type=Path)
