@@ -288,7 +288,7 @@ def test_offers_serve_passes_timeouts_and_connection_limit(monkeypatch, tmp_path
 
 @pytest.mark.parametrize(
     ("url", "preset", "expected"),
-    [("sqlite", None, "2.0"), ("sqlite", "0.3", "0.3"), ("postgresql", None, None)],
+    [("sqlite", None, "5.0"), ("sqlite", "0.3", "0.3"), ("postgresql", None, None)],
 )
 def test_workers_sharing_sqlite_wait_longer_unless_told(
     monkeypatch, tmp_path, url, preset, expected
