@@ -150,7 +150,10 @@ def _task():
     past = past[rng.uniform(size=len(past)) < 0.4]
     later = sends.assign(event="redeemed", ts=AS_OF + pd.Timedelta(days=2))
     later = later[rng.uniform(size=len(later)) < 0.3]
-    events = pd.concat([sends, past, later], ignore_index=True)
+    # sends the window observes whole (calibration pairs): in it, redeemable until day 31
+    inside = sends.assign(ts=AS_OF + pd.Timedelta(days=1))
+    last = sends.head(1).assign(event="viewed", ts=AS_OF + pd.Timedelta(days=35))  # data's end
+    events = pd.concat([sends, past, later, inside, last], ignore_index=True)
     tables = {
         "offer_events": events,
         "transactions": pd.DataFrame(columns=["transaction_id", "member_id", "ts", "amount"]),
@@ -169,7 +172,7 @@ def _task():
 def test_member_sample_keeps_each_sampled_members_task_rows(monkeypatch):
     tables, segments = _task()
     monkeypatch.setattr("training.affinity.evaluate.member_segments", segments)
-    end = AS_OF + pd.Timedelta(days=10)
+    end = AS_OF + pd.Timedelta(days=40)
     task = build_task(tables, AS_OF, end, EvalSettings(), None)
     assert subsample_members(task, None) is task and subsample_members(task, 10_000) is task
     sub = subsample_members(task, 150, seed=4)

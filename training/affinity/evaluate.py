@@ -255,10 +255,9 @@ def _purchases_in(tx: ir.Table, col: str, start: Any, end: Any) -> pd.DataFrame:
     return out.to_pandas()
 
 
-def _held(tables: Mapping[str, Any], start, end) -> pd.DataFrame:
-    """(member, offer key) of offers held during the window (see module docstring)."""
-    ev = tables["offer_events"]
-    sent = ev.loc[(ev[S.EVENT] == "sent") & (ev[S.TS] < end) & ev[S.OFFER_ID].notna()]
+def _hold_end(tables: Mapping[str, Any], sent: pd.DataFrame) -> pd.Series:
+    """When each send's offer stops being redeemable: ``duration_days`` after the send, else
+    the offer's ``valid_to``, else unknown (NaT)."""
     offers = tables["offers"].set_index(S.OFFER_ID)
     dur = sent[S.OFFER_ID].map(offers[S.DURATION_DAYS]) if S.DURATION_DAYS in offers else None
     valid_to = sent[S.OFFER_ID].map(offers[S.VALID_TO]) if S.VALID_TO in offers else None
@@ -268,6 +267,14 @@ def _held(tables: Mapping[str, Any], start, end) -> pd.DataFrame:
     if dur is not None:
         by_duration = sent[S.TS] + pd.to_timedelta(dur.astype(float), unit="D")
         hold_end = by_duration.where(dur.notna(), hold_end)
+    return hold_end
+
+
+def _held(tables: Mapping[str, Any], start, end) -> pd.DataFrame:
+    """(member, offer key) of offers held during the window (see module docstring)."""
+    ev = tables["offer_events"]
+    sent = ev.loc[(ev[S.EVENT] == "sent") & (ev[S.TS] < end) & ev[S.OFFER_ID].notna()]
+    hold_end = _hold_end(tables, sent)
     held = (hold_end >= start) | (hold_end.isna() & (sent[S.TS] >= start))
     h = sent.loc[held]
     out = pd.DataFrame(
@@ -277,6 +284,47 @@ def _held(tables: Mapping[str, Any], start, end) -> pd.DataFrame:
         }
     )
     return out.drop_duplicates(ignore_index=True)
+
+
+def _observed_until(tables: Mapping[str, Any]) -> pd.Timestamp:
+    """The data's last timestamp: the latest offer event or transaction."""
+    last = [_time_span(tables, t)[1] for t in ("offers", "products") if _has(tables, t)]
+    return max(pd.Timestamp(x) for x in last if x is not None)
+
+
+def _has(tables: Mapping[str, Any], target: str) -> bool:
+    return ("offer_events" if target == "offers" else "transactions") in tables
+
+
+def _send_pairs(tables: Mapping[str, Any], start, end, observed_until) -> pd.DataFrame:
+    """(member, offer key, label) of the sends in ``[start, end)`` whose whole redeemable
+    period the data observes (it ends by ``observed_until``, the data's last timestamp; a send
+    whose offer has no known end: until ``end``); label 1 when that member redeemed that offer
+    after the send and within that period (redemptions after ``end`` included). That is what a
+    send's P(redeem) means. A send that straddles the window's start (redemptions before it
+    not seen) or the data's end (not over yet) is left out: how much of it would be cut off
+    differs from offer to offer with the campaigns' dates."""
+    ev = tables["offer_events"]
+    ev = ev.loc[ev[S.OFFER_ID].notna()]
+    sent = ev.loc[(ev[S.EVENT] == "sent") & (ev[S.TS] >= start) & (ev[S.TS] < end)]
+    hold = _hold_end(tables, sent)
+    keep = (hold.isna() | (hold <= observed_until)).to_numpy()
+    until = hold.where(hold.notna(), pd.Timestamp(end)).to_numpy()
+    sent = sent.loc[keep].assign(until=until[keep])
+    key = [S.MEMBER_ID, S.OFFER_ID]
+    first = sent.sort_values(S.TS, kind="stable").groupby(key, sort=False).head(1)
+    first = first[[*key, S.TS, "until"]].rename(columns={S.TS: "sent_at"})
+    red = ev.loc[ev[S.EVENT] == "redeemed", [*key, S.TS]].merge(first, on=key, how="inner")
+    hit = red.loc[(red[S.TS] >= red["sent_at"]) & (red[S.TS] <= red["until"]), key]
+    hit = hit.drop_duplicates().assign(label=1)
+    out = first.merge(hit, on=key, how="left")
+    return pd.DataFrame(
+        {
+            "member": out[S.MEMBER_ID].astype(str).to_numpy(),
+            "item": item_key("offer", out[S.OFFER_ID].to_numpy()),
+            "label": out["label"].fillna(0).to_numpy(dtype=np.int8),
+        }
+    )
 
 
 def _informational(tables: Mapping[str, Any], item_ids: np.ndarray) -> np.ndarray:
@@ -362,11 +410,16 @@ def build_task(
 
 
 def _add_pairs(task, tables, start, end, held_m, relevant_all) -> None:
-    """Calibration pairs: every (known member, held offer), or every offer for the known
-    members with an offer event in the window."""
+    """Calibration pairs: with held candidates, every send the window observes whole
+    (:func:`_send_pairs`) to a known member of a candidate offer, labelled redeemed or not;
+    else every offer for the known members with an offer event in the window."""
     if held_m is not None:
-        coo = held_m.tocoo()
-        rows, items = coo.row, task.candidates[coo.col]
+        sp_ = _send_pairs(tables, start, end, _observed_until(tables))
+        rows = pd.Index(task.train.member_ids).get_indexer(sp_["member"])
+        items = pd.Index(task.train.item_ids).get_indexer(sp_["item"])
+        keep = (rows >= 0) & np.isin(items, task.candidates)
+        rows, items = rows[keep], items[keep]
+        labels = sp_["label"].to_numpy()[keep] > 0
     else:
         ev = tables["offer_events"]
         active = ev.loc[(ev[S.TS] >= start) & (ev[S.TS] < end), S.MEMBER_ID].astype(str).unique()
@@ -374,7 +427,7 @@ def _add_pairs(task, tables, start, end, held_m, relevant_all) -> None:
         members = np.sort(members[members >= 0])
         rows = np.repeat(members, len(task.candidates))
         items = np.tile(task.candidates, len(members))
-    labels = np.asarray(relevant_all[rows, items]).ravel() > 0
+        labels = np.asarray(relevant_all[rows, items]).ravel() > 0
     order = np.lexsort((items, rows))
     task.pair_rows, task.pair_items = rows[order], items[order]
     task.pair_labels = labels[order].astype(np.int8)
