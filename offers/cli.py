@@ -63,6 +63,23 @@ CompareBprOpt = Annotated[
 ]
 
 
+class CalibrationPairs(StrEnum):
+    """``--calibration-pairs``: the pairs the affinity model's P(redeem) is calibrated on
+    (:attr:`training.affinity.evaluate.EvalSettings.calibration_pairs`)."""
+
+    held = "held"
+    sends = "sends"
+
+
+CalPairsOpt = Annotated[
+    CalibrationPairs,
+    typer.Option(
+        help="P(redeem) calibration pairs: held (offers held in the window, redeemed inside "
+        "it) or sends (sends observed whole, redeemed within their redeemable period)"
+    ),
+]
+
+
 def check_memory_limit(value: str | None) -> str | None:
     """Typer callback of ``--memory-limit``: a size such as 4GB, else an error naming the value
     (typer adds the option's name)."""

@@ -21,6 +21,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from offers.cli import (
+    CalibrationPairs,
+    CalPairsOpt,
     CompareBpr,
     CompareBprOpt,
     check_memory_limit,
@@ -70,6 +72,7 @@ def _settings(
     seed: int,
     threads: int,
     compare_bpr: CompareBpr = CompareBpr.auto,
+    calibration_pairs: CalibrationPairs = CalibrationPairs.held,
 ) -> tuple[Any, Any]:
     from training.affinity.evaluate import EvalSettings
     from training.affinity.search import SearchSettings
@@ -82,6 +85,7 @@ def _settings(
             test_days=test_days,
             valid_days=valid_days,
             min_candidates=min_candidates,
+            calibration_pairs=CalibrationPairs(calibration_pairs).value,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -200,6 +204,7 @@ def evaluate_affinity_command(
     test_days: DaysOpt = None,
     valid_days: DaysOpt = None,
     min_candidates: MinCandOpt = 2,
+    calibration_pairs: CalPairsOpt = CalibrationPairs.held,
     als_trials: TrialsOpt = 6,
     bpr_trials: TrialsOpt = 3,
     compare_bpr: CompareBprOpt = CompareBpr.auto,
@@ -218,7 +223,7 @@ def evaluate_affinity_command(
 
     ev, search = _settings(
         target, candidates, split, test_days, valid_days, min_candidates,
-        als_trials, bpr_trials, seed, threads, compare_bpr,
+        als_trials, bpr_trials, seed, threads, compare_bpr, calibration_pairs,
     )  # fmt: skip
     tables = _load(data, engine, memory_limit)
     try:
@@ -252,6 +257,7 @@ def train_affinity_command(
     test_days: DaysOpt = None,
     valid_days: DaysOpt = None,
     min_candidates: MinCandOpt = 2,
+    calibration_pairs: CalPairsOpt = CalibrationPairs.held,
     als_trials: TrialsOpt = 6,
     bpr_trials: TrialsOpt = 3,
     compare_bpr: CompareBprOpt = CompareBpr.auto,
@@ -273,7 +279,7 @@ def train_affinity_command(
 
     ev, search = _settings(
         target, candidates, split, test_days, valid_days, min_candidates,
-        als_trials, bpr_trials, seed, threads, compare_bpr,
+        als_trials, bpr_trials, seed, threads, compare_bpr, calibration_pairs,
     )  # fmt: skip
     tables = _load(data, engine, memory_limit)
     registry = ModelRegistry(tracking_uri)

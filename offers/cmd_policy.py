@@ -24,7 +24,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from offers.cli import evaluate_group
+from offers.cli import CalibrationPairs, evaluate_group
 
 __all__ = ["evaluate_policy", "register"]
 
@@ -65,6 +65,13 @@ def evaluate_policy(
             "level_by_campaign; docs/engine.md)"
         ),
     ] = False,
+    calibration_pairs: Annotated[
+        CalibrationPairs,
+        typer.Option(
+            help="the affinity model's P(redeem) calibration pairs (EvalSettings."
+            "calibration_pairs; docs/engine.md)"
+        ),
+    ] = CalibrationPairs.held,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     dataset: Annotated[
         str | None,
@@ -99,6 +106,7 @@ def evaluate_policy(
             data, channel, k, budget_scale, match_spend, seed, als_trials, trees,
             step=lambda msg: status.update(f"policy evaluation: {msg}"),
             observable_bound=observable_bound, level_by_campaign=level_by_campaign,
+            calibration_pairs=CalibrationPairs(calibration_pairs).value,
         )  # fmt: skip
     if as_json:
         typer.echo(json.dumps(report, default=str))

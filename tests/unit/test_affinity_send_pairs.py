@@ -4,6 +4,9 @@ redeemed or not over the offer's redeemable period. Known answers on hand-made e
 from __future__ import annotations
 
 import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
 
 from training.affinity.evaluate import _observed_until, _send_pairs
 
@@ -94,3 +97,70 @@ def test_the_data_ends_at_its_latest_event_or_purchase():
     assert _observed_until(tables) == _day(4)
     tx = pd.DataFrame({"member_id": ["a"], "ts": [_day(9)], "amount": [3.0]})
     assert _observed_until({**tables, "transactions": tx}) == _day(9)
+
+
+def test_the_setting_chooses_the_pairs_of_a_task(monkeypatch):
+    from tests.unit.test_affinity_scale import AS_OF, _task
+    from training.affinity.evaluate import EvalSettings, build_task
+
+    tables, segments = _task()
+    monkeypatch.setattr("training.affinity.evaluate.member_segments", segments)
+    end = AS_OF + pd.Timedelta(days=40)
+
+    def pairs(kind):
+        task = build_task(tables, AS_OF, end, EvalSettings(calibration_pairs=kind), None)
+        ids = task.train.member_ids
+        return {
+            (ids[r], task.train.item_ids[i], int(y))
+            for r, i, y in zip(task.pair_rows, task.pair_items, task.pair_labels, strict=True)
+        }
+
+    held, sends = pairs("held"), pairs("sends")
+    events = tables["offer_events"]
+    sent = events[(events.event == "sent") & (events.ts >= AS_OF)]
+    # o1-o3 were sent inside the window: one pair per known member and offer, both ways
+    assert 0 < len(sends) == len(held) <= len(sent)
+    # redemptions on day 2 follow the sends of day 1: the same labels here
+    assert sends == held
+    # a window of 10 days: the sends of day 1 are redeemable until day 31, which the data
+    # observes (its last event is on day 35); redemptions on day 20 are after the window
+    end = AS_OF + pd.Timedelta(days=10)
+    late = tables | {
+        "offer_events": pd.concat(
+            [events, sent.assign(event="redeemed", ts=AS_OF + pd.Timedelta(days=20))],
+            ignore_index=True,
+        )
+    }
+    task = build_task(late, AS_OF, end, EvalSettings(calibration_pairs="sends"), None)
+    assert len(task.pair_labels) == len(sends) and task.pair_labels.all()
+    task = build_task(late, AS_OF, end, EvalSettings(calibration_pairs="held"), None)
+    assert 0 < task.pair_labels.sum() < len(task.pair_labels)  # only those redeemed on day 2
+
+
+@pytest.mark.parametrize("args", [["train", "affinity"], ["evaluate", "affinity"]])
+def test_cli_names_a_bad_value_and_passes_a_good_one(args, tmp_path, monkeypatch):
+    import training.affinity.evaluate as evaluate
+    from offers import cmd_affinity
+
+    def app() -> typer.Typer:
+        a = typer.Typer()
+        a.callback()(lambda: None)
+        cmd_affinity.register(a)
+        return a
+
+    res = CliRunner().invoke(app(), [*args, "--data", str(tmp_path), "--calibration-pairs", "x"])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.replace("│", " ").split())
+    assert "Invalid value for '--calibration-pairs'" in text, text
+    seen: list[object] = []
+
+    def spy(**kw: object) -> None:
+        seen.append(kw["calibration_pairs"])
+        raise typer.Exit(code=7)  # stop after the settings
+
+    monkeypatch.setattr(evaluate, "EvalSettings", spy)
+    res = CliRunner().invoke(
+        app(), [*args, "--data", str(tmp_path), "--calibration-pairs", "sends"]
+    )
+    assert res.exit_code == 7, res.output
+    assert seen == ["sends"] and type(seen[0]) is str

@@ -76,6 +76,12 @@ class EvalSettings(BaseModel):
 
     target: Target = "offers"
     candidates: Literal["held", "all"] = "held"
+    calibration_pairs: Literal["held", "sends"] = Field(
+        default="held",
+        description="P(redeem) calibration pairs with held candidates: 'held' (the offers "
+        "held in the window, redeemed inside it) or 'sends' (the sends the data observes "
+        "whole, redeemed within their redeemable period; docs/engine.md, seventh session)",
+    )
     split: datetime | None = Field(default=None, description="T: start of the test window")
     test_days: float | None = Field(
         default=None, gt=0, description="default: test_share of the span"
@@ -404,22 +410,30 @@ def build_task(
         n_cold=n_cold,
     )
     if settings.target == "offers":
-        _add_pairs(task, tables, start, end, held_m if held else None, relevant_all)
+        _add_pairs(
+            task, tables, start, end, held_m if held else None, relevant_all,
+            whole_sends=settings.calibration_pairs == "sends",
+        )  # fmt: skip
     log.info("%s task: %s", name, task.summary())
     return task
 
 
-def _add_pairs(task, tables, start, end, held_m, relevant_all) -> None:
-    """Calibration pairs: with held candidates, every send the window observes whole
-    (:func:`_send_pairs`) to a known member of a candidate offer, labelled redeemed or not;
-    else every offer for the known members with an offer event in the window."""
-    if held_m is not None:
+def _add_pairs(task, tables, start, end, held_m, relevant_all, whole_sends=False) -> None:
+    """Calibration pairs: with held candidates, every (known member, held offer) labelled
+    redeemed inside the window, or with ``whole_sends`` every send the window observes whole
+    (:func:`_send_pairs`) to a known member of a candidate offer, labelled over its redeemable
+    period; else every offer for the known members with an offer event in the window."""
+    if held_m is not None and whole_sends:
         sp_ = _send_pairs(tables, start, end, _observed_until(tables))
         rows = pd.Index(task.train.member_ids).get_indexer(sp_["member"])
         items = pd.Index(task.train.item_ids).get_indexer(sp_["item"])
         keep = (rows >= 0) & np.isin(items, task.candidates)
         rows, items = rows[keep], items[keep]
         labels = sp_["label"].to_numpy()[keep] > 0
+    elif held_m is not None:
+        coo = held_m.tocoo()
+        rows, items = coo.row, task.candidates[coo.col]
+        labels = np.asarray(relevant_all[rows, items]).ravel() > 0
     else:
         ev = tables["offer_events"]
         active = ev.loc[(ev[S.TS] >= start) & (ev[S.TS] < end), S.MEMBER_ID].astype(str).unique()

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -103,10 +103,12 @@ def train_shipped(
     als_trials: int = 1,
     trees: int | None = None,
     level_by_campaign: bool = False,
+    calibration_pairs: Literal["held", "sends"] = "held",
 ) -> ShippedModels:
     """Train both models on ``data_dir`` with the code of ``offers train``, register them in a
     scratch registry under ``work``, make them champion and load them with serving's loader.
-    ``level_by_campaign``: :attr:`UpliftTrainSettings.level_by_campaign` (off, as shipped)."""
+    ``level_by_campaign``: :attr:`UpliftTrainSettings.level_by_campaign` (off, as shipped);
+    ``calibration_pairs``: :attr:`EvalSettings.calibration_pairs` (``held``, as shipped)."""
     from features.pipeline.config import FeatureConfig
     from training.affinity.evaluate import EvalSettings
     from training.affinity.search import SearchSettings
@@ -120,7 +122,7 @@ def train_shipped(
     registry = ModelRegistry(tracking_uri=tracking, home=work)
     aff = train_affinity(
         data_dir,
-        EvalSettings(),
+        EvalSettings(calibration_pairs=calibration_pairs),
         SearchSettings(als_trials=als_trials, bpr_trials=1, seed=seed, num_threads=1),
         registry,
         dataset=data_dir.name,
@@ -364,12 +366,14 @@ def run_policy_evaluation(
     settings: EngineSettings | None = None,
     observable_bound: bool = False,
     level_by_campaign: bool = False,
+    calibration_pairs: Literal["held", "sends"] = "held",
 ) -> dict[str, Any]:
     """Train what ships (twice: before T and to the data end), decide a send at the data end
     with every policy and estimate each policy off-policy on the held-out campaigns; returns
     the report (``policies``, ``ratios``, ``setup``, ``models``, ``off_policy_setup``).
     ``observable_bound``: add ``observable_oracle_at_engine_spend`` (training.policy.bound).
-    ``level_by_campaign``: the uplift fit's levels campaign by campaign (not what ships)."""
+    ``level_by_campaign``: the uplift fit's levels campaign by campaign (not what ships);
+    ``calibration_pairs``: the affinity calibrator's pairs (``held`` ships)."""
     from training.uplift.data import TrainingSetConfig, build_training_set
 
     t0 = time.perf_counter()
@@ -394,9 +398,12 @@ def run_policy_evaluation(
             als_trials,
             trees,
             level_by_campaign,
+            calibration_pairs,
         )
         say("training what ships on all the data")
-        shipped = train_shipped(data, work / "reg-end", seed, als_trials, trees, level_by_campaign)
+        shipped = train_shipped(
+            data, work / "reg-end", seed, als_trials, trees, level_by_campaign, calibration_pairs
+        )
 
         say("off-policy estimates on the held-out campaign")
         train = build_training_set(data, TrainingSetConfig(treatment="kind"))
