@@ -16,6 +16,21 @@ program of 60,000 members the calibrated P(redeem) had a within-offer correlatio
 one of about 0 (-0.23..0.06), while the member's 90-day purchase count had 0.35. So the map's
 log-odds get a fitted intercept and one slope per member term (logistic regression with the
 map as offset, standardised terms), before the per-offer offsets.
+
+Recency bands (``recency_knots``): one slope on log(1 + days since the latest purchase) cannot
+express how far a lapsed member's rate falls. On the realistic and hard simulated programs of
+60,000 members, calibrated on whole sends, members past 120 days without a purchase were priced
+at 8.6 and 11.1 times their true P(redeem), members past 45 days at 2.1 and 1.8 times, while
+active members were within 0.86-0.94. So the member term also gets a hinge on the log recency
+at each knot (default 45 and 120 days, the feature pipeline's lapsing and lapsed thresholds),
+which lets the log-odds bend down past each.
+
+No purchase in the rows (``no_purchase_term``): a member without any purchase in the interaction
+rows (a lapsed member whose last basket is older than the rows, or one who joined and never
+bought) used to count as new, i.e. as the average member. On the realistic program of 60,000
+members her whole-send pairs redeemed at 0.004 against a predicted 0.026 (validation window) and
+0.003 against 0.092 (test window). So she gets an indicator of her own; a member whose purchases
+span fewer than ``MIN_SPAN_DAYS`` days stays the average member.
 """
 
 from __future__ import annotations
@@ -30,6 +45,7 @@ from models.affinity.interactions import AffinityInputError, item_kind
 
 __all__ = [
     "MEMBER_TERMS",
+    "RECENCY_KNOTS_DAYS",
     "RedeemCalibrator",
     "brier_score",
     "member_terms",
@@ -38,6 +54,7 @@ __all__ = [
 ]
 
 MEMBER_TERMS = ("activity", "recency")
+RECENCY_KNOTS_DAYS = (45.0, 120.0)  # features.pipeline.config: lapsing_days, lapsed_days
 MIN_SPAN_DAYS = 60.0  # a member whose purchases span fewer days is new: the average member
 NO_PURCHASE_DAYS = 730.0  # the recency of a member without a purchase in the rows
 
@@ -60,10 +77,21 @@ class RedeemCalibrator:
     """Maps affinity scores to probabilities (``method``: ``isotonic`` or ``platt``)."""
 
     def __init__(
-        self, method: Literal["isotonic", "platt"] = "isotonic", prior_pairs: float = 50.0
+        self,
+        method: Literal["isotonic", "platt"] = "isotonic",
+        prior_pairs: float = 50.0,
+        recency_knots: tuple[float, ...] = RECENCY_KNOTS_DAYS,
+        no_purchase_term: bool = True,
     ) -> None:
         self.method = method
         self.prior_pairs = prior_pairs
+        knots = np.asarray(recency_knots, dtype=np.float64).ravel()
+        if not (np.isfinite(knots).all() and (knots > 0).all()):
+            raise AffinityInputError(
+                f"recency_knots: days must be finite and > 0, got {list(recency_knots)}"
+            )
+        self.member_knots_ = np.log1p(np.sort(knots))
+        self.member_none_ = bool(no_purchase_term)
 
     def fit(
         self,
@@ -169,13 +197,24 @@ class RedeemCalibrator:
         self.member_coef_ = np.asarray(res.x, dtype=np.float64)
 
     def _standardise(self, m: np.ndarray) -> np.ndarray:
-        """The standardised member terms of rows of :func:`member_terms`; 0 (the average
+        """The design of the member term for rows of :func:`member_terms`: the standardised
+        terms, then one hinge ``max(0, log(1 + days) - log(1 + knot))`` per recency knot, then
+        (``member_none_``) the no-purchase indicator. The terms and hinges are 0 (the average
         member) for a member whose purchases span fewer than ``MIN_SPAN_DAYS`` days: a new
         member's short history says how long she has been a member, not how often she buys
         (on the hard simulated program of 60,000 members, the terms cut the predicted rate of
         members in their first 30 days from 0.078 to 0.016 against a true 0.100)."""
         z = (m[..., :-1] - self.member_mean_) / self.member_scale_
-        return np.where((m[..., -1] >= MIN_SPAN_DAYS)[..., None], z, 0.0)
+        knots = getattr(self, "member_knots_", np.empty(0))
+        if len(knots):
+            recency = m[..., MEMBER_TERMS.index("recency"), None]
+            z = np.concatenate([z, np.maximum(recency - knots, 0.0)], axis=-1)
+        z = np.where((m[..., -1] >= MIN_SPAN_DAYS)[..., None], z, 0.0)
+        if getattr(self, "member_none_", False):
+            # no purchase: no activity (log(1 + 0)) and no span
+            none = (m[..., MEMBER_TERMS.index("activity"), None] == 0.0) & (m[..., -1:] == 0.0)
+            z = np.concatenate([z, none.astype(np.float64)], axis=-1)
+        return z
 
     def _map(self, s: np.ndarray, members: np.ndarray | None = None) -> np.ndarray:
         if self.method == "isotonic":
@@ -189,6 +228,13 @@ class RedeemCalibrator:
             return _sigmoid(_logit(p) + coef[0])
         eta = coef[0] + self._standardise(np.asarray(members, dtype=np.float64)) @ coef[1:]
         return _sigmoid(_logit(p) + eta)
+
+    def member_term_names(self) -> tuple[str, ...]:
+        """Names of ``member_coef_``: the intercept, the terms, then a hinge per recency knot."""
+        knots = np.expm1(getattr(self, "member_knots_", np.empty(0)))
+        none = ("no_purchase",) if getattr(self, "member_none_", False) else ()
+        past = (f"recency_past_{k:g}d" for k in np.round(knots, 6))
+        return ("intercept", *MEMBER_TERMS, *past, *none)
 
     @property
     def uses_members(self) -> bool:
@@ -222,7 +268,7 @@ class RedeemCalibrator:
         if members is None or not self.uses_members:
             return None
         m = np.asarray(members, dtype=np.float64)
-        k = len(self.member_coef_)  # the terms and the span
+        k = len(MEMBER_TERMS) + 1  # the terms and the span
         if m.ndim != 2 or m.shape[1] != k:
             raise AffinityInputError(f"members: expected (n, {k}) member terms, got {m.shape}")
         if len(shape) == 2 and m.shape[0] == shape[0]:
@@ -250,6 +296,8 @@ class RedeemCalibrator:
                 "member_coef": self.member_coef_,
                 "member_mean": self.member_mean_,
                 "member_scale": self.member_scale_,
+                "member_knots": self.member_knots_,
+                "member_none": np.asarray(self.member_none_),
             }
         return out
 
@@ -269,6 +317,16 @@ class RedeemCalibrator:
         if len(cal.member_coef_):
             cal.member_mean_ = np.asarray(arrays["member_mean"], dtype=np.float64)
             cal.member_scale_ = np.asarray(arrays["member_scale"], dtype=np.float64)
+        # a calibrator saved before the recency knots has none
+        cal.member_knots_ = np.asarray(arrays.get("member_knots", np.empty(0)), dtype=np.float64)
+        cal.member_none_ = bool(arrays.get("member_none", False))
+        n_design = len(MEMBER_TERMS) + len(cal.member_knots_) + cal.member_none_
+        if len(cal.member_coef_) and len(cal.member_coef_) != 1 + n_design:
+            raise AffinityInputError(
+                f"calibrator arrays: {len(cal.member_coef_)} member coefficients for "
+                f"{len(MEMBER_TERMS)} terms, {len(cal.member_knots_)} recency knots and "
+                f"{int(cal.member_none_)} no-purchase indicator"
+            )
         return cal
 
 

@@ -96,7 +96,29 @@ def test_report_has_every_model_and_the_issue_shape(run):
     assert r["models"]["popularity"]["share_global_popular"] == 1.0
     assert {"train_end", "test_end", "valid_start"} <= set(r["split"])
     assert r["calibration"]["brier"] >= 0
+    assert list(r["calibration"]["member_terms"]) == [
+        "intercept",
+        "activity",
+        "recency",
+        "recency_past_45d",
+        "recency_past_120d",
+        "no_purchase",
+    ]
     json.dumps(r)  # serialisable as it is
+
+
+def test_the_member_term_design_follows_the_settings(tables):
+    flat = EvalSettings(
+        candidates="all", calibration_recency_knots=(), calibration_no_purchase=False
+    )
+    r = run_evaluation(tables, flat, FAST, "sim-600-flat").report
+    assert list(r["calibration"]["member_terms"]) == ["intercept", "activity", "recency"]
+    r = run_evaluation(
+        tables, flat.model_copy(update={"calibration_recency_knots": (30.0,)}), FAST, "x"
+    ).report
+    assert list(r["calibration"]["member_terms"])[-1] == "recency_past_30d"
+    with pytest.raises(ValueError, match=r"calibration_recency_knots: days must be .*-1"):
+        EvalSettings(calibration_recency_knots=(45.0, -1.0))
 
 
 def test_pyfunc_predict_ranks_candidates_and_folds_in_a_basket(run, tmp_path):

@@ -65,9 +65,21 @@ def test_the_member_slope_is_recovered_and_the_unrelated_one_is_near_zero():
     s, y, m, p = _pairs()
     cal = RedeemCalibrator("platt").fit(s, y, members=m)
     assert cal.uses_members
-    _, b_activity, b_recency = cal.member_coef_
+    _, b_activity, b_recency, *hinges, b_none = cal.member_coef_
+    assert cal.member_term_names() == (
+        "intercept",
+        "activity",
+        "recency",
+        "recency_past_45d",
+        "recency_past_120d",
+        "no_purchase",
+    )
+    assert b_none == 0.0  # every member bought: the indicator has no data, the ridge keeps it 0
     assert b_activity == pytest.approx(0.8, abs=0.1)
     assert abs(b_recency) < 0.06
+    # recency (0..5 log-days) carries nothing past either knot: the hinges move no log-odds much
+    past = np.maximum(m[:, 1:2] - np.log1p([45.0, 120.0]), 0.0)
+    assert np.abs(past @ np.asarray(hinges)).max() < 0.15
     with_terms = cal.predict(s, members=m)
     without = RedeemCalibrator("platt").fit(s, y).predict(s)
     # closer to the true probabilities than the score-only map
@@ -104,6 +116,20 @@ def test_round_trip_keeps_the_member_term():
         back.predict(s, np.full(len(s), "offer:a"), m),
         cal.predict(s, np.full(len(s), "offer:a"), m),
     )
+    # a calibrator saved before the recency knots (3 coefficients, no knots) predicts as one
+    # fitted without knots
+    flat = RedeemCalibrator("isotonic", recency_knots=(), no_purchase_term=False).fit(
+        s, y, groups=np.full(len(s), "offer:a"), members=m
+    )
+    before = {k: v for k, v in flat.to_arrays().items() if k not in ("member_knots", "member_none")}
+    assert len(before["member_coef"]) == 3
+    np.testing.assert_allclose(
+        RedeemCalibrator.from_arrays(before).predict(s, np.full(len(s), "offer:a"), m),
+        flat.predict(s, np.full(len(s), "offer:a"), m),
+    )
+    mixed = cal.to_arrays() | {"member_knots": np.empty(0)}
+    with pytest.raises(AffinityInputError, match="6 member coefficients for 2 terms, 0 recency"):
+        RedeemCalibrator.from_arrays(mixed)
     # an old calibrator (no member arrays) still loads and ignores member terms
     old = {k: v for k, v in cal.to_arrays().items() if not k.startswith("member_")}
     legacy = RedeemCalibrator.from_arrays(old)
@@ -134,3 +160,61 @@ def test_a_new_member_gets_the_average_members_term():
     old = new.copy()
     old[:, -1] = MIN_SPAN_DAYS
     assert (cal.predict(s[:50], members=old) < cal.predict(s[:50])).all()
+
+
+def _lapsing_pairs(n: int = 40_000, seed: int = 5):
+    """Redemption that falls off a cliff past 120 days without a purchase, as a lapsed member's
+    does: logit p = -2.5 - 3 x max(0, log(1 + days) - log(121)); nothing else matters."""
+    rng = np.random.default_rng(seed)
+    days = np.exp(rng.uniform(np.log(2.0), np.log(700.0), n)) - 1.0
+    recency = np.log1p(days)
+    activity = rng.gamma(2.0, 1.0, n)
+    logit = -2.5 - 3.0 * np.maximum(recency - np.log1p(120.0), 0.0)
+    p = 1.0 / (1.0 + np.exp(-logit))
+    y = (rng.uniform(size=n) < p).astype(float)
+    return rng.normal(size=n), y, np.column_stack([activity, recency, np.full(n, 400.0)]), p, days
+
+
+def test_recency_knots_price_lapsed_members_where_one_slope_cannot():
+    s, y, m, p, days = _lapsing_pairs()
+    bent = RedeemCalibrator("platt").fit(s, y, members=m)
+    straight = RedeemCalibrator("platt", recency_knots=()).fit(s, y, members=m)
+    assert bent.member_coef_[-2] == pytest.approx(-3.0, abs=0.6)  # the 120-day hinge
+    lapsed = days > 240.0
+    true = p[lapsed].mean()
+    # one slope spreads the cliff over every recency: it over-prices the lapsed several-fold
+    assert straight.predict(s, members=m)[lapsed].mean() > 1.5 * true
+    assert bent.predict(s, members=m)[lapsed].mean() == pytest.approx(true, rel=0.25)
+    active = days < 30.0
+    assert bent.predict(s, members=m)[active].mean() == pytest.approx(p[active].mean(), rel=0.1)
+    back = RedeemCalibrator.from_arrays(bent.to_arrays())
+    np.testing.assert_allclose(back.predict(s, members=m), bent.predict(s, members=m))
+
+
+def test_bad_recency_knots_are_refused_naming_them():
+    with pytest.raises(AffinityInputError, match=r"recency_knots: .*\[45.0, -1.0\]"):
+        RedeemCalibrator(recency_knots=(45.0, -1.0))
+
+
+def test_a_member_without_any_purchase_gets_her_own_rate_not_the_average():
+    """Members with no purchase in the rows (activity 0, span 0) redeem at 0.004 while the
+    others redeem at 0.05: the indicator prices them, a new member with purchases stays the
+    average member, and a calibrator without the indicator prices them as the average."""
+    rng = np.random.default_rng(11)
+    n = 30_000
+    none = rng.uniform(size=n) < 0.2
+    activity = np.where(none, 0.0, rng.gamma(2.0, 1.0, n) + 0.1)
+    recency = np.where(none, np.log1p(NO_PURCHASE_DAYS), rng.uniform(0.5, 3.5, n))
+    span = np.where(none, 0.0, 400.0)
+    m = np.column_stack([activity, recency, span])
+    y = (rng.uniform(size=n) < np.where(none, 0.004, 0.05)).astype(float)
+    s = rng.normal(size=n)
+    cal = RedeemCalibrator("platt").fit(s, y, members=m)
+    assert cal.predict(s, members=m)[none].mean() == pytest.approx(y[none].mean(), rel=0.3)
+    assert cal.predict(s, members=m)[~none].mean() == pytest.approx(y[~none].mean(), rel=0.1)
+    without = RedeemCalibrator("platt", no_purchase_term=False).fit(s, y, members=m)
+    assert without.predict(s, members=m)[none].mean() > 5 * y[none].mean()
+    new = m[:5].copy()
+    new[:, -1] = 10.0  # purchases spanning 10 days: new, with a purchase
+    new[:, 0] = 0.5
+    np.testing.assert_allclose(cal.predict(s[:5], members=new), cal.predict(s[:5]))

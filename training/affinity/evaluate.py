@@ -23,6 +23,7 @@ Targets (what counts as a positive in the window):
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -33,7 +34,7 @@ import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from features.pipeline import FeatureTables
 from features.sources import schema as S
@@ -82,6 +83,16 @@ class EvalSettings(BaseModel):
         "held in the window, redeemed inside it) or 'sends' (the sends the data observes "
         "whole, redeemed within their redeemable period; docs/engine.md, seventh session)",
     )
+    calibration_recency_knots: tuple[float, ...] = Field(
+        default=(45.0, 120.0),
+        description="days without a purchase past which the P(redeem) member term bends "
+        "(a hinge on the log recency at each; () for one slope; docs/engine.md, eighth session)",
+    )
+    calibration_no_purchase: bool = Field(
+        default=True,
+        description="a member without any purchase in the rows gets her own P(redeem) term "
+        "(off: she counts as the average member)",
+    )
     split: datetime | None = Field(default=None, description="T: start of the test window")
     test_days: float | None = Field(
         default=None, gt=0, description="default: test_share of the span"
@@ -95,6 +106,13 @@ class EvalSettings(BaseModel):
     ks: tuple[int, ...] = KS
     interactions: InteractionSettings = InteractionSettings()
     segment_min_members: int = 20
+
+    @field_validator("calibration_recency_knots")
+    @classmethod
+    def _knots_positive(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not all(math.isfinite(x) and x > 0 for x in v):
+            raise ValueError(f"calibration_recency_knots: days must be finite and > 0, got {v}")
+        return v
 
     def interaction_settings(self) -> InteractionSettings:
         """Interaction settings with purchases at the level the target needs."""

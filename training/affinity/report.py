@@ -30,7 +30,7 @@ from models.affinity import (
     brier_score,
     reliability_curve,
 )
-from models.affinity.calibration import MEMBER_TERMS, member_terms, purchase_columns
+from models.affinity.calibration import member_terms, purchase_columns
 from models.affinity.segments import feature_tables
 from training.affinity.data import AffinityTables
 from training.affinity.evaluate import (
@@ -166,9 +166,12 @@ def _calibrate(
     valid: Task,
     test: Task,
     history: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    settings: EvalSettings | None = None,
 ) -> tuple[RedeemCalibrator | None, dict[str, Any] | None, tuple | None]:
     """P(redeem) from the shipped model's score, fitted on the validation window's pairs
-    (method chosen on a member split of them), scored on the test window's pairs."""
+    (method chosen on a member split of them), scored on the test window's pairs; the member
+    term's recency knots and no-purchase indicator from ``settings``."""
+    settings = settings or EvalSettings()
     if valid.pair_labels is None or test.pair_labels is None:
         return None, None, None
     y_valid = valid.pair_labels
@@ -181,7 +184,11 @@ def _calibrate(
     assert valid.pair_items is not None and test.pair_items is not None
     items_valid = np.asarray(valid.train.item_ids, dtype=str)[valid.pair_items]
     m_valid = _pair_member_terms(valid)
-    cal = RedeemCalibrator(method).fit(s_valid, y_valid, groups=items_valid, members=m_valid)
+    cal = RedeemCalibrator(
+        method,
+        recency_knots=settings.calibration_recency_knots,
+        no_purchase_term=settings.calibration_no_purchase,
+    ).fit(s_valid, y_valid, groups=items_valid, members=m_valid)
     if history is not None:  # offers the window did not send: their own logged rate
         reference = float(np.clip(cal.predict(s_valid).mean(), 1e-4, 1 - 1e-4))
         cal.add_rates(*history, reference=reference)
@@ -201,7 +208,7 @@ def _calibrate(
         "positive_rate_valid": base,
         "positive_rate_test": float(y.mean()),
         "member_terms": dict(
-            zip(("intercept", *MEMBER_TERMS), np.round(cal.member_coef_, 4).tolist(), strict=True)
+            zip(cal.member_term_names(), np.round(cal.member_coef_, 4).tolist(), strict=True)
         ),
         "brier": brier_score(p, y),
         "brier_base_rate": brier_score(np.full(len(y), base), y),
@@ -262,7 +269,7 @@ def run_evaluation(
             else None
         )
         cal, cal_info, curve = _calibrate(
-            valid_models[SHIPPED], models[SHIPPED], valid, test, history
+            valid_models[SHIPPED], models[SHIPPED], valid, test, history, settings
         )
     except AffinityInputError as exc:  # e.g. a single class in the window
         cal, cal_info, curve = None, {"skipped": str(exc)}, None
