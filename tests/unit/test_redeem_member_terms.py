@@ -118,10 +118,11 @@ def test_round_trip_keeps_the_member_term():
     )
     # a calibrator saved before the recency knots (3 coefficients, no knots) predicts as one
     # fitted without knots
-    flat = RedeemCalibrator("isotonic", recency_knots=(), no_purchase_term=False).fit(
-        s, y, groups=np.full(len(s), "offer:a"), members=m
-    )
+    flat = RedeemCalibrator(
+        "isotonic", recency_knots=(), no_purchase_term=False, band_offsets=False
+    ).fit(s, y, groups=np.full(len(s), "offer:a"), members=m)
     before = {k: v for k, v in flat.to_arrays().items() if k not in ("member_knots", "member_none")}
+    assert "band_offsets" not in before
     assert len(before["member_coef"]) == 3
     np.testing.assert_allclose(
         RedeemCalibrator.from_arrays(before).predict(s, np.full(len(s), "offer:a"), m),
@@ -131,7 +132,11 @@ def test_round_trip_keeps_the_member_term():
     with pytest.raises(AffinityInputError, match="6 member coefficients for 2 terms, 0 recency"):
         RedeemCalibrator.from_arrays(mixed)
     # an old calibrator (no member arrays) still loads and ignores member terms
-    old = {k: v for k, v in cal.to_arrays().items() if not k.startswith("member_")}
+    old = {
+        k: v
+        for k, v in cal.to_arrays().items()
+        if not k.startswith("member_") and k != "band_offsets"
+    }
     legacy = RedeemCalibrator.from_arrays(old)
     assert not legacy.uses_members
     np.testing.assert_allclose(legacy.predict(s, members=m), legacy.predict(s))
@@ -218,3 +223,70 @@ def test_a_member_without_any_purchase_gets_her_own_rate_not_the_average():
     new[:, -1] = 10.0  # purchases spanning 10 days: new, with a purchase
     new[:, 0] = 0.5
     np.testing.assert_allclose(cal.predict(s[:5], members=new), cal.predict(s[:5]))
+
+
+def _two_offers(n: int = 60_000, seed: int = 7):
+    """Offer a is redeemed by 40 % of recent buyers, offer b by 3 %; members past 120 days
+    without a purchase redeem either at 0.8 %: how far the rate falls depends on the offer."""
+    rng = np.random.default_rng(seed)
+    lapsed = rng.uniform(size=n) < 0.3
+    days = np.where(lapsed, rng.uniform(150.0, 400.0, n), rng.uniform(1.0, 30.0, n))
+    m = np.column_stack([rng.gamma(2.0, 1.0, n) + 0.1, np.log1p(days), np.full(n, 400.0)])
+    groups = np.where(rng.uniform(size=n) < 0.5, "offer:a", "offer:b")
+    p = np.where(lapsed, 0.008, np.where(groups == "offer:a", 0.4, 0.03))
+    y = (rng.uniform(size=n) < p).astype(float)
+    return rng.normal(size=n), y, groups, m, lapsed
+
+
+def test_band_offsets_let_each_offer_fall_by_its_own_amount():
+    s, y, groups, m, lapsed = _two_offers()
+    banded = RedeemCalibrator("platt").fit(s, y, groups=groups, members=m)
+    one_gap = RedeemCalibrator("platt", band_offsets=False).fit(s, y, groups=groups, members=m)
+    assert banded.band_offsets_.shape == (2, 3)
+    for g, truth in (("offer:a", 0.008), ("offer:b", 0.008)):
+        cell = (groups == g) & lapsed
+        assert banded.predict(s, groups, m)[cell].mean() == pytest.approx(truth, rel=0.25)
+    cell = (groups == "offer:a") & lapsed
+    # one member term gives both offers the same log-odds gap: a lapsed member on offer a is
+    # priced about twice her rate
+    assert one_gap.predict(s, groups, m)[cell].mean() > 1.8 * 0.008
+    for g, truth in (("offer:a", 0.4), ("offer:b", 0.03)):
+        cell = (groups == g) & ~lapsed
+        assert banded.predict(s, groups, m)[cell].mean() == pytest.approx(truth, rel=0.1)
+    # 2-d: one member row per row of scores, one group per column, as the pyfunc scores
+    grid = np.tile(s[:6, None], (1, 2))
+    cols = np.array(["offer:a", "offer:b"])
+    got = banded.predict(grid, cols, m[:6])
+    for i in range(6):
+        np.testing.assert_allclose(got[i], banded.predict(grid[i], cols, m[i : i + 1]))
+    back = RedeemCalibrator.from_arrays(banded.to_arrays())
+    np.testing.assert_allclose(back.predict(s, groups, m), banded.predict(s, groups, m))
+    bad = banded.to_arrays() | {"band_offsets": np.zeros((3, 3))}
+    with pytest.raises(
+        AffinityInputError, match=r"band offsets of shape \(3, 3\), expected \(2, 3\)"
+    ):
+        RedeemCalibrator.from_arrays(bad)
+
+
+def test_groups_added_from_rates_get_no_band_offset_and_keep_the_others_aligned():
+    s, y, groups, m, _ = _two_offers(20_000)
+    cal = RedeemCalibrator("platt").fit(s, y, groups=groups, members=m)
+    before = cal.predict(s, groups, m)
+    cal.add_rates(np.array(["offer:0"]), np.array([1000.0]), np.array([50.0]), reference=0.05)
+    assert cal.groups_.tolist() == ["offer:0", "offer:a", "offer:b"]
+    np.testing.assert_allclose(cal.band_offsets_[0], 0.0)
+    np.testing.assert_allclose(cal.predict(s, groups, m), before)  # a and b unchanged
+
+
+def test_bands_known_answer():
+    cal = RedeemCalibrator()  # knots 45 and 120 days
+    rows = np.array(
+        [
+            [1.0, np.log1p(10.0), 400.0],  # recent
+            [1.0, np.log1p(60.0), 400.0],  # past 45 days
+            [1.0, np.log1p(200.0), 400.0],  # past 120 days
+            [1.0, np.log1p(200.0), 30.0],  # new: the first band whatever her recency
+            [0.0, np.log1p(NO_PURCHASE_DAYS), 0.0],  # no purchase: the last band
+        ]
+    )
+    assert cal.bands(rows).tolist() == [0, 1, 2, 0, 2]

@@ -93,6 +93,11 @@ class EvalSettings(BaseModel):
         description="a member without any purchase in the rows gets her own P(redeem) term "
         "(off: she counts as the average member)",
     )
+    calibration_band_offsets: bool = Field(
+        default=True,
+        description="each offer's P(redeem) offset also per recency band (the knots; "
+        "docs/engine.md, eighth session)",
+    )
     split: datetime | None = Field(default=None, description="T: start of the test window")
     test_days: float | None = Field(
         default=None, gt=0, description="default: test_share of the span"

@@ -188,6 +188,7 @@ def _calibrate(
         method,
         recency_knots=settings.calibration_recency_knots,
         no_purchase_term=settings.calibration_no_purchase,
+        band_offsets=settings.calibration_band_offsets,
     ).fit(s_valid, y_valid, groups=items_valid, members=m_valid)
     if history is not None:  # offers the window did not send: their own logged rate
         reference = float(np.clip(cal.predict(s_valid).mean(), 1e-4, 1 - 1e-4))
