@@ -92,7 +92,7 @@ class RedeemCalibrator:
         prior_pairs: float = 50.0,
         recency_knots: tuple[float, ...] = RECENCY_KNOTS_DAYS,
         no_purchase_term: bool = True,
-        band_offsets: bool = True,
+        band_offsets: bool = False,
     ) -> None:
         self.method = method
         self.prior_pairs = prior_pairs

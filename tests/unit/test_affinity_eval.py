@@ -117,6 +117,10 @@ def test_the_member_term_design_follows_the_settings(tables):
         tables, flat.model_copy(update={"calibration_recency_knots": (30.0,)}), FAST, "x"
     ).report
     assert list(r["calibration"]["member_terms"])[-1] == "recency_past_30d"
+    banded = run_evaluation(
+        tables, EvalSettings(candidates="all", calibration_band_offsets=True), FAST, "y"
+    ).calibrator
+    assert banded is not None and banded.band_offsets_.shape == (len(banded.groups_), 3)
     with pytest.raises(ValueError, match=r"calibration_recency_knots: days must be .*-1"):
         EvalSettings(calibration_recency_knots=(45.0, -1.0))
 

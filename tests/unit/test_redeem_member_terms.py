@@ -240,8 +240,8 @@ def _two_offers(n: int = 60_000, seed: int = 7):
 
 def test_band_offsets_let_each_offer_fall_by_its_own_amount():
     s, y, groups, m, lapsed = _two_offers()
-    banded = RedeemCalibrator("platt").fit(s, y, groups=groups, members=m)
-    one_gap = RedeemCalibrator("platt", band_offsets=False).fit(s, y, groups=groups, members=m)
+    banded = RedeemCalibrator("platt", band_offsets=True).fit(s, y, groups=groups, members=m)
+    one_gap = RedeemCalibrator("platt").fit(s, y, groups=groups, members=m)
     assert banded.band_offsets_.shape == (2, 3)
     for g, truth in (("offer:a", 0.008), ("offer:b", 0.008)):
         cell = (groups == g) & lapsed
@@ -270,7 +270,7 @@ def test_band_offsets_let_each_offer_fall_by_its_own_amount():
 
 def test_groups_added_from_rates_get_no_band_offset_and_keep_the_others_aligned():
     s, y, groups, m, _ = _two_offers(20_000)
-    cal = RedeemCalibrator("platt").fit(s, y, groups=groups, members=m)
+    cal = RedeemCalibrator("platt", band_offsets=True).fit(s, y, groups=groups, members=m)
     before = cal.predict(s, groups, m)
     cal.add_rates(np.array(["offer:0"]), np.array([1000.0]), np.array([50.0]), reference=0.05)
     assert cal.groups_.tolist() == ["offer:0", "offer:a", "offer:b"]

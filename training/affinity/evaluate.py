@@ -94,9 +94,9 @@ class EvalSettings(BaseModel):
         "(off: she counts as the average member)",
     )
     calibration_band_offsets: bool = Field(
-        default=True,
-        description="each offer's P(redeem) offset also per recency band (the knots; "
-        "docs/engine.md, eighth session)",
+        default=False,
+        description="each offer's P(redeem) offset also per recency band (the knots; off: "
+        "measured on two programs only, docs/engine.md, eighth session)",
     )
     split: datetime | None = Field(default=None, description="T: start of the test window")
     test_days: float | None = Field(
