@@ -303,14 +303,14 @@ class RedeemCalibrator:
         if not hasattr(self, "x_"):
             raise AffinityInputError("RedeemCalibrator is not fitted")
         s = np.asarray(scores, dtype=np.float64)
-        p = self._map(s, self._members_for(members, s.shape))
+        m = self._members_for(members, s.shape)
+        p = self._map(s, m)
         offsets = getattr(self, "offsets_", None)
         if groups is None or offsets is None or not len(offsets):
             return p
         off = self.offsets_for(groups)
         if off.shape != p.shape:
             off = np.broadcast_to(off, p.shape)
-        m = self._members_for(members, s.shape)
         bands = getattr(self, "band_offsets_", np.empty((0, 0)))
         if m is not None and bands.size:
             g = np.broadcast_to(np.asarray(groups).astype(str), p.shape)
