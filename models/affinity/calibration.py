@@ -181,7 +181,7 @@ class RedeemCalibrator:
         knots = getattr(self, "member_knots_", np.empty(0))
         recency = m[..., MEMBER_TERMS.index("recency")]
         band = (recency[..., None] > knots).sum(axis=-1)
-        none = (m[..., MEMBER_TERMS.index("activity")] == 0.0) & (m[..., -1] == 0.0)
+        none = _no_purchase(m)
         band = np.where(m[..., -1] >= MIN_SPAN_DAYS, band, 0)
         return np.where(none, len(knots), band).astype(np.int64)
 
@@ -260,9 +260,7 @@ class RedeemCalibrator:
             z = np.concatenate([z, np.maximum(recency - knots, 0.0)], axis=-1)
         z = np.where((m[..., -1] >= MIN_SPAN_DAYS)[..., None], z, 0.0)
         if getattr(self, "member_none_", False):
-            # no purchase: no activity (log(1 + 0)) and no span
-            none = (m[..., MEMBER_TERMS.index("activity"), None] == 0.0) & (m[..., -1:] == 0.0)
-            z = np.concatenate([z, none.astype(np.float64)], axis=-1)
+            z = np.concatenate([z, _no_purchase(m)[..., None].astype(np.float64)], axis=-1)
         return z
 
     def _map(self, s: np.ndarray, members: np.ndarray | None = None) -> np.ndarray:
@@ -308,14 +306,13 @@ class RedeemCalibrator:
         offsets = getattr(self, "offsets_", None)
         if groups is None or offsets is None or not len(offsets):
             return p
-        off = self.offsets_for(groups)
-        if off.shape != p.shape:
-            off = np.broadcast_to(off, p.shape)
+        # positions of the groups as given (e.g. one per column), then spread over the scores
+        pos, seen = (
+            np.broadcast_to(x, p.shape) for x in self._positions(np.asarray(groups).astype(str))
+        )
+        off = np.where(seen, self.offsets_[pos], 0.0)
         bands = getattr(self, "band_offsets_", np.empty((0, 0)))
         if m is not None and bands.size:
-            g = np.broadcast_to(np.asarray(groups).astype(str), p.shape)
-            pos = np.clip(np.searchsorted(self.groups_, g), 0, len(self.groups_) - 1)
-            seen = self.groups_[pos] == g
             off = off + np.where(seen, bands[pos, self.bands(m)], 0.0)
         return np.where(off != 0.0, _sigmoid(_logit(p) + off), p)
 
@@ -340,8 +337,13 @@ class RedeemCalibrator:
         g = np.asarray(groups).astype(str)
         if not len(self.groups_):
             return np.zeros(g.shape)
+        pos, seen = self._positions(g)
+        return np.where(seen, self.offsets_[pos], 0.0)
+
+    def _positions(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each group's row in ``groups_`` (clipped) and whether it was seen in fitting."""
         pos = np.clip(np.searchsorted(self.groups_, g), 0, len(self.groups_) - 1)
-        return np.where(self.groups_[pos] == g, self.offsets_[pos], 0.0)
+        return pos, self.groups_[pos] == g
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {"method": np.asarray(self.method), "x": self.x_, "y": self.y_}
@@ -441,6 +443,11 @@ def member_terms_row(
                 d = min(d, x)
                 span = max(span, x)
     return np.array([[np.log1p(a), np.log1p(d), span]])
+
+
+def _no_purchase(m: np.ndarray) -> np.ndarray:
+    """Bool per row of :func:`member_terms`: no purchase in the rows (no activity, no span)."""
+    return (m[..., MEMBER_TERMS.index("activity")] == 0.0) & (m[..., -1] == 0.0)
 
 
 def _check_members(members: np.ndarray, n: int) -> np.ndarray:
